@@ -1,0 +1,142 @@
+"""A ledger of what each run created (namespaces, links, processes, files), so that
+teardown and `twlab doctor --cleanup` remove exactly those, by exact name or pid."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def ledger_dir() -> Path:
+    base = Path("/run") if os.geteuid() == 0 and Path("/run").is_dir() else Path(tempfile.gettempdir())
+    d = base / f"twlab-{os.geteuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Start time of a pid (clock ticks since boot); guards against pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def pid_alive(pid: int, start_ticks: int | None) -> bool:
+    now = proc_start_ticks(pid)
+    return now is not None and (start_ticks is None or now == start_ticks)
+
+
+class Ledger:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.path = ledger_dir() / f"twl{run_id}.json"
+        self.items: list[dict[str, Any]] = []
+        self.owner = os.getpid()
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "owner": self.owner,
+                                   "owner_start": proc_start_ticks(self.owner), "items": self.items}))
+        tmp.replace(self.path)
+
+    def add(self, kind: str, name: str, **extra: Any) -> None:
+        if kind == "pid":
+            extra.setdefault("start", proc_start_ticks(int(name)))
+        self.items.append({"kind": kind, "name": name, **extra})
+        self._save()
+
+    def discard(self, kind: str, name: str) -> None:
+        self.items = [i for i in self.items if not (i["kind"] == kind and i["name"] == name)]
+        self._save()
+
+    def close(self) -> None:
+        """Remove whatever is still recorded, newest first, then the ledger itself."""
+        for item in reversed(list(self.items)):
+            remove_item(item)
+        self.items = []
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _exists(item: dict[str, Any]) -> bool:
+    kind, name = item["kind"], item["name"]
+    if kind == "netns":
+        return Path("/run/netns", name).exists()
+    if kind == "link":
+        return Path("/sys/class/net", name).exists()
+    if kind == "pid":
+        return pid_alive(int(name), item.get("start"))
+    if kind == "file":
+        return Path(name).exists()
+    return False
+
+
+def remove_item(item: dict[str, Any]) -> None:
+    kind, name = item["kind"], item["name"]
+    if not _exists(item):
+        return
+    if kind == "pid":
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(name), signal.SIGKILL)
+    elif kind == "netns":
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    elif kind == "link":
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+    elif kind == "file":
+        with contextlib.suppress(FileNotFoundError):
+            Path(name).unlink()
+
+
+def _stale_ledgers() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for p in sorted(ledger_dir().glob("twl*.json")):
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(int(data.get("owner", 0)), data.get("owner_start")):
+            out.append((p, data))
+    return out
+
+
+def leftovers() -> list[str]:
+    """Resources recorded by runs whose owner process is gone, and twl* namespaces no ledger knows."""
+    found: list[str] = []
+    live_names: set[str] = set()
+    for p in ledger_dir().glob("twl*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            live_names.update(i["name"] for i in json.loads(p.read_text()).get("items", []))
+    for _, data in _stale_ledgers():
+        found += [f"{i['kind']} {i['name']}" for i in data.get("items", []) if _exists(i)]
+    netns_dir = Path("/run/netns")
+    if netns_dir.is_dir():
+        found += [f"netns {n.name} (no ledger)" for n in sorted(netns_dir.iterdir())
+                  if n.name.startswith("twl") and n.name not in live_names]
+    return found
+
+
+def cleanup() -> list[str]:
+    """Remove what crashed runs left: ledger items by exact name/pid, and unledgered twl* namespaces."""
+    removed: list[str] = []
+    for path, data in _stale_ledgers():
+        for item in reversed(data.get("items", [])):
+            if _exists(item):
+                remove_item(item)
+                removed.append(f"{item['kind']} {item['name']}")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    for entry in leftovers():
+        if entry.endswith("(no ledger)"):
+            name = entry.split()[1]
+            remove_item({"kind": "netns", "name": name})
+            removed.append(f"netns {name}")
+    return removed

@@ -1,0 +1,61 @@
+"""rich renderables for people; the JSON paths never import this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+
+def verdict_text(result: dict[str, Any]) -> Text:
+    if result.get("error"):
+        return Text("LAB ERROR", style="bold red")
+    if result["reproduced"]:
+        return Text("REPRODUCED", style="bold green")
+    return Text("NOT REPRODUCED", style="bold yellow")
+
+
+def result_panel(result: dict[str, Any]) -> Panel:
+    parts: list[Any] = [Text(result["claim"], style="italic")]
+    if result.get("lore"):
+        parts.append(Text(f"Lore: {result['lore']}", style="dim"))
+    if result.get("story"):
+        t = Table(show_header=True, header_style="bold", expand=True, box=None)
+        t.add_column("the lab did", ratio=1)
+        t.add_column("the kernel answered", ratio=1)
+        for did, answered in result["story"]:
+            t.add_row(did, answered)
+        parts.append(t)
+    for note in result.get("notes", []):
+        parts.append(Text(f"! {note}", style="magenta"))
+    for skip in result.get("skipped", []):
+        parts.append(Text(f"- skipped: {skip}", style="yellow"))
+    if result.get("error"):
+        parts.append(Text(f"error: {result['error']}", style="red"))
+    tail = Text()
+    tail.append("verdict: ")
+    tail.append_text(verdict_text(result))
+    tail.append(f"   kernel {result['kernel']}   {result['duration_s']:.1f} s")
+    if result.get("capture"):
+        tail.append(f"\ncapture: {result['capture']}", style="cyan")
+    tail.append(f"\nrun folder: {result['folder']}", style="dim")
+    parts.append(tail)
+    return Panel(Group(*parts), title=f"[bold]{result['experiment']}[/]", expand=True)
+
+
+def summary_table(results: list[dict[str, Any]]) -> Table:
+    t = Table(title="twlab results", show_lines=False)
+    t.add_column("experiment")
+    t.add_column("verdict")
+    t.add_column("s", justify="right")
+    t.add_column("capture")
+    for r in results:
+        t.add_row(r["experiment"], verdict_text(r), f"{r['duration_s']:.1f}", r.get("capture") or "-")
+    return t
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
