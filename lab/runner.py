@@ -13,6 +13,7 @@ from typing import Any
 
 from lab.errors import EnvironmentProblem, LabError
 from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, is_root, new_run_id
+from lab.resources import Ledger
 
 
 def default_out_dir() -> Path:
@@ -76,9 +77,12 @@ def run_one(exp: Experiment, out_root: Path, progress: Callable[[str, float | No
     started = time.time()
     outcome: Outcome | None = None
     error: str | None = None
+    run_id = new_run_id()
     with ExitStack() as stack:
         stack.callback(events.close)
-        ctx = RunContext(experiment=exp, run_id=new_run_id(), out_dir=out_dir, events=events, stack=stack,
+        ledger = Ledger(run_id)
+        stack.callback(ledger.close)  # last line of defence: whatever is still recorded goes
+        ctx = RunContext(experiment=exp, run_id=run_id, out_dir=out_dir, events=events, stack=stack, ledger=ledger,
                          progress=progress or (lambda t, f: None), options=dict(options or {}))
         events.log("run-start", experiment=exp.id, run_id=ctx.run_id, kernel=ctx.kernel, root=ctx.root)
         try:

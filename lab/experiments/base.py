@@ -12,7 +12,10 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from lab.resources import Ledger
 
 Topology = Literal["none", "loopback", "netns"]
 
@@ -91,6 +94,7 @@ class RunContext:
     out_dir: Path
     events: EventLog
     stack: ExitStack
+    ledger: Ledger                  # record every namespace/link/pid/file created, by exact name
     root: bool = field(default_factory=is_root)
     kernel: str = field(default_factory=kernel_release)
     progress: Callable[[str, float | None], None] = lambda text, frac: None
