@@ -95,40 +95,98 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per experiment per line.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default runs/<timestamp>).")
-def run(names: tuple[str, ...], as_json: bool, out: Path | None) -> None:
+@click.option("--jobs", "-j", type=click.IntRange(1, 32), default=6, show_default=True,
+              help="Experiments run at once (each in its own process and namespaces).")
+def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int) -> None:
     """Run experiments (or 'all') and say whether each claim holds on this kernel."""
     from lab import experiments, runner
 
     exps = experiments.get(list(names))
     out_root = out or runner.default_out_dir()
-    results = []
-    con = None
-    if not as_json:
-        from lab.ui import console
+    if len(exps) > 1 and jobs > 1:
+        results = _run_parallel(exps, out_root, jobs, as_json)
+    else:
+        results = [_run_serial(exp, out_root, as_json) for exp in exps]
+    if len(exps) > 1:
+        from lab import claims
 
-        con = console()
-    for exp in exps:
-        if con:
-            with con.status(f"[bold]{exp.id}[/]: {exp.claim}") as status:
+        ledger = claims.judge_all(results)
+        claims.write_markdown(ledger, out_root / "claims.md", results)
+        if not as_json:
+            from lab.ui import console, summary_table
 
-                def progress(text: str, frac: float | None, status: Any = status, eid: str = exp.id) -> None:
-                    status.update(f"[bold]{eid}[/]: {text}")
-
-                res = runner.run_one(exp, out_root, progress=progress)
-        else:
-            res = runner.run_one(exp, out_root)
-        results.append(res)
-        if as_json:
-            click.echo(json.dumps(res, default=str))
-        elif con:
-            from lab.ui import result_panel
-
-            con.print(result_panel(res))
-    if con and len(results) > 1:
-        from lab.ui import summary_table
-
-        con.print(summary_table(results))
+            con = console()
+            con.print(summary_table(results))
+            con.print(claims.ledger_table(ledger))
+            con.print(f"run folder: {out_root}   claims ledger: {out_root / 'claims.md'}")
+    codes = [r.get("exit_code") for r in results]
+    if 3 in codes:
+        sys.exit(3)
     sys.exit(0 if all(r["reproduced"] for r in results) else 1)
+
+
+def _run_serial(exp: Any, out_root: Path, as_json: bool) -> dict[str, Any]:
+    from lab import runner
+
+    if as_json:
+        res = runner.run_one(exp, out_root)
+        click.echo(json.dumps(res, default=str))
+        return res
+    from lab.ui import console, result_panel
+
+    con = console()
+    with con.status(f"[bold]{exp.id}[/]: {exp.claim}") as status:
+
+        def progress(text: str, frac: float | None, status: Any = status, eid: str = exp.id) -> None:
+            status.update(f"[bold]{eid}[/]: {text}")
+
+        res = runner.run_one(exp, out_root, progress=progress)
+    con.print(result_panel(res))
+    return res
+
+
+def _run_parallel(exps: list[Any], out_root: Path, jobs: int, as_json: bool) -> list[dict[str, Any]]:
+    from lab.parallel import run_parallel
+
+    if as_json:
+        return run_parallel(exps, out_root, jobs,
+                            on_result=lambda r: click.echo(json.dumps(r, default=str)))
+    from rich.live import Live
+
+    from lab.ui import console, jobs_table, result_panel
+
+    con = console()
+    with Live(console=con, refresh_per_second=4, transient=False) as live:
+        results = run_parallel(exps, out_root, jobs, on_update=lambda js: live.update(jobs_table(js)),
+                               on_result=lambda r: live.console.print(result_panel(r)))
+    return results
+
+
+@cli.command("claims")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Run folder to judge (default: the newest under runs/).")
+@click.option("--json", "as_json", is_flag=True)
+def claims_cmd(run_dir: Path | None, as_json: bool) -> None:
+    """The lore's claims, each with its experiment, the verdict on this kernel and the evidence."""
+    from lab import claims
+    from lab.errors import UsageError
+
+    run_dir = run_dir or claims.latest_run()
+    if run_dir is None:
+        raise UsageError("no run folder with results under runs/", "run 'twlab run all' first (or pass --run DIR)")
+    results = claims.load_results(run_dir)
+    if not results:
+        raise UsageError(f"no result.json under {run_dir}", "pass the folder a 'twlab run' wrote")
+    ledger = claims.judge_all(results)
+    claims.write_markdown(ledger, run_dir / "claims.md", results)
+    if as_json:
+        click.echo(json.dumps({"run": str(run_dir), "claims": claims.ledger_dicts(ledger)}))
+        return
+    from lab.ui import console
+
+    con = console()
+    con.print(claims.ledger_table(ledger))
+    con.print(f"written: {run_dir / 'claims.md'}")
 
 
 def main() -> None:

@@ -59,3 +59,24 @@ def summary_table(results: list[dict[str, Any]]) -> Table:
 
 def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
+
+
+def jobs_table(jobs: list[Any]) -> Table:
+    """One progress line per experiment of a parallel run."""
+    import time
+
+    t = Table(title="twlab run", expand=True)
+    t.add_column("experiment", style="bold", no_wrap=True)
+    t.add_column("state", no_wrap=True)
+    t.add_column("s", justify="right")
+    t.add_column("now", ratio=1)
+    for j in jobs:
+        if j.state == "waiting":
+            state, secs = Text("waiting", style="dim"), ""
+        elif j.state == "running":
+            state, secs = Text("running", style="cyan"), f"{time.monotonic() - j.started_s:.0f}"
+        else:
+            state = verdict_text(j.result) if j.result else Text("?")
+            secs = f"{j.ended_s - j.started_s:.1f}"
+        t.add_row(j.exp.id, state, secs, j.progress)
+    return t

@@ -1,0 +1,123 @@
+"""Run several experiments at once, each in its own `twlab run` process (own namespaces, own
+resource ledger), longest first, so that a whole run takes little more than the longest one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.experiments.base import Experiment, kernel_release
+
+
+@dataclass
+class Job:
+    exp: Experiment
+    proc: subprocess.Popen[str] | None = None
+    started_s: float = 0.0
+    ended_s: float = 0.0
+    result: dict[str, Any] | None = None
+    stderr: str = ""
+    exit_code: int | None = None
+    progress: str = "waiting"
+    events_pos: int = field(default=0, repr=False)
+
+    @property
+    def state(self) -> str:
+        if self.proc is None:
+            return "waiting"
+        return "running" if self.exit_code is None else "done"
+
+
+def _child_argv(exp_id: str, out_root: Path) -> list[str]:
+    return [sys.executable, "-m", "lab", "run", exp_id, "--json", "--out", str(out_root)]
+
+
+def _poll_progress(job: Job, out_root: Path) -> None:
+    """The child's latest progress line, read from its event log (no extra protocol needed)."""
+    path = out_root / job.exp.id / "events.jsonl"
+    try:
+        with path.open(encoding="utf-8") as fh:
+            fh.seek(job.events_pos)
+            for line in fh:
+                if not line.endswith("\n"):
+                    break
+                job.events_pos += len(line.encode())
+                with contextlib.suppress(ValueError):
+                    rec = json.loads(line)
+                    if rec.get("kind") == "progress":
+                        job.progress = str(rec.get("text", ""))
+    except OSError:
+        pass
+
+
+def _failed_result(job: Job, out_root: Path) -> dict[str, Any]:
+    reason = job.stderr.strip().splitlines()[-1] if job.stderr.strip() else f"exit {job.exit_code}"
+    return {"experiment": job.exp.id, "reproduced": False, "claim": job.exp.claim, "observations": {},
+            "capture": None, "kernel": kernel_release(), "error": reason, "exit_code": job.exit_code,
+            "folder": str(out_root / job.exp.id), "duration_s": round(job.ended_s - job.started_s, 3),
+            "story": [], "notes": [], "skipped": [], "lore": job.exp.lore}
+
+
+def run_parallel(exps: list[Experiment], out_root: Path, jobs: int = 4,
+                 on_update: Callable[[list[Job]], None] | None = None,
+                 on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Results in the order of `exps`. Ctrl-C/SIGTERM: every child gets SIGTERM and unwinds its own
+    resources; we wait for them before re-raising."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    all_jobs = [Job(e) for e in exps]
+    queue = sorted(all_jobs, key=lambda j: -j.exp.duration_hint_s)
+    running: list[Job] = []
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        while queue or running:
+            while queue and len(running) < max(1, jobs):
+                job = queue.pop(0)
+                job.proc = subprocess.Popen(_child_argv(job.exp.id, out_root), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+                job.started_s = time.monotonic()
+                job.progress = "starting"
+                running.append(job)
+            for job in list(running):
+                assert job.proc is not None
+                _poll_progress(job, out_root)
+                if job.proc.poll() is None:
+                    continue
+                out, err = job.proc.communicate()
+                job.exit_code = job.proc.returncode
+                job.ended_s = time.monotonic()
+                job.stderr = err
+                lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+                job.result = json.loads(lines[-1]) if lines else _failed_result(job, out_root)
+                job.result["exit_code"] = job.exit_code
+                job.progress = "reproduced" if job.result.get("reproduced") else (
+                    job.result.get("error") or "not reproduced")
+                running.remove(job)
+                if on_result:
+                    on_result(job.result)
+            if on_update:
+                on_update(all_jobs)
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        for job in running:
+            if job.proc and job.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    job.proc.send_signal(signal.SIGTERM)
+        for job in running:
+            if job.proc:
+                try:
+                    job.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    job.proc.kill()
+        raise
+    return [j.result for j in all_jobs if j.result is not None]
