@@ -16,12 +16,19 @@ _ORDER = [
 ]
 
 
+UNAVAILABLE: dict[str, str] = {}  # module -> why it could not be loaded on this OS
+
+
 def all_experiments() -> list[Experiment]:
     found: dict[str, Experiment] = {}
     for mod in pkgutil.iter_modules(__path__):
         if mod.name.startswith("_") or mod.name == "base":
             continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
+        try:
+            module = importlib.import_module(f"{__name__}.{mod.name}")
+        except (ImportError, OSError) as exc:  # e.g. a Linux-only dependency on macOS/FreeBSD
+            UNAVAILABLE[mod.name] = f"{type(exc).__name__}: {exc}"
+            continue
         exp = getattr(module, "EXPERIMENT", None)
         if isinstance(exp, Experiment):
             found[exp.id] = exp
@@ -36,6 +43,9 @@ def get(names: list[str]) -> list[Experiment]:
     out = []
     for n in names:
         if n not in known:
+            why = UNAVAILABLE.get(n.replace("-", "_"))
+            if why:
+                raise UsageError(f"experiment {n!r} cannot be loaded here ({why})", "run it on Linux")
             raise UsageError(f"unknown experiment {n!r}", f"run 'twlab list' to see the {len(known)} known ids")
         out.append(known[n])
     return out
