@@ -189,5 +189,18 @@ def claims_cmd(run_dir: Path | None, as_json: bool) -> None:
     con.print(f"written: {run_dir / 'claims.md'}")
 
 
+@cli.command("gallery")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--into", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Gallery folder (default: the repository's captures/).")
+def gallery_cmd(run_dir: Path, into: Path | None) -> None:
+    """Copy a run's annotated captures into the reference gallery and regenerate its index."""
+    from lab import gallery
+
+    entries = gallery.build(run_dir, into or gallery.GALLERY)
+    for e in entries:
+        click.echo(f"{e['experiment']:28} {e.get('file') or '-':40} {e.get('note', '')}")
+
+
 def main() -> None:
     cli(prog_name="twlab")
