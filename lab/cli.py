@@ -202,5 +202,21 @@ def gallery_cmd(run_dir: Path, into: Path | None) -> None:
         click.echo(f"{e['experiment']:28} {e.get('file') or '-':40} {e.get('note', '')}")
 
 
+@cli.command("watch")
+@click.option("--port", "-p", "ports", type=int, multiple=True, help="Only sockets with this local or peer port.")
+@click.option("--netns", default=None, help="Watch inside this network namespace (e.g. a running lab host).")
+@click.option("--interval", type=float, default=0.25, show_default=True)
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+def watch_cmd(ports: tuple[int, ...], netns: str | None, interval: float, once: bool, duration: float | None) -> None:
+    """A live table of TCP sockets with their states and TIME_WAIT timers counting down."""
+    from lab.watch import watch
+
+    try:
+        watch(ports, netns, interval, once, duration)
+    except KeyboardInterrupt:
+        return
+
+
 def main() -> None:
     cli(prog_name="twlab")
