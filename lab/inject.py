@@ -1,0 +1,301 @@
+"""Craft and send TCP segments into a live five-tuple: replays of old segments, RSTs, SYNs.
+
+Every destination passes `check_target` first: loopback, or an address configured inside this run's
+own namespace ('twl' + run id), nothing else (lab.errors.UnsafeTarget). Every segment sent is logged to
+ctx.events as kind "inject" (time, five-tuple, seq, ack, flags, TSval, payload) so that the frames of a
+capture can be matched against the log afterwards (`match_frames`).
+
+Two ways out:
+- `Injector.raw(ctx, ns)`: an IPPROTO_RAW socket opened inside the namespace (or on the host's lo). This is
+  the socket scapy's send() picks on lo (L3RawSocket): the packet goes through the IP output path, so
+  netfilter OUTPUT applies (a DROP rule there makes the send fail with EPERM). kernel-facts §8.
+- `Injector(ctx, tun_peer.write, netns=..)` / `TunPeer.injector()`: written into a TUN device, the kernel
+  receives it as if it came from the wire (kernel-facts §9).
+Crafting uses scapy; the bytes are built once and written without scapy's route/iface tables, which go
+stale after setns (kernel-facts §1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lab.errors import EnvironmentProblem, UnsafeTarget
+
+if TYPE_CHECKING:
+    from lab.core.model import Segment
+    from lab.experiments.base import RunContext
+
+LAB_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"))
+FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
+
+
+class _Netns(Protocol):
+    """What the injector needs of lab.hosts.netns.Namespace."""
+
+    name: str
+
+    def entered(self) -> contextlib.AbstractContextManager[Any]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# the guard (pure)
+
+
+def check_target(dst: str, *, run_id: str, netns: str | None = None, netns_addrs: Iterable[str] = ()) -> str:
+    """Allow `dst` or raise UnsafeTarget; returns why it is allowed.
+
+    Allowed: loopback (127.0.0.0/8, ::1), on the host or in this run's namespace; or, when `netns` is
+    this run's own namespace ('twl' + run_id + role), an address from the lab's documentation ranges
+    that is configured in that namespace (`netns_addrs`, as listed by the caller).
+    """
+    try:
+        addr = ipaddress.ip_address(dst.split("%", 1)[0])
+    except ValueError:
+        raise UnsafeTarget(f"refusing to inject to {dst!r}: not an IP address",
+                           "give a loopback address or one configured in this run's lab namespace") from None
+    if netns is not None:
+        own = f"twl{run_id}"
+        if len(run_id) != 6 or not netns.startswith(own) or len(netns) > 15:
+            raise UnsafeTarget(f"refusing to inject into namespace {netns!r}: not this run's own ({own}*)",
+                               "inject only into a namespace this run created")
+    if addr.is_loopback:
+        return f"{addr} is loopback" + (f" in {netns}" if netns else "")
+    if netns is None:
+        raise UnsafeTarget(f"refusing to inject to {addr}: not loopback and no lab namespace given",
+                           "use 127.0.0.1/::1, or an address inside this run's lab namespace")
+    if not any(addr in net for net in LAB_NETS):
+        raise UnsafeTarget(f"refusing to inject to {addr}: outside the lab ranges 192.0.2.0/24, "
+                           "198.51.100.0/24, 2001:db8::/32", "lab namespaces use documentation addresses only")
+    configured = set()
+    for a in netns_addrs:
+        with contextlib.suppress(ValueError):
+            configured.add(ipaddress.ip_address(a.split("/", 1)[0]))
+    if addr not in configured:
+        raise UnsafeTarget(f"refusing to inject to {addr}: not configured in namespace {netns}",
+                           "the target must be an address of a lab host in that namespace")
+    return f"{addr} is configured in {netns}"
+
+
+def namespace_addresses(netns: str) -> set[str]:
+    """Addresses configured in a namespace (pyroute2), for the guard."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=netns) as ipr:
+        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS")}
+
+
+# ---------------------------------------------------------------------------------------------
+# crafting and reading segments (scapy)
+
+
+def flags_value(flags: str | int) -> int:
+    if isinstance(flags, int):
+        return flags
+    try:
+        return sum(FLAG_BITS[c] for c in set(flags.upper()))
+    except KeyError:
+        raise ValueError(f"unknown TCP flag in {flags!r} (use letters FSRPAUEC)") from None
+
+
+def flags_text(value: int) -> str:
+    return "".join(c for c, bit in FLAG_BITS.items() if value & bit)
+
+
+def craft(src: str, sport: int, dst: str, dport: int, *, flags: str | int, seq: int, ack: int = 0,
+          window: int = 65535, ts: tuple[int, int] | None = None, payload: bytes = b"",
+          mss: int | None = None, wscale: int | None = None, sack_ok: bool = False) -> bytes:
+    """One IPv4/IPv6 TCP segment as bytes, checksums filled in by scapy."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    opts: list[tuple[str, Any]] = []
+    if mss is not None:
+        opts.append(("MSS", mss))
+    if sack_ok:
+        opts.append(("SAckOK", b""))
+    if ts is not None:
+        if not opts:
+            opts += [("NOP", None), ("NOP", None)]
+        opts.append(("Timestamp", (ts[0] % (1 << 32), ts[1] % (1 << 32))))
+    if wscale is not None:
+        opts += [("NOP", None), ("WScale", wscale)]
+    l3 = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
+    tcp = TCP(sport=sport, dport=dport, flags=flags_value(flags), seq=seq % (1 << 32), ack=ack % (1 << 32),
+              window=window, options=opts)
+    return bytes(l3 / tcp / payload) if payload else bytes(l3 / tcp)
+
+
+def describe(raw: bytes) -> dict[str, Any]:
+    """The fields the lab logs and matches on, read from an IP packet."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    pkt = IPv6(raw) if raw and raw[0] >> 4 == 6 else IP(raw)
+    if TCP not in pkt:
+        raise ValueError("not a TCP segment")
+    tcp = pkt[TCP]
+    opts = dict((k, v) for k, v in tcp.options if isinstance(k, str))
+    tsv = opts.get("Timestamp")
+    payload = bytes(tcp.payload)
+    return {"src": pkt.src, "sport": int(tcp.sport), "dst": pkt.dst, "dport": int(tcp.dport),
+            "seq": int(tcp.seq), "ack": int(tcp.ack), "flags": flags_text(int(tcp.flags)),
+            "window": int(tcp.window), "tsval": tsv[0] if tsv else None, "tsecr": tsv[1] if tsv else None,
+            "len": len(payload), "payload_hex": payload.hex(),
+            "payload_text": payload.decode("utf-8", "backslashreplace")}
+
+
+def variant(raw: bytes, *, shift: int = 0, seq: int | None = None, ack: int | None = None,
+            strip_ts: bool = False, ts: tuple[int, int] | None = None, flags: str | int | None = None,
+            payload: bytes | None = None) -> bytes:
+    """A copy of a captured segment: moved in sequence space, its ACK or flags replaced, timestamps
+    stripped or rewritten. Everything not named stays as captured (the old incarnation's values)."""
+    d = describe(raw)
+    opts = _options_of(raw)
+    new_ts = None if strip_ts else (ts if ts is not None else opts.get("ts"))
+    return craft(d["src"], d["sport"], d["dst"], d["dport"], flags=flags if flags is not None else d["flags"],
+                 seq=(seq if seq is not None else d["seq"]) + shift, ack=ack if ack is not None else d["ack"],
+                 window=d["window"], ts=new_ts, payload=bytes.fromhex(d["payload_hex"]) if payload is None
+                 else payload, mss=opts.get("mss"), wscale=opts.get("wscale"), sack_ok=bool(opts.get("sack")))
+
+
+def _options_of(raw: bytes) -> dict[str, Any]:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    pkt = IPv6(raw) if raw[0] >> 4 == 6 else IP(raw)
+    out: dict[str, Any] = {}
+    for k, v in pkt[TCP].options:
+        if k == "Timestamp":
+            out["ts"] = (int(v[0]), int(v[1]))
+        elif k == "MSS":
+            out["mss"] = int(v)
+        elif k == "WScale":
+            out["wscale"] = int(v)
+        elif k == "SAckOK":
+            out["sack"] = True
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# sending
+
+
+class Injector:
+    """Sends crafted segments through `write(raw_bytes)`, guarded and logged."""
+
+    def __init__(self, ctx: RunContext, write: Callable[[bytes], None], *, netns: str | None = None,
+                 via: str = "custom", by: str = "injector") -> None:
+        self.ctx = ctx
+        self._write = write
+        self.netns = netns
+        self.via = via
+        self.by = by
+        self.sent: list[dict[str, Any]] = []
+        self._addrs: set[str] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def raw(cls, ctx: RunContext, ns: _Netns | None = None) -> Injector:
+        """An IPPROTO_RAW socket (IPv4 and IPv6) opened inside `ns` (None: the host's loopback only)."""
+        try:
+            with ns.entered() if ns is not None else contextlib.nullcontext():
+                s4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                s6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        except PermissionError:
+            raise EnvironmentProblem("injection needs a raw socket (CAP_NET_RAW)", "run as root") from None
+        ctx.stack.callback(s4.close)
+        ctx.stack.callback(s6.close)
+
+        def write(raw: bytes) -> None:
+            d = describe(raw)
+            (s6 if ":" in d["dst"] else s4).sendto(raw, (d["dst"], 0))
+
+        return cls(ctx, write, netns=ns.name if ns is not None else None, via="raw")
+
+    def allowed(self, dst: str) -> str:
+        if self.netns is not None and self._addrs is None and not ipaddress.ip_address(dst).is_loopback:
+            self._addrs = namespace_addresses(self.netns)
+        return check_target(dst, run_id=self.ctx.run_id, netns=self.netns, netns_addrs=self._addrs or ())
+
+    def send(self, raw: bytes, *, label: str = "", mark: str | None = None, delay_s: float = 0.0,
+             **extra: Any) -> dict[str, Any]:
+        """Send one segment (after `delay_s`), log it, return the log record."""
+        d = describe(raw)
+        self.allowed(d["dst"])
+        if delay_s > 0:
+            time.sleep(delay_s)
+        with self._lock:
+            wall = time.time()
+            self._write(raw)
+        rec = self.ctx.events.log("inject", by=self.by, via=self.via, netns=self.netns, label=label, mark=mark,
+                                  sent_wall_s=wall, **d, **extra)
+        self.sent.append(rec)
+        return rec
+
+    def segment(self, src: str, sport: int, dst: str, dport: int, *, flags: str | int, seq: int, ack: int = 0,
+                label: str = "", mark: str | None = None, delay_s: float = 0.0, **opts: Any) -> dict[str, Any]:
+        return self.send(craft(src, sport, dst, dport, flags=flags, seq=seq, ack=ack, **opts), label=label,
+                         mark=mark, delay_s=delay_s)
+
+    def rst(self, src: str, sport: int, dst: str, dport: int, *, seq: int, ack: int | None = None,
+            ts: tuple[int, int] | None = None, label: str = "rst", mark: str | None = "rst",
+            delay_s: float = 0.0) -> dict[str, Any]:
+        """RST (RST+ACK when `ack` is given) with a chosen sequence number and optional timestamp."""
+        return self.segment(src, sport, dst, dport, flags="RA" if ack is not None else "R", seq=seq, ack=ack or 0,
+                            ts=ts, window=0, label=label, mark=mark, delay_s=delay_s)
+
+    def syn(self, src: str, sport: int, dst: str, dport: int, *, seq: int, ts: tuple[int, int] | None = None,
+            label: str = "syn", mark: str | None = "syn", delay_s: float = 0.0, **opts: Any) -> dict[str, Any]:
+        opts.setdefault("mss", 1460)
+        return self.segment(src, sport, dst, dport, flags="S", seq=seq, ts=ts, label=label, mark=mark,
+                            delay_s=delay_s, **opts)
+
+    def replay(self, captured: bytes, *, delay_s: float = 0.0, label: str = "replay", mark: str | None = "duplicate",
+               **change: Any) -> dict[str, Any]:
+        """Send a segment captured in an earlier incarnation again, optionally changed (see `variant`)."""
+        raw = variant(captured, **change) if change else captured
+        original = describe(captured)
+        return self.send(raw, label=label, mark=mark, delay_s=delay_s, replay_of={
+            "seq": original["seq"], "ack": original["ack"], "tsval": original["tsval"]},
+            change={k: (list(v) if isinstance(v, tuple) else v) for k, v in change.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# matching a capture against the log
+
+
+def segment_key(seg: Segment) -> tuple[Any, ...]:
+    return (seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.seq, seg.ack, seg.flags & 0x3F, seg.payload_len,
+            seg.tsval)
+
+
+def record_key(rec: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (str(ipaddress.ip_address(rec["src"])), rec["sport"], str(ipaddress.ip_address(rec["dst"])),
+            rec["dport"], rec["seq"], rec["ack"], flags_value(rec["flags"]) & 0x3F, rec["len"], rec["tsval"])
+
+
+def match_frames(segments: Iterable[Segment], records: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """Frame number of each logged segment in a capture: {record index: frame} (first unused match,
+    in order, so that a segment sent twice maps to two frames)."""
+    wanted: dict[tuple[Any, ...], list[int]] = {}
+    for i, rec in enumerate(records):
+        wanted.setdefault(record_key(rec), []).append(i)
+    out: dict[int, int] = {}
+    for seg in segments:
+        idxs = wanted.get(segment_key(seg))
+        if idxs:
+            out[idxs.pop(0)] = seg.frame
+    return out
+
+
+def injected(ctx: RunContext, mark: str | None = None) -> Iterator[dict[str, Any]]:
+    """The run's inject records (optionally only those with `mark`)."""
+    for rec in ctx.events.records:
+        if rec.get("kind") == "inject" and (mark is None or rec.get("mark") == mark):
+            yield rec

@@ -1,0 +1,404 @@
+"""A scripted userspace TCP endpoint behind a TUN device in a lab namespace (kernel-facts §9).
+
+The kernel side owns 198.51.100.1 on the TUN device; the peer plays 198.51.100.2, an address the
+kernel does not have, so the kernel never answers for it (no RSTs for the peer's port). The peer
+writes segments into the TUN device and reads what the kernel sends back: handshakes, data and
+closes with a chosen ISN, chosen timestamps and chosen timing — the lab's packetdrill, as data:
+
+    conn = peer.connection(sport=40001, dport=5000)
+    report = conn.run([
+        {"send": {"flags": "S", "seq": 1000000, "ts": [1000, 0], "wscale": 7}},
+        {"expect": {"flags": "SA", "ack": "peer.isn+1", "timeout_s": 1}},
+        {"send": {"flags": "A", "ts": ["peer.tsval+1", "kernel.tsval"]}},
+        {"send": {"flags": "PA", "data": "hello", "ts": ["peer.tsval+1", "kernel.tsval"]}},
+        {"expect": {"flags": "A", "ack": "peer.nxt"}},
+        {"sleep": 0.2},
+    ])
+
+Steps (each may carry "label"):
+  {"send": {flags, seq, ack, window, ts: [tsval, tsecr], data | hex, mss, wscale, sack_ok, mark}}
+      seq defaults to peer.nxt; ack to kernel.nxt when the A flag is set; no options unless given.
+  {"expect": {flags, seq, ack, len, data, ts: true|false, timeout_s}}   the next segment the kernel sends
+  {"expect_none": {timeout_s}}          nothing may arrive (e.g. a RST that must not be answered)
+  {"collect": {timeout_s}}              everything that arrives within the time (counting replies)
+  {"sleep": seconds}
+  {"set": {"name": expr}}               remember a value, e.g. {"old.rcv_nxt": "peer.nxt"}
+Numbers may be expressions over names, joined with + and -: "peer.isn+1", "kernel.nxt-100000".
+Names: peer.isn, peer.nxt, peer.tsval, kernel.isn, kernel.seq, kernel.nxt, kernel.ack, kernel.tsval,
+kernel.tsecr, kernel.window, plus whatever `set` stored or the caller passed in `variables`.
+Every step's result says what was expected, what the kernel answered, and pass/fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import re
+import select
+import struct
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lab.errors import EnvironmentProblem, LabError
+from lab.inject import Injector, craft, describe, flags_value
+
+if TYPE_CHECKING:
+    from lab.experiments.base import RunContext
+    from lab.inject import _Netns
+
+KERNEL_IP = "198.51.100.1"
+PEER_IP = "198.51.100.2"
+PREFIX = 24
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+MOD = 1 << 32
+
+
+class PeerScriptError(LabError):
+    """A peer script that cannot be executed (unknown name, bad step): a lab bug, not a TCP finding."""
+
+    exit_code = 2
+
+
+_TERM = re.compile(r"\s*([+-])?\s*([A-Za-z_][\w.]*|\d+)\s*")
+
+
+def evaluate(expr: int | str, variables: Mapping[str, int]) -> int:
+    """An integer or a sum/difference of names and integers, modulo 2^32."""
+    if isinstance(expr, bool):
+        raise PeerScriptError(f"not a number: {expr!r}", "use an integer or an expression such as 'peer.isn+1'")
+    if isinstance(expr, int):
+        return expr % MOD
+    total, pos = 0, 0
+    text = expr.strip()
+    first = True
+    while pos < len(text):
+        m = _TERM.match(text, pos)
+        if not m or (not first and not m.group(1)):
+            raise PeerScriptError(f"cannot read expression {expr!r} at {text[pos:]!r}",
+                                  "write names and integers joined by + or -, e.g. 'kernel.nxt-100'")
+        sign = -1 if m.group(1) == "-" else 1
+        tok = m.group(2)
+        if tok.isdigit():
+            val = int(tok)
+        elif tok in variables:
+            val = variables[tok]
+        else:
+            raise PeerScriptError(f"unknown name {tok!r} in {expr!r}",
+                                  f"known now: {', '.join(sorted(variables)) or 'none'}")
+        total += sign * val
+        pos = m.end()
+        first = False
+    if first:
+        raise PeerScriptError(f"empty expression {expr!r}", "give a number or a name")
+    return total % MOD
+
+
+def _same_flags(got: str, want: str) -> bool:
+    return flags_value(got) == flags_value(want)
+
+
+@dataclass
+class StepResult:
+    i: int
+    label: str
+    kind: str
+    ok: bool
+    expected: dict[str, Any] | None = None
+    got: dict[str, Any] | None = None            # the kernel's segment (expect) or the sent one (send)
+    collected: list[dict[str, Any]] = field(default_factory=list)
+    why: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"i": self.i, "label": self.label, "kind": self.kind, "ok": self.ok, "expected": self.expected,
+                "got": self.got, "collected": self.collected or None, "why": self.why or None}
+
+
+@dataclass
+class PeerReport:
+    steps: list[StepResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+    def by_label(self, label: str) -> StepResult:
+        for s in self.steps:
+            if s.label == label:
+                return s
+        raise KeyError(label)
+
+    def failures(self) -> list[str]:
+        return [f"{s.label}: {s.why}" for s in self.steps if not s.ok]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self.steps]
+
+
+def short(seg: Mapping[str, Any] | None) -> str:
+    """tcpdump-like one-liner of a segment dict from `describe`."""
+    if not seg:
+        return "nothing"
+    ts = f" TS {seg['tsval']}:{seg['tsecr']}" if seg.get("tsval") is not None else ""
+    data = f" len {seg['len']}" if seg.get("len") else ""
+    return f"[{seg['flags']}] seq {seg['seq']} ack {seg['ack']}{ts}{data}"
+
+
+class TunPeer:
+    """The TUN device and its reader; `connection()` gives a scripted endpoint for one port pair."""
+
+    def __init__(self, ctx: RunContext, ns: _Netns, fd: int, name: str, kernel_ip: str, peer_ip: str) -> None:
+        self.ctx = ctx
+        self.ns = ns
+        self.fd = fd
+        self.name = name
+        self.kernel_ip = kernel_ip
+        self.peer_ip = peer_ip
+        self._queues: dict[tuple[int, int], queue.Queue[dict[str, Any]]] = {}
+        self._qlock = threading.Lock()
+        self._stop_r, self._stop_w = os.pipe()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_loop, name=f"tun-{name}", daemon=True)
+        self._reader.start()
+        self.injector_ = Injector(ctx, self.write, netns=ns.name, via="tun", by="peer")
+
+    @classmethod
+    def open(cls, ctx: RunContext, ns: _Netns, *, kernel_ip: str = KERNEL_IP, peer_ip: str = PEER_IP,
+             role: str = "t") -> TunPeer:
+        """Create the TUN device ctx.name(role) inside `ns`, give the kernel `kernel_ip`, bring it up."""
+        name = ctx.name(role)
+        try:
+            with ns.entered():
+                fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+                except OSError:
+                    os.close(fd)
+                    raise
+        except FileNotFoundError:
+            raise EnvironmentProblem("no /dev/net/tun: the peer needs a TUN device",
+                                     "load/enable CONFIG_TUN or run in a VM that has it") from None
+        except PermissionError:
+            raise EnvironmentProblem("creating a TUN device needs CAP_NET_ADMIN", "run as root") from None
+        ctx.ledger.add("link", name, netns=ns.name)
+        peer = cls(ctx, ns, fd, name, kernel_ip, peer_ip)
+        ctx.stack.callback(peer.close)
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=ns.name) as ipr:
+            idx = ipr.link_lookup(ifname=name)[0]
+            ipr.addr("add", index=idx, address=kernel_ip, prefixlen=PREFIX)
+            ipr.link("set", index=idx, state="up")
+        ctx.events.log("tun-open", name=name, netns=ns.name, kernel_ip=kernel_ip, peer_ip=peer_ip)
+        return peer
+
+    # -- I/O
+
+    def write(self, raw: bytes) -> None:
+        os.write(self.fd, raw)
+
+    def injector(self) -> Injector:
+        """An injector that writes into this TUN (guarded against the namespace's addresses, logged)."""
+        return self.injector_
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                ready, _, _ = select.select([self.fd, self._stop_r], [], [], 1.0)
+            except (OSError, ValueError):
+                return
+            if self._stop_r in ready:
+                return
+            if self.fd not in ready:
+                continue
+            try:
+                raw = os.read(self.fd, 65535)
+            except OSError:
+                return
+            if not raw or raw[0] >> 4 != 4 or len(raw) < 20 or raw[9] != 6:
+                continue  # IPv6 chatter, non-TCP
+            try:
+                seg = describe(raw)
+            except (ValueError, IndexError):
+                continue
+            if seg["dst"] != self.peer_ip:
+                continue
+            seg["wall_s"] = time.time()
+            seg["raw_hex"] = raw.hex()
+            self.ctx.events.log("peer-recv", **{k: v for k, v in seg.items() if k != "raw_hex"})
+            self._queue(seg["dport"], seg["sport"]).put(seg)
+
+    def _queue(self, local_port: int, remote_port: int) -> queue.Queue[dict[str, Any]]:
+        with self._qlock:
+            return self._queues.setdefault((local_port, remote_port), queue.Queue())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+        self._reader.join(timeout=2)
+        for fd in (self.fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.ctx.ledger.discard("link", self.name)  # the device goes with its last fd
+        self.ctx.events.log("tun-close", name=self.name)
+
+    def connection(self, sport: int, dport: int, variables: Mapping[str, int] | None = None) -> PeerConnection:
+        return PeerConnection(self, sport, dport, dict(variables or {}))
+
+
+class PeerConnection:
+    """One scripted endpoint (peer_ip:sport <-> kernel_ip:dport); variables persist across `run` calls,
+    so one connection object can play several incarnations of the same five-tuple."""
+
+    def __init__(self, peer: TunPeer, sport: int, dport: int, variables: dict[str, int]) -> None:
+        self.peer = peer
+        self.sport = sport
+        self.dport = dport
+        self.vars: dict[str, int] = {"peer.nxt": 0, **variables}
+        self.q = peer._queue(sport, dport)
+        self.sent: dict[str, bytes] = {}          # label -> raw bytes of what was sent (for replays)
+        self.received: list[dict[str, Any]] = []
+
+    # -- variables
+
+    def _after_send(self, d: Mapping[str, Any]) -> None:
+        fl = flags_value(d["flags"])
+        if fl & 0x02 and not fl & 0x10:
+            self.vars["peer.isn"] = d["seq"]
+        length = d["len"] + (1 if fl & 0x02 else 0) + (1 if fl & 0x01 else 0)
+        self.vars["peer.nxt"] = (d["seq"] + length) % MOD
+        if d["tsval"] is not None:
+            self.vars["peer.tsval"] = d["tsval"]
+
+    def _after_recv(self, d: Mapping[str, Any]) -> None:
+        fl = flags_value(d["flags"])
+        if fl & 0x02:
+            self.vars["kernel.isn"] = d["seq"]
+        length = d["len"] + (1 if fl & 0x02 else 0) + (1 if fl & 0x01 else 0)
+        self.vars["kernel.seq"] = d["seq"]
+        self.vars["kernel.nxt"] = (d["seq"] + length) % MOD
+        self.vars["kernel.ack"] = d["ack"]
+        self.vars["kernel.window"] = d["window"]
+        if d["tsval"] is not None:
+            self.vars["kernel.tsval"] = d["tsval"]
+            self.vars["kernel.tsecr"] = d["tsecr"]
+
+    def _next(self, timeout_s: float) -> dict[str, Any] | None:
+        try:
+            d = self.q.get(timeout=max(timeout_s, 0.0))
+        except queue.Empty:
+            return None
+        self.received.append(d)
+        self._after_recv(d)
+        return d
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Whatever arrived unasked (e.g. retransmissions), consumed."""
+        out = []
+        while (d := self._next(0)) is not None:
+            out.append(d)
+        return out
+
+    # -- steps
+
+    def build(self, spec: Mapping[str, Any]) -> bytes:
+        v = self.vars
+        flags = spec.get("flags", "A")
+        seq = evaluate(spec.get("seq", "peer.nxt"), v)
+        ack_default: int | str = "kernel.nxt" if flags_value(flags) & 0x10 else 0
+        ack = evaluate(spec.get("ack", ack_default), v)
+        ts = None
+        if spec.get("ts") is not None:
+            ts = (evaluate(spec["ts"][0], v), evaluate(spec["ts"][1], v))
+        payload = bytes.fromhex(spec["hex"]) if "hex" in spec else str(spec.get("data", "")).encode()
+        return craft(self.peer.peer_ip, self.sport, self.peer.kernel_ip, self.dport, flags=flags, seq=seq, ack=ack,
+                     window=int(spec.get("window", 65535)), ts=ts, payload=payload, mss=spec.get("mss"),
+                     wscale=spec.get("wscale"), sack_ok=bool(spec.get("sack_ok", False)))
+
+    def send_raw(self, raw: bytes, *, label: str, mark: str | None = None, **extra: Any) -> dict[str, Any]:
+        rec = self.peer.injector_.send(raw, label=label, mark=mark, **extra)
+        self.sent[label] = raw
+        self._after_send(rec)
+        return rec
+
+    def run(self, steps: Sequence[Mapping[str, Any]], *, stop_on_fail: bool = True) -> PeerReport:
+        results: list[StepResult] = []
+        failed = False
+        for i, step in enumerate(steps):
+            kind = next((k for k in ("send", "expect", "expect_none", "collect", "sleep", "set") if k in step), None)
+            if kind is None:
+                raise PeerScriptError(f"step {i} has no known kind: {dict(step)!r}",
+                                      "use send, expect, expect_none, collect, sleep or set")
+            label = str(step.get("label", f"{i}:{kind}"))
+            if failed and stop_on_fail:
+                results.append(StepResult(i, label, kind, False, why="not run: an earlier step failed"))
+                continue
+            res = self._step(i, label, kind, step[kind])
+            results.append(res)
+            self.peer.ctx.events.log("peer-step", conn=f"{self.sport}->{self.dport}", **res.to_dict())
+            failed = failed or not res.ok
+        return PeerReport(results)
+
+    def _step(self, i: int, label: str, kind: str, arg: Any) -> StepResult:
+        if kind == "sleep":
+            time.sleep(float(arg))
+            return StepResult(i, label, kind, True)
+        if kind == "set":
+            for name, expr in dict(arg).items():
+                self.vars[name] = evaluate(expr, self.vars)
+            return StepResult(i, label, kind, True, got={k: self.vars[k] for k in arg})
+        if kind == "send":
+            spec = dict(arg)
+            rec = self.send_raw(self.build(spec), label=label, mark=spec.get("mark"))
+            return StepResult(i, label, kind, True, got=_public(rec))
+        timeout_s = float(dict(arg).get("timeout_s", 1.0))
+        if kind == "expect_none":
+            d = self._next(timeout_s)
+            return StepResult(i, label, kind, d is None, expected={"nothing_for_s": timeout_s}, got=_public(d),
+                              why="" if d is None else f"kernel sent {short(d)}")
+        if kind == "collect":
+            end = time.monotonic() + timeout_s
+            got = []
+            while (left := end - time.monotonic()) > 0 and (d := self._next(left)) is not None:
+                got.append(_public(d))
+            return StepResult(i, label, kind, True, collected=[g for g in got if g])
+        spec = dict(arg)
+        expected = {k: v for k, v in spec.items() if k != "timeout_s"}
+        # resolve expressions before the segment updates the variables
+        want: dict[str, Any] = {}
+        for k in ("seq", "ack"):
+            if k in spec:
+                want[k] = evaluate(spec[k], self.vars)
+        d = self._next(timeout_s)
+        if d is None:
+            return StepResult(i, label, kind, False, expected=expected, why=f"nothing within {timeout_s} s")
+        problems = []
+        if "flags" in spec and not _same_flags(d["flags"], spec["flags"]):
+            problems.append(f"flags {d['flags']} (wanted {spec['flags']})")
+        for k, val in want.items():
+            if d[k] != val:
+                problems.append(f"{k} {d[k]} (wanted {spec[k]} = {val})")
+        if "len" in spec and d["len"] != int(spec["len"]):
+            problems.append(f"len {d['len']} (wanted {spec['len']})")
+        if "data" in spec and d["payload_text"] != spec["data"]:
+            problems.append(f"data {d['payload_text']!r} (wanted {spec['data']!r})")
+        if "ts" in spec and (d["tsval"] is not None) != bool(spec["ts"]):
+            problems.append("timestamp option " + ("present" if d["tsval"] is not None else "missing"))
+        return StepResult(i, label, kind, not problems, expected=expected, got=_public(d),
+                          why="; ".join(problems))
+
+
+def _public(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {k: d[k] for k in ("flags", "seq", "ack", "window", "tsval", "tsecr", "len", "payload_text", "wall_s",
+                              "sent_wall_s", "mark") if k in d}

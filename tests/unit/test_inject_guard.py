@@ -1,0 +1,77 @@
+"""The injection guard: loopback, or an address configured in this run's own namespace; nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.core.model import Segment
+from lab.errors import UnsafeTarget
+from lab.inject import check_target, craft, describe, flags_value, match_frames, variant
+
+RUN = "a1b2c3"
+NS = "twla1b2c3k"
+ADDRS = ["127.0.0.1", "::1", "198.51.100.1", "192.0.2.2"]
+
+
+@pytest.mark.parametrize("dst", ["127.0.0.1", "127.3.4.5", "::1"])
+def test_loopback_allowed_on_host(dst: str) -> None:
+    assert "loopback" in check_target(dst, run_id=RUN)
+
+
+@pytest.mark.parametrize("dst", ["127.0.0.1", "198.51.100.1", "192.0.2.2"])
+def test_addresses_configured_in_own_namespace_allowed(dst: str) -> None:
+    assert check_target(dst, run_id=RUN, netns=NS, netns_addrs=ADDRS)
+
+
+@pytest.mark.parametrize("dst", ["8.8.8.8", "10.0.0.1", "192.168.1.1", "198.51.100.1", "2001:db8::1", "fe80::1",
+                                 "0.0.0.0", "::ffff:127.0.0.1", "255.255.255.255"])
+def test_everything_else_refused_on_host(dst: str) -> None:
+    with pytest.raises(UnsafeTarget) as exc:
+        check_target(dst, run_id=RUN)
+    assert "refusing" in exc.value.one_line() and "\n" not in exc.value.one_line()
+
+
+@pytest.mark.parametrize("dst", ["8.8.8.8", "10.1.2.3", "198.51.100.7", "2001:db8::9", "192.0.2.200"])
+def test_unconfigured_or_outside_lab_ranges_refused_in_namespace(dst: str) -> None:
+    addrs = [*ADDRS, "8.8.8.8", "10.1.2.3"]  # even if configured: not a lab range
+    with pytest.raises(UnsafeTarget):
+        check_target(dst, run_id=RUN, netns=NS, netns_addrs=addrs)
+
+
+@pytest.mark.parametrize("netns", ["perfns", "ns-abc123", "twlffffffk", "twl", "twla1b2c", "Twla1b2c3k",
+                                   "twla1b2c3kkkkkkkkkk"])
+def test_namespaces_not_of_this_run_refused(netns: str) -> None:
+    with pytest.raises(UnsafeTarget) as exc:
+        check_target("198.51.100.1", run_id=RUN, netns=netns, netns_addrs=ADDRS)
+    assert "namespace" in exc.value.message
+    with pytest.raises(UnsafeTarget):  # even for loopback: someone else's namespace is not ours to touch
+        check_target("127.0.0.1", run_id=RUN, netns=netns, netns_addrs=ADDRS)
+
+
+def test_garbage_refused_with_one_line() -> None:
+    with pytest.raises(UnsafeTarget) as exc:
+        check_target("example.com", run_id=RUN)
+    assert exc.value.hint and "not an IP address" in exc.value.message
+
+
+def test_craft_describe_roundtrip_and_variant() -> None:
+    raw = craft("198.51.100.2", 40000, "198.51.100.1", 5000, flags="PA", seq=1000001, ack=77, ts=(1000, 5),
+                payload=b"OLD-DATA-1")
+    d = describe(raw)
+    assert (d["seq"], d["ack"], d["flags"], d["tsval"], d["tsecr"], d["payload_text"]) == \
+        (1000001, 77, "PA", 1000, 5, "OLD-DATA-1")
+    moved = describe(variant(raw, shift=-5, strip_ts=True, ack=99))
+    assert (moved["seq"], moved["ack"], moved["tsval"], moved["payload_text"]) == (1000001 - 5, 99, None, "OLD-DATA-1")
+    wrapped = describe(variant(raw, seq=0xFFFFFFFF, shift=2))
+    assert wrapped["seq"] == 1
+    assert flags_value("SA") == 0x12
+
+
+def test_match_frames_maps_log_records_to_frames() -> None:
+    raw = craft("198.51.100.2", 40000, "198.51.100.1", 5000, flags="R", seq=42, ts=None)
+    rec = describe(raw)
+    segs = [Segment(1, 0.0, "198.51.100.1", 5000, "198.51.100.2", 40000, 7, 42, 0x10),
+            Segment(2, 0.1, "198.51.100.2", 40000, "198.51.100.1", 5000, 42, 0, 0x04),
+            Segment(3, 0.2, "198.51.100.2", 40000, "198.51.100.1", 5000, 42, 0, 0x04)]
+    assert match_frames(segs, [rec, rec]) == {0: 2, 1: 3}
+    assert match_frames(segs[:1], [rec]) == {}
