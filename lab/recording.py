@@ -1,0 +1,239 @@
+"""Recording: what every experiment wraps around its traffic.
+
+    with Recording(ctx, ports=[P]) as rec:
+        ...traffic...
+    rec.report            # the analyzer's Report of what was captured (None if capture was skipped)
+    rec.skipped_reason    # e.g. "not root: capture skipped ..." (None when captured)
+    rec.segments          # decoded TCP segments (frame numbers = tshark frame.number)
+    rec.note(frame, text) # the experiment's own per-packet comments
+    rec.save()            # ctx.out_dir/capture.pcapng, atomically: analyzer notes + experiment notes
+
+Without CAP_NET_RAW nothing is captured and the experiment still runs its socket cases.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from lab.capture import CaptureStats, LiveCapture, write_pcapng
+from lab.core.model import Flags, Segment
+from lab.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from lab.experiments.base import RunContext
+
+
+def port_filter(ports: Iterable[int]) -> str:
+    ports = sorted(set(ports))
+    if not ports:
+        return "tcp"
+    return "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
+
+
+def _decoder() -> Callable[[int, bytes, int, int], Segment | None]:
+    try:
+        from lab.readers import decode_frame
+    except ImportError:  # FALLBACK until lab.readers (H1) lands; remove then
+        return _fallback_decode
+    return decode_frame
+
+
+def _fallback_decode(linktype: int, data: bytes, frame: int, ts_ns: int) -> Segment | None:
+    """FALLBACK (temporary, until lab.readers lands): Ethernet/raw IPv4/IPv6 + TCP, no options but timestamps."""
+    import ipaddress
+    import struct
+
+    off = 14 if linktype == 1 else 0
+    if linktype == 1 and data[12:14] not in (b"\x08\x00", b"\x86\xdd"):
+        return None
+    ver = data[off] >> 4
+    if ver == 4:
+        ihl = (data[off] & 15) * 4
+        if data[off + 9] != 6:
+            return None
+        total = struct.unpack_from("!H", data, off + 2)[0]
+        src = str(ipaddress.IPv4Address(data[off + 12:off + 16]))
+        dst = str(ipaddress.IPv4Address(data[off + 16:off + 20]))
+        t = off + ihl
+        end = off + total
+    elif ver == 6:
+        if data[off + 6] != 6:
+            return None
+        plen = struct.unpack_from("!H", data, off + 4)[0]
+        src = str(ipaddress.IPv6Address(data[off + 8:off + 24]))
+        dst = str(ipaddress.IPv6Address(data[off + 24:off + 40]))
+        t = off + 40
+        end = t + plen
+    else:
+        return None
+    sport, dport, seq, ack, hl, flags, win = struct.unpack_from("!HHIIBBH", data, t)
+    thl = (hl >> 4) * 4
+    tsval = tsecr = None
+    i = t + 20
+    while i < t + thl:
+        kind = data[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        ln = data[i + 1]
+        if kind == 8 and ln == 10:
+            tsval, tsecr = struct.unpack_from("!II", data, i + 2)
+        i += max(ln, 2)
+    return Segment(frame, ts_ns / 1e9, src, sport, dst, dport, seq, ack, flags, win, end - t - thl, tsval, tsecr)
+
+
+class Recording:
+    def __init__(self, ctx: RunContext, ports: Sequence[int], iface: str = "lo", netns: str | None = None,
+                 filename: str = "capture.pcapng", settle_s: float = 0.05) -> None:
+        self.ctx = ctx
+        self.ports = list(ports)
+        self.iface = iface
+        self.netns = netns
+        self.filename = filename
+        self.settle_s = settle_s        # lets the last ACKs (sent from softirq) reach the socket
+        self.capture: LiveCapture | None = None
+        self.stats: CaptureStats | None = None
+        self.skipped_reason: str | None = None
+        self.segments: list[Segment] = []
+        self.report: Any = None         # lab.core.report.Report
+        self.analysis_error: str | None = None
+        self.notes: dict[int, list[str]] = {}
+        self.path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Recording:
+        cap = LiveCapture(self.iface, port_filter(self.ports), netns=self.netns)
+        try:
+            cap.start()
+        except EnvironmentProblem as exc:
+            self.skipped_reason = ("not root: capture skipped (" + exc.message + ")"
+                                   if not self.ctx.root else f"capture skipped: {exc.one_line()}")
+            self.ctx.events.log("capture-skipped", reason=self.skipped_reason)
+            return self
+        self.capture = cap
+        self.ctx.stack.callback(self._abort)  # an exception inside the block still closes the socket
+        self.ctx.events.log("capture-start", iface=self.iface, netns=self.netns, filter=cap.bpf,
+                            rcvbuf_bytes=cap.rcvbuf_bytes)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self.capture is None:
+            return
+        if et is None:
+            time.sleep(self.settle_s)
+        self.stats = self.capture.stop()
+        self.ctx.events.log("capture-stop", **self.stats.to_dict())
+        if et is None:
+            self._decode_and_analyze()
+
+    def _abort(self) -> None:
+        if self.capture is not None and self.capture.stats is None:
+            self.capture.stop()
+
+    def _decode_and_analyze(self) -> None:
+        assert self.capture is not None
+        decode = _decoder()
+        lt = self.capture.linktype
+        for frame, (ts_ns, data, _orig) in enumerate(self.capture.packets, start=1):
+            seg = decode(lt, data, frame, ts_ns)
+            if seg is not None:
+                self.segments.append(seg)
+        try:
+            from lab.core.tracker import analyze
+        except ImportError as exc:  # FALLBACK until lab.core.tracker (H2) lands; remove then
+            self.analysis_error = f"analyzer not available: {exc}"
+            return
+        self.report = analyze(self.segments)
+
+    # -- for experiments ---------------------------------------------------------------------
+
+    @property
+    def captured(self) -> bool:
+        return self.capture is not None and self.stats is not None
+
+    def note(self, frame: int, text: str) -> None:
+        self.notes.setdefault(frame, []).append(text)
+
+    def find(self, *, port: int | None = None, flags: int | None = None, src_port: int | None = None,
+             exact: bool = False) -> list[Segment]:
+        """Segments touching `port` (either side), sent from `src_port`, with all of `flags` set
+        (exactly `flags` when exact=True), in capture order."""
+        out = []
+        for s in self.segments:
+            if port is not None and port not in (s.sport, s.dport):
+                continue
+            if src_port is not None and s.sport != src_port:
+                continue
+            if flags is not None and ((s.flags & 0x3F) != flags if exact else (s.flags & flags) != flags):
+                continue
+            out.append(s)
+        return out
+
+    def close_segments(self, port: int) -> list[Segment]:
+        """The FINs and RSTs on connections to/from `port`, and the ACK of each FIN."""
+        out: list[Segment] = []
+        fins = []
+        for s in self.find(port=port):
+            if s.flags & (Flags.FIN | Flags.RST):
+                out.append(s)
+                if s.flags & Flags.FIN:
+                    fins.append(s)
+                continue
+            for f in fins:  # a pure ACK of a FIN seen earlier
+                if (s.sport, s.dport) == (f.dport, f.sport) and s.ack == (f.seq + f.seg_len) & 0xFFFFFFFF \
+                        and s.flags & Flags.ACK and s.payload_len == 0 and s not in out:
+                    out.append(s)
+        return sorted(out, key=lambda s: s.frame)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The analyzer's connections (design.md's `analyze --json` shape)."""
+        if self.report is None:
+            return []
+        return list(self.report.to_dict().get("connections", []))
+
+    def analysis(self) -> dict[str, Any] | None:
+        """For Outcome.analysis: the analyzer's report plus the capture's own statistics."""
+        if self.report is None and self.stats is None:
+            return None
+        out: dict[str, Any] = dict(self.report.to_dict()) if self.report is not None else {}
+        if self.stats is not None:
+            out["capture_stats"] = {k: v for k, v in self.stats.to_dict().items() if k != "path"}
+        return out
+
+    def all_notes(self) -> dict[int, list[str]]:
+        merged: dict[int, list[str]] = {}
+        if self.report is not None:
+            fn: Mapping[int, Sequence[str]] = self.report.frame_notes()
+            for frame, texts in fn.items():
+                merged.setdefault(int(frame), []).extend(texts)
+        for frame, texts in self.notes.items():
+            merged.setdefault(frame, []).extend(texts)
+        return merged
+
+    def save(self) -> Path | None:
+        """Write ctx.out_dir/<filename> (pcapng, per-packet comments) atomically; None if nothing was captured."""
+        if self.capture is None or self.stats is None:
+            return None
+        path = self.ctx.out_dir / self.filename
+        write_pcapng(path, self.capture.linktype, self.capture.snaplen, self.capture.packets, self.all_notes(),
+                     iface=self.iface, comment=f"twlab {self.ctx.experiment.id} run {self.ctx.run_id} "
+                                                 f"kernel {self.ctx.kernel}")
+        self.path = path
+        self.ctx.events.log("capture-saved", path=str(path), packets=self.stats.packets,
+                            notes=sum(len(v) for v in self.all_notes().values()))
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        """Capture facts for Outcome.observations."""
+        if self.stats is None:
+            return {"captured": False, "skipped_reason": self.skipped_reason}
+        return {"captured": True, "packets": self.stats.packets, "tcp_segments": len(self.segments),
+                "kernel_drops": self.stats.kernel_drops}
+
