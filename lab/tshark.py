@@ -1,0 +1,525 @@
+"""The lab's cross-check against Wireshark: the only module that runs tshark or pyshark.
+
+`scan(path)` reads one file with one `tshark -T fields` pass (fast: ~55 k packets/s here) and gives,
+per frame, tshark's stream number, flags and the analysis labels the lab compares with
+(`tcp.analysis.reused_ports`, retransmission and its variants), plus the packet comments.
+`verify(path, report)` sets that beside the lab's own reading of the file and lists every
+disagreement with the reason, saying which ones are explained by a known difference between
+tshark's rules and the lab's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lab.errors import BadCapture, EnvironmentProblem
+
+INSTALL_HINT = ("install it: apt-get install -y tshark (preseed 'wireshark-common/install-setuid boolean false' "
+                "for a non-interactive install)")
+_AGG = "\x1e"  # record separator: comments may hold commas, '|' and tabs
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
+
+# name in TsharkFrame -> tshark field; order is the column order of the fields pass
+_FIELDS = (
+    ("frame", "frame.number"),
+    ("stream", "tcp.stream"),
+    ("flags", "tcp.flags"),
+    ("reused_ports", "tcp.analysis.reused_ports"),
+    ("retransmission", "tcp.analysis.retransmission"),
+    ("fast_retransmission", "tcp.analysis.fast_retransmission"),
+    ("spurious_retransmission", "tcp.analysis.spurious_retransmission"),
+    ("out_of_order", "tcp.analysis.out_of_order"),
+    ("icmp", "icmp.type"),
+    ("icmpv6", "icmpv6.type"),
+    ("comment", "frame.comment"),  # last: the rest of the line belongs to it
+)
+
+
+def tshark_bin() -> str:
+    path = shutil.which("tshark")
+    if path is None:
+        raise EnvironmentProblem("tshark not found", INSTALL_HINT)
+    return path
+
+
+@lru_cache(maxsize=1)
+def version() -> str:
+    """e.g. '4.0.17'."""
+    out = subprocess.run([tshark_bin(), "--version"], capture_output=True, text=True, check=False).stdout
+    first = out.splitlines()[0] if out else ""
+    parts = first.split()
+    return parts[2] if len(parts) > 2 and parts[0] == "TShark" else first or "unknown"
+
+
+def _unescape(text: str) -> str:
+    """tshark -T fields writes '\\n', '\\t', '\\r' and '\\\\' for those characters."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _run_fields(path: Path, fields: Iterable[str], display_filter: str | None = None) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadCapture(f"{path}: no such file", "check the path")
+    cmd = [tshark_bin(), "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={_AGG}"]
+    if display_filter:
+        cmd += ["-Y", display_filter]
+    for f in fields:
+        cmd += ["-e", f]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise BadCapture(f"{path}: tshark could not read it (exit {proc.returncode})",
+                         f"run 'tshark -r {path}' to see why")
+    return proc.stdout.decode("utf-8", errors="replace").splitlines()
+
+
+@dataclass(frozen=True, slots=True)
+class TsharkFrame:
+    frame: int
+    stream: int | None
+    flags: int
+    reused_ports: bool
+    retransmission: bool
+    fast_retransmission: bool
+    spurious_retransmission: bool
+    out_of_order: bool
+    icmp: bool
+    comments: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """tshark's own name for the segment, as Wireshark's Info column would show it."""
+        for attr, text in (("spurious_retransmission", "Spurious Retransmission"),
+                           ("fast_retransmission", "Fast Retransmission"),
+                           ("retransmission", "Retransmission"), ("out_of_order", "Out-Of-Order"),
+                           ("reused_ports", "Port numbers reused")):
+            if getattr(self, attr):
+                return text
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class TsharkScan:
+    path: str
+    packets: int
+    frames: Mapping[int, TsharkFrame]  # TCP frames only
+
+    @property
+    def streams(self) -> int:
+        return len({f.stream for f in self.frames.values() if f.stream is not None})
+
+    def with_flag(self, bit: int) -> list[int]:
+        return sorted(n for n, f in self.frames.items() if f.flags & bit)
+
+    @property
+    def fin_frames(self) -> list[int]:
+        return self.with_flag(_FIN)
+
+    @property
+    def rst_frames(self) -> list[int]:
+        return self.with_flag(_RST)
+
+    @property
+    def reused_port_frames(self) -> list[int]:
+        return sorted(n for n, f in self.frames.items() if f.reused_ports)
+
+    @property
+    def fin_retransmissions(self) -> list[int]:
+        """As the corpus README counts them: tcp.flags.fin==1 && tcp.analysis.retransmission."""
+        return sorted(n for n, f in self.frames.items() if f.flags & _FIN and f.retransmission)
+
+    def stream_frames(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = defaultdict(list)
+        for n, f in sorted(self.frames.items()):
+            if f.stream is not None:
+                out[f.stream].append(n)
+        return dict(out)
+
+
+def _last_int(cell: str, base: int = 10) -> int | None:
+    if not cell:
+        return None
+    # several TCP headers in one frame (e.g. one quoted in an ICMP error): the innermost is last
+    return int(cell.split(_AGG)[-1], base)
+
+
+def scan(path: Path) -> TsharkScan:
+    """One tshark pass over `path`: every frame's TCP facts and comments."""
+    lines = _run_fields(path, [f for _, f in _FIELDS])
+    frames: dict[int, TsharkFrame] = {}
+    ncols = len(_FIELDS)
+    packets = 0
+    for line in lines:
+        cols = line.split("\t", ncols - 1)
+        if len(cols) < ncols or not cols[0].isdigit():
+            continue
+        packets += 1
+        stream = _last_int(cols[1])
+        comments = tuple(_unescape(c) for c in cols[10].split(_AGG)) if cols[10] else ()
+        if stream is None and not comments:
+            continue
+        frames[int(cols[0])] = TsharkFrame(
+            frame=int(cols[0]), stream=stream, flags=_last_int(cols[2], 16) or 0,
+            reused_ports=bool(cols[3]), retransmission=bool(cols[4]), fast_retransmission=bool(cols[5]),
+            spurious_retransmission=bool(cols[6]), out_of_order=bool(cols[7]), icmp=bool(cols[8] or cols[9]),
+            comments=comments)
+    return TsharkScan(str(path), packets, frames)
+
+
+def comments(path: Path) -> dict[int, list[str]]:
+    """Per-frame packet comments as tshark reads them (frame.comment, all occurrences)."""
+    out: dict[int, list[str]] = {}
+    for line in _run_fields(path, ["frame.number", "frame.comment"], "frame.comment"):
+        num, _, text = line.partition("\t")
+        if num.isdigit() and text:
+            out[int(num)] = [_unescape(c) for c in text.split(_AGG)]
+    return out
+
+
+def comments_pyshark(path: Path) -> dict[int, list[str]]:
+    """The same read-back through pyshark, the cross-check library the design fixes.
+
+    JSON mode on purpose: in pyshark's default PDML mode the pkt_comment proto comes second and
+    pyshark takes it for the frame layer (kernel-facts §2)."""
+    tshark_bin()
+    import pyshark
+
+    out: dict[int, list[str]] = {}
+    cap = pyshark.FileCapture(str(path), use_json=True, keep_packets=False, display_filter="frame.comment")
+    try:
+        for pkt in cap:
+            layer = getattr(pkt, "pkt_comment", None)
+            if layer is None:
+                continue
+            value = layer.comment
+            out[int(pkt.number)] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    finally:
+        cap.close()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# verify: the lab's reading of a file beside tshark's
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    check: str          # streams | fin | rst | reused-ports | fin-retransmitted | comments
+    frames: tuple[int, ...]
+    tshark: str         # what tshark says
+    ours: str           # what the lab says
+    reason: str
+    explained: bool     # True when the reason is a known difference of rules, not a suspected bug
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "frames": list(self.frames), "tshark": self.tshark, "ours": self.ours,
+                "reason": self.reason, "explained": self.explained}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    tshark: int
+    ours: int
+    agree: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "tshark": self.tshark, "ours": self.ours, "agree": self.agree}
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    file: str
+    tshark_version: str
+    packets: int
+    checks: tuple[Check, ...]
+    disagreements: tuple[Disagreement, ...] = field(default=())
+
+    @property
+    def unexplained(self) -> list[Disagreement]:
+        return [d for d in self.disagreements if not d.explained]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexplained
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "tshark_version": self.tshark_version, "packets": self.packets, "ok": self.ok,
+                "checks": [c.to_dict() for c in self.checks],
+                "disagreements": [d.to_dict() for d in self.disagreements]}
+
+
+_REUSE_KINDS = ("reuse-in-time-wait", "reuse-after-time-wait")
+
+
+def _conn_of_frames(report: Mapping[str, Any], segs: Mapping[int, Any]) -> dict[int, int]:
+    """Our connection id for every TCP frame: the connection on the frame's four-tuple whose
+    [first_frame, last_frame] holds it (incarnations of one four-tuple do not overlap in frames)."""
+    by_tuple: dict[frozenset[str], list[tuple[int, int, int]]] = defaultdict(list)
+    for c in report["connections"]:
+        by_tuple[frozenset((c["client"], c["server"]))].append((c["first_frame"], c["last_frame"], c["id"]))
+    for spans in by_tuple.values():
+        spans.sort()
+    out: dict[int, int] = {}
+    for n, s in segs.items():
+        key = frozenset((_ep(s.src_ip, s.sport), _ep(s.dst_ip, s.dport)))
+        chosen = None
+        for first, last, cid in by_tuple.get(key, ()):
+            if first <= n:
+                chosen = cid
+                if n <= last:
+                    break
+        if chosen is not None:
+            out[n] = chosen
+    return out
+
+
+def _ep(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _flag_text(flags: int) -> str:
+    from lab.core.model import Flags
+
+    return Flags.text(flags)
+
+
+def verify(path: Path, report: Any) -> VerifyResult:
+    """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading."""
+    from lab.readers import read_segments
+
+    path = Path(path)
+    rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
+    ts = scan(path)
+    segs = {s.frame: s for s in read_segments(path)}
+    ver = version()
+    dis: list[Disagreement] = []
+    checks: list[Check] = []
+
+    # --- FIN and RST frames: the reader against tshark's dissector --------------------------------
+    for name, bit in (("fin", _FIN), ("rst", _RST)):
+        theirs = set(ts.with_flag(bit))
+        ours = {n for n, s in segs.items() if s.flags & bit}
+        checks.append(Check(name, len(theirs), len(ours), theirs == ours))
+        for n in sorted(theirs - ours):
+            if ts.frames[n].icmp:
+                dis.append(Disagreement(name, (n,), f"{name.upper()} flag set", "no TCP segment",
+                                        "the TCP header is quoted inside an ICMP error message, not a segment "
+                                        "on the wire; the lab skips ICMP", True))
+            else:
+                dis.append(Disagreement(name, (n,), f"{name.upper()} flag set", "not seen by the lab's reader",
+                                        "the reader did not decode this frame as this TCP segment", False))
+        for n in sorted(ours - theirs):
+            dis.append(Disagreement(name, (n,), "flag not set / not TCP", f"{name.upper()} flag set",
+                                    "the reader decoded a TCP segment tshark does not see here", False))
+
+    # --- streams against connections ---------------------------------------------------------------
+    conns = rep["connections"]
+    conn_by_id = {c["id"]: c for c in conns}
+    checks.append(Check("streams", ts.streams, len(conns), ts.streams == len(conns)))
+    ours_of = _conn_of_frames(rep, segs)
+    stream_frames = ts.stream_frames()
+    # tshark streams that hold frames of several of our connections: we split, tshark did not
+    for stream, frames in sorted(stream_frames.items()):
+        cids = sorted({ours_of[n] for n in frames if n in ours_of}, key=lambda c: conn_by_id[c]["first_frame"])
+        for cid in cids[1:]:
+            start = conn_by_id[cid]["first_frame"]
+            dis.append(_split_reason(ver, stream, cid, start, ts.frames.get(start), segs.get(start)))
+    # our connections that span several tshark streams: tshark split, we did not
+    streams_of: dict[int, list[int]] = defaultdict(list)
+    for n, cid in sorted(ours_of.items()):
+        tf = ts.frames.get(n)
+        if tf is not None and tf.stream is not None and tf.stream not in streams_of[cid]:
+            streams_of[cid].append(tf.stream)
+    for cid, streams in sorted(streams_of.items()):
+        for stream in streams[1:]:
+            start = stream_frames[stream][0]
+            dis.append(_merge_reason(ver, cid, stream, start, ts.frames.get(start), segs.get(start)))
+    # frames tshark puts in a stream that belong to no connection of ours
+    lost = sorted(n for n, f in ts.frames.items() if f.stream is not None and n not in ours_of and not f.icmp)
+    if lost:
+        dis.append(Disagreement("streams", tuple(lost[:20]), "in a TCP stream", "in no connection",
+                                f"{len(lost)} TCP frame(s) the analyzer did not assign to a connection", False))
+
+    # --- port reuse ----------------------------------------------------------------------------------
+    reuse_frames: dict[int, str] = {}
+    for f in rep["findings"]:
+        if f["kind"] in _REUSE_KINDS:
+            for n in f["frames"]:
+                s = segs.get(n)
+                if s is not None and s.flags & _SYN and not s.flags & _ACK:
+                    reuse_frames[n] = f["kind"]
+    theirs = set(ts.reused_port_frames)
+    checks.append(Check("reused-ports", len(theirs), len(reuse_frames), theirs == set(reuse_frames)))
+    new_incarnation = {c["first_frame"]: c for c in conns if c["incarnation"] > 0}
+    for n in sorted(theirs - set(reuse_frames)):
+        dis.append(_reuse_theirs_only(ver, n, segs.get(n), new_incarnation.get(n), conn_by_id, ours_of))
+    for n in sorted(set(reuse_frames) - theirs):
+        tf = ts.frames.get(n)
+        if tf is not None and (tf.retransmission or tf.spurious_retransmission):
+            dis.append(Disagreement("reused-ports", (n,), f"[TCP {tf.label}]", reuse_frames[n],
+                                    f"tshark {ver} calls a SYN carrying the old ISN a retransmission of the earlier "
+                                    "connection's SYN; we count a new incarnation because the earlier one had closed",
+                                    True))
+        elif tf is not None and tf.stream is not None and stream_frames[tf.stream][0] == n:
+            dis.append(Disagreement("reused-ports", (n,), "new stream, not flagged", reuse_frames[n],
+                                    f"tshark {ver} starts a new stream here but only flags reuse when it reuses a "
+                                    "conversation it still tracks; same split as ours", True))
+        else:
+            dis.append(Disagreement("reused-ports", (n,), tf.label if tf else "not TCP", reuse_frames[n],
+                                    "tshark sees no reuse here", False))
+
+    # --- retransmitted FINs ----------------------------------------------------------------------------
+    ours_rx: set[int] = set()
+    for f in rep["findings"]:
+        if f["kind"] == "fin-retransmitted":
+            ours_rx.update(_retransmitted_fins(f["frames"], segs))
+    theirs = set(ts.fin_retransmissions)
+    checks.append(Check("fin-retransmitted", len(theirs), len(ours_rx), theirs == ours_rx))
+    for n in sorted(theirs - ours_rx):
+        dis.append(_finrx_theirs_only(ver, n, segs))
+    for n in sorted(ours_rx - theirs):
+        tf = ts.frames.get(n)
+        label = tf.label if tf else ""
+        if label:
+            dis.append(Disagreement("fin-retransmitted", (n,), f"[TCP {label}]", "FIN retransmitted",
+                                    f"tshark labels this repeated FIN '{label}' rather than a plain retransmission",
+                                    True))
+        else:
+            dis.append(Disagreement("fin-retransmitted", (n,), "not a retransmission", "FIN retransmitted",
+                                    "tshark does not label this FIN", False))
+
+    # --- packet comments: the reader against tshark --------------------------------------------------
+    tcomm = {n: list(f.comments) for n, f in ts.frames.items() if f.comments}
+    if tcomm:
+        ours_c = {n: list(s.comments) for n, s in segs.items() if s.comments}
+        tcp_tc = {n: c for n, c in tcomm.items() if n in segs}
+        agree = tcp_tc == ours_c
+        checks.append(Check("comments", len(tcp_tc), len(ours_c), agree))
+        if not agree:
+            bad = sorted(n for n in set(tcp_tc) | set(ours_c) if tcp_tc.get(n) != ours_c.get(n))
+            dis.append(Disagreement("comments", tuple(bad[:20]), "comments differ", "comments differ",
+                                    "the reader's packet comments differ from tshark's frame.comment", False))
+
+    return VerifyResult(str(path), ver, ts.packets, tuple(checks), tuple(dis))
+
+
+def _split_reason(ver: str, stream: int, cid: int, start: int, tf: TsharkFrame | None, seg: Any) -> Disagreement:
+    flags = _flag_text(seg.flags) if seg is not None else "?"
+    theirs = f"stream {stream} goes on" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
+    ours = f"connection {cid} starts (new incarnation)"
+    if seg is not None and seg.flags & _SYN and not seg.flags & _ACK and tf is not None and tf.retransmission:
+        return Disagreement("streams", (start,), theirs, ours,
+                            f"tshark {ver} calls a SYN carrying the old ISN a retransmission, we count a new "
+                            "incarnation after the earlier close", True)
+    if seg is not None and seg.flags & _SYN and seg.flags & _ACK:
+        return Disagreement("streams", (start,), theirs, ours,
+                            f"tshark's stream is per four-tuple on SYN-ACK too: {ver} flags a SYN-ACK with a new "
+                            "ISN as reused ports but keeps it in the same stream; we start a new incarnation", True)
+    if seg is not None and seg.flags & _SYN:
+        return Disagreement("streams", (start,), theirs, ours,
+                            f"tshark {ver} keeps a SYN in the old stream unless its ISN differs and the old "
+                            f"conversation is finished; we start a new incarnation at this {flags}", True)
+    return Disagreement("streams", (start,), theirs, ours,
+                        f"we start a new connection at a {flags} segment that tshark keeps in stream {stream}", False)
+
+
+def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame | None, seg: Any) -> Disagreement:
+    flags = _flag_text(seg.flags) if seg is not None else "?"
+    theirs = f"stream {stream} starts" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
+    ours = f"still connection {cid}"
+    if seg is not None and seg.flags & _SYN:
+        return Disagreement("streams", (start,), theirs, ours,
+                            f"tshark {ver} opens a new stream at a {flags} with a new ISN on a four-tuple it has "
+                            "seen; the lab keeps it in the same incarnation (no close seen before it)", False)
+    return Disagreement("streams", (start,), theirs, ours,
+                        f"tshark starts stream {stream} at a {flags} segment; the lab keeps connection {cid}", False)
+
+
+def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any] | None,
+                       conn_by_id: Mapping[int, Mapping[str, Any]], ours_of: Mapping[int, int]) -> Disagreement:
+    if seg is None:
+        return Disagreement("reused-ports", (n,), "Port numbers reused", "not a TCP segment",
+                            "the reader did not decode this frame", False)
+    flags = _flag_text(seg.flags)
+    if seg.flags & _SYN and seg.flags & _ACK:
+        return Disagreement("reused-ports", (n,), f"Port numbers reused ({flags})", "no reuse finding",
+                            f"tshark's stream is per four-tuple on SYN-ACK too: {ver} flags a SYN-ACK whose ISN "
+                            "differs from the conversation's, and a SYN-ACK after an RST; the lab judges reuse "
+                            "on the client's SYN only", True)
+    if seg.flags & _SYN and incarnation is not None:
+        prev = _previous_incarnation(incarnation, conn_by_id)
+        kind = prev["close"]["kind"] if prev else "?"
+        tw = "a TIME_WAIT window" if prev and prev["time_wait"] else "no TIME_WAIT window"
+        return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {incarnation['id']} "
+                            f"(incarnation {incarnation['incarnation']}), no reuse finding",
+                            f"tshark {ver}'s reuse rule has no time or state condition and flags any SYN with a new "
+                            f"ISN on a known four-tuple; the previous incarnation closed '{kind}' and left {tw} "
+                            "the SYN could meet, so the lab records a new incarnation but no TIME_WAIT reuse", True)
+    if seg.flags & _SYN:
+        cid = ours_of.get(n)
+        return Disagreement("reused-ports", (n,), "Port numbers reused", f"same connection {cid}",
+                            f"tshark {ver} flags a SYN with a new ISN; the lab does not start a new incarnation "
+                            "here (the earlier handshake was not finished or closed)", False)
+    return Disagreement("reused-ports", (n,), f"Port numbers reused ({flags})", "no reuse finding",
+                        "tshark flags a segment without SYN", False)
+
+
+def _previous_incarnation(conn: Mapping[str, Any], conn_by_id: Mapping[int, Mapping[str, Any]]
+                          ) -> Mapping[str, Any] | None:
+    key = frozenset((conn["client"], conn["server"]))
+    prev = [c for c in conn_by_id.values()
+            if frozenset((c["client"], c["server"])) == key and c["first_frame"] < conn["first_frame"]]
+    return max(prev, key=lambda c: c["first_frame"]) if prev else None
+
+
+def _retransmitted_fins(frames: Iterable[int], segs: Mapping[int, Any]) -> set[int]:
+    """The repeats among a finding's frames: FINs from a sender that already sent a FIN earlier
+    with the same sequence number (the first one is the original, not a retransmission)."""
+    out: set[int] = set()
+    seen: set[tuple[str, int, int]] = set()
+    for n in sorted(frames):
+        s = segs.get(n)
+        if s is None or not s.flags & _FIN:
+            continue
+        key = (s.src_ip, s.sport, (s.seq + s.payload_len) & 0xFFFFFFFF)
+        if key in seen:
+            out.add(n)
+        seen.add(key)
+    return out
+
+
+def _finrx_theirs_only(ver: str, n: int, segs: Mapping[int, Any]) -> Disagreement:
+    s = segs.get(n)
+    if s is None:
+        return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "not a TCP segment",
+                            "the reader did not decode this frame", False)
+    earlier = [p for m, p in segs.items() if m < n and p.flags & _FIN and (p.src_ip, p.sport) == (s.src_ip, s.sport)
+               and (p.dst_ip, p.dport) == (s.dst_ip, s.dport)]
+    if not earlier:
+        return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "first FIN of its sender",
+                            f"tshark {ver}'s retransmission rule looks at sequence numbers only (e.g. a segment "
+                            "below the highest sequence seen); this is the first FIN its sender put on the wire, "
+                            "so it is not a repeated FIN", True)
+    return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "no fin-retransmitted finding",
+                        f"the sender sent a FIN before (frame {earlier[-1].frame}); the analyzer did not report "
+                        "this repeat", False)
