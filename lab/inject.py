@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -83,11 +85,15 @@ def check_target(dst: str, *, run_id: str, netns: str | None = None, netns_addrs
 
 
 def namespace_addresses(netns: str) -> set[str]:
-    """Addresses configured in a namespace (pyroute2), for the guard."""
-    from pyroute2 import IPRoute
+    """Addresses configured in a namespace, for the guard.
 
-    with IPRoute(netns=netns) as ipr:
-        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS")}
+    `ip -j -n` rather than pyroute2's IPRoute(netns=...), which forks a helper process: under the runner's
+    SIGTERM handler that fork can unwind the parent's teardown stack in the child."""
+    out = subprocess.run(["ip", "-j", "-n", netns, "addr", "show"], capture_output=True, text=True, timeout=10)
+    if out.returncode != 0:
+        raise UnsafeTarget(f"refusing to inject into namespace {netns!r}: cannot list its addresses",
+                           out.stderr.strip() or "does the namespace exist?")
+    return {a["local"] for link in json.loads(out.stdout or "[]") for a in link.get("addr_info", []) if "local" in a}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,3 +305,53 @@ def injected(ctx: RunContext, mark: str | None = None) -> Iterator[dict[str, Any
     for rec in ctx.events.records:
         if rec.get("kind") == "inject" and (mark is None or rec.get("mark") == mark):
             yield rec
+
+
+def analyzer_agreement(findings: Iterable[Mapping[str, Any]], segments: Iterable[Segment],
+                       records: Sequence[Mapping[str, Any]], kind: str, marks: Iterable[str]) -> dict[str, Any]:
+    """Does the analyzer flag, as `kind`, exactly the frames of the logged segments carrying one of `marks`?
+
+    expected: frames of those segments; flagged: frames named by the `kind` findings; a finding that names
+    none of the expected frames is an extra, an expected frame no finding names is a miss."""
+    marks = set(marks)
+    chosen = [r for r in records if r.get("mark") in marks]
+    frames_of = match_frames(segments, chosen)
+    expected = sorted(frames_of.values())
+    not_captured = [str(r.get("label")) for i, r in enumerate(chosen) if i not in frames_of]
+    finds = [f for f in findings if f.get("kind") == kind]
+    flagged = sorted({int(fr) for f in finds for fr in f.get("frames", ())})
+    extra = [f for f in finds if not set(f.get("frames", ())) & set(expected)]
+    missed = [fr for fr in expected if fr not in flagged]
+    return {"kind": kind, "ok": not missed and not extra and not not_captured, "expected_frames": expected,
+            "flagged_frames": flagged, "missed_frames": missed,
+            "extra_findings": [{"frames": list(f.get("frames", ())), "detail": f.get("detail")} for f in extra],
+            "not_in_capture": not_captured}
+
+
+def capture_check(ctx: RunContext, rec: Any, checks: Mapping[str, Iterable[str]],
+                  notes: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    """After a lab.recording.Recording has stopped: annotate the injected frames, save the capture, and
+    compare the analyzer's findings with the injector's log.
+
+    checks: finding kind -> marks of the logged segments that kind must flag (and nothing else).
+    notes: mark -> comment text put on each frame of a segment with that mark (plus its label).
+    Returns (capture path or None, analysis dict or None, {"ok": bool|None, kind: agreement, ...}).
+    """
+    if getattr(rec, "skipped_reason", None):
+        return None, None, {"ok": None, "why": rec.skipped_reason}
+    records = [r for r in ctx.events.records if r.get("kind") == "inject"]
+    segments = list(rec.segments)
+    frames_of = match_frames(segments, records)
+    for i, frame in frames_of.items():
+        r = records[i]
+        text = (notes or {}).get(str(r.get("mark")))
+        if text:
+            rec.note(frame, f"{text} [{r.get('label')}]")
+    path = rec.save()
+    analysis = rec.analysis()
+    if rec.report is None:
+        return path, analysis, {"ok": None, "why": getattr(rec, "analysis_error", None) or "no analyzer report"}
+    findings = rec.report.to_dict()["findings"]
+    out: dict[str, Any] = {k: analyzer_agreement(findings, segments, records, k, marks) for k, marks in checks.items()}
+    out["ok"] = all(v["ok"] for v in out.values())
+    return path, analysis, out

@@ -38,6 +38,7 @@ import queue
 import re
 import select
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -189,12 +190,14 @@ class TunPeer:
         ctx.ledger.add("link", name, netns=ns.name)
         peer = cls(ctx, ns, fd, name, kernel_ip, peer_ip)
         ctx.stack.callback(peer.close)
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=ns.name) as ipr:
-            idx = ipr.link_lookup(ifname=name)[0]
-            ipr.addr("add", index=idx, address=kernel_ip, prefixlen=PREFIX)
-            ipr.link("set", index=idx, state="up")
+        # `ip -n`, not pyroute2's IPRoute(netns=...): that forks, and a fork under the runner's SIGTERM handler
+        # can run the parent's teardown in the child
+        for argv in (["ip", "-n", ns.name, "addr", "add", f"{kernel_ip}/{PREFIX}", "dev", name],
+                     ["ip", "-n", ns.name, "link", "set", name, "up"]):
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            if res.returncode != 0:
+                raise EnvironmentProblem(f"could not configure TUN {name}: {res.stderr.strip()}",
+                                         "check that iproute2 is installed and the namespace exists")
         ctx.events.log("tun-open", name=name, netns=ns.name, kernel_ip=kernel_ip, peer_ip=peer_ip)
         return peer
 
@@ -344,7 +347,9 @@ class PeerConnection:
                 continue
             res = self._step(i, label, kind, step[kind])
             results.append(res)
-            self.peer.ctx.events.log("peer-step", conn=f"{self.sport}->{self.dport}", **res.to_dict())
+            d = res.to_dict()
+            d["step"] = d.pop("kind")
+            self.peer.ctx.events.log("peer-step", conn=f"{self.sport}->{self.dport}", **d)
             failed = failed or not res.ok
         return PeerReport(results)
 
@@ -402,3 +407,106 @@ def _public(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {k: d[k] for k in ("flags", "seq", "ack", "window", "tsval", "tsecr", "len", "payload_text", "wall_s",
                               "sent_wall_s", "mark") if k in d}
+
+
+# ---------------------------------------------------------------------------------------------
+# script builders shared by the experiments (plain data; compose them into one script)
+
+TS_NEXT = ["peer.tsval+1", "kernel.tsval"]
+
+
+def handshake(isn: int | str, *, tsval: int | str | None = None, wscale: int | None = None, mss: int = 1460,
+              window: int = 65535, mark: str | None = None, tag: str = "") -> list[dict[str, Any]]:
+    """SYN with a chosen ISN (and TSval), expect SYN-ACK acking it, ACK."""
+    ts = tsval is not None
+    syn: dict[str, Any] = {"flags": "S", "seq": isn, "mss": mss, "window": window, "mark": mark}
+    if ts:
+        syn["ts"] = [tsval, 0]
+    if wscale is not None:
+        syn["wscale"] = wscale
+    return [
+        {"label": f"{tag}syn", "send": syn},
+        {"label": f"{tag}syn-ack", "expect": {"flags": "SA", "ack": "peer.isn+1", "ts": ts, "timeout_s": 1.5}},
+        {"label": f"{tag}ack", "send": {"flags": "A", "window": window, "ts": TS_NEXT if ts else None}},
+    ]
+
+
+def send_data(text: str, *, ts: bool, tag: str = "", window: int = 65535) -> list[dict[str, Any]]:
+    return [
+        {"label": f"{tag}data", "send": {"flags": "PA", "data": text, "window": window,
+                                         "ts": TS_NEXT if ts else None}},
+        {"label": f"{tag}data-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 1.5}},
+    ]
+
+
+def close_after_kernel(*, ts: bool, tag: str = "", window: int = 65535) -> list[dict[str, Any]]:
+    """The kernel closes first: expect its FIN, answer FIN+ACK in one segment (so an orphaned kernel socket
+    goes FIN_WAIT_1 -> TIME_WAIT directly, kernel-facts §4), expect the final ACK."""
+    return [
+        {"label": f"{tag}kernel-fin", "expect": {"flags": "FA", "timeout_s": 3}},
+        {"label": f"{tag}fin-ack", "send": {"flags": "FA", "window": window, "ts": TS_NEXT if ts else None}},
+        {"label": f"{tag}final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 1.5}},
+    ]
+
+
+def server_steps(ip: str, port: int, *, second: bool = False,
+                 recv_timeout_s: float = 0.6) -> list[dict[str, Any]]:
+    """A kernel server (lab.agent program): accept, read, close first; optionally accept the next incarnation
+    and read from it once the controller releases 'recv2'. Ends at gate 'end'."""
+    steps: list[dict[str, Any]] = [
+        {"op": "socket", "sock": "l"},
+        {"op": "setsockopt", "sock": "l", "opt": "SO_REUSEADDR", "value": 1},
+        {"op": "bind", "sock": "l", "addr": [ip, port]},
+        {"op": "listen", "sock": "l", "label": "listen"},
+        {"op": "accept", "sock": "l", "as": "c", "timeout_s": 10, "label": "accept1"},
+        {"op": "recv", "sock": "c", "timeout_s": 5, "label": "recv1"},
+        {"op": "close", "sock": "c", "label": "close1"},
+    ]
+    if second:
+        steps += [
+            {"op": "accept", "sock": "l", "as": "c2", "timeout_s": 10, "label": "accept2"},
+            {"op": "gate", "name": "recv2"},
+            {"op": "recv", "sock": "c2", "timeout_s": recv_timeout_s, "label": "recv2", "on_error": "continue"},
+        ]
+    steps += [{"op": "gate", "name": "end"}, {"op": "close", "sock": "l", "label": "close-listener"}]
+    return steps
+
+
+def open_in_namespace(ctx: RunContext, role: str = "k", sysctls: Mapping[str, Any] | None = None
+                      ) -> tuple[Any, TunPeer]:
+    """A lab namespace (lab.hosts.netns) with a TUN device: the kernel at KERNEL_IP, the peer at PEER_IP."""
+    from lab.hosts.netns import Namespace
+
+    ns = Namespace.create(ctx, role, sysctls=dict(sysctls) if sysctls else None)
+    return ns, TunPeer.open(ctx, ns)
+
+
+# ---------------------------------------------------------------------------------------------
+# small measurement helpers shared by the experiments
+
+
+def signed(d: int) -> int:
+    """A sequence-space difference as a signed 32-bit number."""
+    d %= MOD
+    return d - MOD if d >= MOD // 2 else d
+
+
+def counter_deltas(before: Mapping[str, int], after: Mapping[str, int], names: Sequence[str]) -> dict[str, int]:
+    """Deltas of nstat counters; names without prefix ('PAWSEstab') match 'TcpExtPAWSEstab' too."""
+    out = {}
+    for n in names:
+        for key in (n, f"TcpExt{n}", f"Tcp{n}"):
+            if key in after or key in before:
+                out[n] = int(after.get(key, 0)) - int(before.get(key, 0))
+                break
+        else:
+            out[n] = 0
+    return out
+
+
+def time_wait_of(samples: Sequence[Any], peer_port: int) -> dict[str, Any] | None:
+    """The TIME_WAIT socket towards `peer_port` among sock_diag samples (lab.kernel.SockSample), or None."""
+    for s in samples:
+        if getattr(s, "state", None) == "TIME_WAIT" and int(getattr(s, "dport", -1)) == peer_port:
+            return {"state": s.state, "expires_ms": getattr(s, "expires_ms", None)}
+    return None
