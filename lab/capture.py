@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -288,3 +289,26 @@ class LiveCapture:
         finally:
             self._read_stats()
             sock.close()
+
+
+
+def write_pcapng(path: Path, linktype: int, snaplen: int, packets: list[tuple[int, bytes, int]],
+                 comments: Mapping[int, Sequence[str]] | None = None) -> Path:
+    """pcapng (ns timestamps) with per-packet comments keyed by 1-based frame number, written atomically
+    with lab.annotate's writer. `tshark -r FILE -Y frame.comment` lists the commented packets."""
+    from lab.annotate import PcapngWriter
+
+    path = Path(path)
+    comments = comments or {}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb", buffering=1 << 20) as fh:
+            w = PcapngWriter(fh, app="twlab live capture (raw AF_PACKET)")
+            for frame, (ts_ns, data, orig_len) in enumerate(packets, start=1):
+                w.write(ts_ns, data, orig_len, comments.get(frame, ()), linktype=linktype)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return path

@@ -222,9 +222,7 @@ class Recording:
         if self.capture is None or self.stats is None:
             return None
         path = self.ctx.out_dir / self.filename
-        write_pcapng(path, self.capture.linktype, self.capture.snaplen, self.capture.packets, self.all_notes(),
-                     iface=self.iface, comment=f"twlab {self.ctx.experiment.id} run {self.ctx.run_id} "
-                                                 f"kernel {self.ctx.kernel}")
+        write_pcapng(path, self.capture.linktype, self.capture.snaplen, self.capture.packets, self.all_notes())
         self.path = path
         self.ctx.events.log("capture-saved", path=str(path), packets=self.stats.packets,
                             notes=sum(len(v) for v in self.all_notes().values()))
