@@ -75,3 +75,16 @@ def test_match_frames_maps_log_records_to_frames() -> None:
             Segment(3, 0.2, "198.51.100.2", 40000, "198.51.100.1", 5000, 42, 0, 0x04)]
     assert match_frames(segs, [rec, rec]) == {0: 2, 1: 3}
     assert match_frames(segs[:1], [rec]) == {}
+
+
+def test_peer_expressions() -> None:
+    from lab.peer import PeerScriptError, evaluate
+
+    v = {"peer.isn": 1000, "kernel.nxt": 5, "old.rcv_nxt": 0xFFFFFFFF}
+    assert evaluate("peer.isn+1", v) == 1001
+    assert evaluate(" kernel.nxt - 10 ", v) == (5 - 10) % (1 << 32)
+    assert evaluate("old.rcv_nxt+2", v) == 1
+    assert evaluate(7, v) == 7
+    for bad in ("peer.isn+", "nope+1", "1 2", "", "peer.isn*2"):
+        with pytest.raises(PeerScriptError):
+            evaluate(bad, v)
