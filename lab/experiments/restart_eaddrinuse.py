@@ -242,9 +242,9 @@ def run(ctx: RunContext) -> Outcome:
         notes.append(f"The analyzer's TIME_WAIT side differs from sock_diag in case(s) {', '.join(disagree)}.")
     for k, x in cases.items():
         if not x["as_documented"]:
+            seen = f"TIME_WAIT on the {x['time_wait_side']}" if x["time_wait_side"] else "no TIME_WAIT seen"
             notes.append(f"case {k} ({x['title']}): expected {x['expected_errno'] or 'a clean bind'} with TIME_WAIT "
-                         f"on the {x['expected_time_wait_side']}, measured {x['errno'] or 'a clean bind'} with "
-                         f"TIME_WAIT on the {x['time_wait_side'] or 'no side'}")
+                         f"on the {x['expected_time_wait_side']}, measured {x['errno'] or 'a clean bind'} with {seen}")
 
     observations: dict[str, Any] = {
         # scalars first: the claims ledger shows them as evidence
