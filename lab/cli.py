@@ -218,5 +218,172 @@ def watch_cmd(ports: tuple[int, ...], netns: str | None, interval: float, once: 
         return
 
 
+# --- analysis of capture files: analyze | show | annotate | verify ----------------------------------
+
+PROFILES = ("linux", "freebsd", "macos", "windows", "solaris", "rfc793")
+
+
+def _profile_options(f: Any) -> Any:
+    f = click.option("--time-wait", "time_wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                     help="TIME_WAIT length to assume, overriding the profile's 2*MSL.")(f)
+    return click.option("--profile", type=click.Choice(PROFILES), default="linux", show_default=True,
+                        help="Whose TIME_WAIT length (2*MSL) to assume.")(f)
+
+
+def _check_file(path: Path) -> None:
+    from lab.errors import BadCapture
+
+    if not path.exists():
+        raise BadCapture(f"{path}: no such file", "check the path")
+    if not path.is_file():
+        raise BadCapture(f"{path}: not a regular file", "give a pcap, pcapng or .gz capture file")
+
+
+def _analyze_file(path: Path, profile: str, time_wait_s: float | None) -> tuple[Any, dict[str, Any]]:
+    """The analyzer's Report for one file and its `analyze --json` object (contract in design.md)."""
+    from lab.core.tracker import analyze
+    from lab.readers import CaptureReader
+
+    _check_file(path)
+    reader = CaptureReader(path)
+    report = analyze(reader, profile=profile, time_wait_s=time_wait_s)
+    st = reader.stats
+    doc: dict[str, Any] = {"file": str(path), "packets": st.packets, "tcp_segments": st.tcp_segments,
+                           "skipped": dict(st.skipped)}
+    doc.update(report.to_dict())
+    doc.setdefault("profile", profile)
+    return report, doc
+
+
+def _each_file(files: tuple[Path, ...], work: Any) -> None:
+    """Run work(path) per file; a bad file costs one line on stderr, the others still run; exit with the worst code."""
+    worst = 0
+    for path in files:
+        try:
+            work(path)
+        except LabError as exc:
+            click.echo(f"twlab: {exc.one_line()}", err=True)
+            worst = max(worst, exc.exit_code)
+    if worst:
+        sys.exit(worst)
+
+
+@cli.command("analyze")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (connections, findings).")
+@_profile_options
+def analyze_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s: float | None) -> None:
+    """Connections, close kinds, TIME_WAIT windows and findings in capture files (pcap, pcapng, .gz)."""
+
+    def work(path: Path) -> None:
+        _, doc = _analyze_file(path, profile, time_wait_s)
+        if as_json:
+            click.echo(json.dumps(doc))
+            return
+        from lab.analysis_view import analysis_view
+        from lab.ui import console
+
+        console().print(analysis_view(doc))
+
+    _each_file(files, work)
+
+
+@cli.command("show")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--connection", "conn_id", type=int, default=None,
+              help="Connection id (from 'twlab analyze'); default: the first one with a close.")
+@click.option("--max-rows", type=click.IntRange(min=8), default=60, show_default=True,
+              help="Longer connections show their start and their end.")
+@_profile_options
+def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_wait_s: float | None) -> None:
+    """A ladder diagram of one connection: segments, M/N labels, both sides' states, the TIME_WAIT window."""
+    from lab.errors import UsageError
+    from lab.readers import read_segments
+    from lab.ui import console
+    from lab.ui_ladder import Step, ladder
+
+    report, doc = _analyze_file(file, profile, time_wait_s)
+    conns = doc["connections"]
+    if not conns:
+        raise UsageError(f"{file}: no TCP connection in this file", "nothing to draw")
+    if conn_id is None:
+        chosen = next((c for c in conns if c["close"]["kind"] != "incomplete"), conns[0])
+    else:
+        found = [c for c in conns if c["id"] == conn_id]
+        if not found:
+            raise UsageError(f"{file}: no connection {conn_id}",
+                             f"ids are {conns[0]['id']}..{conns[-1]['id']}; 'twlab analyze {file}' lists them")
+        chosen = found[0]
+    obj = next(c for c in report.connections if c.id == chosen["id"])
+    ends = {chosen["client"], chosen["server"]}
+
+    def ep(ip: str, port: int) -> str:
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+    segs = [s for s in read_segments(file)
+            if chosen["first_frame"] <= s.frame <= chosen["last_frame"]
+            and {ep(s.src_ip, s.sport), ep(s.dst_ip, s.dport)} == ends]
+    steps = [Step(t.frame, t.side, t.from_state, t.to_state, bool(getattr(t, "inferred", False)))
+             for t in getattr(obj, "transitions", ())]
+    console().print(ladder(chosen, segs, steps, max_rows=max_rows, title=str(file)))
+
+
+@cli.command("annotate")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="The annotated pcapng to write (atomically; FILE itself is allowed).")
+@_profile_options
+def annotate_cmd(file: Path, out: Path, profile: str, time_wait_s: float | None) -> None:
+    """Write a pcapng with a comment on every segment the analyzer has something to say about."""
+    from lab.annotate import write_annotated
+
+    report, doc = _analyze_file(file, profile, time_wait_s)  # a bad FILE fails here, before OUT is touched
+    notes = _notes(report, doc)
+    n = write_annotated(file, out, notes)
+    click.echo(f"wrote {out}: {n} packets, {len(notes)} annotated "
+               f"({len(doc['connections'])} connections, {len(doc['findings'])} findings); "
+               f"view: tshark -r {out} -Y frame.comment")
+
+
+def _notes(report: Any, doc: dict[str, Any]) -> dict[int, list[str]]:
+    """The analyzer's per-frame notes, plus one line per finding on each of its frames (unless already said)."""
+    notes: dict[int, list[str]] = {int(k): list(v) for k, v in report.frame_notes().items()}
+    for f in doc["findings"]:
+        detail = f["detail"] if isinstance(f["detail"], str) else json.dumps(f["detail"])
+        text = f"{f['kind']}: {detail}" if detail else f["kind"]
+        for n in f["frames"]:
+            have = notes.setdefault(int(n), [])
+            if not any(f["kind"] in t for t in have):
+                have.append(text)
+    return notes
+
+
+@cli.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@_profile_options
+def verify_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s: float | None) -> None:
+    """Cross-check the analyzer against tshark: streams, FIN/RST, port reuse, FIN retransmissions."""
+    from lab import tshark
+
+    tshark.tshark_bin()  # missing tshark: exit 3 with the install hint before any work
+    results: list[bool] = []
+
+    def work(path: Path) -> None:
+        report, _ = _analyze_file(path, profile, time_wait_s)
+        res = tshark.verify(path, report).to_dict()
+        results.append(res["ok"])
+        if as_json:
+            click.echo(json.dumps(res))
+            return
+        from lab.analysis_view import verify_view
+        from lab.ui import console
+
+        console().print(verify_view(res))
+
+    _each_file(files, work)
+    sys.exit(0 if all(results) else 1)
+
+
 def main() -> None:
     cli(prog_name="twlab")
