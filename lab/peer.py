@@ -269,6 +269,7 @@ class PeerConnection:
         self.vars: dict[str, int] = {"peer.nxt": 0, **variables}
         self.q = peer._queue(sport, dport)
         self.sent: dict[str, bytes] = {}          # label -> raw bytes of what was sent (for replays)
+        self.sent_records: dict[str, dict[str, Any]] = {}   # label -> the injector's log record
         self.received: list[dict[str, Any]] = []
 
     # -- variables
@@ -330,6 +331,7 @@ class PeerConnection:
     def send_raw(self, raw: bytes, *, label: str, mark: str | None = None, **extra: Any) -> dict[str, Any]:
         rec = self.peer.injector_.send(raw, label=label, mark=mark, **extra)
         self.sent[label] = raw
+        self.sent_records[label] = rec
         self._after_send(rec)
         return rec
 

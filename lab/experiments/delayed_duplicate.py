@@ -98,7 +98,8 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
         time.sleep(0.05)
         obs["time_wait_after_incarnation1"] = time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)
         isn2 = (ISN1 + ISN2[case.position]) % (1 << 32)
-        two = conn.run(handshake(isn2, tsval=(conn.vars["peer.tsval"] + 1000) if ts else None, tag="i2:"))
+        two = conn.run(handshake(isn2, tsval=(conn.vars["peer.tsval"] + 1000) if ts else None, tag="i2:",
+                                 mark="new-syn"))
         obs["incarnation2_ok"] = two.ok
         if not two.ok:
             obs["failures"] = two.failures()
@@ -125,6 +126,7 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
         app_text = app["result"]["text"] if app.get("ok") else ""
         accepted = OLD in app_text
         obs.update({
+            "replayed_after_s": round(rec["sent_wall_s"] - conn.sent_records["i1:data"]["sent_wall_s"], 3),
             "incarnation2_isn_minus_incarnation1": ISN2[case.position],
             "new_rcv_nxt": rcv_nxt2, "kernel_window": window,
             "replayed": {k: rec.get(k) for k in ("seq", "ack", "flags", "tsval", "tsecr", "len", "payload_text")},
@@ -175,7 +177,7 @@ def run(ctx: RunContext) -> Outcome:
             ctx.say(f"case {case.id}", i / len(CASES))
             results.append(_case(ctx, ns, peer, case, 43000 + i))
     capture, analysis, check = capture_check(
-        ctx, rec, {"delayed-duplicate": {"duplicate"}},
+        ctx, rec, {"delayed-duplicate": {"duplicate"}, "reuse-in-time-wait": {"new-syn"}, "time-wait-assassinated": ()},
         notes={"duplicate": "incarnation 1's data segment replayed into incarnation 2 (lab.inject)"})
     story = [_story(c, o) for c, o in zip(CASES, results, strict=True)]
     corrupted = [o["case"] for o in results if o.get("accepted")]

@@ -136,7 +136,7 @@ def run(ctx: RunContext) -> Outcome:
             ctx.say(f"case {case.id}", i / len(CASES))
             results.append(_case(ctx, ns, peer, case, 41000 + i))
     capture, analysis, check = capture_check(
-        ctx, rec, {"reuse-in-time-wait": {"new-syn"}},
+        ctx, rec, {"reuse-in-time-wait": {"new-syn"}, "delayed-duplicate": (), "time-wait-assassinated": ()},
         notes={"new-syn": "peer's new SYN into the server's TIME_WAIT (lab.peer)"})
     story = [_story(c, o) for c, o in zip(CASES, results, strict=True)]
     gaps = [o.get("new_isn_minus_old_snd_nxt") for o in results if o.get("accepted")]

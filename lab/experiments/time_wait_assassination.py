@@ -136,7 +136,7 @@ def run(ctx: RunContext) -> Outcome:
             ctx.say(f"TIME_WAIT ACK rate limit, tcp_invalid_ratelimit={ms} ms", (len(CASES) + j) / (len(CASES) + 2))
             limits.append(_ratelimit(ctx, ns, peer, ms, 42100 + j))
     capture, analysis, check = capture_check(
-        ctx, rec, {"time-wait-assassinated": {"rst-exact"}},
+        ctx, rec, {"time-wait-assassinated": {"rst-exact"}, "delayed-duplicate": (), "reuse-in-time-wait": ()},
         notes={"rst-exact": "peer's RST with seq = TIME_WAIT's rcv_nxt (lab.peer)",
                "rst-off": "peer's RST one off rcv_nxt: TIME_WAIT ignores it (lab.peer)",
                "oow-ack": "peer's out-of-window ACK into TIME_WAIT (lab.peer)"})
