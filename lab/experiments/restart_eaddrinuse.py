@@ -103,6 +103,10 @@ def _restart_steps(port: int, reuse: bool) -> list[dict[str, Any]]:
     return steps
 
 
+def side_of(sample: Any, port: int) -> str:
+    return "server" if sample.sport == port else "client"
+
+
 def _opt(on: bool) -> str:
     return "with SO_REUSEADDR" if on else "without SO_REUSEADDR"
 
@@ -120,29 +124,28 @@ def run_case(ctx: RunContext, case: Case, port: int) -> tuple[dict[str, Any], li
                            f"{bad.get('errno') or bad.get('error')}")
     client_port = next(r["result"]["local"][1] for r in cli_recs if r["label"] == "connect")
     first = "server" if case.server_closes_first else "client"
-    story.append((f"case {case.key}: server {_opt(case.old_reuse)} on {HOST}:{port} accepted a client "
-                  f"(port {client_port}), exchanged data; the {first} closed first; the server process exited",
-                  f"exit status {server.proc.returncode}"))
+    did = (f"case {case.key} ({case.title}): a server {_opt(case.old_reuse)} on {HOST}:{port} accepted a client "
+           f"(port {client_port}) and exchanged data; the {first} closed first; the server process exited "
+           f"(status {server.proc.returncode}); sock_diag on port {port}")
 
     tw, tw_error = _time_wait(port)
     tw_side: str | None = None
     remaining_s: float | None = None
     if tw:
         s = tw[0]
-        tw_side = "server" if s.sport == port else "client"
+        tw_side = side_of(s, port)
         remaining_s = round(s.expires_ms / 1000, 3) if s.expires_ms is not None else None
-        story.append(("sock_diag: sockets on the port",
-                      "; ".join(f"TIME_WAIT {x.src}:{x.sport} -> {x.dst}:{x.dport}, "
-                                f"{x.expires_ms / 1000:.1f} s left" for x in tw)))
+        story.append((did, "; ".join(f"TIME_WAIT {x.src}:{x.sport} -> {x.dst}:{x.dport} ({side_of(x, port)} side), "
+                                     f"{x.expires_ms / 1000:.1f} s left" for x in tw)))
     else:
-        story.append(("sock_diag: sockets on the port", tw_error or "no TIME_WAIT socket"))
+        story.append((did, tw_error or "no TIME_WAIT socket"))
 
     restart = Agent.start(ctx, _restart_steps(port, case.new_reuse), name=f"restart-{case.key}")
     recs = restart.finish()
     failed = next((r for r in recs if not r.get("ok") and r["op"] != "done"), None)
     errno_name = failed["errno"] if failed else None
     failed_call = failed["op"] if failed else None
-    story.append((f"restarted server {_opt(case.new_reuse)}: bind({HOST}:{port}) and listen()",
+    story.append((f"case {case.key}: the server restarts {_opt(case.new_reuse)}: bind({HOST}:{port}), listen()",
                   f"{failed_call}() -> {errno_name}" if failed else "bound and listening at once"))
 
     as_documented = errno_name == case.expected_errno and tw_side == case.expected_time_wait_side
