@@ -122,6 +122,7 @@ class LiveCapture:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = False
+        self._stop_deadline = 0.0
         self._error: BaseException | None = None
         self._wake_r, self._wake_w = -1, -1
         self._t0 = 0.0
@@ -156,6 +157,7 @@ class LiveCapture:
             return self.stats
         if self._thread is None:
             raise RuntimeError("capture not started")
+        self._stop_deadline = time.monotonic() + 5.0
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
@@ -269,6 +271,8 @@ class LiveCapture:
         poller.register(self._wake_r, select.POLLIN)
         try:
             while True:
+                if self._stopping and time.monotonic() > self._stop_deadline:
+                    break   # traffic that never pauses: stop anyway
                 try:
                     n, anc, _flags, _addr = recv(bufs, anc_size)
                 except BlockingIOError:
