@@ -152,6 +152,8 @@ def ladder(conn: Mapping[str, Any], segs: Sequence[Segment], steps: Sequence[Ste
     t.add_column("", justify="center", min_width=_ARROW_W, no_wrap=True)
     t.add_column(f"server {conn['server']}", justify="left", min_width=14)
 
+    if state:
+        t.add_row("", "", Text(state.get("client", ""), style="dim"), "", Text(state.get("server", ""), style="dim"))
     shown = list(enumerate(segs))
     if len(segs) > max_rows:
         head = max_rows // 4
