@@ -189,3 +189,35 @@ def test_without_cap_net_raw_capture_is_refused_with_a_hint() -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ENV packet capture on lo needs CAP_NET_RAW"), res.stdout
     assert "run as root" in res.stdout
+
+
+def test_recording_finds_the_close_segments_of_a_port(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from lab.core.model import Flags, Segment
+    from lab.experiments.base import EventLog, Experiment, Outcome, RunContext
+    from lab.recording import Recording, port_filter
+
+    exp = Experiment(id="rec-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
+    with ExitStack() as stack:
+        ctx = RunContext(experiment=exp, run_id="b0b0b0", out_dir=tmp_path, events=EventLog(None), stack=stack,
+                         ledger=None)  # type: ignore[arg-type]
+        rec = Recording(ctx, ports=[5000, 6000])
+        c, s = ("127.0.0.1", 40000), ("127.0.0.1", 5000)
+        A, F, P = int(Flags.ACK), int(Flags.FIN), int(Flags.PSH)
+        rec.segments = [
+            Segment(1, 0.0, *c, *s, 100, 0, int(Flags.SYN)),
+            Segment(2, 0.1, *s, *c, 900, 101, int(Flags.SYN) | A),
+            Segment(3, 0.2, *c, *s, 101, 901, A),
+            Segment(4, 0.3, *c, *s, 101, 901, P | A, payload_len=5),
+            Segment(5, 0.4, *s, *c, 901, 106, F | A),     # server FIN
+            Segment(6, 0.5, *c, *s, 106, 902, A),         # client ACKs it
+            Segment(7, 0.6, *c, *s, 106, 902, F | A),     # client FIN
+            Segment(8, 0.7, *s, *c, 902, 107, A),         # final ACK
+            Segment(9, 0.8, "127.0.0.1", 40001, "127.0.0.1", 6000, 1, 0, int(Flags.SYN)),
+        ]
+        assert [x.frame for x in rec.close_segments(5000)] == [5, 6, 7, 8]
+        assert [x.frame for x in rec.find(port=5000, flags=int(Flags.SYN), exact=True)] == [1]
+        assert [x.frame for x in rec.find(port=6000)] == [9]
+        assert rec.save() is None and rec.summary()["captured"] is False
+    assert port_filter([6000, 5000, 5000]) == "tcp and (port 5000 or port 6000)"
