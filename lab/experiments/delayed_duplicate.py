@@ -217,6 +217,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="netns",
     needs_root=True,
-    duration_hint_s=15.0,
+    duration_hint_s=6.0,
     tags=("delayed-duplicate", "paws", "inject", "peer"),
 )

@@ -173,6 +173,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="netns",
     needs_root=True,
-    duration_hint_s=8.0,
+    duration_hint_s=4.0,
     tags=("time-wait", "reuse", "peer"),
 )

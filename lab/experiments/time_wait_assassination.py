@@ -188,6 +188,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="netns",
     needs_root=True,
-    duration_hint_s=10.0,
+    duration_hint_s=5.0,
     tags=("time-wait", "rst", "peer"),
 )
