@@ -17,7 +17,7 @@ from typing import Literal
 Proto = Literal["tcp", "udp"]
 Opt = Literal["none", "reuseaddr", "reuseport"]
 State = Literal["bound", "listening", "connected", "time_wait"]
-AddrKey = Literal["any4", "lo1", "lo2", "any6", "any6only"]
+AddrKey = Literal["any4", "lo1", "lo2", "lo3", "any6", "any6only"]
 
 OPTS: tuple[Opt, ...] = ("none", "reuseaddr", "reuseport")
 TCP_STATES: tuple[State, ...] = ("bound", "listening", "connected", "time_wait")
@@ -28,10 +28,11 @@ ADDRS: dict[str, tuple[int, str, bool]] = {
     "any4": (4, "0.0.0.0", False),
     "lo1": (4, "127.0.0.1", False),
     "lo2": (4, "127.0.0.2", False),
+    "lo3": (4, "127.0.0.3", False),   # not in the matrix; used by reuseaddr-uses
     "any6": (6, "::", False),
     "any6only": (6, "::", True),
 }
-ADDR_LABEL = {"any4": "0.0.0.0", "lo1": "127.0.0.1", "lo2": "127.0.0.2", "any6": "[::] dual-stack",
+ADDR_LABEL = {"any4": "0.0.0.0", "lo1": "127.0.0.1", "lo2": "127.0.0.2", "lo3": "127.0.0.3", "any6": "[::] dual-stack",
               "any6only": "[::] V6ONLY"}
 
 # (first socket's address, second socket's address)
@@ -63,7 +64,7 @@ class BindCase:
 
     @property
     def needs_lo2(self) -> bool:
-        return "lo2" in (self.first_addr, self.second_addr)
+        return bool({"lo2", "lo3"} & {self.first_addr, self.second_addr})
 
     @property
     def checks_first_listen(self) -> bool:
