@@ -1,8 +1,9 @@
 """ephemeral-port-allocation: which local ports the kernel hands out, set against the lore's "last + 1".
 
 Successive connect() calls to one destination, to two alternating destinations, and successive
-bind(port 0) calls; all sockets are kept open until the end so every port is distinct, and closed
-with RST so no TIME_WAIT is left. As root this runs in a lab namespace with a narrowed
+bind(port 0) calls; all sockets are kept open until the end (a connect port is unique per
+destination, so one port may serve two destinations at once) and closed with RST, so no TIME_WAIT
+is left. As root this runs in a lab namespace with a narrowed
 ip_local_port_range (a per-namespace sysctl); otherwise on the host's lo, reading the host's
 settings only.
 """
@@ -122,6 +123,10 @@ def run(ctx: RunContext) -> Outcome:
         "connect_even_fraction": _frac([p % 2 == 0 for p in connects]),
         "bind_odd_fraction": _frac([p % 2 == 1 for p in binds]),
         "all_in_range": all(lo <= p <= hi for p in connects + binds),
+        # one local port in use towards two destinations at once (unique per four-tuple, not per host)
+        "ports_shared_between_destinations": sorted(set(same) & set(alt)
+                                                    | set.intersection(*map(set, m["alternating_per_destination"]
+                                                                            .values()))),
     }
     lore_holds = obs["plus_one_fraction_same_destination"] >= 0.9
     obs["lore_holds"] = lore_holds
@@ -152,6 +157,9 @@ def run(ctx: RunContext) -> Outcome:
             f"parity first: to one destination the port rose by {sorted(set(pos_small))[:8]} "
             f"({obs['same_destination_small_even_increase_fraction'] * 100:.0f}% small even increases), while "
             "bind(0) (inet_csk_find_open_port) starts at a random offset and prefers the other parity.")
+    if obs["ports_shared_between_destinations"]:
+        notes.append(f"ports {obs['ports_shared_between_destinations'][:4]} were in use towards two destinations "
+                     "at once: a connect() port only has to be unique per four-tuple")
     reproduced = (not lore_holds and obs["all_in_range"] and len(same) == N and len(binds) == N
                   and (not IS_LINUX or (obs["connect_low_parity_fraction"] >= 0.9
                                         and obs["bind_other_parity_fraction"] >= 0.9)))
