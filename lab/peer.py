@@ -18,7 +18,9 @@ closes with a chosen ISN, chosen timestamps and chosen timing — the lab's pack
 Steps (each may carry "label"):
   {"send": {flags, seq, ack, window, ts: [tsval, tsecr], data | hex, mss, wscale, sack_ok, mark}}
       seq defaults to peer.nxt; ack to kernel.nxt when the A flag is set; no options unless given.
-  {"expect": {flags, seq, ack, len, data, ts: true|false, timeout_s}}   the next segment the kernel sends
+  {"expect": {flags, seq, ack, ack_min, len, data, ts: true|false, timeout_s, skip_other}}
+      the next segment the kernel sends; with skip_other, segments that do not match are set aside
+      (in the result's `collected`) until one matches or the time is up
   {"expect_none": {timeout_s}}          nothing may arrive (e.g. a RST that must not be answered)
   {"collect": {timeout_s}}              everything that arrives within the time (counting replies)
   {"sleep": seconds}
@@ -385,14 +387,32 @@ class PeerConnection:
         for k in ("seq", "ack"):
             if k in spec:
                 want[k] = evaluate(spec[k], self.vars)
-        d = self._next(timeout_s)
-        if d is None:
-            return StepResult(i, label, kind, False, expected=expected, why=f"nothing within {timeout_s} s")
+        if "ack_min" in spec:
+            want["ack_min"] = evaluate(spec["ack_min"], self.vars)
+        skipped: list[dict[str, Any]] = []
+        end = time.monotonic() + timeout_s
+        while True:
+            d = self._next(end - time.monotonic())
+            if d is None:
+                return StepResult(i, label, kind, False, expected=expected, collected=skipped,
+                                  why=f"nothing{' matching' if skipped else ''} within {timeout_s} s")
+            problems = self._mismatch(spec, want, d)
+            if not problems or not spec.get("skip_other"):
+                break
+            skipped.append(_public(d) or {})
+        return StepResult(i, label, kind, not problems, expected=expected, got=_public(d), collected=skipped,
+                          why="; ".join(problems))
+
+    @staticmethod
+    def _mismatch(spec: Mapping[str, Any], want: Mapping[str, int], d: Mapping[str, Any]) -> list[str]:
         problems = []
         if "flags" in spec and not _same_flags(d["flags"], spec["flags"]):
             problems.append(f"flags {d['flags']} (wanted {spec['flags']})")
         for k, val in want.items():
-            if d[k] != val:
+            if k == "ack_min":
+                if signed(d["ack"] - val) < 0:
+                    problems.append(f"ack {d['ack']} (wanted at least {spec[k]} = {val})")
+            elif d[k] != val:
                 problems.append(f"{k} {d[k]} (wanted {spec[k]} = {val})")
         if "len" in spec and d["len"] != int(spec["len"]):
             problems.append(f"len {d['len']} (wanted {spec['len']})")
@@ -400,8 +420,7 @@ class PeerConnection:
             problems.append(f"data {d['payload_text']!r} (wanted {spec['data']!r})")
         if "ts" in spec and (d["tsval"] is not None) != bool(spec["ts"]):
             problems.append("timestamp option " + ("present" if d["tsval"] is not None else "missing"))
-        return StepResult(i, label, kind, not problems, expected=expected, got=_public(d),
-                          why="; ".join(problems))
+        return problems
 
 
 def _public(d: Mapping[str, Any] | None) -> dict[str, Any] | None:

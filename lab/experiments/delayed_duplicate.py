@@ -118,10 +118,12 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
         answers = conn.run([{"label": "answer", "collect": {"timeout_s": 0.3}}]).steps[0].collected
         after_inject = kernel.nstat(netns=ns.name)
         fill = conn.run([{"label": "i2:data", "send": {"flags": "PA", "data": NEW, "ts": TS_NEXT if ts else None}},
-                         {"label": "i2:data-ack", "expect": {"flags": "A", "timeout_s": 1.5}}], stop_on_fail=False)
+                         {"label": "i2:data-ack", "expect": {"flags": "A", "ack_min": "peer.nxt", "skip_other": True,
+                                                               "timeout_s": 2}}], stop_on_fail=False)
         server.release("recv2")
         app = server.wait("recv2", timeout_s=5)
         fill_ack = fill.by_label("i2:data-ack").got
+        answers += fill.by_label("i2:data-ack").collected  # late answers to the replay
         acked_beyond = signed(fill_ack["ack"] - conn.vars["peer.nxt"]) if fill_ack else None
         app_text = app["result"]["text"] if app.get("ok") else ""
         accepted = OLD in app_text
