@@ -1,0 +1,197 @@
+"""Lab hosts in network namespaces (pyroute2): one namespace, or a client/server pair joined by a veth.
+
+    ns = Namespace.create(ctx, "k", sysctls={"net.ipv4.tcp_timestamps": 0})
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", 0)     # inside the namespace only; recorded in ns.settings
+    ns.run(["ss", "-tan"])                            # ip netns exec
+    with ns.entered(): s = socket.socket()           # this thread's new sockets belong to ns
+
+    pair = NetnsPair.create(ctx, client_sysctls={...}, server_sysctls={...})
+    pair.client.addr4, pair.server.addr4, pair.client.iface
+
+Every name is ctx.name(role) ('twl' + run id + role), recorded in the run's ledger and removed on
+ctx.stack, so teardown runs in reverse order on success, exception, Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lab.errors import EnvironmentProblem
+from lab.kernel import in_netns
+
+if TYPE_CHECKING:
+    from lab.experiments.base import RunContext
+
+CLIENT_ADDR4, SERVER_ADDR4, PREFIX4 = "192.0.2.1", "192.0.2.2", 24
+CLIENT_ADDR6, SERVER_ADDR6, PREFIX6 = "2001:db8::1", "2001:db8::2", 64
+
+
+def _sysctl_path(key: str) -> str:
+    if not key.startswith("net."):
+        raise ValueError(f"{key}: only per-namespace net.* sysctls may be set by the lab")
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "\t".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass
+class Namespace:
+    ctx: RunContext
+    name: str
+    role: str
+    settings: dict[str, str] = field(default_factory=dict)
+    addr4: str | None = None
+    addr6: str | None = None
+    iface: str | None = None
+
+    @classmethod
+    def create(cls, ctx: RunContext, role: str, sysctls: Mapping[str, Any] | None = None) -> Namespace:
+        if not ctx.root:
+            raise EnvironmentProblem("lab namespaces need root", f"run as root: sudo twlab run {ctx.experiment.id}")
+        from pyroute2 import IPRoute
+        from pyroute2 import netns as pnetns
+
+        name = ctx.name(role)
+        ctx.ledger.add("netns", name)   # before creating: a crash in between still leaves a record
+        try:
+            pnetns.create(name)
+        except Exception as exc:  # becomes a clear environment error
+            ctx.ledger.discard("netns", name)
+            raise EnvironmentProblem(f"cannot create network namespace {name}: {exc}",
+                                     "run as root on a host where network namespaces are allowed") from exc
+        ns = cls(ctx, name, role)
+        ctx.stack.callback(ns.remove)
+        ctx.events.log("netns", action="add", name=name, role=role)
+        with IPRoute(netns=name) as ipr:
+            lo = ipr.link_lookup(ifname="lo")
+            ipr.link("set", index=lo[0], state="up")
+        for k, v in (sysctls or {}).items():
+            ns.sysctl(k, v)
+        return ns
+
+    def remove(self) -> None:
+        if Path("/run/netns", self.name).exists():
+            r = subprocess.run(["ip", "netns", "del", self.name], capture_output=True, text=True)
+            if r.returncode != 0:
+                from pyroute2 import netns as pnetns
+
+                with contextlib.suppress(Exception):
+                    pnetns.remove(self.name)
+        self.ctx.ledger.discard("netns", self.name)
+        self.ctx.events.log("netns", action="del", name=self.name)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def sysctl(self, key: str, value: Any) -> str:
+        """Write a net.* sysctl inside this namespace (never the host's); returns the value read back."""
+        path = _sysctl_path(key)
+        text = _value_text(value)
+        with in_netns(self.name):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            with open(path, encoding="ascii") as fh:
+                got = " ".join(fh.read().split())
+        self.settings[key] = got
+        self.ctx.events.log("sysctl", netns=self.name, key=key, value=got)
+        return got
+
+    def read_sysctl(self, key: str) -> str:
+        with in_netns(self.name), open(_sysctl_path(key), encoding="ascii") as fh:
+            return " ".join(fh.read().split())
+
+    # -- processes and sockets -----------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        r = subprocess.run(["ip", "netns", "exec", self.name, *argv], **kw)
+        if check and r.returncode != 0:
+            raise EnvironmentProblem(f"{' '.join(argv)} in {self.name} failed: {(r.stderr or '').strip()[:200]}",
+                                     "see the run's events.jsonl; twlab doctor checks the tools")
+        return r
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This thread inside the namespace (sockets created here belong to it)."""
+        with in_netns(self.name):
+            yield
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "addr4": self.addr4, "addr6": self.addr6,
+                "iface": self.iface, "sysctls": dict(self.settings)}
+
+
+def _wait_ready(netns: str, ifname: str, timeout_s: float = 3.0) -> float:
+    """Wait until the veth carries traffic: operstate UP and an IPv6 link-local address that is not tentative
+    (before that, IPv6 SYNs are lost and connect() takes the 1 s SYN retransmission)."""
+    from pyroute2 import IPRoute
+
+    t0 = time.monotonic()
+    with IPRoute(netns=netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        while time.monotonic() - t0 < timeout_s:
+            link = ipr.get_links(idx)[0]
+            up = link.get_attr("IFLA_OPERSTATE") == "UP"
+            ll = [a for a in ipr.get_addr(index=idx, family=socket.AF_INET6)
+                  if str(a.get_attr("IFA_ADDRESS")).startswith("fe80") and not (a["flags"] & 0x40)]  # TENTATIVE
+            if up and ll:
+                break
+            time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+@dataclass
+class NetnsPair:
+    """Client and server namespaces joined by one veth, 192.0.2.1/24 <-> 192.0.2.2/24, 2001:db8::1/64 <-> ::2/64,
+    no default route (nothing else is reachable)."""
+
+    client: Namespace
+    server: Namespace
+
+    @classmethod
+    def create(cls, ctx: RunContext, client_sysctls: Mapping[str, Any] | None = None,
+               server_sysctls: Mapping[str, Any] | None = None) -> NetnsPair:
+        from pyroute2 import IPRoute
+
+        client = Namespace.create(ctx, "c", client_sysctls)
+        server = Namespace.create(ctx, "s", server_sysctls)
+        vc, vs = ctx.name("vc"), ctx.name("vs")
+        # disable DAD before the addresses exist, so IPv6 is usable at once
+        for ns in (client, server):
+            for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
+                with contextlib.suppress(OSError):
+                    ns.sysctl(key, 0)
+        ctx.ledger.add("link", vc, netns=client.name)
+        with IPRoute(netns=client.name) as ipr:
+            ipr.link("add", ifname=vc, kind="veth", peer={"ifname": vs, "net_ns_fd": server.name})
+        ctx.events.log("link", action="add", name=vc, peer=vs, netns=client.name, peer_netns=server.name)
+        for ns, ifname, a4, a6 in ((client, vc, CLIENT_ADDR4, CLIENT_ADDR6), (server, vs, SERVER_ADDR4, SERVER_ADDR6)):
+            with IPRoute(netns=ns.name) as ipr:
+                idx = ipr.link_lookup(ifname=ifname)[0]
+                ipr.addr("add", index=idx, address=a4, prefixlen=PREFIX4)
+                ipr.addr("add", index=idx, address=a6, prefixlen=PREFIX6, flags=0x02)  # IFA_F_NODAD
+                ipr.link("set", index=idx, state="up")
+            ns.addr4, ns.addr6, ns.iface = a4, a6, ifname
+        # the veth goes with its namespaces; nothing left to remove by hand
+        ctx.ledger.discard("link", vc)
+        waited = max(_wait_ready(client.name, vc), _wait_ready(server.name, vs))
+        ctx.events.log("link", action="ready", name=vc, waited_s=round(waited, 3))
+        return cls(client, server)
+
+    def describe(self) -> dict[str, Any]:
+        return {"client": self.client.describe(), "server": self.server.describe()}
