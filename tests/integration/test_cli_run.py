@@ -1,0 +1,59 @@
+"""`twlab run` end to end, as a user types it: JSON contract, exit codes, run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def twlab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def test_run_restart_eaddrinuse_json(tmp_path: Path) -> None:
+    res = twlab("run", "restart-eaddrinuse", "--json", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["experiment"] == "restart-eaddrinuse"
+    assert out["reproduced"] is True
+    for key in ("claim", "observations", "capture", "kernel"):
+        assert key in out
+    assert out["kernel"] == os.uname().release
+    cases = out["observations"]["cases"]
+    assert sorted(cases) == ["A", "B", "C", "D"]
+    assert [cases[k]["errno"] for k in "ABCD"] == ["EADDRINUSE", None, "EADDRINUSE", None]
+    folder = tmp_path / "runs" / "restart-eaddrinuse"
+    assert json.loads((folder / "result.json").read_text())["reproduced"] is True
+    events = [json.loads(ln) for ln in (folder / "events.jsonl").read_text().splitlines()]
+    assert any(e["kind"] == "call" and e.get("errno") == "EADDRINUSE" for e in events)
+    if out["root"]:
+        assert out["capture"] == str(folder / "capture.pcapng") and Path(out["capture"]).is_file()
+    else:
+        assert out["capture"] is None and out["skipped"]
+
+
+def test_run_for_people_says_the_verdict(tmp_path: Path) -> None:
+    res = twlab("run", "restart-eaddrinuse", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "EADDRINUSE" in res.stdout
+    assert "restart-eaddrinuse" in res.stdout
+
+
+def test_unknown_experiment_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    res = twlab("run", "no-such-experiment", "--json", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "unknown experiment 'no-such-experiment'" in lines[0] and "twlab list" in lines[0]
+    assert not (tmp_path / "runs").exists()
