@@ -1,0 +1,695 @@
+"""Capture files -> TCP segments, fast: a plain struct walk, no scapy dissection.
+
+Formats: pcap (both byte orders, microsecond and nanosecond magic), pcapng (SHB in either byte order and
+several sections, IDB with if_tsresol/if_tsoffset, EPB, SPB, OPB, per-packet opt_comment), and either of
+them gzip-compressed (detected by magic, not by the file name).
+
+Link types: Ethernet (802.1Q/QinQ tags), Linux cooked SLL (113) and SLL2 (276), raw IP (12, 14, 101, 228,
+229), BSD loopback NULL (0) and LOOP (108). Network: IPv4 and IPv6 (extension headers skipped; non-first
+fragments skipped and counted). Tunnels: GTP-U (UDP 2152), IP-in-IP / IPv6-in-IPv4 (4/41) and GRE: the
+innermost IP/TCP is the segment's four-tuple.
+
+Frame numbers count every packet (1-based) and equal tshark's frame.number. A packet too short for its
+TCP header is a counted skip ("truncated-packet"); a damaged *file* (record or block past end of file,
+garbage, wrong magic, absurd lengths) raises lab.errors.BadCapture naming the file and the frame.
+Memory stays bounded: the file is read in 1 MiB chunks and no record may exceed 16 MiB.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from lab.core.model import Segment
+from lab.errors import BadCapture
+
+__all__ = ["SUPPORTED_LINKTYPES", "CaptureReader", "RawFrame", "ReaderStats", "decode_frame", "iter_frames",
+           "read_segments"]
+
+
+class RawFrame(NamedTuple):
+    """One packet as stored in the file, for tools that copy packets verbatim (annotate)."""
+
+    frame: int
+    ts_ns: int
+    linktype: int
+    data: bytes
+    orig_len: int
+    comments: tuple[str, ...] = ()
+    interface: int = 0
+
+
+@dataclass
+class ReaderStats:
+    """Filled in while a CaptureReader is iterated (complete once iteration ends)."""
+
+    packets: int = 0
+    tcp_segments: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+# --- limits and constants ---------------------------------------------------------------------------------
+
+_CHUNK = 1 << 20
+MAX_RECORD = 16 << 20  # larger than any real packet or block; bounds memory on garbage lengths
+_MAX_TUNNEL_DEPTH = 8
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_LOOP = 108
+LINKTYPE_SLL = 113
+LINKTYPE_SLL2 = 276
+_RAW_LINKTYPES = frozenset({12, 14, 101, 228, 229})
+SUPPORTED_LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_SLL, LINKTYPE_SLL2}
+                                | _RAW_LINKTYPES)
+
+_PCAP_MAGIC_US = 0xA1B2C3D4
+_PCAP_MAGIC_NS = 0xA1B23C4D
+_PCAPNG_SHB = 0x0A0D0D0A
+_PCAPNG_BOM = 0x1A2B3C4D
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# skip reasons (keys of ReaderStats.skipped)
+TRUNC = "truncated-packet"
+NON_IP = "non-ip"
+NON_TCP = "non-tcp"
+FRAGMENT = "ip-fragment"
+MALFORMED = "malformed"
+GTP_OTHER = "gtp-non-data"
+
+_HINT_TRUNC = "the file ends inside a packet (capture cut short?); re-capture, or cut it with editcap -r"
+_HINT_GARBAGE = "this is not an intact pcap/pcapng file; check that the file is a capture and was fully copied"
+
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_IP6 = struct.Struct("!IHBB16s16s")
+_TCP = struct.Struct("!HHIIBBH")
+_II = struct.Struct("!II")
+_HH = struct.Struct("!HH")
+_H = struct.Struct("!H")
+
+_new = tuple.__new__
+_ip_cache: dict[bytes, str] = {}
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_ntop = socket.inet_ntop
+
+
+def _ipstr(raw: bytes) -> str:
+    s = _ip_cache.get(raw)
+    if s is None:
+        if len(_ip_cache) > 200_000:  # bound the cache on scans with many addresses
+            _ip_cache.clear()
+        s = _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
+        _ip_cache[raw] = s
+    return s
+
+
+# --- the packet decoder (hot path) ------------------------------------------------------------------------
+
+def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: int, ts: float,
+         comments: tuple[str, ...]) -> Segment | str:
+    if t + 20 > end:
+        return TRUNC
+    sport, dport, seq, ack, doff, flags, win = _TCP.unpack_from(buf, t)
+    thl = (doff >> 4) << 2
+    if thl < 20:
+        return MALFORMED
+    tsval = tsecr = None
+    if thl > 20:
+        o = t + 20
+        oend = t + thl
+        if oend > end:
+            oend = end
+        if o + 12 <= oend and buf[o] == 1 and buf[o + 1] == 1 and buf[o + 2] == 8 and buf[o + 3] == 10:
+            tsval, tsecr = _II.unpack_from(buf, o + 4)  # the usual NOP NOP TS layout
+        else:
+            while o < oend:
+                kind = buf[o]
+                if kind == 0:
+                    break
+                if kind == 1:
+                    o += 1
+                    continue
+                if o + 1 >= oend:
+                    break
+                olen = buf[o + 1]
+                if olen < 2:
+                    break
+                if kind == 8 and olen == 10 and o + 10 <= oend:
+                    tsval, tsecr = _II.unpack_from(buf, o + 2)
+                    break
+                o += olen
+    plen = ip_end - t - thl
+    if plen < 0:
+        plen = 0
+    return _new(Segment, (frame, ts, src, sport, dst, dport, seq, ack, flags, win, plen, tsval, tsecr, comments))
+
+
+def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
+        depth: int) -> Segment | str:
+    """IPv4/IPv6 at buf[off:end] (end = captured end); tunnels recurse to the innermost IP."""
+    if off >= end:
+        return TRUNC
+    v = buf[off] >> 4
+    if v == 4:
+        if off + 20 > end:
+            return TRUNC
+        vihl, _tos, tot, _id, frag, _ttl, proto, _ck, s, d = _IP4.unpack_from(buf, off)
+        ihl = (vihl & 15) << 2
+        if ihl < 20:
+            return MALFORMED
+        if frag & 0x1FFF:
+            return FRAGMENT
+        ip_end = off + tot if tot >= ihl else end  # tot 0: TSO capture; use what was captured
+        p = off + ihl
+        if p > end:
+            return TRUNC
+        src = _ip_cache.get(s) or _ipstr(s)
+        dst = _ip_cache.get(d) or _ipstr(d)
+    elif v == 6:
+        if off + 40 > end:
+            return TRUNC
+        _vtf, plen, proto, _hl, s, d = _IP6.unpack_from(buf, off)
+        ip_end = off + 40 + plen if plen else end  # 0: jumbogram
+        p = off + 40
+        while proto == 0 or proto == 43 or proto == 60 or proto == 44 or proto == 51:
+            if p + 8 > end:
+                return TRUNC
+            if proto == 44:
+                if _H.unpack_from(buf, p + 2)[0] & 0xFFF8:
+                    return FRAGMENT
+                hlen = 8
+            elif proto == 51:
+                hlen = (buf[p + 1] + 2) << 2
+            else:
+                hlen = (buf[p + 1] + 1) << 3
+            proto = buf[p]
+            p += hlen
+        src = _ip_cache.get(s) or _ipstr(s)
+        dst = _ip_cache.get(d) or _ipstr(d)
+    else:
+        return NON_IP
+    if proto == 6:
+        return _tcp(buf, p, ip_end, end, src, dst, frame, ts, comments)
+    if depth >= _MAX_TUNNEL_DEPTH:
+        return MALFORMED
+    inner_end = ip_end if ip_end < end else end
+    if proto == 4 or proto == 41:
+        return _ip(buf, p, inner_end, frame, ts, comments, depth + 1)
+    if proto == 17:
+        if p + 8 > inner_end:
+            return NON_TCP
+        sport, dport = _HH.unpack_from(buf, p)
+        if sport == 2152 or dport == 2152:
+            return _gtpu(buf, p + 8, inner_end, frame, ts, comments, depth)
+        return NON_TCP
+    if proto == 47:
+        return _gre(buf, p, inner_end, frame, ts, comments, depth)
+    return NON_TCP
+
+
+def _gtpu(buf: bytes, g: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
+          depth: int) -> Segment | str:
+    if g + 8 > end:
+        return NON_TCP
+    gflags = buf[g]
+    if gflags >> 5 != 1 or not gflags & 0x10 or buf[g + 1] != 0xFF:  # GTPv1, not GTP', G-PDU only
+        return GTP_OTHER
+    p = g + 8
+    if gflags & 0x07:
+        if p + 4 > end:
+            return TRUNC
+        nxt = buf[p + 3]
+        p += 4
+        while nxt:
+            if p + 1 > end:
+                return TRUNC
+            elen = buf[p] << 2
+            if elen == 0 or p + elen > end:
+                return MALFORMED
+            nxt = buf[p + elen - 1]
+            p += elen
+    return _ip(buf, p, end, frame, ts, comments, depth + 1)
+
+
+def _gre(buf: bytes, g: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
+         depth: int) -> Segment | str:
+    if g + 4 > end:
+        return NON_TCP
+    gflags, ptype = _HH.unpack_from(buf, g)
+    if gflags & 0x0007:  # version 1 is PPTP's enhanced GRE: not IP-in-GRE
+        return NON_TCP
+    p = g + 4 + (4 if gflags & 0x8000 else 0) + (4 if gflags & 0x2000 else 0) + (4 if gflags & 0x1000 else 0)
+    if ptype == 0x0800 or ptype == 0x86DD:
+        return _ip(buf, p, end, frame, ts, comments, depth + 1)
+    if ptype == 0x6558:  # transparent Ethernet bridging
+        return _link(LINKTYPE_ETHERNET, buf, p, end, frame, ts, comments, depth + 1)
+    return NON_TCP
+
+
+def _link(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
+          depth: int = 0) -> Segment | str:
+    if lt == 1:
+        if off + 14 > end:
+            return TRUNC
+        et = (buf[off + 12] << 8) | buf[off + 13]
+        off += 14
+        while et == 0x8100 or et == 0x88A8 or et == 0x9100:
+            if off + 4 > end:
+                return TRUNC
+            et = (buf[off + 2] << 8) | buf[off + 3]
+            off += 4
+        if et != 0x0800 and et != 0x86DD:
+            return NON_IP
+    elif lt == 113:
+        if off + 16 > end:
+            return TRUNC
+        et = (buf[off + 14] << 8) | buf[off + 15]
+        if et != 0x0800 and et != 0x86DD:
+            return NON_IP
+        off += 16
+    elif lt == 276:
+        if off + 20 > end:
+            return TRUNC
+        et = (buf[off] << 8) | buf[off + 1]
+        if et != 0x0800 and et != 0x86DD:
+            return NON_IP
+        off += 20
+    elif lt == 0 or lt == 108:
+        off += 4  # address family in either byte order; the IP version nibble decides
+    elif lt not in _RAW_LINKTYPES:
+        return f"linktype-{lt}"
+    return _ip(buf, off, end, frame, ts, comments, depth)
+
+
+def decode_frame(linktype: int, data: bytes, frame: int, ts_ns: int) -> Segment | None:
+    """One captured packet -> its innermost TCP segment, or None (not TCP, cut short, malformed)."""
+    try:
+        r = _link(linktype, data, 0, len(data), frame, ts_ns / 1e9, ())
+    except (struct.error, IndexError):
+        return None
+    return None if type(r) is str else r  # type: ignore[return-value]
+
+
+# --- file access -----------------------------------------------------------------------------------------
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        f: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by the caller's finally)
+    except FileNotFoundError:
+        raise BadCapture(f"{path}: no such file", "check the path") from None
+    except IsADirectoryError:
+        raise BadCapture(f"{path}: is a directory", "give a pcap, pcapng or .gz capture file") from None
+    except OSError as exc:
+        raise BadCapture(f"{path}: cannot open: {exc.strerror}", "check the path and its permissions") from None
+    if f.read(2) == _GZIP_MAGIC:
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+class _Source:
+    """Chunked reads with the file's name and the frame in every error."""
+
+    __slots__ = ("f", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = _open(path)
+
+    def read(self, n: int, frame: int) -> bytes:
+        try:
+            return self.f.read(n)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise BadCapture(f"{self.path}: cannot read at frame {frame}: {exc}",
+                             "the (compressed) file is damaged or cut short; re-copy or re-capture it") from None
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except OSError:
+            pass
+
+    def fail(self, what: str, frame: int, hint: str = _HINT_GARBAGE) -> BadCapture:
+        return BadCapture(f"{self.path}: {what} (frame {frame})", hint)
+
+
+class _PcapHeader(NamedTuple):
+    endian: str
+    ns: bool
+    snaplen: int
+    linktype: int
+
+
+def _file_header(src: _Source) -> tuple[bytes, str]:
+    head = src.read(4, 1)
+    if not head:
+        raise BadCapture(f"{src.path}: empty file (frame 1)", "the capture has no bytes; re-capture it")
+    if len(head) < 4:
+        raise src.fail("file too short for a capture header", 1)
+    le = struct.unpack("<I", head)[0]
+    if le in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS) or struct.unpack(">I", head)[0] in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS):
+        return head, "pcap"
+    if le == _PCAPNG_SHB:
+        return head, "pcapng"
+    raise src.fail(f"not a pcap or pcapng file (magic {head.hex()})", 1,
+                   "give a pcap, pcapng or gzip-compressed capture (e.g. from tcpdump -w or Wireshark)")
+
+
+def _pcap_header(src: _Source, head: bytes) -> _PcapHeader:
+    rest = src.read(20, 1)
+    if len(rest) < 20:
+        raise src.fail("pcap file header cut short", 1, _HINT_TRUNC)
+    le = struct.unpack("<I", head)[0]
+    endian = "<" if le in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS) else ">"
+    magic = struct.unpack(endian + "I", head)[0]
+    major, _minor, _zone, _sig, snaplen, network = struct.unpack(endian + "HHiIII", rest)
+    if major != 2:
+        raise src.fail(f"unsupported pcap version {major}", 1)
+    if snaplen > 0x7FFFFFFF:
+        raise src.fail(f"absurd snaplen {snaplen} in the pcap header", 1)
+    return _PcapHeader(endian, magic == _PCAP_MAGIC_NS, snaplen, network & 0xFFFF)
+
+
+def _check_linktype(src: _Source, lt: int, frame: int) -> None:
+    if lt not in SUPPORTED_LINKTYPES:
+        raise src.fail(f"unsupported link type {lt}", frame,
+                       "supported: Ethernet, Linux SLL/SLL2, raw IP, BSD loopback; "
+                       "convert with editcap or capture with tcpdump -i any")
+
+
+# --- pcap -------------------------------------------------------------------------------------------------
+
+def _pcap_records(src: _Source, hdr: _PcapHeader) -> Iterator[tuple[int, int, int, bytes, int, int, int]]:
+    """(frame, sec, frac, buf, off, end, orig_len) per record; buf is a chunk shared by several records."""
+    unpack = struct.Struct(hdr.endian + "IIII").unpack_from
+    buf = b""
+    pos = 0
+    blen = 0
+    frame = 0
+    read = src.read
+    while True:
+        if pos + 16 > blen:
+            buf = buf[pos:] + read(_CHUNK, frame + 1)
+            pos = 0
+            blen = len(buf)
+            if blen == 0:
+                return
+            if blen < 16:
+                raise src.fail("record header cut short at end of file", frame + 1, _HINT_TRUNC)
+        sec, frac, incl, orig = unpack(buf, pos)
+        frame += 1
+        if incl > MAX_RECORD:
+            raise src.fail(f"absurd captured length {incl}", frame)
+        start = pos + 16
+        end = start + incl
+        if end > blen:
+            buf = buf[pos:] + read(max(_CHUNK, end - blen), frame)
+            pos = 0
+            start = 16
+            end = 16 + incl
+            blen = len(buf)
+            if end > blen:
+                raise src.fail(f"record body cut short: {incl} bytes announced, {blen - 16} left", frame,
+                               _HINT_TRUNC)
+        yield frame, sec, frac, buf, start, end, orig
+        pos = end
+
+
+def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterator[Segment]:
+    """The hot loop: the record walk of _pcap_records inlined with the decoder."""
+    unpack = struct.Struct(hdr.endian + "IIII").unpack_from
+    scale = 1e-9 if hdr.ns else 1e-6
+    lt = hdr.linktype
+    link = _link
+    buf = b""
+    pos = 0
+    blen = 0
+    frame = 0
+    tcp = 0
+    skipped = stats.skipped
+    read = src.read
+    try:
+        while True:
+            if pos + 16 > blen:
+                buf = buf[pos:] + read(_CHUNK, frame + 1)
+                pos = 0
+                blen = len(buf)
+                if blen == 0:
+                    return
+                if blen < 16:
+                    raise src.fail("record header cut short at end of file", frame + 1, _HINT_TRUNC)
+            sec, frac, incl, _orig = unpack(buf, pos)
+            frame += 1
+            if incl > MAX_RECORD:
+                raise src.fail(f"absurd captured length {incl}", frame)
+            start = pos + 16
+            end = start + incl
+            if end > blen:
+                buf = buf[pos:] + read(max(_CHUNK, end - blen), frame)
+                pos = 0
+                start = 16
+                end = 16 + incl
+                blen = len(buf)
+                if end > blen:
+                    raise src.fail(f"record body cut short: {incl} bytes announced, {blen - 16} left", frame,
+                                   _HINT_TRUNC)
+            pos = end
+            try:
+                r = link(lt, buf, start, end, frame, sec + frac * scale, ())
+            except (struct.error, IndexError):
+                r = MALFORMED
+            if type(r) is str:
+                skipped[r] = skipped.get(r, 0) + 1
+            else:
+                tcp += 1
+                yield r  # type: ignore[misc]
+    finally:
+        stats.packets = frame
+        stats.tcp_segments = tcp
+
+
+# --- pcapng ------------------------------------------------------------------------------------------------
+
+class _Iface(NamedTuple):
+    linktype: int
+    snaplen: int
+    mul: int  # ts_ns = (ts * mul) // div (>> shift for binary resolutions) + offset_ns
+    div: int
+    shift: int
+    offset_ns: int
+
+
+def _options(buf: bytes, p: int, end: int, endian: str) -> Iterator[tuple[int, bytes]]:
+    unpack = struct.Struct(endian + "HH").unpack_from
+    while p + 4 <= end:
+        code, olen = unpack(buf, p)
+        if code == 0:
+            return
+        p += 4
+        if p + olen > end:
+            return  # a damaged option list: Wireshark warns and keeps the packet; so do we
+        yield code, buf[p:p + olen]
+        p += (olen + 3) & ~3
+
+
+def _iface(buf: bytes, p: int, end: int, endian: str) -> _Iface:
+    lt, _res, snaplen = struct.unpack_from(endian + "HHI", buf, p)
+    mul, div, shift, offset_ns = 1000, 1, 0, 0  # default resolution: microseconds
+    for code, val in _options(buf, p + 8, end, endian):
+        if code == 9 and val:
+            r = val[0]
+            if r & 0x80:
+                mul, div, shift = 1_000_000_000, 1, r & 0x7F
+            elif r <= 9:
+                mul, div, shift = 10 ** (9 - r), 1, 0
+            else:
+                mul, div, shift = 1, 10 ** (r - 9), 0
+        elif code == 14 and len(val) == 8:
+            offset_ns = struct.unpack(endian + "q", val)[0] * 1_000_000_000
+    return _Iface(lt, snaplen, mul, div, shift, offset_ns)
+
+
+def _pcapng_records(src: _Source, head: bytes, linktypes: list[int], check_linktype: bool
+                    ) -> Iterator[tuple[int, int, int, bytes, int, int, int, tuple[str, ...], int]]:
+    """(frame, ts_ns, linktype, buf, off, end, orig_len, comments, interface) per packet block."""
+    buf = head
+    pos = 0
+    frame = 0
+    endian = "<"
+    ifaces: list[_Iface] = []
+    read = src.read
+    u32 = struct.Struct("<I").unpack_from
+    while True:
+        blen = len(buf)
+        if pos + 12 > blen:
+            buf = buf[pos:] + read(_CHUNK, frame + 1)
+            pos = 0
+            blen = len(buf)
+            if blen == 0:
+                return
+            if blen < 12:
+                raise src.fail("block header cut short at end of file", frame + 1, _HINT_TRUNC)
+        btype = u32(buf, pos)[0]
+        if btype == _PCAPNG_SHB:
+            bom = buf[pos + 8:pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            else:
+                raise src.fail("pcapng section header with a bad byte-order magic", frame + 1)
+            u32 = struct.Struct(endian + "I").unpack_from
+            ifaces = []
+        total = u32(buf, pos + 4)[0]
+        if total < 12 or total % 4 or total > MAX_RECORD:
+            raise src.fail(f"absurd pcapng block length {total}", frame + 1)
+        if pos + total > blen:
+            buf = buf[pos:] + read(max(_CHUNK, total - (blen - pos)), frame + 1)
+            pos = 0
+            blen = len(buf)
+            if total > blen:
+                raise src.fail(f"pcapng block cut short: {total} bytes announced, {blen} left", frame + 1,
+                               _HINT_TRUNC)
+        bend = pos + total - 4
+        if u32(buf, bend)[0] != total:
+            raise src.fail("pcapng block length does not match its trailer", frame + 1)
+        body = pos + 8
+        if btype == 6 or btype == 2 or btype == 3:
+            frame += 1
+            if btype == 3:
+                if not ifaces:
+                    raise src.fail("simple packet block before any interface description", frame)
+                orig = u32(buf, body)[0]
+                iface_no = 0
+                ifc = ifaces[0]
+                incl = min(orig, bend - body - 4)
+                if ifc.snaplen:
+                    incl = min(incl, ifc.snaplen)
+                data = body + 4
+                ts_ns = 0
+                opt_start = bend
+            else:
+                if btype == 6:
+                    if body + 20 > bend:
+                        raise src.fail("enhanced packet block too short", frame)
+                    iface_no, hi, lo, incl, orig = struct.unpack_from(endian + "IIIII", buf, body)
+                else:
+                    if body + 20 > bend:
+                        raise src.fail("packet block too short", frame)
+                    iface_no, _drops, hi, lo, incl, orig = struct.unpack_from(endian + "HHIIII", buf, body)
+                data = body + 20
+                if data + incl > bend:
+                    raise src.fail(f"packet data ({incl} bytes) overruns its block", frame)
+                if iface_no >= len(ifaces):
+                    raise src.fail(f"packet on interface {iface_no}, which was never described", frame)
+                ifc = ifaces[iface_no]
+                ts = (hi << 32) | lo
+                if ifc.shift:
+                    ts_ns = ((ts * ifc.mul) >> ifc.shift) + ifc.offset_ns
+                else:
+                    ts_ns = ts * ifc.mul // ifc.div + ifc.offset_ns
+                opt_start = data + ((incl + 3) & ~3)
+            comments: tuple[str, ...] = ()
+            if opt_start + 4 <= bend:
+                comments = tuple(v.decode("utf-8", errors="replace")
+                                 for c, v in _options(buf, opt_start, bend, endian) if c == 1)
+            if check_linktype:
+                _check_linktype(src, ifc.linktype, frame)
+            yield frame, ts_ns, ifc.linktype, buf, data, data + incl, orig, comments, iface_no
+        elif btype == 1:
+            if body + 8 > bend:
+                raise src.fail("interface description block too short", frame + 1)
+            ifc = _iface(buf, body, bend, endian)
+            ifaces.append(ifc)
+            linktypes.append(ifc.linktype)
+        elif btype == _PCAPNG_SHB:
+            if body + 16 > bend:
+                raise src.fail("section header block too short", frame + 1)
+            major = struct.unpack_from(endian + "H", buf, body + 4)[0]
+            if major != 1:
+                raise src.fail(f"unsupported pcapng version {major}", frame + 1)
+        # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
+        pos += total
+
+
+# --- public API ---------------------------------------------------------------------------------------------
+
+class CaptureReader:
+    """Iterable of the TCP segments in a capture file; `.stats` and `.linktypes` fill in while iterating.
+
+    Each iteration re-reads the file from the start (and resets the stats).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.stats = ReaderStats()
+        self.linktypes: list[int] = []
+
+    def __iter__(self) -> Iterator[Segment]:
+        self.stats = ReaderStats()
+        self.linktypes = []
+        src = _Source(self.path)
+        try:
+            head, kind = _file_header(src)
+            if kind == "pcap":
+                hdr = _pcap_header(src, head)
+                self.linktypes.append(hdr.linktype)
+                _check_linktype(src, hdr.linktype, 1)
+                yield from _pcap_segments(src, hdr, self.stats)
+            else:
+                yield from self._pcapng(src, head)
+        finally:
+            src.close()
+
+    def _pcapng(self, src: _Source, head: bytes) -> Iterator[Segment]:
+        stats = self.stats
+        skipped = stats.skipped
+        frame = tcp = 0
+        link = _link
+        try:
+            for frame, ts_ns, lt, buf, off, end, _orig, comments, _if in _pcapng_records(
+                    src, head, self.linktypes, True):
+                try:
+                    r = link(lt, buf, off, end, frame, ts_ns / 1e9, comments)
+                except (struct.error, IndexError):
+                    r = MALFORMED
+                if type(r) is str:
+                    skipped[r] = skipped.get(r, 0) + 1
+                else:
+                    tcp += 1
+                    yield r  # type: ignore[misc]
+        finally:
+            stats.packets = frame
+            stats.tcp_segments = tcp
+
+
+def read_segments(path: str | Path) -> Iterator[Segment]:
+    """The TCP segments of a capture file, in file order (frame numbers count every packet)."""
+    return iter(CaptureReader(path))
+
+
+def iter_frames(path: str | Path) -> Iterator[RawFrame]:
+    """Every packet of a capture file as stored (any link type), for copying packets verbatim."""
+    p = Path(path)
+    src = _Source(p)
+    try:
+        head, kind = _file_header(src)
+        if kind == "pcap":
+            hdr = _pcap_header(src, head)
+            lt = hdr.linktype
+            mul = 1 if hdr.ns else 1000
+            for frame, sec, frac, buf, off, end, orig in _pcap_records(src, hdr):
+                yield RawFrame(frame, sec * 1_000_000_000 + frac * mul, lt, buf[off:end], orig, (), 0)
+        else:
+            for frame, ts_ns, lt, buf, off, end, orig, comments, iface in _pcapng_records(src, head, [], False):
+                yield RawFrame(frame, ts_ns, lt, buf[off:end], orig, comments, iface)
+    finally:
+        src.close()
