@@ -206,7 +206,9 @@ def _connection_notes(c: Connection, notes: dict[int, list[str]]) -> None:
                 txt += " (inferred)"
             if t.to_state is TcpState.TIME_WAIT:
                 w = next((w for w in c.time_wait if w.side == t.side and w.start_frame == frame), None)
-                if w is not None:
+                if w is not None and w.restarts:
+                    txt += f" (restarted {len(w.restarts)}x, until {_fmt_ts(w.end_ts, c.first_ts)})"
+                elif w is not None:
                     txt += f" ({w.end_ts - w.start_ts:g} s, until {_fmt_ts(w.end_ts, c.first_ts)})"
             (own if t.side == sender else other).append((t.side, txt))
         head = " + ".join(names) if names else "segment"

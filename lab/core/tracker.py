@@ -41,7 +41,8 @@ def _ep(ip: str, port: int) -> str:
 class _Side:
     """What the capture shows of one endpoint in one incarnation."""
 
-    __slots__ = ("base", "ep", "fin_acked_frame", "fin_frame", "fin_retx", "fin_seq", "got_fin", "got_fin_frame",
+    __slots__ = ("acked_peer_fin", "base", "ep", "fin_ack_wire", "fin_acked_frame", "fin_frame", "fin_retx",
+                 "fin_seq", "got_fin", "got_fin_frame",
                  "isn", "last_fin_frame", "last_frame", "reack_pending", "rst_frame", "snd_max", "state",
                  "syn_frame", "ts_first", "ts_last", "tw", "win")
 
@@ -56,9 +57,11 @@ class _Side:
         self.fin_frame = 0
         self.last_fin_frame = 0
         self.fin_retx: list[int] = []
-        self.fin_acked_frame = 0              # the peer's first ACK of this side's FIN
+        self.fin_acked_frame = 0              # the peer's ACK of this side's FIN that this side received
+        self.fin_ack_wire = 0                 # the first ACK of it on the wire (received or not)
         self.got_fin = False                  # this side has received the peer's FIN
         self.got_fin_frame = 0                # ... proved by this side's ACK in this frame
+        self.acked_peer_fin = 0               # this side's latest segment that ACKs the peer's FIN
         self.ts_first: int | None = None
         self.ts_last: int | None = None
         self.win = 65535
@@ -409,6 +412,8 @@ class Analyzer:
 
         # what this side proves it received (its ACK field), then what the peer receives from it
         if flags & _ACK:
+            if peer.fin_seq is not None and _d(ack, peer.fin_seq) >= 1:
+                side.acked_peer_fin = frame
             if side.state is S.SYN_SENT and peer.syn_frame and peer.isn is not None \
                     and _d(ack, peer.isn) >= 1 and not flags & _SYN:
                 go(conn, s, Input.RCV_SYNACK, frame, ts)
@@ -432,6 +437,8 @@ class Analyzer:
                 go(conn, p, Input.RCV_ACK_OF_SYN, frame, ts)
             if peer.fin_seq is not None and not peer.fin_acked_frame and _d(ack, peer.fin_seq) >= 1:
                 peer.fin_acked_frame = frame
+                if not peer.fin_ack_wire:
+                    peer.fin_ack_wire = frame
                 self._flush_fin(conn, s, frame, ts)
                 go(conn, p, Input.RCV_ACK_OF_FIN, frame, ts)
             elif peer.state is S.TIME_WAIT and self._any_ack_restarts and peer.tw is not None \
@@ -453,18 +460,22 @@ class Analyzer:
                 go(conn, s, Input.SEND_FIN, frame, ts)
             elif fseq == side.fin_seq:
                 side.fin_retx.append(frame)
+                prev_fin = side.last_fin_frame
                 side.last_fin_frame = frame
                 name = "M" if conn.fin_order[0] == s else "N"
                 roles.append((frame, s, f"FIN {name} retransmission"))
-                if peer.got_fin_frame and peer.got_fin_frame < frame:
-                    # the peer had ACKed this FIN already: that ACK did not arrive
+                lost = peer.acked_peer_fin
+                if lost and lost > prev_fin:
+                    # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
                     conn.close_extra.append((
-                        "final-ack-lost", (peer.got_fin_frame, frame),
-                        f"{SIDE[s]} retransmitted FIN {name} after {SIDE[p]}'s ACK in frame {peer.got_fin_frame}: "
+                        "final-ack-lost", (lost, frame),
+                        f"{SIDE[s]} retransmitted FIN {name} after {SIDE[p]}'s ACK in frame {lost}: "
                         f"that ACK was lost between the capture point and {SIDE[s]}",
-                        {"ack_frame": peer.got_fin_frame, "retransmission_frame": frame, "lost_by": SIDE[p]}))
-                    if peer.state is S.TIME_WAIT:
-                        peer.reack_pending = True
+                        {"ack_frame": lost, "retransmission_frame": frame, "lost_by": SIDE[p]}))
+                    if side.fin_acked_frame and side.fin_acked_frame < frame:
+                        self._unreceive_fin_ack(conn, s)
+                if peer.state is S.TIME_WAIT:
+                    peer.reack_pending = True
 
         # sequence space and half-close evidence
         if side.snd_max is None or _d(end, side.snd_max) > 0:
@@ -478,6 +489,21 @@ class Analyzer:
             elif side.ts_last is None or _d(tsval, side.ts_last) > 0:
                 side.ts_last = tsval
         side.win = win
+
+    @staticmethod
+    def _unreceive_fin_ack(conn: _Conn, s: int) -> None:
+        """Side s retransmitted its FIN after the peer's ACK of it: that ACK never arrived, so undo the
+        transition it drove (LAST_ACK -> CLOSED, CLOSING -> TIME_WAIT); the next ACK of the FIN redoes it."""
+        side = conn.sides[s]
+        for k in range(len(conn.trans) - 1, -1, -1):
+            t = conn.trans[k]
+            if t[1] == s and t[5] == Input.RCV_ACK_OF_FIN.value:
+                del conn.trans[k]
+                side.state = t[2]
+                if t[3] is S.TIME_WAIT:
+                    side.tw = None
+                break
+        side.fin_acked_frame = 0
 
     def _flush_fin(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
         """Before the peer of side s acts on s's segment, it has received s's earlier FIN (in-order)."""
@@ -597,18 +623,18 @@ class Analyzer:
         c, sv = conn.sides
         fin_order = conn.fin_order
         rst_frames = tuple(f for f, _s in conn.rsts)
-        both_acked = len(fin_order) == 2 and c.fin_acked_frame and sv.fin_acked_frame
+        both_acked = len(fin_order) == 2 and c.fin_ack_wire and sv.fin_ack_wire
         frames: list[int] = []
         if fin_order:
             a = fin_order[0]
             first, other = conn.sides[a], conn.sides[a ^ 1]
             frames.append(first.fin_frame)
-            if first.fin_acked_frame:
-                frames.append(first.fin_acked_frame)
+            if first.fin_ack_wire:
+                frames.append(first.fin_ack_wire)
             if other.fin_frame:
                 frames.append(other.fin_frame)
-                if other.fin_acked_frame:
-                    frames.append(other.fin_acked_frame)
+                if other.fin_ack_wire:
+                    frames.append(other.fin_ack_wire)
         if conn.rsts and not both_acked:
             kind = "rst"
             initiator: str | None = SIDE[conn.rsts[0][1]]
