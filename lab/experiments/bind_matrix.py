@@ -9,8 +9,10 @@ unprivileged, on any OS with Python.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 from lab.core.bindrules import (
@@ -123,10 +125,38 @@ def run(ctx: RunContext) -> Outcome:
         "unstable": [r["case"] for r in unstable],
         "ipv6": caps.ipv6, "lo2": caps.lo2, "so_reuseport": caps.reuseport,
         "differences_from_bsd": sum(not r["matches_bsd"] for r in measured),
-        "matrix": rows,
+        # one compact row per case (the `--json` line must stay small enough for a pipe); every detail
+        # (rules, ports, states seen, retries) is in matrix.json in the run folder
+        "matrix_columns": ["case", "measured", "matches_linux", "expected_bsd"],
+        "matrix": [[r["case"], _code(r), r.get("matches_linux"), _code(r, "bsd")] for r in rows],
+        "matrix_file": str(_write_json(ctx.out_dir / "matrix.json", rows)),
     }
     reproduced = bool(measured) and not mismatches
     return Outcome(reproduced=reproduced, observations=obs, story=story, notes=notes, skipped=skipped)
+
+
+def _code(r: dict[str, Any], which: str = "measured") -> str | None:
+    """'ok', 'bind:EADDRINUSE', or with the first socket's later listen(): 'ok|listen:EADDRINUSE'."""
+    if which == "bsd":
+        v = expected_bsd(_case_of(r))
+        second, first = v.second, v.first_listen
+    elif r["measured"] is None:
+        return None
+    else:
+        second, first = r["second"], r["first_listen"]
+    return second + (f"|{first}" if first is not None else "")
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def load_matrix(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The full rows of a bind-matrix result (from matrix.json in its run folder)."""
+    return list(json.loads(Path(result["observations"]["matrix_file"]).read_text()))
 
 
 def _case_of(r: dict[str, Any]) -> BindCase:
@@ -156,7 +186,7 @@ def matrix_table(result: dict[str, Any]) -> Any:
     t = Table(title=f"bind matrix on {result.get('kernel')}", show_lines=False)
     for col in ("proto", "first socket", "state", "second socket", "measured", "Linux rule", "BSD"):
         t.add_column(col)
-    for r in result["observations"].get("matrix", []):
+    for r in load_matrix(result):
         if r["measured"] is None:
             meas = Text(f"n/a ({r['untestable']})", style="dim")
         else:
