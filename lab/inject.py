@@ -314,10 +314,11 @@ def analyzer_agreement(findings: Iterable[Mapping[str, Any]], segments: Iterable
     expected: frames of those segments; flagged: frames named by the `kind` findings; a finding that names
     none of the expected frames is an extra, an expected frame no finding names is a miss."""
     marks = set(marks)
-    chosen = [r for r in records if r.get("mark") in marks]
-    frames_of = match_frames(segments, chosen)
-    expected = sorted(frames_of.values())
-    not_captured = [str(r.get("label")) for i, r in enumerate(chosen) if i not in frames_of]
+    # match every logged segment in order: a verbatim replay then maps to its own frame, not the original's
+    frames_of = match_frames(segments, records)
+    chosen = [i for i, r in enumerate(records) if r.get("mark") in marks]
+    expected = sorted(frames_of[i] for i in chosen if i in frames_of)
+    not_captured = [str(records[i].get("label")) for i in chosen if i not in frames_of]
     finds = [f for f in findings if f.get("kind") == kind]
     flagged = sorted({int(fr) for f in finds for fr in f.get("frames", ())})
     extra = [f for f in finds if not set(f.get("frames", ())) & set(expected)]

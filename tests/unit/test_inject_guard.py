@@ -88,3 +88,21 @@ def test_peer_expressions() -> None:
     for bad in ("peer.isn+", "nope+1", "1 2", "", "peer.isn*2"):
         with pytest.raises(PeerScriptError):
             evaluate(bad, v)
+
+
+def test_verbatim_replay_maps_to_its_own_frame_not_the_original() -> None:
+    from lab.inject import analyzer_agreement
+
+    raw = craft("198.51.100.2", 40000, "198.51.100.1", 5000, flags="PA", seq=100, ack=7, payload=b"x")
+    original = {**describe(raw), "mark": None, "label": "i1:data"}
+    replay = {**describe(raw), "mark": "duplicate", "label": "replay"}
+    seg = Segment(1, 0.0, "198.51.100.2", 40000, "198.51.100.1", 5000, 100, 7, 0x18, payload_len=1)
+    segs = [seg, seg._replace(frame=5)]
+    good = analyzer_agreement([{"kind": "delayed-duplicate", "frames": [5]}], segs, [original, replay],
+                              "delayed-duplicate", {"duplicate"})
+    assert good["ok"] and good["expected_frames"] == [5]
+    bad = analyzer_agreement([{"kind": "delayed-duplicate", "frames": [1]}], segs, [original, replay],
+                             "delayed-duplicate", {"duplicate"})
+    assert not bad["ok"] and bad["missed_frames"] == [5] and bad["extra_findings"][0]["frames"] == [1]
+    none = analyzer_agreement([], segs, [original, replay], "time-wait-assassinated", ())
+    assert none["ok"] and none["expected_frames"] == []
