@@ -14,7 +14,8 @@ Without CAP_NET_RAW nothing is captured and the experiment still runs its socket
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,60 +35,6 @@ def port_filter(ports: Iterable[int]) -> str:
     return "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
 
 
-def _decoder() -> Callable[[int, bytes, int, int], Segment | None]:
-    try:
-        from lab.readers import decode_frame
-    except ImportError:  # FALLBACK until lab.readers (H1) lands; remove then
-        return _fallback_decode
-    return decode_frame
-
-
-def _fallback_decode(linktype: int, data: bytes, frame: int, ts_ns: int) -> Segment | None:
-    """FALLBACK (temporary, until lab.readers lands): Ethernet/raw IPv4/IPv6 + TCP, no options but timestamps."""
-    import ipaddress
-    import struct
-
-    off = 14 if linktype == 1 else 0
-    if linktype == 1 and data[12:14] not in (b"\x08\x00", b"\x86\xdd"):
-        return None
-    ver = data[off] >> 4
-    if ver == 4:
-        ihl = (data[off] & 15) * 4
-        if data[off + 9] != 6:
-            return None
-        total = struct.unpack_from("!H", data, off + 2)[0]
-        src = str(ipaddress.IPv4Address(data[off + 12:off + 16]))
-        dst = str(ipaddress.IPv4Address(data[off + 16:off + 20]))
-        t = off + ihl
-        end = off + total
-    elif ver == 6:
-        if data[off + 6] != 6:
-            return None
-        plen = struct.unpack_from("!H", data, off + 4)[0]
-        src = str(ipaddress.IPv6Address(data[off + 8:off + 24]))
-        dst = str(ipaddress.IPv6Address(data[off + 24:off + 40]))
-        t = off + 40
-        end = t + plen
-    else:
-        return None
-    sport, dport, seq, ack, hl, flags, win = struct.unpack_from("!HHIIBBH", data, t)
-    thl = (hl >> 4) * 4
-    tsval = tsecr = None
-    i = t + 20
-    while i < t + thl:
-        kind = data[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        ln = data[i + 1]
-        if kind == 8 and ln == 10:
-            tsval, tsecr = struct.unpack_from("!II", data, i + 2)
-        i += max(ln, 2)
-    return Segment(frame, ts_ns / 1e9, src, sport, dst, dport, seq, ack, flags, win, end - t - thl, tsval, tsecr)
-
-
 class Recording:
     def __init__(self, ctx: RunContext, ports: Sequence[int], iface: str = "lo", netns: str | None = None,
                  filename: str = "capture.pcapng", settle_s: float = 0.05) -> None:
@@ -102,7 +49,7 @@ class Recording:
         self.skipped_reason: str | None = None
         self.segments: list[Segment] = []
         self.report: Any = None         # lab.core.report.Report
-        self.analysis_error: str | None = None
+        self.analysis_error: str | None = None   # why there is no report although packets were captured
         self.notes: dict[int, list[str]] = {}
         self.path: Path | None = None
 
@@ -139,18 +86,19 @@ class Recording:
 
     def _decode_and_analyze(self) -> None:
         assert self.capture is not None
-        decode = _decoder()
+        from lab.core.tracker import analyze
+        from lab.readers import decode_frame as decode
+
         lt = self.capture.linktype
         for frame, (ts_ns, data, _orig) in enumerate(self.capture.packets, start=1):
             seg = decode(lt, data, frame, ts_ns)
             if seg is not None:
                 self.segments.append(seg)
         try:
-            from lab.core.tracker import analyze
-        except ImportError as exc:  # FALLBACK until lab.core.tracker (H2) lands; remove then
-            self.analysis_error = f"analyzer not available: {exc}"
-            return
-        self.report = analyze(self.segments)
+            self.report = analyze(self.segments)
+        except Exception as exc:  # an analyzer bug must not lose the capture or the socket cases
+            self.analysis_error = f"analyzer failed: {type(exc).__name__}: {exc}"
+            self.ctx.events.log("analysis-error", error=self.analysis_error, traceback=traceback.format_exc())
 
     # -- for experiments ---------------------------------------------------------------------
 
