@@ -385,5 +385,27 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s
     sys.exit(0 if all(results) else 1)
 
 
+@cli.command("bind-matrix")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (as `twlab run bind-matrix --json`).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default runs/<timestamp>).")
+@click.option("--differences", is_flag=True, help="Only the rows where this kernel differs from the BSD description.")
+def bind_matrix_cmd(as_json: bool, out: Path | None, differences: bool) -> None:
+    """Measure the bind/listen conflict table of this kernel and print it (runs unprivileged, any OS)."""
+    from lab import experiments, runner
+    from lab.experiments.bind_matrix import matrix_table
+
+    res = runner.run_one(experiments.get(["bind-matrix"])[0], out or runner.default_out_dir())
+    if as_json:
+        click.echo(json.dumps(res, default=str))
+    else:
+        from lab.ui import console, result_panel
+
+        con = console()
+        con.print(matrix_table(res, only_differences=differences))
+        con.print(result_panel(res))
+    sys.exit(0 if res["reproduced"] else 1)
+
+
 def main() -> None:
     cli(prog_name="twlab")

@@ -178,7 +178,7 @@ def _differences_from_bsd(measured: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def matrix_table(result: dict[str, Any]) -> Any:
+def matrix_table(result: dict[str, Any], only_differences: bool = False) -> Any:
     """A rich table of the measured matrix (for `twlab bind-matrix`)."""
     from rich.table import Table
     from rich.text import Text
@@ -187,6 +187,8 @@ def matrix_table(result: dict[str, Any]) -> Any:
     for col in ("proto", "first socket", "state", "second socket", "measured", "Linux rule", "BSD"):
         t.add_column(col)
     for r in load_matrix(result):
+        if only_differences and r.get("matches_bsd", True):
+            continue
         if r["measured"] is None:
             meas = Text(f"n/a ({r['untestable']})", style="dim")
         else:
