@@ -151,6 +151,8 @@ class Recording:
         if self.report is None and self.stats is None:
             return None
         out: dict[str, Any] = dict(self.report.to_dict()) if self.report is not None else {}
+        if self.analysis_error:
+            out["analysis_error"] = self.analysis_error
         if self.stats is not None:
             out["capture_stats"] = {k: v for k, v in self.stats.to_dict().items() if k != "path"}
         return out
