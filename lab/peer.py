@@ -496,8 +496,14 @@ def server_steps(ip: str, port: int, *, second: bool = False,
 def open_in_namespace(ctx: RunContext, role: str = "k", sysctls: Mapping[str, Any] | None = None
                       ) -> tuple[Any, TunPeer]:
     """A lab namespace (lab.hosts.netns) with a TUN device: the kernel at KERNEL_IP, the peer at PEER_IP."""
+    import pyroute2.config
+
     from lab.hosts.netns import Namespace
 
+    # pyroute2's IPRoute(netns=...) forks a helper and stops it with SIGTERM; without this the helper keeps the
+    # runner's SIGTERM handler (KeyboardInterrupt) and unwinds the run's teardown stack in the child, deleting
+    # the namespace under the parent. With it the helper resets SIGTERM to the default and just exits.
+    pyroute2.config.disable_mp_signal = True
     ns = Namespace.create(ctx, role, sysctls=dict(sysctls) if sysctls else None)
     return ns, TunPeer.open(ctx, ns)
 
