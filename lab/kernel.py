@@ -35,6 +35,8 @@ STATE_CODES = {v: k for k, v in STATE_NAMES.items()}
 # idiag_timer (net/ipv4/inet_diag.c): 1 retransmit (also the loss probe), 2 keepalive, 3 TIME_WAIT, 4 zero-window probe
 TIMER_NAMES = {0: None, 1: "retransmit", 2: "keepalive", 3: "timewait", 4: "probe"}
 ALL_STATES = (1 << 13) - 1
+# a TIME_WAIT timer only counts down; a jump up by more than a few jiffies (4 ms at HZ=250) is a restart
+RESTART_JUMP_MS = 20
 FAMILIES: dict[int, str] = {int(socket.AF_INET): "inet", int(socket.AF_INET6): "inet6"}
 
 
@@ -307,7 +309,7 @@ class Sampler:
                     change = "state"
                 elif old.timer != s.timer:
                     change = "timer"
-                elif s.timer == "timewait" and s.expires_ms > old.expires_ms + 500:
+                elif s.timer == "timewait" and s.expires_ms > old.expires_ms + RESTART_JUMP_MS:
                     change = "timer-restart"
                 if change is not None:
                     self._log(change, s, old)
@@ -386,7 +388,7 @@ def time_wait_observations(samples: Iterable[SockSample]) -> list[TimeWaitObserv
                 acc[k] = a
                 order.append(k)
                 continue
-            if s.expires_ms > a["last_exp"] + 500:
+            if s.expires_ms > a["last_exp"] + RESTART_JUMP_MS:
                 a["restarts"].append((s.wall_s, s.expires_ms))
             a["last"], a["last_exp"] = s.wall_s, s.expires_ms
         elif a is not None and a.get("gone") is None:

@@ -34,6 +34,19 @@ CLIENT_ADDR4, SERVER_ADDR4, PREFIX4 = "192.0.2.1", "192.0.2.2", 24
 CLIENT_ADDR6, SERVER_ADDR6, PREFIX6 = "2001:db8::1", "2001:db8::2", 64
 
 
+@contextlib.contextmanager
+def _iproute(netns: str) -> Iterator[Any]:
+    """A pyroute2 IPRoute whose netlink socket was opened by this thread inside `netns` (no fork)."""
+    from pyroute2 import IPRoute
+
+    with in_netns(netns):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
 def _sysctl_path(key: str) -> str:
     if not key.startswith("net."):
         raise ValueError(f"{key}: only per-namespace net.* sysctls may be set by the lab")
@@ -55,26 +68,25 @@ class Namespace:
     addr4: str | None = None
     addr6: str | None = None
     iface: str | None = None
+    owner_pid: int = field(default_factory=os.getpid)
 
     @classmethod
     def create(cls, ctx: RunContext, role: str, sysctls: Mapping[str, Any] | None = None) -> Namespace:
         if not ctx.root:
             raise EnvironmentProblem("lab namespaces need root", f"run as root: sudo twlab run {ctx.experiment.id}")
-        from pyroute2 import IPRoute
-        from pyroute2 import netns as pnetns
-
         name = ctx.name(role)
         ctx.ledger.add("netns", name)   # before creating: a crash in between still leaves a record
-        try:
-            pnetns.create(name)
-        except Exception as exc:  # becomes a clear environment error
+        # `ip netns add`, not pyroute2's netns.create/IPRoute(netns=...): those fork this Python process, and a
+        # forked copy that receives SIGTERM would unwind the run's teardown stack too
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        if made.returncode != 0:
             ctx.ledger.discard("netns", name)
-            raise EnvironmentProblem(f"cannot create network namespace {name}: {exc}",
-                                     "run as root on a host where network namespaces are allowed") from exc
+            raise EnvironmentProblem(f"cannot create network namespace {name}: {made.stderr.strip()}",
+                                     "run as root on a host where network namespaces are allowed")
         ns = cls(ctx, name, role)
         ctx.stack.callback(ns.remove)
         ctx.events.log("netns", action="add", name=name, role=role)
-        with IPRoute(netns=name) as ipr:
+        with _iproute(name) as ipr:
             lo = ipr.link_lookup(ifname="lo")
             ipr.link("set", index=lo[0], state="up")
         for k, v in (sysctls or {}).items():
@@ -82,13 +94,10 @@ class Namespace:
         return ns
 
     def remove(self) -> None:
+        if os.getpid() != self.owner_pid:   # a forked child never tears down the parent's run
+            return
         if Path("/run/netns", self.name).exists():
-            r = subprocess.run(["ip", "netns", "del", self.name], capture_output=True, text=True)
-            if r.returncode != 0:
-                from pyroute2 import netns as pnetns
-
-                with contextlib.suppress(Exception):
-                    pnetns.remove(self.name)
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, text=True)
         self.ctx.ledger.discard("netns", self.name)
         self.ctx.events.log("netns", action="del", name=self.name)
 
@@ -139,10 +148,8 @@ class Namespace:
 def _wait_ready(netns: str, ifname: str, timeout_s: float = 3.0) -> float:
     """Wait until the veth carries traffic: operstate UP and an IPv6 link-local address that is not tentative
     (before that, IPv6 SYNs are lost and connect() takes the 1 s SYN retransmission)."""
-    from pyroute2 import IPRoute
-
     t0 = time.monotonic()
-    with IPRoute(netns=netns) as ipr:
+    with _iproute(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)[0]
         while time.monotonic() - t0 < timeout_s:
             link = ipr.get_links(idx)[0]
@@ -166,8 +173,6 @@ class NetnsPair:
     @classmethod
     def create(cls, ctx: RunContext, client_sysctls: Mapping[str, Any] | None = None,
                server_sysctls: Mapping[str, Any] | None = None) -> NetnsPair:
-        from pyroute2 import IPRoute
-
         client = Namespace.create(ctx, "c", client_sysctls)
         server = Namespace.create(ctx, "s", server_sysctls)
         vc, vs = ctx.name("vc"), ctx.name("vs")
@@ -177,11 +182,11 @@ class NetnsPair:
                 with contextlib.suppress(OSError):
                     ns.sysctl(key, 0)
         ctx.ledger.add("link", vc, netns=client.name)
-        with IPRoute(netns=client.name) as ipr:
+        with _iproute(client.name) as ipr:
             ipr.link("add", ifname=vc, kind="veth", peer={"ifname": vs, "net_ns_fd": server.name})
         ctx.events.log("link", action="add", name=vc, peer=vs, netns=client.name, peer_netns=server.name)
         for ns, ifname, a4, a6 in ((client, vc, CLIENT_ADDR4, CLIENT_ADDR6), (server, vs, SERVER_ADDR4, SERVER_ADDR6)):
-            with IPRoute(netns=ns.name) as ipr:
+            with _iproute(ns.name) as ipr:
                 idx = ipr.link_lookup(ifname=ifname)[0]
                 ipr.addr("add", index=idx, address=a4, prefixlen=PREFIX4)
                 ipr.addr("add", index=idx, address=a6, prefixlen=PREFIX6, flags=0x02)  # IFA_F_NODAD

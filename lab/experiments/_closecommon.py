@@ -1,0 +1,299 @@
+"""Shared parts of the close experiments: a client/server pair of lab namespaces, scripted endpoints (lab.agent)
+that connect, exchange a little data and then run a close script, sock_diag samplers on both hosts, the
+close segments found and labelled in the capture, and the kernel's TIME_WAIT set beside the analyzer's."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lab import kernel
+from lab.core.model import Flags, Segment
+from lab.hosts.netns import NetnsPair
+
+if TYPE_CHECKING:
+    from lab.agent import Agent
+    from lab.experiments.base import RunContext
+    from lab.recording import Recording
+
+PORT = 7000
+MOD = 1 << 32
+
+
+def make_pair(ctx: RunContext, client_sysctls: Mapping[str, Any] | None = None,
+              server_sysctls: Mapping[str, Any] | None = None) -> NetnsPair:
+    pair = NetnsPair.create(ctx, client_sysctls=client_sysctls, server_sysctls=server_sysctls)
+    ctx.say(f"lab hosts {pair.client.name} ({pair.client.addr4}) and {pair.server.name} ({pair.server.addr4}) "
+            f"joined by veth {pair.client.iface}")
+    return pair
+
+
+def recording(ctx: RunContext, pair: NetnsPair, ports: Sequence[int] = (PORT,)) -> Recording:
+    """Capture on the client's veth inside its namespace: every segment of both directions, once."""
+    from lab.recording import Recording
+
+    return Recording(ctx, ports=list(ports), iface=str(pair.client.iface), netns=pair.client.name)
+
+
+def hosts_observation(pair: NetnsPair) -> dict[str, Any]:
+    """Per-host settings for the result: only what the lab set (the rest are kernel defaults)."""
+    def own(d: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in d.items() if "accept_dad" not in k}
+    return {"client": {"netns": pair.client.name, "addr": pair.client.addr4, "sysctls": own(pair.client.settings)},
+            "server": {"netns": pair.server.name, "addr": pair.server.addr4, "sysctls": own(pair.server.settings)}}
+
+
+@dataclass
+class Endpoints:
+    """One connection: a server agent and a client agent, each stopped at its close script."""
+
+    client: Agent
+    server: Agent
+    client_port: int
+    port: int
+    tag: str
+    connected_wall_s: float
+
+
+def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = PORT,
+                    client_tail: Sequence[dict[str, Any]] = (), server_tail: Sequence[dict[str, Any]] = (),
+                    client_opts: Sequence[dict[str, Any]] = (), server_opts: Sequence[dict[str, Any]] = (),
+                    exchange: bool = True) -> Endpoints:
+    """Server listens on server:port and accepts as socket "c"; the client (socket "s") connects; both exchange
+    one line; then each runs its tail (steps that usually wait on gates the experiment releases)."""
+    from lab.agent import Agent
+
+    srv_steps: list[dict[str, Any]] = [
+        {"op": "socket", "sock": "l"},
+        {"op": "setsockopt", "sock": "l", "opt": "SO_REUSEADDR", "value": 1},
+        {"op": "bind", "sock": "l", "addr": [pair.server.addr4, port]},
+        {"op": "listen", "sock": "l", "label": "listen"},
+        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": 5},
+        {"op": "close", "sock": "l", "label": "close-listener"},
+        *[{**o, "sock": "c"} for o in server_opts],
+    ]
+    cli_steps: list[dict[str, Any]] = [
+        {"op": "socket", "sock": "s"},
+        *[{**o, "sock": "s"} for o in client_opts],
+        {"op": "connect", "sock": "s", "addr": [pair.server.addr4, port], "label": "connect", "timeout_s": 5},
+    ]
+    if exchange:
+        srv_steps += [{"op": "recv", "sock": "c", "label": "recv-hello"},
+                      {"op": "send", "sock": "c", "data": "world\n", "label": "send-world"}]
+        cli_steps += [{"op": "send", "sock": "s", "data": "hello\n", "label": "send-hello"},
+                      {"op": "recv", "sock": "s", "label": "recv-world"}]
+    srv_steps += [{"sock": "c", **st} for st in server_tail]
+    cli_steps += [{"sock": "s", **st} for st in client_tail]
+    server = Agent.start(ctx, srv_steps, netns=pair.server.name, name=f"server-{tag}")
+    _ok(server.wait("listen"), server)
+    client = Agent.start(ctx, cli_steps, netns=pair.client.name, name=f"client-{tag}")
+    conn = _ok(client.wait("connect"), client)
+    if exchange:
+        _ok(client.wait("recv-world"), client)
+    return Endpoints(client, server, int(conn["result"]["local"][1]), port, tag, float(conn["wall_s"]))
+
+
+def _ok(rec: dict[str, Any], agent: Agent) -> dict[str, Any]:
+    if not rec.get("ok"):
+        raise RuntimeError(f"{agent.name}: {rec['label']} failed with {rec.get('errno') or rec.get('error')}")
+    return rec
+
+
+def gate(name: str) -> dict[str, Any]:
+    return {"op": "gate", "name": name, "label": f"gate-{name}"}
+
+
+@contextlib.contextmanager
+def watch(ctx: RunContext, pair: NetnsPair, ports: Sequence[int], interval_s: float = 0.02
+          ) -> Iterator[tuple[kernel.Sampler, kernel.Sampler]]:
+    """sock_diag samplers on the client and the server host."""
+    with kernel.Sampler(ctx, netns=pair.client.name, ports=ports, interval_s=interval_s) as cs, \
+            kernel.Sampler(ctx, netns=pair.server.name, ports=ports, interval_s=interval_s) as ss:
+        yield cs, ss
+
+
+def side_states(cs: kernel.Sampler, ss: kernel.Sampler, client_port: int) -> dict[str, list[str]]:
+    """The states each side of one connection was seen in (sock_diag, in order)."""
+    return {"client": cs.states_of(local_port=client_port), "server": ss.states_of(remote_port=client_port)}
+
+
+def time_wait_now(pair: NetnsPair, port: int, client_port: int) -> dict[str, Any]:
+    """Which side holds TIME_WAIT for this connection right now, and its remaining timer."""
+    out: dict[str, Any] = {"client": None, "server": None}
+    for side, ns in (("client", pair.client.name), ("server", pair.server.name)):
+        for s in kernel.sockets(netns=ns, ports=[port]):
+            if client_port in (s.sport, s.dport) and s.state == "TIME_WAIT":
+                out[side] = {"expires_ms": s.expires_ms, "local": s.local, "remote": s.remote}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the capture
+
+
+def conn_segments(rec: Recording, client_port: int, port: int = PORT) -> list[Segment]:
+    return [s for s in rec.segments if {s.sport, s.dport} == {client_port, port}]
+
+
+@dataclass
+class CloseSegments:
+    """The close of one connection as captured: each role's segment (None if absent)."""
+
+    first_fin: Segment | None = None
+    ack_of_first: Segment | None = None       # a pure ACK of the first FIN (None when it rode on the 2nd FIN)
+    second_fin: Segment | None = None
+    ack_of_second: Segment | None = None
+    first_side: str | None = None
+    crossed: bool = False                     # the second FIN did not acknowledge the first (simultaneous close)
+    rsts: list[Segment] = field(default_factory=list)
+    fin_retransmits: list[Segment] = field(default_factory=list)
+    acks_after: list[Segment] = field(default_factory=list)   # ACKs of a retransmitted FIN
+
+    @property
+    def three_segment(self) -> bool:
+        return bool(self.second_fin and self.ack_of_first is None and not self.crossed)
+
+    def count(self) -> int:
+        return sum(1 for s in (self.first_fin, self.ack_of_first, self.second_fin, self.ack_of_second) if s)
+
+
+def find_close(segs: Sequence[Segment], port: int = PORT) -> CloseSegments:
+    cs = CloseSegments()
+    fin_end: dict[str, int] = {}
+    fin_seq: dict[str, int] = {}
+    for s in segs:
+        side = "server" if s.sport == port else "client"
+        if s.flags & Flags.RST:
+            cs.rsts.append(s)
+            continue
+        if s.flags & Flags.FIN:
+            if side in fin_seq:
+                if s.seq == fin_seq[side]:
+                    cs.fin_retransmits.append(s)
+                continue
+            fin_seq[side] = s.seq
+            fin_end[side] = (s.seq + s.seg_len) % MOD
+            if cs.first_fin is None:
+                cs.first_fin, cs.first_side = s, side
+            else:
+                cs.second_fin = s
+                first_end = fin_end[cs.first_side or "client"]
+                cs.crossed = not (s.flags & Flags.ACK and s.ack == first_end)
+                if cs.crossed and cs.ack_of_first is not None:
+                    cs.crossed = False
+            continue
+        if not s.flags & Flags.ACK or s.payload_len:
+            continue
+        peer = "client" if side == "server" else "server"
+        if peer in fin_end and s.ack == fin_end[peer]:
+            if cs.fin_retransmits and cs.fin_retransmits[-1].sport != s.sport:
+                cs.acks_after.append(s)
+            elif peer == cs.first_side and cs.ack_of_first is None and cs.second_fin is None:
+                cs.ack_of_first = s
+            elif cs.second_fin is not None and peer != cs.first_side and cs.ack_of_second is None:
+                cs.ack_of_second = s
+            elif cs.crossed and peer == cs.first_side and cs.ack_of_first is None:
+                cs.ack_of_first = s
+    return cs
+
+
+def seg_dict(s: Segment | None, t0: float | None = None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    d: dict[str, Any] = {"frame": s.frame, "flags": Flags.text(s.flags), "from": f"{s.src_ip}:{s.sport}",
+                         "seq": s.seq, "ack": s.ack, "ts_s": s.ts_s}
+    if t0 is not None:
+        d["t_ms"] = round((s.ts_s - t0) * 1000, 3)
+    return d
+
+
+def label_close(rec: Recording, cs: CloseSegments, prefix: str = "") -> dict[str, str]:
+    """Textbook labels on the close segments (FIN M / ACK M+1 / FIN N / ACK N+1) with both sides' states."""
+    if cs.first_fin is None:
+        return {}
+    x = cs.first_side or "client"
+    y = "server" if x == "client" else "client"
+    p = f"{prefix}: " if prefix else ""
+    m = cs.first_fin.seq
+    labels: dict[str, str] = {}
+
+    def put(seg: Segment | None, key: str, text: str) -> None:
+        if seg is not None:
+            rec.note(seg.frame, p + text)
+            labels[key] = text
+
+    if cs.crossed:
+        n = cs.second_fin.seq if cs.second_fin else 0
+        put(cs.first_fin, "fin_m", f"FIN M (M={m}) — {x} closes: ESTABLISHED -> FIN_WAIT_1")
+        put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} closes too, before {x}'s FIN arrived (crossed FINs): "
+                                    f"ESTABLISHED -> FIN_WAIT_1; each side then gets the other's FIN in "
+                                    f"FIN_WAIT_1: -> CLOSING")
+        put(cs.ack_of_first, "ack_m1", f"ACK M+1 — {y} acknowledges {x}'s FIN from CLOSING; {x}: CLOSING -> "
+                                       "TIME_WAIT")
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges {y}'s FIN from CLOSING; {y}: CLOSING -> "
+                                        "TIME_WAIT")
+        return labels
+    put(cs.first_fin, "fin_m", f"FIN M (M={m}) — {x} active close: ESTABLISHED -> FIN_WAIT_1")
+    put(cs.ack_of_first, "ack_m1", f"ACK M+1 — {y} acknowledges the FIN: ESTABLISHED -> CLOSE_WAIT; "
+                                   f"{x}: FIN_WAIT_1 -> FIN_WAIT_2")
+    if cs.second_fin is not None:
+        n = cs.second_fin.seq
+        if cs.three_segment:
+            put(cs.second_fin, "fin_n", f"FIN N (N={n}) + ACK M+1 — {y} closes at once, the ACK rides on its FIN "
+                                        f"(three-segment close): {y} CLOSE_WAIT -> LAST_ACK; "
+                                        f"{x}: FIN_WAIT_1 -> TIME_WAIT")
+        else:
+            put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} passive close: CLOSE_WAIT -> LAST_ACK")
+    put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN: -> TIME_WAIT; {y}: LAST_ACK -> CLOSED")
+    for r in cs.fin_retransmits:
+        rec.note(r.frame, p + f"FIN N retransmitted by the {'server' if r.sport == PORT else 'client'} "
+                              "(its FIN was not acknowledged)")
+    for a in cs.acks_after:
+        rec.note(a.frame, p + "ACK N+1 again — TIME_WAIT answers the retransmitted FIN (and restarts its timer)")
+    for r in cs.rsts:
+        rec.note(r.frame, p + f"RST from the {'server' if r.sport == PORT else 'client'}")
+    return labels
+
+
+def compare_with_analyzer(rec: Recording, samplers: Sequence[kernel.Sampler]) -> dict[str, Any]:
+    """The kernel's TIME_WAIT sockets (sock_diag) beside the analyzer's TIME_WAIT windows."""
+    samples: list[kernel.SockSample] = []
+    for s in samplers:
+        samples += s.samples
+    tws = kernel.time_wait_observations(samples)
+    out: dict[str, Any] = {"kernel_time_wait": [t.to_dict() for t in tws]}
+    if rec.report is None:
+        out["analyzer"] = None
+        out["why"] = rec.skipped_reason or rec.analysis_error or "no analysis"
+        out["agree"] = None
+        return out
+    rows = kernel.compare_time_wait(tws, rec.connections())
+    out["rows"] = rows
+    out["agree"] = all(r.get("agree") for r in rows) if rows else None
+    return out
+
+
+def analyzer_close(rec: Recording, client_port: int, port: int = PORT) -> dict[str, Any] | None:
+    for c in rec.connections():
+        ends = {str(c.get("client", "")).rsplit(":", 1)[-1], str(c.get("server", "")).rsplit(":", 1)[-1]}
+        if ends == {str(client_port), str(port)}:
+            return {"id": c.get("id"), "close": c.get("close"),
+                    "time_wait_sides": [w.get("side") for w in c.get("time_wait", [])]}
+    return None
+
+
+def wait_until(pred: Any, timeout_s: float, step_s: float = 0.01) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step_s)
+    return bool(pred())
+
+
+def finish(*agents: Agent, timeout_s: float = 10.0) -> None:
+    for a in agents:
+        a.finish(timeout_s)
