@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lab.errors import EnvironmentProblem, UnsafeTarget
@@ -154,6 +155,29 @@ def describe(raw: bytes) -> dict[str, Any]:
             "window": int(tcp.window), "tsval": tsv[0] if tsv else None, "tsecr": tsv[1] if tsv else None,
             "len": len(payload), "payload_hex": payload.hex(),
             "payload_text": payload.decode("utf-8", "backslashreplace")}
+
+
+_LINK_HEADER = {101: 0, 228: 0, 229: 0, 12: 0, 14: 0, 1: 14, 113: 16, 276: 20, 0: 4, 108: 4}
+
+
+def captured_segment(path: str | Path, frame: int) -> bytes:
+    """The IP packet of frame `frame` (1-based, tshark's frame.number) of a capture file, ready to replay."""
+    from lab.errors import BadCapture
+    from lab.readers import iter_frames
+
+    for raw in iter_frames(path):
+        if raw.frame != frame:
+            continue
+        skip = _LINK_HEADER.get(raw.linktype)
+        if skip is None:
+            raise BadCapture(f"{path}: frame {frame} has link type {raw.linktype}, which cannot be replayed",
+                             "replay from a capture on lo, a veth or a TUN device")
+        data = raw.data[18:] if raw.linktype == 1 and raw.data[12:14] == b"\x81\x00" else raw.data[skip:]
+        if not data or data[0] >> 4 not in (4, 6):
+            raise BadCapture(f"{path}: frame {frame} is not an IP packet", "pick a TCP segment's frame number")
+        describe(data)  # raises ValueError when it is not TCP
+        return data
+    raise BadCapture(f"{path}: no frame {frame}", "frame numbers are 1-based, as tshark's frame.number")
 
 
 def variant(raw: bytes, *, shift: int = 0, seq: int | None = None, ack: int | None = None,

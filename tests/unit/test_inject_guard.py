@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lab.core.model import Segment
@@ -106,3 +108,20 @@ def test_verbatim_replay_maps_to_its_own_frame_not_the_original() -> None:
     assert not bad["ok"] and bad["missed_frames"] == [5] and bad["extra_findings"][0]["frames"] == [1]
     none = analyzer_agreement([], segs, [original, replay], "time-wait-assassinated", ())
     assert none["ok"] and none["expected_frames"] == []
+
+
+def test_captured_segment_from_a_file_replays_byte_for_byte(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from lab.errors import BadCapture
+    from lab.inject import captured_segment
+
+    raw = craft("198.51.100.2", 40000, "198.51.100.1", 5000, flags="PA", seq=9, ack=3, ts=(5, 6), payload=b"old")
+    wrpcap(str(tmp_path / "raw.pcap"), [IP(raw), IP(raw)], linktype=101)
+    wrpcap(str(tmp_path / "eth.pcap"), [Ether() / IP(raw)])
+    assert captured_segment(tmp_path / "raw.pcap", 2) == raw
+    assert captured_segment(tmp_path / "eth.pcap", 1) == raw
+    with pytest.raises(BadCapture, match="no frame 3"):
+        captured_segment(tmp_path / "raw.pcap", 3)
