@@ -247,7 +247,12 @@ def label_close(rec: Recording, cs: CloseSegments, prefix: str = "") -> dict[str
                                         f"{x}: FIN_WAIT_1 -> TIME_WAIT")
         else:
             put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} passive close: CLOSE_WAIT -> LAST_ACK")
-    put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN: -> TIME_WAIT; {y}: LAST_ACK -> CLOSED")
+    if cs.three_segment:
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} (already in TIME_WAIT) acknowledges the FIN; "
+                                        f"{y}: LAST_ACK -> CLOSED")
+    else:
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN: FIN_WAIT_2 -> TIME_WAIT; "
+                                        f"{y}: LAST_ACK -> CLOSED")
     for r in cs.fin_retransmits:
         rec.note(r.frame, p + f"FIN N retransmitted by the {'server' if r.sport == PORT else 'client'} "
                               "(its FIN was not acknowledged)")

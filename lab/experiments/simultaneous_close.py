@@ -1,0 +1,115 @@
+"""simultaneous-close: crossed FINs. Both sides call close() at the same moment; each FIN is still in flight when
+the other side's FIN leaves, so each side receives a FIN in FIN_WAIT_1 and passes CLOSING, and both end in
+TIME_WAIT (RFC 9293 3.6, case 3).
+
+On a veth the round trip is some tens of microseconds, far shorter than the time between two processes' close()
+calls, so the lab makes the FINs cross: an NFQUEUE rule in each namespace holds that side's next segments (its
+FIN 60 ms, then its ACK of the peer's FIN 100 ms), less than the 200 ms retransmission timeout. Both closes are
+released through gates at once; sock_diag (every 10 ms) shows each side in CLOSING, then TIME_WAIT.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lab.errors import EnvironmentProblem
+from lab.experiments import _closecommon as cc
+from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.impair import Hold
+
+FIN_HOLD_MS = 60.0
+ACK_HOLD_MS = 100.0
+
+
+def run(ctx: RunContext) -> Outcome:
+    pair = cc.make_pair(ctx)
+    skipped: list[str] = []
+    notes: list[str] = []
+    tail: list[dict[str, Any]] = [cc.gate("close"), {"op": "close", "label": "close"}]
+    holds: list[Hold] = []
+    with cc.recording(ctx, pair) as rec, cc.watch(ctx, pair, [cc.PORT], interval_s=0.01) as (cs, ss):
+        ep = cc.open_connection(ctx, pair, "both", client_tail=tail, server_tail=tail)
+        time.sleep(0.1)   # delayed ACKs of the exchange go out before the holds
+        try:
+            holds = [
+                Hold(ctx, pair.client, chain="OUTPUT", sport=ep.client_port, dport=cc.PORT,
+                     holds_ms=[FIN_HOLD_MS, ACK_HOLD_MS], role="hc").__enter__(),
+                Hold(ctx, pair.server, chain="OUTPUT", sport=cc.PORT, dport=ep.client_port,
+                     holds_ms=[FIN_HOLD_MS, ACK_HOLD_MS], role="hs").__enter__(),
+            ]
+        except EnvironmentProblem as exc:
+            skipped.append(f"NFQUEUE hold not available ({exc.one_line()}): both closes released together "
+                           "without holding the FINs; they may not cross")
+        ctx.say("both sides close at once", 0.3)
+        ep.client.release("close")
+        ep.server.release("close")
+        c_close, s_close = ep.client.wait("close"), ep.server.wait("close")
+        cc.finish(ep.client, ep.server)
+        time.sleep((FIN_HOLD_MS + ACK_HOLD_MS) / 1000 + 0.15)
+        for h in holds:
+            h.close()
+        tw = cc.time_wait_now(pair, ep.port, ep.client_port)
+        states = cc.side_states(cs, ss, ep.client_port)
+    close = cc.find_close(cc.conn_segments(rec, ep.client_port))
+    labels = cc.label_close(rec, close, prefix="simultaneous close")
+    t0 = close.first_fin.ts_s if close.first_fin else None
+    both_closing = all("CLOSING" in states[s] for s in ("client", "server"))
+    both_tw = tw["client"] is not None and tw["server"] is not None
+    comparison = cc.compare_with_analyzer(rec, [cs, ss])
+    analyzer = cc.analyzer_close(rec, ep.client_port)
+    capture = rec.save()
+    reproduced = both_closing and both_tw and (close.crossed or not rec.captured)
+    story = [
+        (f"client ({pair.client.addr4}:{ep.client_port}) and server ({pair.server.addr4}:{cc.PORT}) released to "
+         f"close() together (calls {abs(c_close['wall_s'] - s_close['wall_s']) * 1000:.2f} ms apart); "
+         f"NFQUEUE held each FIN {FIN_HOLD_MS:.0f} ms and each ACK {ACK_HOLD_MS:.0f} ms",
+         "FINs crossed on the wire" if close.crossed else "the FINs did not cross"),
+        ("sock_diag every 10 ms on both hosts",
+         "; ".join(f"{side}: {' -> '.join(st)}" for side, st in states.items())),
+        ("sock_diag after the close",
+         ", ".join(f"{side} TIME_WAIT ({v['expires_ms'] / 1000:.1f} s left)" if v else f"{side}: no TIME_WAIT"
+                   for side, v in tw.items())),
+    ]
+    if analyzer:
+        story.append(("the analyzer reads the capture",
+                      f"close kind {analyzer['close'].get('kind')}, initiator {analyzer['close'].get('initiator')}, "
+                      f"TIME_WAIT on {', '.join(analyzer['time_wait_sides']) or 'no side'}"))
+    if comparison.get("agree") is False:
+        notes.append("the analyzer's TIME_WAIT windows differ from sock_diag: see observations.kernel_vs_analyzer")
+    if not both_closing and both_tw:
+        notes.append("both sides ended in TIME_WAIT, but the sampler did not catch CLOSING on both sides")
+    obs: dict[str, Any] = {
+        "lore_holds": bool(both_closing and both_tw),
+        "crossed_fins": close.crossed,
+        "both_closing": both_closing,
+        "time_wait_sides": [s for s in ("client", "server") if tw[s]],
+        "client_states": states["client"],
+        "server_states": states["server"],
+        "time_wait": tw,
+        "close_calls_apart_ms": round(abs(c_close["wall_s"] - s_close["wall_s"]) * 1000, 3),
+        "close": {k: cc.seg_dict(getattr(close, k), t0)
+                  for k in ("first_fin", "second_fin", "ack_of_first", "ack_of_second")},
+        "labels": labels,
+        "fin_retransmits": len(close.fin_retransmits),
+        "nfqueue": [{"netns": h.netns, "held": h.log} for h in holds],
+        "analyzer": analyzer,
+        "hosts": cc.hosts_observation(pair),
+        "capture": rec.summary(),
+        "kernel_vs_analyzer": comparison,
+    }
+    if rec.skipped_reason:
+        skipped.append(rec.skipped_reason)
+    return Outcome(reproduced, obs, story, notes, skipped, capture, rec.analysis())
+
+
+EXPERIMENT = Experiment(
+    id="simultaneous-close",
+    claim="Crossed FINs: both sides pass CLOSING and both enter TIME_WAIT.",
+    lore="RFC 9293 3.6 case 3 (simultaneous close); Stevens TCP/IP Illustrated 1, 18.9.",
+    run=run,
+    topology="netns",
+    needs_root=True,
+    duration_hint_s=3.0,
+    tags=("close", "time-wait", "nfqueue"),
+)
