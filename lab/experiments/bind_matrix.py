@@ -208,6 +208,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="none",
     needs_root=False,
-    duration_hint_s=10.0,
+    duration_hint_s=4.0,
     tags=("sockopt",),
 )

@@ -174,6 +174,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="loopback",
     needs_root=False,
-    duration_hint_s=2.0,
+    duration_hint_s=1.0,
     tags=("sockopt",),
 )

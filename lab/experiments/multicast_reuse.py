@@ -144,6 +144,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="netns",
     needs_root=True,
-    duration_hint_s=3.0,
+    duration_hint_s=1.0,
     tags=("sockopt",),
 )

@@ -335,9 +335,11 @@ def run(ctx: RunContext) -> Outcome:
     }
     story.append(("(a) Stevens: " + stevens["a"], ""))
     for r in a:
-        story.append((f"old server {OPTNAME[r['old_option']]}; its connection left {r['first_state']} "
-                      f"({', '.join(r['left_on_port'] or []) or '?'}); new server {OPTNAME[r['new_option']]} "
-                      "binds and listens", f"{r['measured']} — {r['verdict']}"))
+        left = {"connected": "still ESTABLISHED (only the listener closed)",
+                "time_wait": "in TIME_WAIT (the server closed first)"}[r["first_state"]]
+        story.append((f"old server {OPTNAME[r['old_option']]}, its connection {left}, /proc shows "
+                      f"{', '.join(r['left_on_port'] or []) or '?'} on the port; restarted server "
+                      f"{OPTNAME[r['new_option']]} binds and listens", f"{r['measured']} — {r['verdict']}"))
     story.append(("(b) Stevens: " + stevens["b"], ""))
     for r in b:
         story.append((f"instance 1 ({r['instance1']}:{r['port']}) listening; instance 2 binds {r['instance2']} "
@@ -401,6 +403,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="loopback",
     needs_root=False,
-    duration_hint_s=6.0,
+    duration_hint_s=2.0,
     tags=("sockopt",),
 )

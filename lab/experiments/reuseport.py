@@ -331,6 +331,6 @@ EXPERIMENT = Experiment(
     run=run,
     topology="loopback",
     needs_root=False,
-    duration_hint_s=5.0,
+    duration_hint_s=1.5,
     tags=("sockopt",),
 )
