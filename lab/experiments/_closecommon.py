@@ -247,7 +247,10 @@ def label_close(rec: Recording, cs: CloseSegments, prefix: str = "") -> dict[str
                                         f"{x}: FIN_WAIT_1 -> TIME_WAIT")
         else:
             put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} passive close: CLOSE_WAIT -> LAST_ACK")
-    if cs.three_segment:
+    if cs.ack_of_second is not None and cs.fin_retransmits and cs.ack_of_second.frame < cs.fin_retransmits[0].frame:
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN and is in TIME_WAIT; this ACK never "
+                                        f"reaches the {y}, which stays in LAST_ACK")
+    elif cs.three_segment:
         put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} (already in TIME_WAIT) acknowledges the FIN; "
                                         f"{y}: LAST_ACK -> CLOSED")
     else:

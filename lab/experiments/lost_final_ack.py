@@ -1,0 +1,126 @@
+"""lost-final-ack: the final ACK of a close is lost; the passive closer retransmits its FIN after the RTO and the
+active closer, still in TIME_WAIT, answers it again and restarts its 60 s timer.
+
+The client closes first. Once its FIN has reached the server, an iptables rule in the server's namespace
+(scoped to this connection, comment twl<run id>drop) drops exactly the next pure ACK from the client: the final
+ACK. The capture on the client's veth still shows that ACK leaving (packet taps run before netfilter INPUT on the
+other side); the rule's counter proves the drop; the server's retransmitted FIN and the second ACK follow.
+sock_diag shows the server in LAST_ACK with its retransmission timer, and the client's TIME_WAIT timer jumping
+back up when the FIN is answered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lab import kernel
+from lab.experiments import _closecommon as cc
+from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.impair import drop_one
+
+
+def _findings(rec: Any, client_port: int) -> list[dict[str, Any]]:
+    if rec.report is None:
+        return []
+    conn = cc.analyzer_close(rec, client_port)
+    cid = conn["id"] if conn else None
+    return [{"kind": f.get("kind"), "frames": f.get("frames"), "detail": f.get("detail")}
+            for f in rec.report.to_dict().get("findings", []) if f.get("connection") == cid]
+
+
+def run(ctx: RunContext) -> Outcome:
+    pair = cc.make_pair(ctx)
+    with cc.recording(ctx, pair) as rec, cc.watch(ctx, pair, [cc.PORT], interval_s=0.01) as (cs, ss):
+        ep = cc.open_connection(ctx, pair, "laf",
+                                client_tail=[cc.gate("close"), {"op": "close", "label": "close"}],
+                                server_tail=[{"op": "recv_eof", "label": "eof", "timeout_s": 5}, cc.gate("close"),
+                                             {"op": "close", "label": "close"}])
+        ctx.say("the client closes; its FIN reaches the server", 0.2)
+        ep.client.release("close")
+        ep.server.wait("eof")
+        rule = drop_one(ctx, pair.server, chain="INPUT", src=pair.client.addr4, sport=ep.client_port,
+                        dst=pair.server.addr4, dport=cc.PORT)
+        ctx.say("the server closes; the client's final ACK will be dropped", 0.4)
+        ep.server.release("close")
+        s_close = ep.server.wait("close")
+        cc.finish(ep.client, ep.server)
+        cc.wait_until(lambda: not [s for s in ss.sample_now() if s.dport == ep.client_port], 2.0, 0.02)
+        time.sleep(0.1)
+        dropped = rule.packets()
+        rule.remove()
+        tw = cc.time_wait_now(pair, ep.port, ep.client_port)
+        states = cc.side_states(cs, ss, ep.client_port)
+    close = cc.find_close(cc.conn_segments(rec, ep.client_port))
+    labels = cc.label_close(rec, close, prefix="lost final ACK")
+    if close.ack_of_second is not None:
+        rec.note(close.ack_of_second.frame, f"this final ACK was dropped on arrival by iptables in the server's "
+                                            f"namespace (rule counter {dropped})")
+    t0 = close.second_fin.ts_s if close.second_fin else None
+    retx = close.fin_retransmits[0] if close.fin_retransmits else None
+    rto_ms = round((retx.ts_s - close.second_fin.ts_s) * 1000, 3) if retx and close.second_fin else None
+    tws = [t for t in kernel.time_wait_observations(cs.samples)
+           if t.local.endswith(f":{ep.client_port}")]
+    restarts = list(tws[0].restarts) if tws else []
+    server_timers = [(s.state, s.timer, s.expires_ms) for s in ss.samples if s.dport == ep.client_port
+                     and s.state == "LAST_ACK"]
+    findings = _findings(rec, ep.client_port)
+    comparison = cc.compare_with_analyzer(rec, [cs, ss])
+    capture = rec.save()
+    restart_ok = bool(restarts)
+    reproduced = bool(dropped == 1 and retx is not None and close.acks_after and tw["client"] and restart_ok)
+    story = [
+        (f"client {pair.client.addr4}:{ep.client_port} closes; server reads EOF; iptables in {pair.server.name} "
+         f"drops the next pure ACK from the client; the server closes",
+         f"rule counter {dropped} (one final ACK dropped)"),
+        ("waiting for the server's retransmission",
+         f"FIN retransmitted after {rto_ms:.1f} ms (RTO)" if rto_ms is not None else "no FIN retransmission seen"),
+        ("the client's TIME_WAIT answers it",
+         ("ACK N+1 sent again from TIME_WAIT" if close.acks_after else "no second ACK seen")
+         + (f"; sock_diag: its timer jumped back up to {restarts[0][1] / 1000:.2f} s" if restarts else
+            "; sock_diag: no timer restart seen")),
+        ("sock_diag states", "; ".join(f"{side}: {' -> '.join(st)}" for side, st in states.items())),
+    ]
+    notes: list[str] = []
+    if rto_ms is not None:
+        notes.append(f"The retransmission came after {rto_ms:.0f} ms: Linux's minimum RTO (tcp_rto_min, 200 ms) "
+                     "on a path with a tiny RTT; the textbook speaks of the peer 'timing out' without a figure.")
+    if comparison.get("agree") is False:
+        notes.append("the analyzer's TIME_WAIT windows differ from sock_diag: see observations.kernel_vs_analyzer")
+    obs: dict[str, Any] = {
+        "lore_holds": reproduced,
+        "dropped_acks": dropped,
+        "rto_ms": rto_ms,
+        "fin_retransmits": len(close.fin_retransmits),
+        "reacked_from_time_wait": bool(close.acks_after),
+        "time_wait_timer_restarted": restart_ok,
+        "time_wait_restarts": [{"wall_s": w, "expires_ms": e} for w, e in restarts],
+        "time_wait_remaining_ms": tw["client"]["expires_ms"] if tw["client"] else None,
+        "server_last_ack_timer": server_timers[:5],
+        "client_states": states["client"],
+        "server_states": states["server"],
+        "server_close_wall_s": s_close["wall_s"],
+        "close": {k: cc.seg_dict(getattr(close, k), t0) for k in ("first_fin", "second_fin", "ack_of_second")},
+        "retransmitted_fin": cc.seg_dict(retx, t0),
+        "second_ack": cc.seg_dict(close.acks_after[0] if close.acks_after else None, t0),
+        "labels": labels,
+        "analyzer_findings": findings,
+        "hosts": cc.hosts_observation(pair),
+        "capture": rec.summary(),
+        "kernel_vs_analyzer": comparison,
+    }
+    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
+                   rec.analysis())
+
+
+EXPERIMENT = Experiment(
+    id="lost-final-ack",
+    claim="When the final ACK is lost, the peer retransmits its FIN after the RTO and TIME_WAIT answers it again, "
+          "restarting its timer.",
+    lore="Stevens UNP 2.7, reason 1 for TIME_WAIT: to implement the full-duplex close reliably.",
+    run=run,
+    topology="netns",
+    needs_root=True,
+    duration_hint_s=3.0,
+    tags=("close", "time-wait", "iptables"),
+)
