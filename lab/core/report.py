@@ -46,16 +46,19 @@ class TimeWaitWindow:
     restarts: tuple[int, ...] = ()       # frames that restarted the 2*MSL timer
     ended_by: str = "timeout"            # timeout | rst | syn
     end_frame: int | None = None         # the RST or SYN frame when ended_by is not "timeout"
+    length_s: float = 0.0                # the profile's 2*MSL that was applied
 
     def to_dict(self) -> dict[str, Any]:
         return {"side": self.side, "start_ts": self.start_ts, "end_ts": self.end_ts, "start_frame": self.start_frame,
-                "restarts": list(self.restarts), "ended_by": self.ended_by, "end_frame": self.end_frame}
+                "restarts": list(self.restarts), "ended_by": self.ended_by, "end_frame": self.end_frame,
+                "length_s": self.length_s}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> TimeWaitWindow:
         return TimeWaitWindow(str(d["side"]), float(d["start_ts"]), float(d["end_ts"]), int(d["start_frame"]),
                               tuple(int(x) for x in d.get("restarts", ())), str(d.get("ended_by", "timeout")),
-                              None if d.get("end_frame") is None else int(d["end_frame"]))
+                              None if d.get("end_frame") is None else int(d["end_frame"]),
+                              float(d.get("length_s", 0.0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +209,15 @@ def _connection_notes(c: Connection, notes: dict[int, list[str]]) -> None:
                 txt += " (inferred)"
             if t.to_state is TcpState.TIME_WAIT:
                 w = next((w for w in c.time_wait if w.side == t.side and w.start_frame == frame), None)
-                if w is not None and w.restarts:
-                    txt += f" (restarted {len(w.restarts)}x, until {_fmt_ts(w.end_ts, c.first_ts)})"
-                elif w is not None:
-                    txt += f" ({w.end_ts - w.start_ts:g} s, until {_fmt_ts(w.end_ts, c.first_ts)})"
+                if w is not None:
+                    length = f"{w.length_s:g} s" if w.length_s else "2MSL"
+                    if w.ended_by != "timeout":
+                        txt += f" ({length}; ended early by {'an RST' if w.ended_by == 'rst' else 'a new SYN'} " \
+                               f"in frame {w.end_frame})"
+                    elif w.restarts:
+                        txt += f" ({length}, restarted {len(w.restarts)}x, until {_fmt_ts(w.end_ts, c.first_ts)})"
+                    else:
+                        txt += f" ({length}, until {_fmt_ts(w.end_ts, c.first_ts)})"
             (own if t.side == sender else other).append((t.side, txt))
         head = " + ".join(names) if names else "segment"
         if sender:

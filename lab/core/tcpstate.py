@@ -99,6 +99,26 @@ def step(state: TcpState, inp: Input) -> TcpState | None:
     return TRANSITIONS.get((state, inp))
 
 
+def path_to(state: TcpState, target: TcpState, max_len: int = 3) -> list[Input] | None:
+    """Shortest list of unseen inputs (UNSEEN_OK) leading from `state` to `target`; None if there is none."""
+    if state is target:
+        return []
+    seen = {state}
+    todo: deque[tuple[TcpState, list[Input]]] = deque([(state, [])])
+    while todo:
+        cur, path = todo.popleft()
+        if len(path) >= max_len:
+            continue
+        for (s, i), nxt in TRANSITIONS.items():
+            if s is not cur or i not in UNSEEN_OK or nxt in seen:
+                continue
+            if nxt is target:
+                return [*path, i]
+            seen.add(nxt)
+            todo.append((nxt, [*path, i]))
+    return None
+
+
 def bridge(state: TcpState, inp: Input, max_len: int = 3) -> list[Input] | None:
     """Shortest list of unseen inputs that leads from `state` to a state where `inp` has an arc.
 

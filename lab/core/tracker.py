@@ -23,7 +23,7 @@ from lab.core.model import Segment
 from lab.core.profiles import Profile, get_profile
 from lab.core.report import Close, Connection, Finding, Report, TimeWaitWindow, Transition
 from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TSval) space
-from lab.core.tcpstate import TRANSITIONS, Input, TcpState, bridge
+from lab.core.tcpstate import TRANSITIONS, Input, TcpState, bridge, path_to
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _M32 = 0xFFFFFFFF
@@ -41,10 +41,36 @@ def _ep(ip: str, port: int) -> str:
 class _Side:
     """What the capture shows of one endpoint in one incarnation."""
 
-    __slots__ = ("acked_peer_fin", "base", "ep", "fin_ack_wire", "fin_acked_frame", "fin_frame", "fin_retx",
-                 "fin_seq", "got_fin", "got_fin_frame",
-                 "isn", "last_fin_frame", "last_frame", "reack_pending", "rst_frame", "snd_max", "state",
-                 "syn_frame", "ts_first", "ts_last", "tw", "win")
+    __slots__ = (
+        "acked_peer_fin",
+        "acked_peer_fin_ts",
+        "base",
+        "ep",
+        "fin_ack_val",
+        "fin_ack_wire",
+        "fin_acked_frame",
+        "fin_frame",
+        "fin_retx",
+        "fin_seq",
+        "fin_ts",
+        "got_fin",
+        "got_fin_frame",
+        "isn",
+        "last_fin_frame",
+        "last_frame",
+        "reack_pending",
+        "rst_frame",
+        "rtt",
+        "snd_max",
+        "state",
+        "syn_ack",
+        "syn_frame",
+        "syn_ts",
+        "ts_first",
+        "ts_last",
+        "tw",
+        "win",
+    )
 
     def __init__(self, ep: str, state: TcpState) -> None:
         self.ep = ep
@@ -62,6 +88,12 @@ class _Side:
         self.got_fin = False                  # this side has received the peer's FIN
         self.got_fin_frame = 0                # ... proved by this side's ACK in this frame
         self.acked_peer_fin = 0               # this side's latest segment that ACKs the peer's FIN
+        self.acked_peer_fin_ts = 0.0
+        self.syn_ts = 0.0
+        self.syn_ack: int | None = None       # the ACK field of its SYN-ACK
+        self.fin_ts = 0.0
+        self.fin_ack_val: int | None = None   # the ACK field of its latest FIN transmission
+        self.rtt: float | None = None         # shortest time it took to answer a SYN/SYN-ACK/FIN seen here
         self.ts_first: int | None = None
         self.ts_last: int | None = None
         self.win = 65535
@@ -207,6 +239,9 @@ class Analyzer:
                 return conn
             if conn is None or self._over(conn):
                 return self._new_conn(tup, d ^ 1, frame, ts, seq, tsval, syn=False)
+            if conn.incarnation and conn.prev is not None and conn.sides[d ^ conn.cdir].snd_max is None \
+                    and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
+                return None
             return conn
         if conn is None:
             # no handshake seen: the lower port is taken as the server (80 vs 3363), else the first sender
@@ -214,7 +249,7 @@ class Analyzer:
             return self._new_conn(tup, cdir, frame, ts, seq, tsval, syn=False, mid=True)
         if conn.incarnation and conn.prev is not None and not flags & _RST:
             s = d ^ conn.cdir
-            if conn.sides[s].snd_max is None and self._tw_answer(conn, d, frame, ts, seq, ack, flags, plen):
+            if conn.sides[s].snd_max is None and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
                 return None
         return conn
 
@@ -225,6 +260,8 @@ class Analyzer:
                 return self._over(conn)       # a retransmission, unless that incarnation is over
             return True
         peer = conn.sides[s ^ 1]
+        if not conn.mid and peer.syn_ack is not None and peer.syn_ack == (seq + 1) & _M32 and not self._over(conn):
+            return False                      # the SYN-ACK answering this SYN was captured first
         # simultaneous open: both sides send a SYN
         return not (peer.syn_frame and peer.state in (S.SYN_SENT, S.CLOSED) and not conn.fin_order and not conn.rsts)
 
@@ -235,26 +272,35 @@ class Analyzer:
         c, s = conn.sides
         return c.state in (S.CLOSED, S.TIME_WAIT) and s.state in (S.CLOSED, S.TIME_WAIT) and bool(conn.fin_order)
 
-    def _tw_answer(self, conn: _Conn, d: int, frame: int, ts: float, seq: int, ack: int, flags: int,
-                   plen: int) -> bool:
-        """A TIME_WAIT holder of the previous incarnation answering a refused SYN with the old connection's
-        ACK: it belongs to the previous incarnation."""
+    def _old_answer(self, conn: _Conn, d: int, frame: int, ts: float, seq: int, ack: int, flags: int,
+                    plen: int) -> bool:
+        """A segment that answers a new SYN from the previous incarnation's state: TIME_WAIT's ACK refusing
+        it, or a stale half-open connection's ACK / SYN-ACK. It belongs to the previous incarnation."""
         prev = conn.prev
         assert prev is not None
         ps = d ^ prev.cdir
         old = prev.sides[ps]
-        if old.state is not S.TIME_WAIT or plen or not flags & _ACK or flags & _FIN:
+        if plen or not flags & _ACK or flags & _FIN or old.snd_max is None or old.state is S.CLOSED:
             return False
-        if old.snd_max is None or seq != old.snd_max or prev.sides[ps ^ 1].snd_max != ack:
+        if prev.sides[ps ^ 1].snd_max != ack:
+            return False
+        if flags & _SYN:
+            if seq != old.isn:
+                return False
+        elif seq != old.snd_max:
             return False
         prev.packets += 1
         prev.last_frame = frame
         prev.last_ts = ts
         old.last_frame = frame
-        prev.roles.append((frame, ps, "ACK of the old connection (TIME_WAIT refuses the new SYN)"))
+        tw = old.state is S.TIME_WAIT
+        what = ("ACK of the old connection: TIME_WAIT refuses the new SYN" if tw else
+                "answer from the old connection's state (SYN-ACK retransmission)" if flags & _SYN else
+                "ACK of the old connection (its half-open state answers the new SYN)")
+        prev.roles.append((frame, ps, what))
         r = conn.reuse
         if r is not None and not r.answer:
-            r.answer = "old connection's ACK (refused)"
+            r.answer = "old connection's ACK (refused)" if tw else "old connection's state"
             r.answer_frame = frame
         return True
 
@@ -326,6 +372,16 @@ class Analyzer:
                 self._tw_end(orcv, "syn", frame, ts)
         else:
             # the SYN's own sender holds TIME_WAIT (a client reusing its port): nothing on the peer refuses it
+            old_isn = osnd.isn if osnd.isn is not None else (
+                (orcv.syn_ack - 1) & _M32 if orcv.syn_ack is not None else None)   # its SYN unseen: SYN-ACK's ack
+            if old_isn is not None and seq == old_isn:
+                r.verdict, r.reason = ("dangerous", "it carries the old connection's ISN: a delayed duplicate of "
+                                                    "the old SYN, which a listener would take as new")
+                conn.dups.append((frame, 0, "could be accepted",
+                                  f"SYN with the ISN of incarnation {old.incarnation} (connection {old.id}); the "
+                                  "SYN sender's TIME_WAIT cannot stop it and a listener would answer it"))
+                conn.reuse = r
+                return
             if osnd.snd_max is not None and _d(seq, osnd.snd_max) > 0:
                 r.verdict, r.reason = "acceptable", "its ISN is above its old sequence space"
             elif newer_ts:
@@ -397,7 +453,11 @@ class Analyzer:
                 side.isn = seq
                 side.base = seq
                 side.syn_frame = frame
+                side.syn_ts = ts
                 if flags & _ACK:
+                    side.syn_ack = ack
+                    if peer.syn_frame:
+                        self._rtt(side, ts - peer.syn_ts)
                     if side.state is S.LISTEN or side.state is S.SYN_SENT:
                         go(conn, s, Input.RCV_SYN, frame, ts)
                     go(conn, s, Input.SEND_SYNACK, frame, ts)
@@ -407,19 +467,29 @@ class Analyzer:
                     role = f"SYN (ISN {seq})"
             if role:
                 roles.append((frame, s, role))
-        elif side.base is None:
-            side.base = (seq - 1) & _M32
+        else:
+            if side.base is None:
+                side.base = (seq - 1) & _M32
+            if side.state is S.LISTEN and flags & _ACK:
+                # a "listener" that sends ACKs/data holds a connection the capture never saw open
+                for inp in path_to(S.LISTEN, S.ESTABLISHED) or ():
+                    go(conn, s, inp, frame, ts, True)
 
         # what this side proves it received (its ACK field), then what the peer receives from it
         if flags & _ACK:
-            if peer.fin_seq is not None and _d(ack, peer.fin_seq) >= 1:
+            # an ACK of data the peer never sent acknowledges nothing (e.g. a forged or broken ACK)
+            ack_ok = peer.snd_max is None or _d(ack, peer.snd_max) <= 0
+            if ack_ok and peer.fin_seq is not None and _d(ack, peer.fin_seq) >= 1:
                 side.acked_peer_fin = frame
-            if side.state is S.SYN_SENT and peer.syn_frame and peer.isn is not None \
+                side.acked_peer_fin_ts = ts
+            if side.state is S.SYN_SENT and peer.syn_frame and peer.isn is not None and ack_ok \
                     and _d(ack, peer.isn) >= 1 and not flags & _SYN:
                 go(conn, s, Input.RCV_SYNACK, frame, ts)
+                self._rtt(side, ts - peer.syn_ts)
                 roles.append((frame, s, "ACK — handshake complete"))
-            if peer.fin_seq is not None and not side.got_fin_frame and _d(ack, peer.fin_seq) >= 1:
+            if ack_ok and peer.fin_seq is not None and not side.got_fin_frame and _d(ack, peer.fin_seq) >= 1:
                 side.got_fin_frame = frame
+                self._rtt(side, ts - peer.fin_ts)
                 if not side.got_fin:
                     side.got_fin = True
                     go(conn, s, Input.RCV_FIN, frame, ts)
@@ -433,9 +503,9 @@ class Analyzer:
                 roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
                 if not self._any_ack_restarts:
                     self._tw_restart(side, frame, ts)
-            if peer.state is S.SYN_RECEIVED and peer.isn is not None and _d(ack, peer.isn) >= 1:
+            if peer.state is S.SYN_RECEIVED and peer.isn is not None and ack_ok and _d(ack, peer.isn) >= 1:
                 go(conn, p, Input.RCV_ACK_OF_SYN, frame, ts)
-            if peer.fin_seq is not None and not peer.fin_acked_frame and _d(ack, peer.fin_seq) >= 1:
+            if ack_ok and peer.fin_seq is not None and not peer.fin_acked_frame and _d(ack, peer.fin_seq) >= 1:
                 peer.fin_acked_frame = frame
                 if not peer.fin_ack_wire:
                     peer.fin_ack_wire = frame
@@ -451,6 +521,8 @@ class Analyzer:
             if side.fin_seq is None:
                 side.fin_seq = fseq
                 side.fin_frame = frame
+                side.fin_ts = ts
+                side.fin_ack_val = ack if flags & _ACK else None
                 side.last_fin_frame = frame
                 name = "N" if conn.fin_order else "M"
                 conn.fin_order.append(s)
@@ -465,7 +537,12 @@ class Analyzer:
                 name = "M" if conn.fin_order[0] == s else "N"
                 roles.append((frame, s, f"FIN {name} retransmission"))
                 lost = peer.acked_peer_fin
-                if lost and lost > prev_fin:
+                same_ack = side.fin_ack_val == (ack if flags & _ACK else None)
+                side.fin_ack_val = ack if flags & _ACK else None
+                # a lost ACK: the retransmission acknowledges nothing new (else it only carries a fresher ACK,
+                # as in a crossed close), and it comes later than the ACK could have reached the sender
+                if lost and lost > prev_fin and same_ack and (side.rtt is None or
+                                                              ts - peer.acked_peer_fin_ts > side.rtt):
                     # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
                     conn.close_extra.append((
                         "final-ack-lost", (lost, frame),
@@ -489,6 +566,11 @@ class Analyzer:
             elif side.ts_last is None or _d(tsval, side.ts_last) > 0:
                 side.ts_last = tsval
         side.win = win
+
+    @staticmethod
+    def _rtt(side: _Side, dt: float) -> None:
+        if dt >= 0 and (side.rtt is None or dt < side.rtt):
+            side.rtt = dt
 
     @staticmethod
     def _unreceive_fin_ack(conn: _Conn, s: int) -> None:
@@ -518,10 +600,6 @@ class Analyzer:
         side = conn.sides[s]
         p = s ^ 1
         peer = conn.sides[p]
-        conn.roles.append((frame, s, "RST"))
-        conn.rsts.append((frame, s))
-        if not side.rst_frame:
-            side.rst_frame = frame
         # a FIN answered by RST: the RST is the sender's next segment after the peer's (latest) FIN
         if peer.fin_seq is not None and prev_last < peer.last_fin_frame < frame:
             had_tw = side.tw is not None
@@ -529,16 +607,35 @@ class Analyzer:
                 side.tw = None
             conn.close_extra.append((
                 "rst-after-fin", (peer.last_fin_frame, frame),
-                f"{SIDE[s]} answered {SIDE[p]}'s FIN (frame {peer.last_fin_frame}) with RST: {SIDE[s]} holds no "
-                "TIME_WAIT" + (" (its final ACK had been sent, yet it kept no TIME_WAIT socket: e.g. "
-                               "tcp_max_tw_buckets exhausted)" if had_tw else ""),
+                f"{SIDE[s]} answered {SIDE[p]}'s FIN (frame {peer.last_fin_frame}) with RST: no TIME_WAIT on "
+                f"{SIDE[s]}'s side" + (" (it had sent the final ACK, yet kept no TIME_WAIT socket: e.g. "
+                                       "tcp_max_tw_buckets exhausted)" if had_tw else ""),
                 {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": SIDE[s]}))
-        self._go(conn, s, Input.SEND_RST, frame, ts)
-        # does the receiver accept it?
-        if peer.state is S.TIME_WAIT:
-            rcv_nxt = side.snd_max
-            if rcv_nxt is not None and seq == rcv_nxt and peer.tw is not None and peer.tw[4] == "timeout":
-                w = peer.tw
+        # does the receiver accept it? (RFC 9293 3.10.7.x; TIME_WAIT as Linux: only seq == rcv_nxt)
+        rcv_nxt = side.snd_max
+        pst = peer.state
+        if pst is S.TIME_WAIT:
+            ok = rcv_nxt is not None and seq == rcv_nxt
+        elif pst is S.SYN_SENT:
+            ok = bool(flags & _ACK) and peer.isn is not None and ack == (peer.isn + 1) & _M32
+        elif pst is S.LISTEN or pst is S.CLOSED:
+            ok = False
+        else:
+            ok = rcv_nxt is None or 0 <= _d(seq, rcv_nxt) <= max(peer.win, 1) << 14
+        if not ok:
+            why = ("seq is not TIME_WAIT's rcv_nxt" if pst is S.TIME_WAIT else
+                   f"not acceptable to the {SIDE[p]} in {pst.value}")
+            conn.roles.append((frame, s, f"RST, ignored ({why})"))
+            return
+        conn.roles.append((frame, s, "RST"))
+        conn.rsts.append((frame, s))
+        if not side.rst_frame:
+            side.rst_frame = frame
+        if (side.state, Input.SEND_RST) in TRANSITIONS:
+            self._go(conn, s, Input.SEND_RST, frame, ts)
+        if pst is S.TIME_WAIT:
+            w = peer.tw
+            if w is not None and w[4] == "timeout":
                 conn.close_extra.append((
                     "time-wait-assassinated", (frame,),
                     f"RST with seq = {SIDE[p]}'s rcv_nxt reached {SIDE[p]} in TIME_WAIT {ts - w[0]:.3f} s after it "
@@ -546,15 +643,7 @@ class Analyzer:
                     "tcp_rfc1337=1 ignores it (RFC 1337)",
                     {"side": SIDE[p], "time_wait_start_frame": w[1], "elapsed_s": round(ts - w[0], 6)}))
                 self._tw_end(peer, "rst", frame, ts)
-                self._go(conn, p, Input.RCV_RST, frame, ts)
-            return
-        if peer.state is S.SYN_SENT:
-            if flags & _ACK and peer.isn is not None and ack == (peer.isn + 1) & _M32:
-                self._go(conn, p, Input.RCV_RST, frame, ts)
-            return
-        rcv_nxt = side.snd_max
-        if rcv_nxt is None or 0 <= _d(seq, rcv_nxt) <= max(peer.win, 1) << 14:
-            self._go(conn, p, Input.RCV_RST, frame, ts)
+        self._go(conn, p, Input.RCV_RST, frame, ts)
 
     # -- delayed duplicates -------------------------------------------------------------------------------
 
@@ -661,7 +750,7 @@ class Analyzer:
         for i, sd in enumerate(conn.sides):
             w = sd.tw
             if w is not None:
-                windows.append(TimeWaitWindow(SIDE[i], w[0], w[2], w[1], tuple(w[3]), w[4], w[5]))
+                windows.append(TimeWaitWindow(SIDE[i], w[0], w[2], w[1], tuple(w[3]), w[4], w[5], tw))
         windows.sort(key=lambda w: w.start_frame)
         trans = tuple(Transition(f, SIDE[i], a_, b_, inf, cause) for f, i, a_, b_, inf, cause in conn.trans)
         rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame, close,

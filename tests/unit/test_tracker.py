@@ -437,9 +437,11 @@ def test_old_syn_duplicate_after_close() -> None:
     dup_syn = old.send("client", S, seq=7777)
     r = analyze(cap.segments)
     assert len(r.connections) == 2
-    [fd] = r.findings
-    assert fd.kind == "reuse-in-time-wait" and fd.frames == (dup_syn.frame,)
-    assert fd.extra["verdict"] == "dangerous"   # the client's own TIME_WAIT would not stop an old SYN
+    assert kinds(r) == [("delayed-duplicate", (dup_syn.frame,)), ("reuse-in-time-wait", (dup_syn.frame,))]
+    dup, reuse = r.findings
+    assert reuse.extra["verdict"] == "dangerous"   # the client's own TIME_WAIT would not stop an old SYN
+    assert dup.extra["verdict"] == "could be accepted" and "ISN of incarnation 0" in dup.detail
+    assert r.connections[0].time_wait[0].ended_by == "timeout"   # a duplicate does not take over TIME_WAIT
 
 
 # --- capture started mid-connection, wraparound, profiles ----------------------------------------
