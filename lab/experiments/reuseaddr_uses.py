@@ -386,7 +386,18 @@ def run(ctx: RunContext) -> Outcome:
             "multicast); only the last bound socket then receives unicast datagrams (see reuseport). TCP duplicates "
             "bind but only one of them can listen",
         ]
-    obs = {"a_restart": a, "b_instances": b, "c_one_process": c, "d_duplicates": d, "checks": checks,
+    # Stevens' text per use, against what was measured
+    stevens_holds = {
+        "a": all(r["measured"] == r["stevens"] for r in a),
+        "b": all(r["instance2_result"] == r["stevens"] for r in b),
+        "c": checks["c_tcp_each_ip_own_socket"] and all(v == "ok" for v in c["udp"]["binds"].values()),
+        "d": d["udp_multicast"]["binds"] == ["ok", "ok"]
+        and d["tcp_first_listening"]["measured"] == d["tcp_first_listening"]["stevens"],
+    }
+    for use, held in stevens_holds.items():
+        story.append((f"({use}) Stevens' description", "holds here" if held else "does NOT hold here as written"))
+    obs = {"stevens_holds": stevens_holds, "lore_holds": all(stevens_holds.values()),
+           "a_restart": a, "b_instances": b, "c_one_process": c, "d_duplicates": d, "checks": checks,
            "capture": rec.summary(), "stevens": stevens}
     return Outcome(reproduced=all(checks.values()), observations=obs, story=story, notes=notes, skipped=skipped,
                    capture=cap, analysis=rec.analysis())

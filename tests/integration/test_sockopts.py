@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from lab import experiments
-from lab.core.bindrules import BindCase, expected_linux
+from lab.core.bindrules import BindCase, expected_bsd, expected_linux
 from lab.experiments.bind_matrix import load_matrix
 from lab.runner import run_one
 
@@ -61,8 +61,10 @@ def test_bind_matrix_follows_the_linux_rules(tmp_path: Path) -> None:
     calls = _calls(res["folder"])
     refused = sum(1 for r in measured if "EADDRINUSE" in r["measured"])
     assert sum(1 for c in calls if c["errno"] == "EADDRINUSE") >= refused > 0
-    # the notes name the Linux/BSD differences that were measured
+    # the notes name the Linux/BSD differences that were measured; the lore's fate follows from the rules
     assert any("needs it on both" in n for n in res["notes"])
+    rules_differ = any(expected_bsd(_case(r)).text() != expected_linux(_case(r)).text() for r in measured)
+    assert res["observations"]["lore_holds"] is (not rules_differ)
 
 
 @pytest.mark.root
@@ -202,6 +204,9 @@ def test_reuseaddr_uses(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         assert d["udp_multicast"]["received"] == [20, 20]
         assert res["capture"] and obs["capture"]["captured"]
+    a_differs = any(r["stevens"] != r["expected_linux"] for r in obs["a_restart"])
+    assert obs["stevens_holds"]["a"] is (not a_differs)
+    assert obs["lore_holds"] is all(obs["stevens_holds"].values()) and (obs["lore_holds"] is False or not a_differs)
     calls = _calls(res["folder"])
     assert any(c.get("agent") and c.get("errno") == "EADDRINUSE" for c in calls)   # (b) refusal in a process
     assert res["reproduced"] is True
