@@ -373,8 +373,7 @@ def _pcap_header(src: _Source, head: bytes) -> _PcapHeader:
     major, _minor, _zone, _sig, snaplen, network = struct.unpack(endian + "HHiIII", rest)
     if major != 2:
         raise src.fail(f"unsupported pcap version {major}", 1)
-    if snaplen > 0x7FFFFFFF:
-        raise src.fail(f"absurd snaplen {snaplen} in the pcap header", 1)
+    # the header snaplen is only a hint (tshark reads files with 0xFFFFFFFF there); records are capped below
     return _PcapHeader(endian, magic == _PCAP_MAGIC_NS, snaplen, network & 0xFFFF)
 
 
@@ -567,6 +566,8 @@ def _pcapng_records(src: _Source, head: bytes, linktypes: list[int], check_linkt
             if btype == 3:
                 if not ifaces:
                     raise src.fail("simple packet block before any interface description", frame)
+                if body + 4 > bend:
+                    raise src.fail("simple packet block too short", frame)
                 orig = u32(buf, body)[0]
                 iface_no = 0
                 ifc = ifaces[0]
