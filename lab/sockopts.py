@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
-import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.core.bindrules import ADDRS, OK, BindCase, Verdict
-from lab.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
     from lab.experiments.base import EventLog, RunContext
@@ -324,30 +321,18 @@ def measure_case(calls: Calls, case: BindCase, ipv6: bool,
 # a lab network namespace (for multicast and per-namespace sysctls)
 
 
-def _ip(*args: str) -> None:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise EnvironmentProblem(f"'ip {' '.join(args)}' failed: {r.stderr.strip()}",
-                                 "run as root on Linux with iproute2 installed")
+def make_netns(ctx: RunContext, role: str, multicast: bool = False,
+               sysctls: dict[str, Any] | None = None) -> str:
+    """A lab namespace twl<run><role> (lab.hosts.netns: ledger, teardown on ctx.stack) with lo up; for
+    multicast also `lo multicast on` and a 224.0.0.0/4 route on lo (kernel-facts §12). Returns its name."""
+    from lab.hosts.netns import Namespace
 
-
-def make_netns(ctx: RunContext, role: str, multicast: bool = False) -> str:
-    """Create twl<run><role> with lo up (and multicast on lo plus a 224/4 route); torn down with the run."""
-    name = ctx.name(role)
-    _ip("netns", "add", name)
-    ctx.ledger.add("netns", name)
-
-    def _remove() -> None:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-        ctx.ledger.discard("netns", name)
-
-    ctx.stack.callback(_remove)
-    ctx.events.log("netns", name=name, action="add")
-    _ip("-n", name, "link", "set", "lo", "up")
+    ns = Namespace.create(ctx, role, sysctls=sysctls)
     if multicast:
-        _ip("-n", name, "link", "set", "lo", "multicast", "on")
-        _ip("-n", name, "route", "add", "224.0.0.0/4", "dev", "lo")
-    return name
+        ns.run(["ip", "link", "set", "lo", "multicast", "on"])
+        ns.run(["ip", "route", "add", "224.0.0.0/4", "dev", "lo"])
+        ctx.events.log("netns", name=ns.name, action="multicast on lo, route 224.0.0.0/4 dev lo")
+    return ns.name
 
 
 @contextlib.contextmanager
@@ -356,24 +341,10 @@ def in_netns(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    from pyroute2 import netns
+    from lab.kernel import in_netns as kernel_in_netns
 
-    netns.pushns(name)
-    try:
+    with kernel_in_netns(name):
         yield
-    finally:
-        netns.popns()
-
-
-def netns_sysctl(name: str, key: str, value: str) -> None:
-    """Write a per-namespace sysctl (never the host's)."""
-    path = "/proc/sys/" + key.replace(".", "/")
-    with in_netns(name):
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
 
 
 def netns_read(name: str | None, key: str) -> str | None:

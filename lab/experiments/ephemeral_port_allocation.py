@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.sockopts import IS_LINUX, LINGER_RST, Calls, in_netns, make_netns, netns_read, netns_sysctl
+from lab.sockopts import IS_LINUX, LINGER_RST, Calls, in_netns, make_netns, netns_read
 
 N = 30
 NETNS_RANGE = (40000, 40999)
@@ -87,8 +87,7 @@ def run(ctx: RunContext) -> Outcome:
     ns: str | None = None
     skipped: list[str] = []
     if ctx.root and IS_LINUX:
-        ns = make_netns(ctx, "e")
-        netns_sysctl(ns, "net.ipv4.ip_local_port_range", f"{NETNS_RANGE[0]} {NETNS_RANGE[1]}")
+        ns = make_netns(ctx, "e", sysctls={"net.ipv4.ip_local_port_range": f"{NETNS_RANGE[0]} {NETNS_RANGE[1]}"})
         where = f"lab namespace {ns} with ip_local_port_range {NETNS_RANGE[0]}-{NETNS_RANGE[1]}"
     else:
         where = "the host's lo (settings read only)"
