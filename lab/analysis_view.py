@@ -21,14 +21,15 @@ def time_wait_cell(conn: Mapping[str, Any]) -> str:
     parts = []
     for w in conn.get("time_wait", []):
         dur = w["end_ts"] - w["start_ts"]
-        parts.append(f"{w['side']} {_secs(dur)} s (frame {w['start_frame']})")
+        how = {"rst": ", ended by RST", "syn": ", ended by a new SYN"}.get(w.get("ended_by", "timeout"), "")
+        parts.append(f"{w['side']} {_secs(dur)} s (frame {w['start_frame']}{how})")
     return "; ".join(parts) or "-"
 
 
 def connections_table(doc: Mapping[str, Any], limit: int = 200) -> Table:
     conns = doc["connections"]
     title = f"{doc.get('file', '')}: {len(conns)} connection(s), {doc.get('packets', '?')} packets"
-    t = Table(title=title, title_justify="left", show_lines=False)
+    t = Table(title=Text(title), title_justify="left", show_lines=False)
     t.add_column("id", justify="right")
     t.add_column("client")
     t.add_column("server")
@@ -39,7 +40,7 @@ def connections_table(doc: Mapping[str, Any], limit: int = 200) -> Table:
     t.add_column("TIME_WAIT (side, length, from frame)")
     for c in conns[:limit]:
         kind = c["close"]["kind"]
-        t.add_row(str(c["id"]), c["client"], c["server"], str(c["incarnation"]),
+        t.add_row(str(c["id"]), Text(c["client"]), Text(c["server"]), str(c["incarnation"]),
                   f"{c['first_frame']}-{c['last_frame']}", Text(kind, style=_KIND_STYLE.get(kind, "")),
                   c["close"]["initiator"] or "-", time_wait_cell(c))
     if len(conns) > limit:
@@ -59,7 +60,7 @@ def findings_table(doc: Mapping[str, Any], limit: int = 200) -> Table | Text:
     for f in findings[:limit]:
         frames = ", ".join(str(n) for n in f["frames"][:8]) + (" ..." if len(f["frames"]) > 8 else "")
         detail = f["detail"] if isinstance(f["detail"], str) else _detail_text(f["detail"])
-        t.add_row(f["kind"], "-" if f["connection"] is None else str(f["connection"]), frames, detail)
+        t.add_row(f["kind"], "-" if f["connection"] is None else str(f["connection"]), frames, Text(detail))
     if len(findings) > limit:
         t.caption = f"first {limit} of {len(findings)} findings shown; --json lists all"
     return t
@@ -87,7 +88,8 @@ def analysis_view(doc: Mapping[str, Any]) -> Group:
 
 
 def verify_view(res: Mapping[str, Any]) -> Group:
-    t = Table(title=f"{res['file']}: lab vs tshark {res['tshark_version']}", title_justify="left")
+    head = Text(f"{res['file']}: the lab vs tshark {res['tshark_version']}", style="bold")
+    t = Table()
     t.add_column("check")
     t.add_column("tshark", justify="right")
     t.add_column("lab", justify="right")
@@ -95,7 +97,7 @@ def verify_view(res: Mapping[str, Any]) -> Group:
     for c in res["checks"]:
         t.add_row(c["check"], str(c["tshark"]), str(c["ours"]),
                   Text("agree", style="green") if c["agree"] else Text("differ", style="yellow"))
-    parts: list[Any] = [t]
+    parts: list[Any] = [head, t]
     if res["disagreements"]:
         d = Table(title="disagreements", title_justify="left", show_lines=True)
         d.add_column("check")
@@ -104,9 +106,9 @@ def verify_view(res: Mapping[str, Any]) -> Group:
         d.add_column("lab")
         d.add_column("reason")
         for x in res["disagreements"]:
-            mark = Text("explained", style="green") if x["explained"] else Text("UNEXPLAINED", style="bold red")
+            mark = Text("explained:", style="green") if x["explained"] else Text("UNEXPLAINED:", style="bold red")
             reason = Text.assemble(mark, " ", x["reason"])
-            d.add_row(x["check"], ", ".join(map(str, x["frames"])), x["tshark"], x["ours"], reason)
+            d.add_row(x["check"], ", ".join(map(str, x["frames"])), Text(x["tshark"]), Text(x["ours"]), reason)
         parts.append(d)
     verdict = ("[green]no unexplained disagreement[/]" if res["ok"]
                else f"[bold red]{sum(not x['explained'] for x in res['disagreements'])} unexplained "

@@ -325,7 +325,8 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_
             and {ep(s.src_ip, s.sport), ep(s.dst_ip, s.dport)} == ends]
     steps = [Step(t.frame, t.side, t.from_state, t.to_state, bool(getattr(t, "inferred", False)))
              for t in getattr(obj, "transitions", ())]
-    console().print(ladder(chosen, segs, steps, max_rows=max_rows, title=str(file)))
+    console().print(ladder(chosen, segs, steps, max_rows=max_rows, title=str(file), findings=doc["findings"],
+                           time_wait_s=doc.get("time_wait_s")))
 
 
 @cli.command("annotate")

@@ -10,6 +10,7 @@ tshark's rules and the lab's.
 
 from __future__ import annotations
 
+import bisect
 import shutil
 import subprocess
 from collections import defaultdict
@@ -89,7 +90,8 @@ def _run_fields(path: Path, fields: Iterable[str], display_filter: str | None = 
     if proc.returncode != 0:
         raise BadCapture(f"{path}: tshark could not read it (exit {proc.returncode})",
                          f"run 'tshark -r {path}' to see why")
-    return proc.stdout.decode("utf-8", errors="replace").splitlines()
+    # not splitlines(): it also splits on \x1e (our aggregator), \x85 and \u2028, which comments may hold
+    return [line for line in proc.stdout.decode("utf-8", errors="replace").split("\n") if line]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,24 +274,31 @@ _REUSE_KINDS = ("reuse-in-time-wait", "reuse-after-time-wait")
 
 
 def _conn_of_frames(report: Mapping[str, Any], segs: Mapping[int, Any]) -> dict[int, int]:
-    """Our connection id for every TCP frame: the connection on the frame's four-tuple whose
-    [first_frame, last_frame] holds it (incarnations of one four-tuple do not overlap in frames)."""
+    """Our connection id for every TCP frame, from the connections' frame spans on its four-tuple: the
+    latest-starting connection whose [first_frame, last_frame] holds the frame (incarnations may overlap,
+    e.g. a one-segment SYN incarnation inside a handshake), else the latest one started before it."""
     by_tuple: dict[frozenset[str], list[tuple[int, int, int]]] = defaultdict(list)
     for c in report["connections"]:
         by_tuple[frozenset((c["client"], c["server"]))].append((c["first_frame"], c["last_frame"], c["id"]))
-    for spans in by_tuple.values():
-        spans.sort()
+    firsts: dict[frozenset[str], list[int]] = {}
+    for key, span_list in by_tuple.items():
+        span_list.sort()
+        firsts[key] = [f for f, _, _ in span_list]
     out: dict[int, int] = {}
     for n, s in segs.items():
         key = frozenset((_ep(s.src_ip, s.sport), _ep(s.dst_ip, s.dport)))
-        chosen = None
-        for first, last, cid in by_tuple.get(key, ()):
-            if first <= n:
-                chosen = cid
-                if n <= last:
-                    break
-        if chosen is not None:
-            out[n] = chosen
+        spans = by_tuple.get(key)
+        if not spans:
+            continue
+        i = bisect.bisect_right(firsts[key], n) - 1
+        if i < 0:
+            continue
+        chosen = spans[i][2]
+        for j in range(i, max(i - 16, -1), -1):  # a few steps back suffice: overlaps are short
+            if spans[j][1] >= n:
+                chosen = spans[j][2]
+                break
+        out[n] = chosen
     return out
 
 
@@ -338,22 +347,29 @@ def verify(path: Path, report: Any) -> VerifyResult:
     checks.append(Check("streams", ts.streams, len(conns), ts.streams == len(conns)))
     ours_of = _conn_of_frames(rep, segs)
     stream_frames = ts.stream_frames()
-    # tshark streams that hold frames of several of our connections: we split, tshark did not
-    for stream, frames in sorted(stream_frames.items()):
-        cids = sorted({ours_of[n] for n in frames if n in ours_of}, key=lambda c: conn_by_id[c]["first_frame"])
-        for cid in cids[1:]:
-            start = conn_by_id[cid]["first_frame"]
-            dis.append(_split_reason(ver, stream, cid, start, ts.frames.get(start), segs.get(start)))
-    # our connections that span several tshark streams: tshark split, we did not
-    streams_of: dict[int, list[int]] = defaultdict(list)
-    for n, cid in sorted(ours_of.items()):
-        tf = ts.frames.get(n)
-        if tf is not None and tf.stream is not None and tf.stream not in streams_of[cid]:
-            streams_of[cid].append(tf.stream)
-    for cid, streams in sorted(streams_of.items()):
-        for stream in streams[1:]:
-            start = stream_frames[stream][0]
-            dis.append(_merge_reason(ver, cid, stream, start, ts.frames.get(start), segs.get(start)))
+    stream_of = {n: f.stream for n, f in ts.frames.items() if f.stream is not None}
+    our_starts = {c["first_frame"]: c["id"] for c in conns}
+    ts_starts = {frames[0]: st for st, frames in stream_frames.items()}
+    # the lab starts a connection where tshark goes on with a stream
+    for n in sorted(set(our_starts) - set(ts_starts)):
+        if n in stream_of:
+            dis.append(_split_reason(ver, stream_of[n], our_starts[n], n, ts, segs))
+    # tshark starts a stream where the lab goes on with a connection
+    for n in sorted(set(ts_starts) - set(our_starts)):
+        if n in ours_of:
+            dis.append(_merge_reason(ver, ours_of[n], ts_starts[n], n, ts.frames.get(n), segs.get(n), segs))
+    # frames that land in a different pair: neither in the connection that starts their stream nor in the
+    # stream that starts their connection (e.g. after a SYN both tools see, replies tshark moves to the new
+    # stream while the lab keeps them in the old connection)
+    conn_at = {st: ours_of.get(frames[0]) for st, frames in stream_frames.items()}
+    stream_at = {c["id"]: stream_of.get(c["first_frame"]) for c in conns}
+    odd: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for n, st in sorted(stream_of.items()):
+        cid = ours_of.get(n)
+        if cid is not None and conn_at.get(st) != cid and stream_at.get(cid) != st:
+            odd[(st, cid)].append(n)
+    for (st, cid), frames in sorted(odd.items()):
+        dis.append(_pairing_reason(ver, st, cid, frames, conn_at.get(st), stream_frames[st][0], segs))
     # frames tshark puts in a stream that belong to no connection of ours
     lost = sorted(n for n, f in ts.frames.items() if f.stream is not None and n not in ours_of and not f.icmp)
     if lost:
@@ -375,15 +391,12 @@ def verify(path: Path, report: Any) -> VerifyResult:
         dis.append(_reuse_theirs_only(ver, n, segs.get(n), new_incarnation.get(n), conn_by_id, ours_of))
     for n in sorted(set(reuse_frames) - theirs):
         tf = ts.frames.get(n)
-        if tf is not None and (tf.retransmission or tf.spurious_retransmission):
+        old_syn = _old_isn_frame(n, segs)
+        if tf is not None and (tf.retransmission or tf.spurious_retransmission) and old_syn is not None:
             dis.append(Disagreement("reused-ports", (n,), f"[TCP {tf.label}]", reuse_frames[n],
-                                    f"tshark {ver} calls a SYN carrying the old ISN a retransmission of the earlier "
-                                    "connection's SYN; we count a new incarnation because the earlier one had closed",
-                                    True))
-        elif tf is not None and tf.stream is not None and stream_frames[tf.stream][0] == n:
-            dis.append(Disagreement("reused-ports", (n,), "new stream, not flagged", reuse_frames[n],
-                                    f"tshark {ver} starts a new stream here but only flags reuse when it reuses a "
-                                    "conversation it still tracks; same split as ours", True))
+                                    f"tshark {ver} calls a SYN carrying the old ISN (see frame {old_syn}) a "
+                                    "retransmission; the lab counts a new incarnation because the earlier one had "
+                                    "closed", True))
         else:
             dis.append(Disagreement("reused-ports", (n,), tf.label if tf else "not TCP", reuse_frames[n],
                                     "tshark sees no reuse here", False))
@@ -423,36 +436,113 @@ def verify(path: Path, report: Any) -> VerifyResult:
     return VerifyResult(str(path), ver, ts.packets, tuple(checks), tuple(dis))
 
 
-def _split_reason(ver: str, stream: int, cid: int, start: int, tf: TsharkFrame | None, seg: Any) -> Disagreement:
+def _old_isn_frame(n: int, segs: Mapping[int, Any]) -> int | None:
+    """An earlier frame that shows the SYN in frame `n` carries an ISN already used on its four-tuple:
+    a SYN from the same sender with the same sequence number, or a SYN-ACK from the peer acknowledging it."""
+    s = segs.get(n)
+    if s is None:
+        return None
+    fwd = (s.src_ip, s.sport, s.dst_ip, s.dport)
+    for m in range(n - 1, 0, -1):
+        p = segs.get(m)
+        if p is None or not p.flags & _SYN:
+            continue
+        if not p.flags & _ACK and p.seq == s.seq and (p.src_ip, p.sport, p.dst_ip, p.dport) == fwd:
+            return m
+        if p.flags & _ACK and p.ack == (s.seq + 1) & 0xFFFFFFFF and (p.dst_ip, p.dport, p.src_ip, p.sport) == fwd:
+            return m
+    return None
+
+
+def _close_between(a: int, b: int, frames: Iterable[int], segs: Mapping[int, Any]) -> int | None:
+    """The first FIN or RST among `frames` strictly between a and b."""
+    for m in sorted(frames):
+        if a < m < b and m in segs and segs[m].flags & (_FIN | _RST):
+            return m
+    return None
+
+
+def _split_reason(ver: str, stream: int, cid: int, start: int, ts: TsharkScan,
+                  segs: Mapping[int, Any]) -> Disagreement:
+    """tshark keeps `start` in `stream`; the lab starts connection `cid` there."""
+    tf = ts.frames.get(start)
+    seg = segs.get(start)
     flags = _flag_text(seg.flags) if seg is not None else "?"
     theirs = f"stream {stream} goes on" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
     ours = f"connection {cid} starts (new incarnation)"
-    if seg is not None and seg.flags & _SYN and not seg.flags & _ACK and tf is not None and tf.retransmission:
-        return Disagreement("streams", (start,), theirs, ours,
-                            f"tshark {ver} calls a SYN carrying the old ISN a retransmission, we count a new "
-                            "incarnation after the earlier close", True)
-    if seg is not None and seg.flags & _SYN and seg.flags & _ACK:
+    if seg is None:
+        return Disagreement("streams", (start,), theirs, ours, "the reader did not decode this frame", False)
+    if seg.flags & _SYN and seg.flags & _ACK:
         return Disagreement("streams", (start,), theirs, ours,
                             f"tshark's stream is per four-tuple on SYN-ACK too: {ver} flags a SYN-ACK with a new "
                             "ISN as reused ports but keeps it in the same stream; we start a new incarnation", True)
-    if seg is not None and seg.flags & _SYN:
+    if not seg.flags & _SYN:
         return Disagreement("streams", (start,), theirs, ours,
-                            f"tshark {ver} keeps a SYN in the old stream unless its ISN differs and the old "
-                            f"conversation is finished; we start a new incarnation at this {flags}", True)
+                            f"we start a new connection at a {flags} segment that tshark keeps in stream {stream}",
+                            False)
+    # a bare SYN tshark keeps in the old stream
+    before = [m for m in ts.stream_frames().get(stream, []) if m < start]
+    old = _old_isn_frame(start, segs)
+    if old is not None:
+        closed = _close_between(old, start, before, segs)
+        if closed is None:
+            return Disagreement("streams", (start,), theirs, ours,
+                                f"frame {old} already carries or acknowledges this SYN's ISN and nothing closed the "
+                                "connection in between: a retransmitted or reordered handshake of the same "
+                                "connection; tshark is right, the lab should not start a new incarnation", False)
+        label = f"calls it a {tf.label.lower()}" if tf is not None and tf.label else "keeps it in the old stream"
+        return Disagreement("streams", (start,), theirs, ours,
+                            f"a SYN carrying the old ISN (see frame {old}) after the connection closed (frame "
+                            f"{closed}): tshark {ver} {label}, we count a new incarnation (an old duplicate SYN or a "
+                            "reused ISN)", True)
+    mine = [m for m in before if m in segs and (segs[m].src_ip, segs[m].sport) == (seg.src_ip, seg.sport)]
+    if not mine:
+        return Disagreement("streams", (start,), theirs, ours,
+                            f"tshark {ver} opens a new stream only on a SYN whose ISN differs from the sender's "
+                            f"base sequence, and it had none: stream {stream} holds nothing from this sender before "
+                            f"frame {start}", True)
     return Disagreement("streams", (start,), theirs, ours,
-                        f"we start a new connection at a {flags} segment that tshark keeps in stream {stream}", False)
+                        f"tshark keeps this SYN in stream {stream}; the lab starts a new incarnation", False)
 
 
-def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame | None, seg: Any) -> Disagreement:
+def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame | None, seg: Any,
+                  segs: Mapping[int, Any]) -> Disagreement:
     flags = _flag_text(seg.flags) if seg is not None else "?"
     theirs = f"stream {stream} starts" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
     ours = f"still connection {cid}"
-    if seg is not None and seg.flags & _SYN:
+    if seg is not None and seg.flags & _SYN and not seg.flags & _ACK:
+        reply = next((segs[m] for m in sorted(segs) if m > start and segs[m].src_ip == seg.dst_ip
+                      and segs[m].sport == seg.dport and segs[m].dst_ip == seg.src_ip and segs[m].dport == seg.sport),
+                     None)
+        if reply is not None and reply.flags & _ACK and reply.ack != (seg.seq + 1) & 0xFFFFFFFF:
+            return Disagreement("streams", (start,), theirs, ours,
+                                f"tshark {ver} opens a new stream on any SYN with a new ISN; the peer answered it "
+                                f"(frame {reply.frame}) with ack {reply.ack}, not ISN+1, i.e. it kept the old "
+                                "connection (challenge ACK, RFC 9293 3.10.7.4), so the lab keeps the incarnation", True)
         return Disagreement("streams", (start,), theirs, ours,
                             f"tshark {ver} opens a new stream at a {flags} with a new ISN on a four-tuple it has "
-                            "seen; the lab keeps it in the same incarnation (no close seen before it)", False)
+                            "seen; the lab keeps it in the same incarnation", False)
     return Disagreement("streams", (start,), theirs, ours,
                         f"tshark starts stream {stream} at a {flags} segment; the lab keeps connection {cid}", False)
+
+
+def _pairing_reason(ver: str, stream: int, cid: int, frames: list[int], their_cid: int | None, stream_start: int,
+                    segs: Mapping[int, Any]) -> Disagreement:
+    theirs = f"stream {stream} (starts at frame {stream_start})"
+    ours = f"connection {cid}" + (f", not {their_cid}" if their_cid is not None else "")
+    syn = segs.get(stream_start)
+    if syn is not None and syn.flags & _SYN and not syn.flags & _ACK:
+        new_ack = (syn.seq + 1) & 0xFFFFFFFF
+        replies = [segs[n] for n in frames if n in segs]
+        from_peer = all((s.src_ip, s.sport) == (syn.dst_ip, syn.dport) for s in replies)
+        if replies and from_peer and all(s.flags & _ACK and s.ack != new_ack for s in replies):
+            return Disagreement("streams", tuple(frames[:20]), theirs, ours,
+                                f"these segments come from the peer of the new SYN (frame {stream_start}) but "
+                                "acknowledge the old connection, not the new ISN+1: the peer kept the old "
+                                f"connection (challenge ACK / its own retransmission), so the lab keeps them in "
+                                f"connection {cid}; tshark {ver} moves every later segment to the new stream", True)
+    return Disagreement("streams", tuple(frames[:20]), theirs, ours,
+                        f"{len(frames)} frame(s) that tshark and the lab put in different conversations", False)
 
 
 def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any] | None,
@@ -469,7 +559,13 @@ def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any
     if seg.flags & _SYN and incarnation is not None:
         prev = _previous_incarnation(incarnation, conn_by_id)
         kind = prev["close"]["kind"] if prev else "?"
-        tw = "a TIME_WAIT window" if prev and prev["time_wait"] else "no TIME_WAIT window"
+        if prev and prev["time_wait"]:
+            sides = ", ".join(w["side"] for w in prev["time_wait"])
+            return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {incarnation['id']} "
+                                f"(incarnation {incarnation['incarnation']}), no reuse finding",
+                                f"the previous incarnation (connection {prev['id']}) left TIME_WAIT on {sides}; the "
+                                "lab should report reuse-in-time-wait or reuse-after-time-wait here", False)
+        tw = "no TIME_WAIT window"
         return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {incarnation['id']} "
                             f"(incarnation {incarnation['incarnation']}), no reuse finding",
                             f"tshark {ver}'s reuse rule has no time or state condition and flags any SYN with a new "

@@ -129,71 +129,103 @@ def _style(s: Segment) -> str:
     return ""
 
 
+def _notes_by_frame(conn: Mapping[str, Any], findings: Sequence[Mapping[str, Any]]) -> dict[int, list[str]]:
+    """Short notes for the right-hand column: findings on this connection, and the analyzer's roles that
+    say more than the arrow does (retransmissions, duplicates)."""
+    out: dict[int, list[str]] = {}
+    for f in findings:
+        if f.get("connection") == conn["id"]:
+            for n in f["frames"]:
+                out.setdefault(n, []).append(f["kind"])
+    for frame, _side, role in conn.get("roles", ()):
+        low = role.lower()
+        if any(w in low for w in ("retrans", "duplicate", "lost", "challenge")) and frame not in out:
+            out.setdefault(frame, []).append(role)
+    return out
+
+
 def ladder(conn: Mapping[str, Any], segs: Sequence[Segment], steps: Sequence[Step],
-           max_rows: int = 60, title: str = "") -> Group:
-    """Render one connection (its `analyze --json` dict), its segments in capture order and its transitions."""
+           max_rows: int = 60, title: str = "", findings: Sequence[Mapping[str, Any]] = (),
+           time_wait_s: float | None = None) -> Group:
+    """Render one connection (its `analyze --json` dict), its segments in capture order and its transitions.
+
+    `findings`: the report's findings (those of this connection are shown beside their frames);
+    `time_wait_s`: the profile's TIME_WAIT length, shown on the bar."""
     if not segs:
         return Group(Text("no segments for this connection", style="dim"))
     lab = _Labeller(segs, conn["client"])
     t0 = segs[0].ts_s
     state: dict[str, str] = {}
-    inferred: dict[str, bool] = {"client": False, "server": False}
     for st in sorted(steps, key=lambda x: x.frame):  # each side's state before its first transition
         state.setdefault(st.side, state_name(st.from_state))
     by_frame: dict[int, list[Step]] = {}
     for st in steps:
         by_frame.setdefault(st.frame, []).append(st)
-    tw = {w["side"]: w for w in conn.get("time_wait", [])}
+    windows = list(conn.get("time_wait", []))
+    tw_sides = {w["side"] for w in windows}
+    notes = _notes_by_frame(conn, findings)
 
     t = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=False)
     t.add_column("frame", justify="right", style="dim")
     t.add_column("time", justify="right", style="dim")
-    t.add_column(f"client {conn['client']}", justify="right", min_width=14)
+    t.add_column(Text(f"client {conn['client']}"), justify="right", min_width=20, no_wrap=True)
     t.add_column("", justify="center", min_width=_ARROW_W, no_wrap=True)
-    t.add_column(f"server {conn['server']}", justify="left", min_width=14)
+    t.add_column(Text(f"server {conn['server']}"), justify="left", min_width=20, no_wrap=True)
+    t.add_column("", style="magenta")
 
     if state:
-        t.add_row("", "", Text(state.get("client", ""), style="dim"), "", Text(state.get("server", ""), style="dim"))
+        t.add_row("", "", Text(state.get("client", ""), style="dim"), "", Text(state.get("server", ""), style="dim"),
+                  "")
     shown = list(enumerate(segs))
     if len(segs) > max_rows:
         head = max_rows // 4
         shown = [*shown[:head], (-1, segs[head]), *shown[len(segs) - (max_rows - head):]]
     hidden = len(segs) - max_rows if len(segs) > max_rows else 0
-    changes: dict[int, set[str]] = {}
-    # states advance over hidden rows too
     cursor = 0
     for idx, s in shown:
         if idx == -1:
-            t.add_row("", "", "", Text(f"… {hidden} segments …", style="dim"), "")
+            t.add_row("", "", "", Text(f"… {hidden} segments …", style="dim"), "", "")
             continue
+        # states advance over hidden rows too
+        path: dict[str, list[str]] = {}
         while cursor <= idx:
             for st in by_frame.get(segs[cursor].frame, ()):
                 state[st.side] = state_name(st.to_state)
-                inferred[st.side] = st.inferred
-                changes.setdefault(segs[cursor].frame, set()).add(st.side)
+                if cursor == idx:
+                    path.setdefault(st.side, []).append(state[st.side] + ("*" if st.inferred else ""))
             cursor += 1
-        to_right = lab.side(s) == "client"
         cells = []
         for side in ("client", "server"):
-            name = state.get(side, "")
-            if inferred[side] and name:
-                name += "*"
-            changed = side in changes.get(s.frame, set())
-            sty = "bold" if changed else "dim"
-            if name.startswith("TIME") and side in tw:
-                sty = "bold magenta" if changed else "magenta"
-            cells.append(Text(name, style=sty))
-        t.add_row(str(s.frame), f"+{s.ts_s - t0:.6f}", cells[0], _arrow(lab.label(s), to_right, _style(s)), cells[1])
+            if side in path:  # changed at this segment: show every state it passed through
+                txt = " → ".join(path[side])
+                sty = "bold magenta" if state[side] == "TIME_WAIT" and side in tw_sides else "bold"
+            else:
+                txt = state.get(side, "")
+                sty = "magenta" if txt == "TIME_WAIT" and side in tw_sides else "dim"
+            cells.append(Text(txt, style=sty))
+        to_right = lab.side(s) == "client"
+        t.add_row(str(s.frame), f"+{s.ts_s - t0:.6f}", cells[0], _arrow(lab.label(s), to_right, _style(s)), cells[1],
+                  Text(", ".join(notes.get(s.frame, []))))
 
-    for side, w in tw.items():
-        dur = w["end_ts"] - w["start_ts"]
-        bar = Text("▇" * 10 + f" TIME_WAIT {dur:g} s", style="bold magenta")
-        until = Text(f"from frame {w['start_frame']} (+{w['start_ts'] - t0:.3f} s) until +{w['end_ts'] - t0:.3f} s",
-                     style="magenta")
-        if side == "client":
-            t.add_row("", "", bar, until, "")
+    for w in windows:
+        length = w.get("length_s", time_wait_s)
+        bar = Text("▇" * 4 + (f" TIME_WAIT {length:g} s" if length is not None else " TIME_WAIT"),
+                   style="bold magenta")
+        how = f"frame {w['start_frame']} +{w['start_ts'] - t0:.3f} s → "
+        ended = w.get("ended_by", "timeout")
+        if ended == "rst":
+            how += f"+{w['end_ts'] - t0:.3f} s, killed by the RST in frame {w.get('end_frame')}"
+        elif ended == "syn":
+            how += f"+{w['end_ts'] - t0:.3f} s, ended by the new SYN in frame {w.get('end_frame')}"
         else:
-            t.add_row("", "", "", until, bar)
+            how += f"+{w['end_ts'] - t0:.3f} s"
+        if w.get("restarts"):
+            how += ", restarted by frame " + ", ".join(str(n) for n in w["restarts"])
+        until = Text(how, style="magenta")
+        if w["side"] == "client":
+            t.add_row("", "", bar, until, "", "")
+        else:
+            t.add_row("", "", "", until, bar, "")
 
     close = conn.get("close", {})
     head_txt = Text.assemble(
@@ -205,6 +237,6 @@ def ladder(conn: Mapping[str, Any], segs: Sequence[Segment], steps: Sequence[Ste
               for n in [lab.fin_name[side]]]
     foot = Text("; ".join(legend) + ("; * state inferred, not visible at the capture point"
                                      if any(st.inferred for st in steps) else ""), style="dim")
-    if not tw:
+    if not windows:
         foot.append("\nno TIME_WAIT window on either side", style="dim")
     return Group(head_txt, t, foot)

@@ -1,0 +1,142 @@
+"""lab.tshark against real tshark: the one-pass scan reproduces the corpus README's counts (made with
+tshark 4.0.17 by hand), a missing tshark is an EnvironmentProblem with the install hint, and verify()
+lists every disagreement between the analyzer and tshark with a reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lab import tshark
+from lab.core.tracker import analyze
+from lab.errors import BadCapture, EnvironmentProblem
+from lab.readers import read_segments
+
+pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed (apt-get install tshark)")
+
+# file: (packets, streams, FIN, RST, FIN retx, reused pkts)  -- the corpus README's table
+README = {
+    "arkime__gtp-iphone.pcap": (106, 4, 8, 0, 0, 3),
+    "arkime__tcp-reassembly-synthetic.pcap": (106, 11, 19, 0, 0, 1),
+    "arkime__tcp_handshake_synthetic.pcap": (50, 16, 1, 1, 0, 3),
+    "chrissanders__tcp_teardown.pcapng": (4, 1, 2, 0, 0, 0),
+    "deepflow__handshake-error.pcap": (10, 1, 4, 0, 3, 0),
+    "deepflow__l4-source-port-reuse.pcap": (4, 1, 0, 2, 0, 0),
+    "deepflow__server-reset.pcap": (2, 1, 0, 1, 0, 0),
+    "deepflow__tcp-n-syn-ack.pcap": (4, 1, 0, 0, 0, 3),
+    "zeek__echo-connections.pcap.gz": (82582, 500, 1000, 0, 0, 0),
+    "zeek__mysql__auth.pcap": (174, 13, 39, 0, 13, 0),
+    "zeek__tcp__fin_retransmission.pcap": (5, 1, 2, 1, 2, 0),
+    "zeek__tcp__rst-inject-rae.pcap": (9, 1, 0, 3, 0, 1),
+    "zeek__tls__ocsp-revoked.pcap": (50, 4, 8, 0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(README))
+def test_scan_matches_the_corpus_readme(corpus: Path, name: str) -> None:
+    s = tshark.scan(corpus / name)
+    got = (s.packets, s.streams, len(s.fin_frames), len(s.rst_frames), len(s.fin_retransmissions),
+           len(s.reused_port_frames))
+    assert got == README[name]
+
+
+def test_scan_names_the_frames(corpus: Path) -> None:
+    s = tshark.scan(corpus / "arkime__gtp-iphone.pcap")
+    assert s.reused_port_frames == [22, 36, 95]  # the three new SYNs inside the GTP tunnel
+    assert all(s.frames[n].flags == 0x002 for n in s.reused_port_frames)
+    assert tshark.scan(corpus / "chrissanders__tcp_teardown.pcapng").fin_frames == [1, 3]
+
+
+def test_missing_tshark_is_an_environment_problem(corpus: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no tshark on PATH
+    tshark.version.cache_clear()
+    with pytest.raises(EnvironmentProblem) as err:
+        tshark.scan(corpus / "chrissanders__tcp_teardown.pcapng")
+    line = err.value.one_line()
+    assert "tshark" in line and "apt-get install -y tshark" in line and "\n" not in line
+    assert err.value.exit_code == 3
+    with pytest.raises(EnvironmentProblem):
+        tshark.comments_pyshark(corpus / "chrissanders__tcp_teardown.pcapng")
+    tshark.version.cache_clear()
+
+
+def test_unreadable_file_is_bad_capture(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.pcap"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(BadCapture):
+        tshark.scan(bad)
+    with pytest.raises(BadCapture):
+        tshark.scan(tmp_path / "missing.pcap")
+
+
+def _verify(corpus: Path, name: str) -> tshark.VerifyResult:
+    path = corpus / name
+    return tshark.verify(path, analyze(read_segments(path)))
+
+
+@pytest.mark.parametrize("name", sorted(README))
+def test_verify_on_the_corpus(corpus: Path, name: str) -> None:
+    res = _verify(corpus, name)
+    d = res.to_dict()
+    assert d["packets"] == README[name][0]
+    checks = {c["check"]: c for c in d["checks"]}
+    assert {"fin", "rst", "streams", "reused-ports", "fin-retransmitted"} <= set(checks)
+    # tshark's side of each check is the README's count
+    _packets, streams, fin, rst, finrx, reused = README[name]
+    assert (checks["streams"]["tshark"], checks["fin"]["tshark"], checks["rst"]["tshark"],
+            checks["fin-retransmitted"]["tshark"], checks["reused-ports"]["tshark"]) == (streams, fin, rst, finrx,
+                                                                                       reused)
+    # the reader sees every FIN and RST tshark sees, in the same frames
+    assert checks["fin"]["agree"] and checks["rst"]["agree"]
+    # every count that differs is backed by at least one listed disagreement, each with a reason
+    for c in d["checks"]:
+        if not c["agree"]:
+            assert any(x["check"] == c["check"] for x in d["disagreements"]), c
+    for x in d["disagreements"]:
+        assert x["reason"] and x["frames"]
+    assert res.ok, [x for x in d["disagreements"] if not x["explained"]]
+
+
+def test_verify_explains_the_syn_ack_reuse_rule(corpus: Path) -> None:
+    """deepflow tcp-n-syn-ack: tshark flags three SYN-ACKs as reused ports; the lab judges reuse on SYNs."""
+    res = _verify(corpus, "deepflow__tcp-n-syn-ack.pcap")
+    reuse = [x for x in res.disagreements if x.check == "reused-ports"]
+    assert sorted(n for x in reuse for n in x.frames) == tshark.scan(
+        corpus / "deepflow__tcp-n-syn-ack.pcap").reused_port_frames
+    assert all(x.explained and "SYN-ACK" in x.reason for x in reuse)
+
+
+def test_verify_agrees_on_gtp_reuse(corpus: Path) -> None:
+    """The three SYNs that reuse the inner four-tuple inside the GTP tunnel: both tools flag the same frames."""
+    res = _verify(corpus, "arkime__gtp-iphone.pcap")
+    checks = {c.name: c for c in res.checks}
+    assert checks["reused-ports"].agree and checks["reused-ports"].ours == 3
+    assert checks["streams"].agree
+
+
+def test_verify_catches_a_wrong_analysis(corpus: Path) -> None:
+    """verify is a check that can fail: drop the analyzer's reuse and FIN-retransmission findings and
+    merge two incarnations, and each shows up as an unexplained disagreement."""
+    gtp = corpus / "arkime__gtp-iphone.pcap"
+    doc = analyze(read_segments(gtp)).to_dict()
+    doc["findings"] = [f for f in doc["findings"] if not f["kind"].startswith("reuse-")]
+    res = tshark.verify(gtp, doc)
+    bad = [x for x in res.disagreements if not x.explained]
+    assert not res.ok and sorted(n for x in bad for n in x.frames) == [22, 36, 95]
+    assert all("should report reuse" in x.reason for x in bad)
+
+    mysql = corpus / "zeek__mysql__auth.pcap"
+    doc = analyze(read_segments(mysql)).to_dict()
+    doc["findings"] = [f for f in doc["findings"] if f["kind"] != "fin-retransmitted"]
+    res = tshark.verify(mysql, doc)
+    assert not res.ok and len([x for x in res.unexplained if x.check == "fin-retransmitted"]) == 13
+
+    doc = analyze(read_segments(gtp)).to_dict()
+    first, second = doc["connections"][0], doc["connections"][1]
+    first["last_frame"] = second["last_frame"]
+    doc["connections"] = [c for c in doc["connections"] if c is not second]
+    res = tshark.verify(gtp, doc)
+    assert not res.ok and any(x.check == "streams" and not x.explained for x in res.disagreements)
