@@ -93,6 +93,12 @@ _II = struct.Struct("!II")
 _HH = struct.Struct("!HH")
 _H = struct.Struct("!H")
 
+_III = struct.Struct("!III").unpack_from
+_IP4_TCP = "BxHxxHxBxx4s4sHHIIBBH"  # IPv4 without options, then the TCP header's first 16 bytes
+# link type -> (link header + IPv4 + TCP in one Struct, link header length) for the pcap fast path
+_FAST = {1: (struct.Struct("!12xH" + _IP4_TCP), 14), 113: (struct.Struct("!14xH" + _IP4_TCP), 16),
+         276: (struct.Struct("!H18x" + _IP4_TCP), 20)}
+
 _new = tuple.__new__
 _ip_cache: dict[bytes, str] = {}
 _AF_INET = socket.AF_INET
@@ -428,6 +434,12 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
     scale = 1e-9 if hdr.ns else 1e-6
     lt = hdr.linktype
     link = _link
+    fast_struct = _FAST.get(lt)
+    fast = fast_struct[0].unpack_from if fast_struct else None
+    l2 = fast_struct[1] if fast_struct else 0
+    new = _new
+    segment = Segment
+    cache = _ip_cache
     buf = b""
     pos = 0
     blen = 0
@@ -461,6 +473,24 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                     raise src.fail(f"record body cut short: {incl} bytes announced, {blen - 16} left", frame,
                                    _HINT_TRUNC)
             pos = end
+            if fast is not None and end - start >= l2 + 40:
+                # the common case in one unpack: link header, option-less IPv4, TCP (no or NOP NOP TS options)
+                et, vihl, tot, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast(buf, start)
+                thl = (doff >> 4) << 2
+                if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
+                        and (thl == 20 or (thl == 32 and end - start >= l2 + 52))):
+                    tsval = tsecr = None
+                    if thl == 32:
+                        kl, tsval, tsecr = _III(buf, start + l2 + 40)
+                        if kl != 0x0101080A:  # another option layout: let the general decoder walk it
+                            thl = 0
+                    if thl:
+                        plen = tot - 20 - thl
+                        tcp += 1
+                        yield new(segment, (frame, sec + frac * scale, cache.get(s) or _ipstr(s), sport,
+                                            cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
+                                            plen if plen > 0 else 0, tsval, tsecr, ()))
+                        continue
             try:
                 r = link(lt, buf, start, end, frame, sec + frac * scale, ())
             except (struct.error, IndexError):
@@ -473,6 +503,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
     finally:
         stats.packets = frame
         stats.tcp_segments = tcp
+        src.close()
 
 
 # --- pcapng ------------------------------------------------------------------------------------------------
@@ -638,17 +669,17 @@ class CaptureReader:
         self.stats = ReaderStats()
         self.linktypes = []
         src = _Source(self.path)
-        try:
+        try:  # the file header is read here; the generators close the file when they end
             head, kind = _file_header(src)
             if kind == "pcap":
                 hdr = _pcap_header(src, head)
                 self.linktypes.append(hdr.linktype)
                 _check_linktype(src, hdr.linktype, 1)
-                yield from _pcap_segments(src, hdr, self.stats)
-            else:
-                yield from self._pcapng(src, head)
-        finally:
+                return _pcap_segments(src, hdr, self.stats)
+            return self._pcapng(src, head)
+        except BaseException:
             src.close()
+            raise
 
     def _pcapng(self, src: _Source, head: bytes) -> Iterator[Segment]:
         stats = self.stats
@@ -670,6 +701,7 @@ class CaptureReader:
         finally:
             stats.packets = frame
             stats.tcp_segments = tcp
+            src.close()
 
 
 def read_segments(path: str | Path) -> Iterator[Segment]:

@@ -93,6 +93,21 @@ def test_corpus_matches_tshark(corpus: Path, name: str) -> None:
     assert [s.frame for s in segs if s.flags & 0x02] == tshark_frames(path, "tcp.flags.syn==1")
 
 
+@pytest.mark.parametrize("name", CORPUS_FILES)
+def test_fast_path_equals_general_decoder(corpus: Path, name: str) -> None:
+    # read_segments takes a one-unpack shortcut for plain IPv4/TCP; decode_frame always walks the layers
+    segs = {s.frame: s for s in read_segments(corpus / name)}
+    walked = {}
+    for f in iter_frames(corpus / name):
+        seg = decode_frame(f.linktype, f.data, f.frame, f.ts_ns)
+        if seg is not None:
+            walked[f.frame] = seg
+    assert sorted(walked) == sorted(segs)
+    for n, seg in segs.items():
+        assert seg._replace(ts_s=0.0, comments=()) == walked[n]._replace(ts_s=0.0), n
+        assert seg.ts_s == pytest.approx(walked[n].ts_s, abs=1e-6)
+
+
 def test_corpus_fin_rst_counts_from_readme(corpus: Path) -> None:
     # the README's FIN/RST columns, independent of a live tshark
     expect = {"zeek__mysql__auth.pcap": (39, 0), "zeek__tcp__rst-inject-rae.pcap": (0, 3),
