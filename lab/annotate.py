@@ -89,6 +89,7 @@ class PcapngWriter:
 def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) -> int:
     """Copy `src` (any format lab.readers reads) to `dst` as pcapng, adding `notes[frame]` as comments.
 
+    Existing comments are kept; a note equal to one the packet already carries is not repeated.
     Returns the number of packets written. Atomic: `dst` appears complete or not at all, and an existing
     `dst` is left untouched on any error; `dst == src` is allowed.
     """
@@ -107,7 +108,8 @@ def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) ->
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             w = PcapngWriter(out)
             for fr in iter_frames(src):
-                extra = notes.get(fr.frame, ())
+                # a note the packet already carries is not added twice (annotating a file again is idempotent)
+                extra = [t for t in notes.get(fr.frame, ()) if t not in fr.comments]
                 w.write(fr.ts_ns, fr.data, fr.orig_len, (*fr.comments, *extra),
                         interface=fr.interface, linktype=fr.linktype)
                 count += 1

@@ -271,6 +271,7 @@ class VerifyResult:
 
 
 _REUSE_KINDS = ("reuse-in-time-wait", "reuse-after-time-wait")
+PYSHARK_MAX_COMMENTED = 5000  # pyshark parses each commented packet in Python: keep verify quick
 
 
 def _conn_of_frames(report: Mapping[str, Any], segs: Mapping[int, Any]) -> dict[int, int]:
@@ -432,6 +433,14 @@ def verify(path: Path, report: Any) -> VerifyResult:
             bad = sorted(n for n in set(tcp_tc) | set(ours_c) if tcp_tc.get(n) != ours_c.get(n))
             dis.append(Disagreement("comments", tuple(bad[:20]), "comments differ", "comments differ",
                                     "the reader's packet comments differ from tshark's frame.comment", False))
+    if tcomm and len(tcomm) <= PYSHARK_MAX_COMMENTED:
+        # pyshark (the design's cross-check library) must read the same comments as tshark -T fields
+        py = comments_pyshark(path)
+        checks.append(Check("comments-pyshark", len(tcomm), len(py), py == tcomm))
+        if py != tcomm:
+            bad = sorted(n for n in set(tcomm) | set(py) if tcomm.get(n) != py.get(n))
+            dis.append(Disagreement("comments-pyshark", tuple(bad[:20]), "tshark -T fields", "pyshark",
+                                    "pyshark and tshark -T fields read different packet comments", False))
 
     return VerifyResult(str(path), ver, ts.packets, tuple(checks), tuple(dis))
 
@@ -517,8 +526,9 @@ def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame |
         if reply is not None and reply.flags & _ACK and reply.ack != (seg.seq + 1) & 0xFFFFFFFF:
             return Disagreement("streams", (start,), theirs, ours,
                                 f"tshark {ver} opens a new stream on any SYN with a new ISN; the peer answered it "
-                                f"(frame {reply.frame}) with ack {reply.ack}, not ISN+1, i.e. it kept the old "
-                                "connection (challenge ACK, RFC 9293 3.10.7.4), so the lab keeps the incarnation", True)
+                                f"(frame {reply.frame}) with ack {reply.ack}, not ISN+1, i.e. from the old "
+                                "connection (a challenge ACK, RFC 9293 3.10.7.4, or an ACK from TIME_WAIT), so the "
+                                "lab keeps the incarnation", True)
         return Disagreement("streams", (start,), theirs, ours,
                             f"tshark {ver} opens a new stream at a {flags} with a new ISN on a four-tuple it has "
                             "seen; the lab keeps it in the same incarnation", False)
@@ -538,8 +548,9 @@ def _pairing_reason(ver: str, stream: int, cid: int, frames: list[int], their_ci
         if replies and from_peer and all(s.flags & _ACK and s.ack != new_ack for s in replies):
             return Disagreement("streams", tuple(frames[:20]), theirs, ours,
                                 f"these segments come from the peer of the new SYN (frame {stream_start}) but "
-                                "acknowledge the old connection, not the new ISN+1: the peer kept the old "
-                                f"connection (challenge ACK / its own retransmission), so the lab keeps them in "
+                                "acknowledge the old connection, not the new ISN+1: the peer answered from the old "
+                                "connection (a challenge ACK, an ACK from TIME_WAIT or its own retransmission), so "
+                                f"the lab keeps them in "
                                 f"connection {cid}; tshark {ver} moves every later segment to the new stream", True)
     return Disagreement("streams", tuple(frames[:20]), theirs, ours,
                         f"{len(frames)} frame(s) that tshark and the lab put in different conversations", False)

@@ -191,3 +191,12 @@ def test_output_to_a_directory_or_missing_folder_is_refused(corpus: Path, tmp_pa
     with pytest.raises(LabError):
         write_annotated(src, tmp_path / "no" / "such" / "dir.pcapng", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_annotating_twice_does_not_repeat_notes(corpus: Path, tmp_path: Path) -> None:
+    src = corpus / "chrissanders__tcp_teardown.pcapng"
+    out = tmp_path / "out.pcapng"
+    notes = {1: ["FIN M", "again"], 2: ["ACK M+1"]}
+    write_annotated(src, out, notes)
+    write_annotated(out, out, {**notes, 2: ["ACK M+1", "new"]})
+    assert tshark.comments(out) == {1: ["FIN M", "again"], 2: ["ACK M+1", "new"]}

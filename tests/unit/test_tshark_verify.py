@@ -140,3 +140,17 @@ def test_verify_catches_a_wrong_analysis(corpus: Path) -> None:
     doc["connections"] = [c for c in doc["connections"] if c is not second]
     res = tshark.verify(gtp, doc)
     assert not res.ok and any(x.check == "streams" and not x.explained for x in res.disagreements)
+
+
+def test_verify_reads_comments_with_tshark_and_pyshark(corpus: Path, tmp_path: Path) -> None:
+    from lab.annotate import write_annotated
+
+    src = corpus / "zeek__tls__ocsp-revoked.pcap"
+    out = tmp_path / "annotated.pcapng"
+    report = analyze(read_segments(src))
+    write_annotated(src, out, report.frame_notes())
+    res = tshark.verify(out, analyze(read_segments(out)))
+    checks = {c.name: c for c in res.checks}
+    assert checks["comments"].agree and checks["comments-pyshark"].agree
+    assert checks["comments"].tshark == len(report.frame_notes()) > 0
+    assert res.ok
