@@ -1,0 +1,206 @@
+"""Lab hosts: namespaces and the veth pair (names, addresses, sysctls only inside, no default route), teardown on
+success, exception, SIGINT, SIGTERM; `twlab doctor --cleanup` after SIGKILL; two runs at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from lab.errors import UsageError
+from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, new_run_id
+from lab.hosts.loopback import Loopback
+from lab.resources import Ledger
+
+pytestmark = pytest.mark.root
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ctx(stack: ExitStack, tmp: Path) -> RunContext:
+    exp = Experiment(id="hosts-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
+    run_id = new_run_id()
+    ledger = Ledger(run_id)
+    stack.callback(ledger.close)
+    events = EventLog(tmp / "events.jsonl")
+    stack.callback(events.close)
+    return RunContext(experiment=exp, run_id=run_id, out_dir=tmp, events=events, stack=stack, ledger=ledger)
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[RunContext]:
+    with ExitStack() as stack:
+        c = _ctx(stack, tmp_path)
+        yield c
+    assert not _mine(c.run_id), "namespace left behind"
+
+
+def _mine(run_id: str) -> list[str]:
+    return [p.name for p in Path("/run/netns").glob(f"twl{run_id}*")] if Path("/run/netns").is_dir() else []
+
+
+def _host(key: str) -> str:
+    return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
+
+
+def test_namespace_sysctls_stay_inside_and_are_recorded(ctx: RunContext) -> None:
+    from lab.hosts.netns import Namespace
+
+    host_before = _host("net.ipv4.tcp_max_tw_buckets")
+    ns = Namespace.create(ctx, "k", sysctls={"net.ipv4.tcp_max_tw_buckets": 0,
+                                            "net.ipv4.ip_local_port_range": (40000, 40009)})
+    assert ns.name == f"twl{ctx.run_id}k" and Path("/run/netns", ns.name).exists()
+    assert ns.settings == {"net.ipv4.tcp_max_tw_buckets": "0", "net.ipv4.ip_local_port_range": "40000 40009"}
+    assert ns.read_sysctl("net.ipv4.tcp_max_tw_buckets") == "0"
+    assert _host("net.ipv4.tcp_max_tw_buckets") == host_before
+    assert any(e["kind"] == "sysctl" and e["key"] == "net.ipv4.tcp_max_tw_buckets" for e in ctx.events.records)
+    assert {"kind": "netns", "name": ns.name} in ctx.ledger.items
+    assert "state UNKNOWN" in ns.run(["ip", "link", "show", "lo"]).stdout   # lo is up
+    with pytest.raises(ValueError):
+        ns.sysctl("kernel.hostname", "x")
+
+
+def test_pair_addresses_no_default_route_and_quick_connects(ctx: RunContext) -> None:
+    from lab.hosts.netns import NetnsPair
+
+    pair = NetnsPair.create(ctx)
+    names = [pair.client.name, pair.server.name, pair.client.iface or "", pair.server.iface or ""]
+    assert all(n.startswith(f"twl{ctx.run_id}") and len(n) <= 15 for n in names)
+    assert (pair.client.addr4, pair.server.addr4) == ("192.0.2.1", "192.0.2.2")
+    assert (pair.client.addr6, pair.server.addr6) == ("2001:db8::1", "2001:db8::2")
+    for ns in (pair.client, pair.server):
+        assert ns.run(["ip", "route", "show", "default"]).stdout.strip() == ""
+        assert ns.run(["ip", "-6", "route", "show", "default"]).stdout.strip() == ""
+    for fam, addr in ((socket.AF_INET, pair.server.addr4), (socket.AF_INET6, pair.server.addr6)):
+        with pair.server.entered():
+            lst = socket.socket(fam)
+            lst.bind((addr, 7000))
+            lst.listen()
+        with pair.client.entered():
+            cli = socket.socket(fam)
+        t0 = time.monotonic()
+        cli.connect((addr, 7000))
+        assert time.monotonic() - t0 < 0.5, "connect took a SYN retransmission: the veth was not ready"
+        cli.close()
+        lst.close()
+
+
+def test_teardown_on_exception(tmp_path: Path) -> None:
+    from lab.hosts.netns import NetnsPair
+
+    run_id = ""
+    with pytest.raises(RuntimeError), ExitStack() as stack:
+        c = _ctx(stack, tmp_path)
+        run_id = c.run_id
+        NetnsPair.create(c)
+        assert len(_mine(run_id)) == 2
+        raise RuntimeError("boom")
+    assert _mine(run_id) == []
+
+
+def test_loopback_refuses_host_settings() -> None:
+    lo = Loopback()
+    with pytest.raises(UsageError):
+        lo.sysctl("net.ipv4.tcp_max_tw_buckets", 0)
+    assert lo.name is None and lo.addr4 == "127.0.0.1"
+
+
+# ---------------------------------------------------------------------------------------------
+# real runs, real signals
+
+
+def _start(out: Path, exp: str = "time-wait-duration") -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lab", "run", exp, "--json", "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running(out: Path, exp: str = "time-wait-duration", timeout_s: float = 30) -> tuple[list[str], list[int]]:
+    """The run's namespaces and agent pids, once it is waiting in the middle of the experiment."""
+    ev = out / exp / "events.jsonl"
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if ev.exists():
+            recs = [json.loads(x) for x in ev.read_text().splitlines() if x.strip()]
+            if any(r["kind"] == "progress" and "still in TIME_WAIT" in r.get("text", "") for r in recs):
+                names = [r["name"] for r in recs if r["kind"] == "netns" and r.get("action") == "add"]
+                pids = [r["pid"] for r in recs if r["kind"] == "agent-start"]
+                return names, pids
+        time.sleep(0.2)
+    raise AssertionError("the run did not reach its waiting phase")
+
+
+def _doctor_leftovers() -> str:
+    r = subprocess.run([sys.executable, "-m", "lab", "doctor", "--json"], cwd=ROOT, capture_output=True, text=True)
+    checks = json.loads(r.stdout)["checks"]
+    return next(c["detail"] for c in checks if c["name"] == "leftovers")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_removes_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    proc = _start(tmp_path)
+    try:
+        names, pids = _wait_running(tmp_path)
+        assert len(names) == 2 and all(Path("/run/netns", n).exists() for n in names)
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [n for n in names if n in left], left
+    assert not [p for p in pids if _alive(p)]
+    detail = _doctor_leftovers()
+    assert not [n for n in names if n in detail], detail
+
+
+def test_doctor_cleanup_after_sigkill(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    try:
+        names, pids = _wait_running(tmp_path)
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert all(Path("/run/netns", n).exists() for n in names), "SIGKILL leaves the namespaces (nothing ran)"
+    detail = _doctor_leftovers()
+    assert all(n in detail for n in names), detail
+    r = subprocess.run([sys.executable, "-m", "lab", "doctor", "--cleanup", "--json"], cwd=ROOT,
+                       capture_output=True, text=True)
+    removed = json.loads(r.stdout)["removed"]
+    assert all(f"netns {n}" in removed for n in names), removed
+    assert not [n for n in names if Path("/run/netns", n).exists()]
+    time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)]
+
+
+def test_two_runs_at_once_do_not_collide(tmp_path: Path) -> None:
+    a, b = _start(tmp_path / "a", "who-gets-time-wait"), _start(tmp_path / "b", "who-gets-time-wait")
+    outs = [p.communicate(timeout=120) for p in (a, b)]
+    for p, (out, err) in zip((a, b), outs, strict=True):
+        assert p.returncode == 0, err
+        res = json.loads(out.splitlines()[-1])
+        assert res["reproduced"] is True
+    ids = {json.loads(o.splitlines()[-1])["run_id"] for o, _ in outs}
+    assert len(ids) == 2
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [i for i in ids if f"twl{i}" in left]
