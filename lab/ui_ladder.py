@@ -166,12 +166,12 @@ def ladder(conn: Mapping[str, Any], segs: Sequence[Segment], steps: Sequence[Ste
     notes = _notes_by_frame(conn, findings)
 
     t = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=False)
-    t.add_column("frame", justify="right", style="dim")
-    t.add_column("time", justify="right", style="dim")
-    t.add_column(Text(f"client {conn['client']}"), justify="right", min_width=20, no_wrap=True)
+    t.add_column("frame", justify="right", style="dim", no_wrap=True)
+    t.add_column("time", justify="right", style="dim", no_wrap=True, min_width=10)
+    t.add_column("client", justify="right", min_width=20, no_wrap=True)
     t.add_column("", justify="center", min_width=_ARROW_W, no_wrap=True)
-    t.add_column(Text(f"server {conn['server']}"), justify="left", min_width=20, no_wrap=True)
-    t.add_column("", style="magenta")
+    t.add_column("server", justify="left", min_width=20, no_wrap=True)
+    t.add_column("", style="magenta", min_width=18)
 
     if state:
         t.add_row("", "", Text(state.get("client", ""), style="dim"), "", Text(state.get("server", ""), style="dim"),
@@ -232,6 +232,7 @@ def ladder(conn: Mapping[str, Any], segs: Sequence[Segment], steps: Sequence[Ste
         (title + "  " if title else "", "bold"),
         (f"connection {conn['id']}", "bold"), f" (incarnation {conn.get('incarnation', 0)}): ",
         f"close {close.get('kind', '?')}", f", initiator {close.get('initiator') or '-'}",
+        "\n", ("client ", "bold"), conn["client"], "  ⇄  ", ("server ", "bold"), conn["server"],
     )
     legend = [f"{n}: {side}'s FIN (relative seq {lab.rel(side, v)})" for side, v in lab.fin_seq.items()
               for n in [lab.fin_name[side]]]

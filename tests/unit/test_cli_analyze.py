@@ -126,7 +126,7 @@ def test_show_draws_the_teardown_ladder(corpus: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for text in ("FIN M", "ACK M+1", "FIN N", "ACK N+1", "TIME_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT",
-                 "LAST_ACK", "60 s", "client 172.16.16.128:3363", "server 67.228.110.120:80"):
+                 "LAST_ACK", "60 s", "client 172.16.16.128:3363  ⇄  server 67.228.110.120:80"):
         assert text in out, (text, out)
     # the server closes first: its FIN travels right to left
     fin_line = next(line for line in out.splitlines() if "FIN M" in line)
@@ -138,6 +138,9 @@ def test_show_connection_option(corpus: Path) -> None:
     r = twlab("show", f, "--connection", "2")
     assert r.returncode == 0, r.stderr
     assert "connection 2" in r.stdout and "SYN" in r.stdout
+    # IPv6 endpoints in brackets survive rich (no markup eaten)
+    assert "client [fd00:183:1:1:1886:9040:8605:32b8]:5060  ⇄  server [fd01::183]:5060" in r.stdout
+    assert "ended by the new SYN in frame 95" in r.stdout  # the client's TIME_WAIT ends at the next incarnation
     r = twlab("show", f, "--connection", "99")
     assert r.returncode == 2 and "no connection 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
