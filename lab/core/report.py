@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from lab.core.tcpstate import TcpState
 
@@ -13,9 +13,11 @@ FINDING_KINDS = ("fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-
                  "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated")
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One endpoint's state change. `inferred`: the capture point did not see the segment that caused it."""
+class Transition(NamedTuple):
+    """One endpoint's state change. `inferred`: the capture point did not see the segment that caused it.
+
+    Immutable like the other records, but a NamedTuple: a churn capture makes ~9 per connection, and a
+    frozen dataclass costs several times more to build (same reason as model.Segment)."""
 
     frame: int
     side: str                # "client" | "server"

@@ -23,6 +23,9 @@ class TcpState(enum.Enum):
     LAST_ACK = "LAST_ACK"
     TIME_WAIT = "TIME_WAIT"
 
+    # members are singletons: identity hashing is correct and much faster than Enum's name hash
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
 
@@ -39,6 +42,8 @@ class Input(enum.Enum):
     SEND_RST = "send RST"
     RCV_RST = "rcv RST"
     TIMEOUT_2MSL = "2MSL timeout"
+
+    __hash__ = object.__hash__
 
     def __str__(self) -> str:
         return self.value
