@@ -37,9 +37,11 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> dict[st
     garbage.write_bytes(os.urandom(4096))
     truncated = d / "truncated.pcap"
     truncated.write_bytes((corpus / "zeek__tls__ocsp-revoked.pcap").read_bytes()[:20])
+    cut = d / "cut-mid-packet.pcap"
+    cut.write_bytes((corpus / "zeek__tls__ocsp-revoked.pcap").read_bytes()[:10000])
     empty = d / "empty.pcapng"
     empty.write_bytes(b"")
-    return {"garbage": garbage, "truncated": truncated, "empty": empty, "missing": d / "missing.pcap"}
+    return {"garbage": garbage, "truncated": truncated, "cut": cut, "empty": empty, "missing": d / "missing.pcap"}
 
 
 # --- analyze -----------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def test_analyze_tables_for_people(corpus: Path) -> None:
     assert "connection" in r.stdout and "fin-retransmitted" in r.stdout and "TIME_WAIT" in r.stdout
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "missing"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "cut", "empty", "missing"])
 @pytest.mark.parametrize("cmd", [["analyze"], ["analyze", "--json"], ["show"], ["verify"]])
 def test_bad_file_is_one_line_exit_2(bad_files: dict[str, Path], kind: str, cmd: list[str]) -> None:
     if cmd == ["verify"] and shutil.which("tshark") is None:
@@ -166,7 +168,7 @@ def test_annotate_findings_on_mysql(corpus: Path, tmp_path: Path) -> None:
     assert sum("fin-retransmitted" in t for t in texts) >= 13
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "missing"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "cut", "empty", "missing"])
 def test_annotate_bad_input_writes_nothing(bad_files: dict[str, Path], tmp_path: Path, kind: str) -> None:
     out = tmp_path / "out.pcapng"
     r = twlab("annotate", bad_files[kind], "-o", out)
