@@ -154,3 +154,17 @@ def test_verify_reads_comments_with_tshark_and_pyshark(corpus: Path, tmp_path: P
     assert checks["comments"].agree and checks["comments-pyshark"].agree
     assert checks["comments"].tshark == len(report.frame_notes()) > 0
     assert res.ok
+
+
+GALLERY = sorted((Path(__file__).resolve().parents[2] / "captures").glob("*.pcapng"))
+
+
+@pytest.mark.parametrize("path", GALLERY, ids=[p.name for p in GALLERY])
+def test_verify_on_the_lab_gallery(path: Path) -> None:
+    """The lab's own annotated captures: tshark and the analyzer agree (or the difference is explained),
+    and the comments the lab wrote read back the same through the reader, tshark and pyshark."""
+    res = tshark.verify(path, analyze(read_segments(path)))
+    assert res.ok, [d.to_dict() for d in res.unexplained]
+    names = {c.name: c for c in res.checks}
+    if "comments" in names:
+        assert names["comments"].agree and names.get("comments-pyshark", names["comments"]).agree
