@@ -108,8 +108,8 @@ class _Side:
 
 
 class _Reuse:
-    __slots__ = ("answer", "answer_frame", "elapsed_s", "holders", "kind", "old_id", "reason", "syn_frame",
-                 "verdict", "window_end")
+    __slots__ = ("answer", "answer_frame", "elapsed_s", "holder_sides", "holders", "kind", "old", "old_id", "reason",
+                 "syn_frame", "syn_ts", "verdict", "window_end")
 
     def __init__(self) -> None:
         self.kind = ""
@@ -122,6 +122,9 @@ class _Reuse:
         self.answer = ""
         self.answer_frame = 0
         self.window_end = 0.0
+        self.old: _Conn | None = None
+        self.holder_sides: list[int] = []
+        self.syn_ts = 0.0
 
 
 class _Conn:
@@ -357,6 +360,9 @@ class Analyzer:
             return
         r.kind = "reuse-in-time-wait"
         r.holders = [SIDE[i] for i in open_w]
+        r.holder_sides = open_w
+        r.old = old
+        r.syn_ts = ts
         w = old.sides[open_w[0]].tw
         assert w is not None
         r.elapsed_s = ts - w[0]
@@ -467,6 +473,11 @@ class Analyzer:
                 side.syn_ts = ts
                 if flags & _ACK:
                     side.syn_ack = ack
+                    r = conn.reuse
+                    if r is not None and r.verdict == "refused" and r.old is not None:
+                        # answered although TIME_WAIT should have refused it: no TIME_WAIT was there
+                        for i in r.holder_sides:
+                            self._tw_end(r.old.sides[i], "syn", r.syn_frame, r.syn_ts)
                     if peer.syn_frame:
                         self._rtt(side, ts - peer.syn_ts)
                     if side.state is S.LISTEN or side.state is S.SYN_SENT:
@@ -774,6 +785,7 @@ class Analyzer:
         conn.close_extra = []
         conn.dups = []
         conn.prev = None
+        conn.reuse = None
         tup = conn.tuple
         if tup.conn is conn:
             tup.conn = None

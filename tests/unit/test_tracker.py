@@ -334,6 +334,8 @@ def test_refused_syn_that_gets_a_syn_ack_is_dangerous() -> None:
     r = analyze(cap.segments)
     [fd] = r.findings
     assert fd.extra["verdict"] == "dangerous" and "SYN-ACK" in fd.detail
+    [w] = r.connections[0].time_wait
+    assert (w.ended_by, w.end_frame) == ("syn", fd.frames[0])     # the new connection took the four-tuple
 
 
 def test_client_reusing_its_own_time_wait_port() -> None:
