@@ -204,3 +204,69 @@ def test_two_runs_at_once_do_not_collide(tmp_path: Path) -> None:
     assert len(ids) == 2
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [i for i in ids if f"twl{i}" in left]
+
+
+# ---------------------------------------------------------------------------------------------
+# impairments
+
+
+def test_impairments_refuse_a_namespace_that_is_not_this_runs(ctx: RunContext) -> None:
+    from lab.errors import UnsafeTarget
+    from lab.impair import drop_one
+
+    with pytest.raises(UnsafeTarget):
+        drop_one(ctx, Loopback(), dport=7000)           # the host's own firewall
+    from lab.hosts.netns import Namespace
+
+    ns = Namespace.create(ctx, "k")
+    with pytest.raises(UnsafeTarget):
+        drop_one(ctx, ns)                               # no port: not scoped to the run's traffic
+
+
+def test_drop_one_drops_exactly_one_and_is_removed(ctx: RunContext) -> None:
+    from lab.hosts.netns import NetnsPair
+    from lab.impair import drop_one
+
+    pair = NetnsPair.create(ctx)
+    with pair.server.entered():
+        lst = socket.socket()
+        lst.bind((pair.server.addr4, 7000))
+        lst.listen()
+    rule = drop_one(ctx, pair.server, chain="INPUT", dport=7000, tcp_flags=("SYN", "SYN"))
+    assert f"twl{ctx.run_id}drop" in pair.server.run(["iptables", "-S", "INPUT"]).stdout
+    with pair.client.entered():
+        cli = socket.socket()
+    t0 = time.monotonic()
+    cli.connect((pair.server.addr4, 7000))   # the first SYN is dropped, the retransmission (1 s) gets through
+    took = time.monotonic() - t0
+    assert 0.8 <= took <= 3.5
+    assert rule.packets() == 1
+    rule.remove()
+    assert "twl" not in pair.server.run(["iptables", "-S", "INPUT"]).stdout
+    cli.close()
+    lst.close()
+
+
+def test_nfqueue_hold_delays_the_chosen_packets(ctx: RunContext) -> None:
+    pytest.importorskip("netfilterqueue")
+    from lab.hosts.netns import NetnsPair
+    from lab.impair import Hold
+
+    pair = NetnsPair.create(ctx)
+    with pair.server.entered():
+        lst = socket.socket()
+        lst.bind((pair.server.addr4, 7000))
+        lst.listen()
+    with Hold(ctx, pair.client, chain="OUTPUT", dport=7000, holds_ms=[300.0]) as hold:
+        with pair.client.entered():
+            cli = socket.socket()
+        t0 = time.monotonic()
+        cli.connect((pair.server.addr4, 7000))   # the SYN is held 300 ms
+        took = time.monotonic() - t0
+    assert 0.28 <= took <= 0.9
+    assert hold.log[0]["hold_ms"] == 300.0
+    held_s = hold.log[0]["released_wall_s"] - hold.log[0]["queued_wall_s"]
+    assert 0.28 <= held_s <= 0.9
+    assert "NFQUEUE" not in pair.client.run(["iptables", "-S", "OUTPUT"]).stdout
+    cli.close()
+    lst.close()
