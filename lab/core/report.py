@@ -221,6 +221,7 @@ def _connection_notes(c: Connection, notes: dict[int, list[str]]) -> None:
                     else:
                         txt += f" ({length}, until {_fmt_ts(w.end_ts, c.first_ts)})"
             (own if t.side == sender else other).append((t.side, txt))
+        names = sorted(names, key=lambda n: not n.startswith("FIN"))   # "FIN N + ACK M+1"
         head = " + ".join(names) if names else "segment"
         if sender:
             who = sender

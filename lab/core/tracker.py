@@ -515,10 +515,7 @@ class Analyzer:
                     side.got_fin = True
                     go(conn, s, Input.RCV_FIN, frame, ts)
                 name = "M" if conn.fin_order and conn.fin_order[0] == p else "N"
-                if not flags & _FIN:
-                    roles.append((frame, s, f"ACK {name}+1"))
-                else:
-                    roles.append((frame, s, f"ACK {name}+1 (with its FIN)"))
+                roles.append((frame, s, f"ACK {name}+1"))
             elif side.reack_pending and peer.fin_seq is not None and ack == (peer.fin_seq + 1) & _M32:
                 side.reack_pending = False
                 roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
