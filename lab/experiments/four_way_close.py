@@ -5,6 +5,7 @@ The client closes first in every case; the server (passive closer) reads EOF and
   B. at once on EOF: the kernel delays the ACK of the FIN (the receiver is in "pingpong" delayed-ACK mode after
      a request/response), so the server's FIN carries the ACK: three segments.
   C. at once, with TCP_QUICKACK set on the server before the FIN arrives: whatever this kernel does is shown.
+  D, E. 15 ms and 80 ms after EOF: on either side of the delayed-ACK timer (shown, not asserted).
 Both hosts' states come from sock_diag samples taken every 10 ms.
 """
 
@@ -31,6 +32,8 @@ CASES = (
     Case("A", "server closes 300 ms after EOF", 0.3, False, 4),
     Case("B", "server closes at once on EOF", 0.0, False, 3),
     Case("C", "server closes at once on EOF, TCP_QUICKACK set", 0.0, True, None),
+    Case("D", "server closes 15 ms after EOF", 0.015, False, None),
+    Case("E", "server closes 80 ms after EOF", 0.08, False, None),
 )
 
 
@@ -100,13 +103,20 @@ def run(ctx: RunContext) -> Outcome:
     b = cases["B"]
     if b.get("segments") == 3:
         notes.append("When the passive closer closes as soon as it reads EOF, this kernel sends three segments, "
-                     "not four: the ACK of the FIN is delayed (delayed-ACK 'pingpong' mode after a request/"
-                     "response) and rides on the server's own FIN (FIN N + ACK M+1). The textbook's four "
-                     "segments appear when the application waits before closing (case A).")
+                     "not four: the ACK of the FIN is delayed (Linux's tcp_fin() puts the receiver in delayed-ACK "
+                     "'pingpong' mode, expecting the application to close) and rides on the server's own FIN "
+                     "(FIN N + ACK M+1). The textbook's four segments appear when the application waits longer "
+                     f"than the delayed-ACK timer (case A: the lone ACK came after {cases['A'].get('ack_delay_ms')} "
+                     "ms).")
     cq = cases["C"]
     if cq.get("segments") is not None:
         notes.append(f"With TCP_QUICKACK set before the FIN arrived, the close took {cq['segments']} segments "
-                     f"on this kernel.")
+                     "on this kernel" + (" (the FIN's pingpong mode wins over TCP_QUICKACK)."
+                                         if cq["segments"] == 3 else "."))
+    d, e = cases["D"], cases["E"]
+    if d.get("segments") is not None and e.get("segments") is not None:
+        notes.append(f"Closing 15 ms after EOF gave {d['segments']} segments, 80 ms after gave {e['segments']}: "
+                     "the boundary is the delayed-ACK timer.")
     if comparison.get("agree") is False:
         notes.append("the analyzer's TIME_WAIT windows differ from sock_diag: see observations.kernel_vs_analyzer")
     a = cases["A"]
@@ -115,6 +125,8 @@ def run(ctx: RunContext) -> Outcome:
         "segments_delayed_close": a.get("segments"),
         "segments_immediate_close": b.get("segments"),
         "segments_quickack": cq.get("segments"),
+        "segments_close_after_15ms": d.get("segments"),
+        "segments_close_after_80ms": e.get("segments"),
         "ack_delay_ms": a.get("ack_delay_ms"),
         "cases": cases,
         "hosts": cc.hosts_observation(pair),
