@@ -9,6 +9,7 @@ namespace writes the first --packets packets.
 Measurement, one tool at a time in a fresh process pinned to one core (taskset -c 0), best of --repeat:
     twlab analyze FILE --json          (python -m lab analyze; output to /dev/null)
     reader only                        (lab.readers.CaptureReader over the file)
+    reader + tracker.analyze           (the analysis without building or printing the JSON)
     tshark -q -z conv,tcp -r FILE
     tshark -T fields -e frame.number -e tcp.stream -e tcp.flags -r FILE
 wall time, CPU time, packets/s, and peak RSS (ru_maxrss of the child from wait4), on the whole file and
@@ -51,6 +52,8 @@ READER_ONLY = ("import sys\nfrom lab.readers import CaptureReader\nr = CaptureRe
                "n = sum(1 for _ in r)\nprint(n, r.stats.packets)\n")
 TRACKER_DIRECT = ("import sys\nfrom lab.readers import CaptureReader\nfrom lab.core.tracker import analyze\n"
                   "import json\nrep = analyze(CaptureReader(sys.argv[1]))\njson.dumps(rep.to_dict())\n")
+TRACKER_ONLY = ("import sys\nfrom lab.readers import CaptureReader\nfrom lab.core.tracker import analyze\n"
+                "analyze(CaptureReader(sys.argv[1]))\n")
 
 
 def _ns(ns: str, *argv: str) -> list[str]:
@@ -163,6 +166,14 @@ def run_measured(cmd: list[str]) -> dict[str, Any]:
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024}
 
 
+def _has_tracker() -> bool:
+    try:
+        import lab.core.tracker  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def analyze_command() -> tuple[str, list[str]]:
     """Our analyze as the CLI if it exists, else reader + tracker directly, else the reader alone."""
     try:
@@ -171,11 +182,9 @@ def analyze_command() -> tuple[str, list[str]]:
             return "twlab analyze --json", [sys.executable, "-m", "lab", "analyze", "{file}", "--json"]
     except ImportError:
         pass
-    try:
-        import lab.core.tracker  # noqa: F401
+    if _has_tracker():
         return "reader + tracker.analyze (no CLI yet)", [sys.executable, "-c", TRACKER_DIRECT, "{file}"]
-    except ImportError:
-        return "reader only (no analyzer yet)", [sys.executable, "-c", READER_ONLY, "{file}"]
+    return "reader only (no analyzer yet)", [sys.executable, "-c", READER_ONLY, "{file}"]
 
 
 def main(argv: list[str]) -> int:
@@ -231,6 +240,8 @@ def main(argv: list[str]) -> int:
     ours_name, ours_cmd = analyze_command()
     tools = [(ours_name, ours_cmd),
              ("reader only (read_segments)", [sys.executable, "-c", READER_ONLY, "{file}"]),
+             *([("reader + tracker.analyze, no output", [sys.executable, "-c", TRACKER_ONLY, "{file}"])]
+               if _has_tracker() else []),
              ("tshark -q -z conv,tcp", ["tshark", "-q", "-z", "conv,tcp", "-r", "{file}"]),
              ("tshark -T fields (3 fields)", ["tshark", "-T", "fields", "-e", "frame.number", "-e", "tcp.stream",
                                               "-e", "tcp.flags", "-r", "{file}"])]

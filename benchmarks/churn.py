@@ -4,7 +4,7 @@ Run inside a lab network namespace (its lo, its own narrowed ip_local_port_range
     ip netns exec twl<id>bench python benchmarks/churn.py --port 5000 --conns 150000
 
 One listening socket served by --servers forked workers; --clients forked clients, each opening connections
-one after another. Connection k follows MODES[k % len(MODES)]:
+one after another. A client's n-th connection follows MODES[n % len(MODES)]:
     C  client closes first (client-side TIME_WAIT)      S  server closes first (server-side TIME_WAIT)
     R  client aborts with SO_LINGER {1,0} (RST)         r  server aborts with SO_LINGER {1,0} (RST)
 A narrow port range makes four-tuples come back while the previous incarnation is still in TIME_WAIT
@@ -66,7 +66,7 @@ def client(port: int, first: int, step: int, count: int, deadline: float) -> dic
     k = first
     n = 0
     while n < count and not STOP[0] and time.monotonic() < deadline:
-        mode = MODES[k % len(MODES)]
+        mode = MODES[n % len(MODES)]  # every client runs the whole mix
         s = socket.socket()
         try:
             s.connect(("127.0.0.1", port))

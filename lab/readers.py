@@ -478,11 +478,16 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                 et, vihl, tot, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast(buf, start)
                 thl = (doff >> 4) << 2
                 if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
-                        and (thl == 20 or (thl == 32 and end - start >= l2 + 52))):
+                        and (thl == 20 or (thl == 32 and end - start >= l2 + 52)
+                             or (thl == 40 and end - start >= l2 + 60))):
                     tsval = tsecr = None
-                    if thl == 32:
+                    if thl == 32:  # NOP NOP TS: data segments
                         kl, tsval, tsecr = _III(buf, start + l2 + 40)
                         if kl != 0x0101080A:  # another option layout: let the general decoder walk it
+                            thl = 0
+                    elif thl == 40:  # MSS SACK-permitted TS NOP WS: Linux SYN and SYN-ACK
+                        kl, tsval, tsecr = _III(buf, start + l2 + 44)
+                        if kl != 0x0402080A or buf[start + l2 + 40] != 2:
                             thl = 0
                     if thl:
                         plen = tot - 20 - thl
