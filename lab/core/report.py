@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from lab.core.tcpstate import TcpState
+from lab.core.tcpstate import Input, TcpState
 
+_SIDES = ("client", "server")
 CLOSE_KINDS = ("four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete")
 FINDING_KINDS = ("fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
                  "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated")
@@ -87,15 +88,17 @@ class Connection:
     last_frame: int
     close: Close
     time_wait: tuple[TimeWaitWindow, ...] = ()
-    transitions: tuple[Transition, ...] = ()
+    # state changes, compact: (frame, side 0=client/1=server, from, to, inferred, tcpstate.Input); read them
+    # through .transitions (Transition records are built on demand: a churn capture has ~9 per connection)
+    steps: tuple[tuple[int, int, TcpState, TcpState, bool, Input], ...] = ()
     first_ts: float = 0.0
     last_ts: float = 0.0
     packets: int = 0
     client_isn: int | None = None
     server_isn: int | None = None
     mid_capture: bool = False        # no SYN seen: the capture started after the handshake
-    # (frame, side, role) for the segments of interest, e.g. (12, "server", "FIN M"); rendered by frame_notes()
-    roles: tuple[tuple[int, str, str], ...] = ()
+    # (frame, side 0=client/1=server, role) for the segments of interest, e.g. (12, 1, "FIN M"); see frame_notes()
+    roles: tuple[tuple[int, int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,7 +108,7 @@ class Connection:
             "first_ts": self.first_ts, "last_ts": self.last_ts, "packets": self.packets,
             "isn": {"client": self.client_isn, "server": self.server_isn}, "mid_capture": self.mid_capture,
             "transitions": [t.to_dict() for t in self.transitions],
-            "roles": [list(r) for r in self.roles],
+            "roles": [[f, _SIDES[i], r] for f, i, r in self.roles],
         }
 
     @staticmethod
@@ -115,11 +118,17 @@ class Connection:
             int(d["id"]), str(d["client"]), str(d["server"]), int(d["incarnation"]), int(d["first_frame"]),
             int(d["last_frame"]), Close.from_dict(d["close"]),
             tuple(TimeWaitWindow.from_dict(w) for w in d.get("time_wait", ())),
-            tuple(Transition.from_dict(t) for t in d.get("transitions", ())),
+            tuple((int(t["frame"]), _SIDES.index(t["side"]), TcpState(t["from"]), TcpState(t["to"]),
+                   bool(t.get("inferred", False)), Input(t.get("cause") or Input.TIMEOUT_2MSL.value))
+                  for t in d.get("transitions", ())),
             float(d.get("first_ts", 0.0)), float(d.get("last_ts", 0.0)), int(d.get("packets", 0)),
             isn.get("client"), isn.get("server"), bool(d.get("mid_capture", False)),
-            tuple((int(r[0]), str(r[1]), str(r[2])) for r in d.get("roles", ())),
+            tuple((int(r[0]), _SIDES.index(r[1]), str(r[2])) for r in d.get("roles", ())),
         )
+
+    @property
+    def transitions(self) -> tuple[Transition, ...]:
+        return tuple([Transition(f, _SIDES[i], a, b, inf, inp.value) for f, i, a, b, inf, inp in self.steps])
 
     def side_endpoint(self, side: str) -> str:
         return self.client if side == "client" else self.server
@@ -193,11 +202,11 @@ def _fmt_ts(ts: float, t0: float) -> str:
 def _connection_notes(c: Connection, notes: dict[int, list[str]]) -> None:
     """One line per frame of interest: "<roles> — <sender>[ active close]: <its transitions>; <peer>: <...>"."""
     by_frame: dict[int, list[Transition]] = {}
-    for t in c.transitions:
+    for t in c.transitions:  # built once per connection here
         by_frame.setdefault(t.frame, []).append(t)
     roles: dict[int, tuple[str, list[str]]] = {}
-    for frame, side, role in c.roles:
-        entry = roles.setdefault(frame, (side, []))
+    for frame, i, role in c.roles:
+        entry = roles.setdefault(frame, (_SIDES[i], []))
         if role not in entry[1]:
             entry[1].append(role)
     first_close = c.close.frames[0] if c.close.frames and c.close.kind not in ("rst", "incomplete") else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from lab.core.model import Segment
 from lab.core.profiles import Profile, get_profile
-from lab.core.report import Close, Connection, Finding, Report, TimeWaitWindow, Transition
+from lab.core.report import Close, Connection, Finding, Report, TimeWaitWindow
 from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TSval) space
 from lab.core.tcpstate import TRANSITIONS, Input, TcpState, bridge, path_to
 
@@ -34,7 +34,6 @@ _SWEEP_EVERY = 4096
 S = TcpState
 SIDE = ("client", "server")
 _EST = S.ESTABLISHED
-_CAUSE = {i: i.value for i in Input}
 _BRIDGES: dict[tuple[TcpState, Input], Any] = {}   # memo of tcpstate.bridge()
 
 
@@ -770,10 +769,9 @@ class Analyzer:
             if w is not None:
                 windows.append(TimeWaitWindow(SIDE[i], w[0], w[2], w[1], tuple(w[3]), w[4], w[5], tw))
         windows.sort(key=lambda w: w.start_frame)
-        trans = tuple([Transition(f, SIDE[i], a_, b_, inf, _CAUSE[inp]) for f, i, a_, b_, inf, inp in conn.trans])
         rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame, close,
-                         tuple(windows), trans, conn.first_ts, conn.last_ts, conn.packets, c.isn, sv.isn, conn.mid,
-                         tuple((f, SIDE[i], r) for f, i, r in conn.roles))
+                         tuple(windows), tuple(conn.trans), conn.first_ts, conn.last_ts, conn.packets, c.isn, sv.isn,
+                         conn.mid, tuple(conn.roles))
         self._done.append(rec)
         self._conn_findings(conn, tw)
         # keep only what reuse/duplicate checks of a later incarnation need
