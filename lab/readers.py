@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from lab.core.model import Segment
 from lab.errors import BadCapture
@@ -294,10 +294,38 @@ def _link(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, commen
     return _ip(buf, off, end, frame, ts, comments, depth)
 
 
+def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...]
+            ) -> Segment | str:
+    """_link with the one-unpack shortcut for link/IPv4/TCP (same logic as inlined in _pcap_segments)."""
+    fast = _FAST.get(lt)
+    if fast is not None:
+        l2 = fast[1]
+        if end - off >= l2 + 40:
+            et, vihl, tot, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast[0].unpack_from(buf, off)
+            thl = (doff >> 4) << 2
+            if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
+                    and (thl == 20 or (thl == 32 and end - off >= l2 + 52) or (thl == 40 and end - off >= l2 + 60))):
+                tsval = tsecr = None
+                if thl == 32:
+                    kl, tsval, tsecr = _III(buf, off + l2 + 40)
+                    if kl != 0x0101080A:
+                        thl = 0
+                elif thl == 40:
+                    kl, tsval, tsecr = _III(buf, off + l2 + 44)
+                    if kl != 0x0402080A or buf[off + l2 + 40] != 2:
+                        thl = 0
+                if thl:
+                    plen = tot - 20 - thl
+                    return _new(Segment, (frame, ts, _ip_cache.get(s) or _ipstr(s), sport,
+                                          _ip_cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
+                                          plen if plen > 0 else 0, tsval, tsecr, comments))
+    return _link(lt, buf, off, end, frame, ts, comments)
+
+
 def decode_frame(linktype: int, data: bytes, frame: int, ts_ns: int) -> Segment | None:
     """One captured packet -> its innermost TCP segment, or None (not TCP, cut short, malformed)."""
     try:
-        r = _link(linktype, data, 0, len(data), frame, ts_ns / 1e9, ())
+        r = _decode(linktype, data, 0, len(data), frame, ts_ns / 1e9, ())
     except (struct.error, IndexError):
         return None
     return None if type(r) is str else r  # type: ignore[return-value]
@@ -552,109 +580,126 @@ def _iface(buf: bytes, p: int, end: int, endian: str) -> _Iface:
     return _Iface(lt, snaplen, mul, div, shift, offset_ns)
 
 
-def _pcapng_records(src: _Source, head: bytes, linktypes: list[int], check_linktype: bool
-                    ) -> Iterator[tuple[int, int, int, bytes, int, int, int, tuple[str, ...], int]]:
-    """(frame, ts_ns, linktype, buf, off, end, orig_len, comments, interface) per packet block."""
+def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderStats | None) -> Iterator[Any]:
+    """The block walk. Without stats: yields (frame, ts_ns, linktype, buf, off, end, orig_len, comments,
+    interface) per packet block. With stats: decodes in the loop (the hot path), yields Segments, counts skips."""
     buf = head
     pos = 0
     frame = 0
+    tcp = 0
     endian = "<"
     ifaces: list[_Iface] = []
     read = src.read
     u32 = struct.Struct("<I").unpack_from
-    while True:
-        blen = len(buf)
-        if pos + 12 > blen:
-            buf = buf[pos:] + read(_CHUNK, frame + 1)
-            pos = 0
+    epb = struct.Struct("<IIIII").unpack_from
+    skipped = stats.skipped if stats is not None else {}
+    decode = _decode
+    try:
+        while True:
             blen = len(buf)
-            if blen == 0:
-                return
-            if blen < 12:
-                raise src.fail("block header cut short at end of file", frame + 1, _HINT_TRUNC)
-        btype = u32(buf, pos)[0]
-        if btype == _PCAPNG_SHB:
-            bom = buf[pos + 8:pos + 12]
-            if bom == b"\x4d\x3c\x2b\x1a":
-                endian = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                endian = ">"
-            else:
-                raise src.fail("pcapng section header with a bad byte-order magic", frame + 1)
-            u32 = struct.Struct(endian + "I").unpack_from
-            ifaces = []
-        total = u32(buf, pos + 4)[0]
-        if total < 12 or total % 4 or total > MAX_RECORD:
-            raise src.fail(f"absurd pcapng block length {total}", frame + 1)
-        if pos + total > blen:
-            buf = buf[pos:] + read(max(_CHUNK, total - (blen - pos)), frame + 1)
-            pos = 0
-            blen = len(buf)
-            if total > blen:
-                raise src.fail(f"pcapng block cut short: {total} bytes announced, {blen} left", frame + 1,
-                               _HINT_TRUNC)
-        bend = pos + total - 4
-        if u32(buf, bend)[0] != total:
-            raise src.fail("pcapng block length does not match its trailer", frame + 1)
-        body = pos + 8
-        if btype == 6 or btype == 2 or btype == 3:
-            frame += 1
-            if btype == 3:
-                if not ifaces:
-                    raise src.fail("simple packet block before any interface description", frame)
-                if body + 4 > bend:
-                    raise src.fail("simple packet block too short", frame)
-                orig = u32(buf, body)[0]
-                iface_no = 0
-                ifc = ifaces[0]
-                incl = min(orig, bend - body - 4)
-                if ifc.snaplen:
-                    incl = min(incl, ifc.snaplen)
-                data = body + 4
-                ts_ns = 0
-                opt_start = bend
-            else:
+            if pos + 12 > blen:
+                buf = buf[pos:] + read(_CHUNK, frame + 1)
+                pos = 0
+                blen = len(buf)
+                if blen == 0:
+                    return
+                if blen < 12:
+                    raise src.fail("block header cut short at end of file", frame + 1, _HINT_TRUNC)
+            btype, total = u32(buf, pos)[0], u32(buf, pos + 4)[0]
+            if btype == _PCAPNG_SHB:
+                bom = buf[pos + 8:pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    raise src.fail("pcapng section header with a bad byte-order magic", frame + 1)
+                u32 = struct.Struct(endian + "I").unpack_from
+                epb = struct.Struct(endian + "IIIII").unpack_from
+                total = u32(buf, pos + 4)[0]
+                ifaces = []
+            if total < 12 or total & 3 or total > MAX_RECORD:
+                raise src.fail(f"absurd pcapng block length {total}", frame + 1)
+            if pos + total > blen:
+                buf = buf[pos:] + read(max(_CHUNK, total - (blen - pos)), frame + 1)
+                pos = 0
+                blen = len(buf)
+                if total > blen:
+                    raise src.fail(f"pcapng block cut short: {total} bytes announced, {blen} left", frame + 1,
+                                   _HINT_TRUNC)
+            bend = pos + total - 4
+            if u32(buf, bend)[0] != total:
+                raise src.fail("pcapng block length does not match its trailer", frame + 1)
+            body = pos + 8
+            pos += total
+            if btype == 6 or btype == 2 or btype == 3:
+                frame += 1
                 if btype == 6:
                     if body + 20 > bend:
                         raise src.fail("enhanced packet block too short", frame)
-                    iface_no, hi, lo, incl, orig = struct.unpack_from(endian + "IIIII", buf, body)
-                else:
+                    iface_no, hi, lo, incl, orig = epb(buf, body)
+                elif btype == 2:
                     if body + 20 > bend:
                         raise src.fail("packet block too short", frame)
                     iface_no, _drops, hi, lo, incl, orig = struct.unpack_from(endian + "HHIIII", buf, body)
+                else:  # simple packet block: interface 0, no timestamp
+                    if body + 4 > bend:
+                        raise src.fail("simple packet block too short", frame)
+                    orig = u32(buf, body)[0]
+                    iface_no = hi = lo = 0
+                    incl = min(orig, bend - body - 4)
+                    if ifaces and ifaces[0].snaplen:
+                        incl = min(incl, ifaces[0].snaplen)
+                    body -= 16  # data at body + 4, as if the 20-byte EPB fields were there
                 data = body + 20
                 if data + incl > bend:
                     raise src.fail(f"packet data ({incl} bytes) overruns its block", frame)
                 if iface_no >= len(ifaces):
                     raise src.fail(f"packet on interface {iface_no}, which was never described", frame)
-                ifc = ifaces[iface_no]
-                ts = (hi << 32) | lo
-                if ifc.shift:
-                    ts_ns = ((ts * ifc.mul) >> ifc.shift) + ifc.offset_ns
+                lt, _snap, mul, div, shift, offset_ns = ifaces[iface_no]
+                if btype == 3:
+                    ts_ns = 0
+                elif shift:
+                    ts_ns = ((((hi << 32) | lo) * mul) >> shift) + offset_ns
                 else:
-                    ts_ns = ts * ifc.mul // ifc.div + ifc.offset_ns
+                    ts_ns = ((hi << 32) | lo) * mul // div + offset_ns
                 opt_start = data + ((incl + 3) & ~3)
-            comments: tuple[str, ...] = ()
-            if opt_start + 4 <= bend:
-                comments = tuple(v.decode("utf-8", errors="replace")
-                                 for c, v in _options(buf, opt_start, bend, endian) if c == 1)
-            if check_linktype:
-                _check_linktype(src, ifc.linktype, frame)
-            yield frame, ts_ns, ifc.linktype, buf, data, data + incl, orig, comments, iface_no
-        elif btype == 1:
-            if body + 8 > bend:
-                raise src.fail("interface description block too short", frame + 1)
-            ifc = _iface(buf, body, bend, endian)
-            ifaces.append(ifc)
-            linktypes.append(ifc.linktype)
-        elif btype == _PCAPNG_SHB:
-            if body + 16 > bend:
-                raise src.fail("section header block too short", frame + 1)
-            major = struct.unpack_from(endian + "H", buf, body + 4)[0]
-            if major != 1:
-                raise src.fail(f"unsupported pcapng version {major}", frame + 1)
-        # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
-        pos += total
+                comments: tuple[str, ...] = ()
+                if btype != 3 and opt_start + 4 <= bend:
+                    comments = tuple(v.decode("utf-8", errors="replace")
+                                     for c, v in _options(buf, opt_start, bend, endian) if c == 1)
+                if stats is None:
+                    yield frame, ts_ns, lt, buf, data, data + incl, orig, comments, iface_no
+                    continue
+                if lt not in SUPPORTED_LINKTYPES:
+                    _check_linktype(src, lt, frame)
+                try:
+                    r = decode(lt, buf, data, data + incl, frame, ts_ns / 1e9, comments)
+                except (struct.error, IndexError):
+                    r = MALFORMED
+                if type(r) is str:
+                    skipped[r] = skipped.get(r, 0) + 1
+                else:
+                    tcp += 1
+                    yield r
+            elif btype == 1:
+                if body + 8 > bend:
+                    raise src.fail("interface description block too short", frame + 1)
+                ifc = _iface(buf, body, bend, endian)
+                ifaces.append(ifc)
+                linktypes.append(ifc.linktype)
+            elif btype == _PCAPNG_SHB:
+                if body + 16 > bend:
+                    raise src.fail("section header block too short", frame + 1)
+                major = struct.unpack_from(endian + "H", buf, body + 4)[0]
+                if major != 1:
+                    raise src.fail(f"unsupported pcapng version {major}", frame + 1)
+            # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
+    finally:
+        if stats is not None:
+            stats.packets = frame
+            stats.tcp_segments = tcp
+        src.close()
 
 
 # --- public API ---------------------------------------------------------------------------------------------
@@ -687,26 +732,7 @@ class CaptureReader:
             raise
 
     def _pcapng(self, src: _Source, head: bytes) -> Iterator[Segment]:
-        stats = self.stats
-        skipped = stats.skipped
-        frame = tcp = 0
-        link = _link
-        try:
-            for frame, ts_ns, lt, buf, off, end, _orig, comments, _if in _pcapng_records(
-                    src, head, self.linktypes, True):
-                try:
-                    r = link(lt, buf, off, end, frame, ts_ns / 1e9, comments)
-                except (struct.error, IndexError):
-                    r = MALFORMED
-                if type(r) is str:
-                    skipped[r] = skipped.get(r, 0) + 1
-                else:
-                    tcp += 1
-                    yield r  # type: ignore[misc]
-        finally:
-            stats.packets = frame
-            stats.tcp_segments = tcp
-            src.close()
+        return _pcapng_walk(src, head, self.linktypes, self.stats)
 
 
 def read_segments(path: str | Path) -> Iterator[Segment]:
@@ -727,7 +753,7 @@ def iter_frames(path: str | Path) -> Iterator[RawFrame]:
             for frame, sec, frac, buf, off, end, orig in _pcap_records(src, hdr):
                 yield RawFrame(frame, sec * 1_000_000_000 + frac * mul, lt, buf[off:end], orig, (), 0)
         else:
-            for frame, ts_ns, lt, buf, off, end, orig, comments, iface in _pcapng_records(src, head, [], False):
+            for frame, ts_ns, lt, buf, off, end, orig, comments, iface in _pcapng_walk(src, head, [], None):
                 yield RawFrame(frame, ts_ns, lt, buf[off:end], orig, comments, iface)
     finally:
         src.close()

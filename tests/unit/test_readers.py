@@ -18,6 +18,7 @@ from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.packet import Raw, raw
 
+from lab import readers
 from lab.errors import BadCapture
 from lab.readers import CaptureReader, RawFrame, decode_frame, iter_frames, read_segments
 
@@ -95,17 +96,29 @@ def test_corpus_matches_tshark(corpus: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
 def test_fast_path_equals_general_decoder(corpus: Path, name: str) -> None:
-    # read_segments takes a one-unpack shortcut for plain IPv4/TCP; decode_frame always walks the layers
+    # read_segments takes a one-unpack shortcut for plain IPv4/TCP; readers._link always walks the layers
     segs = {s.frame: s for s in read_segments(corpus / name)}
     walked = {}
     for f in iter_frames(corpus / name):
-        seg = decode_frame(f.linktype, f.data, f.frame, f.ts_ns)
-        if seg is not None:
+        seg = readers._link(f.linktype, f.data, 0, len(f.data), f.frame, f.ts_ns / 1e9, f.comments)
+        if not isinstance(seg, str):
             walked[f.frame] = seg
+        assert decode_frame(f.linktype, f.data, f.frame, f.ts_ns) == (None if isinstance(seg, str) else
+                                                                      seg._replace(comments=()))
     assert sorted(walked) == sorted(segs)
     for n, seg in segs.items():
         assert seg._replace(ts_s=0.0, comments=()) == walked[n]._replace(ts_s=0.0), n
         assert seg.ts_s == pytest.approx(walked[n].ts_s, abs=1e-6)
+
+
+def test_pcapng_and_pcap_of_the_same_packets_agree(tmp_path: Path) -> None:
+    pkts = [eth(p) for p in _conv() + _conv(mk=v6) + _conv(slow_opts=True) + _conv(ts=None)]
+    a = list(read_segments(_write(tmp_path, "a.pcap", pcap([(TS0 + i * 1000, d) for i, d in enumerate(pkts)]))))
+    ng = ng_shb() + ng_idb(1, 9) + b"".join(ng_epb(0, TS0 + i * 1000, d) for i, d in enumerate(pkts))
+    b = list(read_segments(_write(tmp_path, "b.pcapng", ng)))
+    assert len(a) == len(pkts)
+    assert [s._replace(ts_s=0.0) for s in a] == [s._replace(ts_s=0.0) for s in b]
+    assert [s.ts_s for s in a] == pytest.approx([s.ts_s for s in b], abs=1e-6)
 
 
 def test_corpus_fin_rst_counts_from_readme(corpus: Path) -> None:
