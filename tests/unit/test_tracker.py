@@ -529,3 +529,47 @@ def test_streaming_finalizes_old_connections() -> None:
 
 def test_ack_flag_constant_sanity() -> None:
     assert int(A) == 0x10 and int(F) == 0x01 and int(S) == 0x02 and int(R) == 0x04
+
+
+# --- API details --------------------------------------------------------------------------------------
+
+def test_ipv6_endpoints_and_profile_object() -> None:
+    cap = Capture()
+    f = cap.flow(client=("2001:db8::1", 50000), server=("2001:db8::2", 443))
+    f.handshake()
+    f.four_way("client")
+    r = analyze(cap.segments, profile=PROFILES["macos"])
+    c = r.connections[0]
+    assert (c.client, c.server) == ("[2001:db8::1]:50000", "[2001:db8::2]:443")
+    assert c.time_wait[0].end_ts - c.time_wait[0].start_ts == pytest.approx(30.0)
+    assert (r.profile, r.time_wait_s) == ("macos", 30.0)
+
+
+def test_mid_capture_equal_ports_takes_the_first_sender_as_client() -> None:
+    cap = Capture()
+    f = cap.flow(client=("192.0.2.9", 7000), server=("192.0.2.1", 7000))
+    f.ends["client"].rcv = f.ends["server"].nxt
+    f.ends["server"].rcv = f.ends["client"].nxt
+    f.data("client")
+    f.four_way("server")
+    [c] = analyze(cap.segments).connections
+    assert (c.client, c.close.initiator) == ("192.0.2.9:7000", "server")
+
+
+def test_streaming_equals_batch_and_finish_is_idempotent() -> None:
+    r1, _fr, cap = lost_final_ack()
+    a = Analyzer("linux")
+    for s in cap.segments:
+        a.feed(s)
+    r2 = a.finish()
+    assert r2.to_dict() == r1.to_dict() and a.finish() is r2
+    assert r2.segments == len(cap.segments) and r2.packets == cap.segments[-1].frame
+
+
+def test_findings_appear_in_frame_notes() -> None:
+    r, fr, _cap = lost_final_ack()
+    notes = r.frame_notes()
+    assert any(n.startswith("fin-retransmitted:") for n in notes[fr["retx"]])
+    assert any("client's TIME_WAIT restarts" in n for n in notes[fr["retx"]])
+    last = [t for t in r.connections[0].transitions if t.side == "server"][-1]
+    assert (last.frame, last.to_state) == (fr["reack"], TcpState.CLOSED)   # the lost ACK did not close it
