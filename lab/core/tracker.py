@@ -220,7 +220,11 @@ class Analyzer:
         # fast path: an ACK/data segment with nothing pending on the connection (data in a later
         # incarnation needs the delayed-duplicate check)
         if not flags & 0x07 and not conn.fin_order and side.state is _EST and conn.sides[s ^ 1].state is _EST \
-                and not (plen and conn.incarnation):
+                and (not plen or not conn.incarnation or (
+                    # plainly inside this incarnation's own sequence space and clock: no duplicate check needed
+                    side.base is not None and side.snd_max is not None
+                    and 0 <= ((seq - side.base) & _M32) <= ((side.snd_max - side.base) & _M32)
+                    and (tsval is None or side.ts_first is None or ((tsval - side.ts_first) & _M32) < _HALF))):
             side.last_frame = frame
             end = seq + plen
             if side.snd_max is None:
