@@ -144,3 +144,49 @@ def test_incarnations_and_reuse_findings(items: list[tuple[Plan, float]]) -> Non
     reuse = [f.kind for f in r.findings if f.kind.startswith("reuse")]
     assert reuse == expected
     assert not [f for f in r.findings if f.kind == "delayed-duplicate"]
+
+
+SEG = st.tuples(
+    st.integers(0, 3),                                    # which endpoint pair / direction
+    st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x19, 0x04, 0x14, 0x01, 0x03, 0x06, 0x00, 0x3F]),
+    st.one_of(st.integers(0, 50), NEAR_WRAP, U32),        # seq
+    st.one_of(st.integers(0, 50), U32),                   # ack
+    st.integers(0, 40),                                   # payload
+    st.one_of(st.none(), st.integers(0, 10), U32),        # tsval
+    st.floats(0, 100),                                    # time step
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SEG, max_size=40), st.sampled_from(["linux", "rfc793"]))
+def test_any_segment_soup_gives_a_consistent_report(soup: list[tuple[int, int, int, int, int, int | None, float]],
+                                                    profile: str) -> None:
+    """Garbage in (random flags, sequence numbers, timestamps on two four-tuples): no exception, and the
+    report keeps its invariants."""
+    from lab.core.model import Segment
+    from lab.core.report import Report
+
+    ends = [("10.0.0.1", 1000, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1000),
+            ("10.0.0.1", 1001, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1001)]
+    t = 1000.0
+    segs = []
+    for i, (e, flags, seq, ack, plen, tsval, dt) in enumerate(soup, start=1):
+        t += dt
+        si, sp, di, dp = ends[e]
+        segs.append(Segment(i, t, si, sp, di, dp, seq, ack, flags, 1000, plen, tsval, 0 if tsval is not None else None))
+    r = analyze(segs, profile=profile)
+    ids = {c.id for c in r.connections}
+    assert sorted(ids) == list(range(len(ids)))
+    seen = set()
+    for c in r.connections:
+        assert c.first_frame <= c.last_frame
+        assert all(c.first_frame <= fr <= c.last_frame for fr in c.close.frames)
+        for w in c.time_wait:
+            assert w.end_ts >= w.start_ts
+        seen.update(range(c.first_frame, c.last_frame + 1))
+    assert {s.frame for s in segs} <= seen
+    for f in r.findings:
+        assert f.connection in ids and f.frames
+    d = r.to_dict()
+    assert Report.from_dict(d).to_dict() == d
+    r.frame_notes()
