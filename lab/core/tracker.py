@@ -207,7 +207,8 @@ class Analyzer:
         else:
             tup, d = hit
         conn = tup.conn
-        if conn is None or flags & 0x07 or (conn.incarnation and conn.sides[d ^ conn.cdir].snd_max is None):
+        if conn is None or flags & _SYN or (conn.incarnation and not flags & _RST
+                                            and conn.sides[d ^ conn.cdir].snd_max is None):
             routed = self._route(tup, d, conn, frame, ts, seq, ack, flags, tsval, plen, si, sp, dp)
             if routed is None:
                 return
@@ -454,8 +455,12 @@ class Analyzer:
         go = self._go
         roles = conn.roles
         if conn.incarnation and (plen or flags & _FIN) and not flags & (_SYN | _RST) and conn.prev is not None \
-                and not conn.mid and self._duplicate(conn, s, frame, seq, ack, flags, plen, tsval):
-            return
+                and not conn.mid:
+            lo, hi = side.base, side.snd_max
+            plain = (lo is not None and hi is not None and 0 <= ((seq - lo) & _M32) <= ((hi - lo) & _M32)
+                     and (tsval is None or side.ts_first is None or ((tsval - side.ts_first) & _M32) < _HALF))
+            if not plain and self._duplicate(conn, s, frame, seq, ack, flags, plen, tsval):
+                return
         seg_len = plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
         end = (seq + seg_len) & _M32
         prev_last = side.last_frame
