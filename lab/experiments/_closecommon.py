@@ -120,6 +120,22 @@ def side_states(cs: kernel.Sampler, ss: kernel.Sampler, client_port: int) -> dic
     return {"client": cs.states_of(local_port=client_port), "server": ss.states_of(remote_port=client_port)}
 
 
+def states_between(cs: kernel.Sampler, ss: kernel.Sampler, client_port: int, t_a: float, t_b: float
+                   ) -> dict[str, str] | None:
+    """Each side's state as sock_diag reported it in a dump taken between capture times t_a and t_b."""
+    out: dict[str, str] = {}
+    for side, samples, key in (("client", cs.samples, "sport"), ("server", ss.samples, "dport")):
+        last = None
+        for smp in samples:
+            if getattr(smp, key) == client_port and smp.wall_s <= t_b:
+                last = smp
+        if last is None:
+            return None
+        out[side] = last.state
+    dumps = [x.wall_s for x in cs.samples + ss.samples if t_a < x.wall_s < t_b]
+    return out if dumps else None
+
+
 def time_wait_now(pair: NetnsPair, port: int, client_port: int) -> dict[str, Any]:
     """Which side holds TIME_WAIT for this connection right now, and its remaining timer."""
     out: dict[str, Any] = {"client": None, "server": None}

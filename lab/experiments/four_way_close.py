@@ -73,6 +73,13 @@ def run(ctx: RunContext) -> Outcome:
         close = cc.find_close(cc.conn_segments(rec, c["client_port"]))
         labels = cc.label_close(rec, close, prefix=f"case {case.key} ({case.title})")
         t0 = close.first_fin.ts_s if close.first_fin else None
+        if close.ack_of_first and close.second_fin:
+            seen_between = cc.states_between(samplers[0], samplers[1], c["client_port"], close.ack_of_first.ts_s,
+                                             close.second_fin.ts_s)
+            c["sock_diag_between_ack_and_fin"] = seen_between
+            if seen_between:
+                rec.note(close.ack_of_first.frame, f"case {case.key}: sock_diag after this ACK: client "
+                                                   f"{seen_between['client']}, server {seen_between['server']}")
         c["segments"] = close.count() if rec.captured else None
         c["three_segment"] = close.three_segment
         c["close"] = {k: cc.seg_dict(getattr(close, k), t0)

@@ -88,6 +88,7 @@ def test_four_way_close_four_and_three_segments(tmp_path: Path) -> None:
     assert 250 <= a["fin_to_fin_ms"] <= 1000           # the server waited 300 ms
     assert "FIN_WAIT_2" in a["states_seen"]["client"] and "CLOSE_WAIT" in a["states_seen"]["server"]
     assert a["states_seen"]["client"][-1] == "TIME_WAIT"
+    assert a["sock_diag_between_ack_and_fin"] == {"client": "FIN_WAIT_2", "server": "CLOSE_WAIT"}
     assert b["segments"] == 3 and b["three_segment"]
     assert b["close"]["ack_of_first"] is None
     assert b["close"]["second_fin"]["ack"] == (b["close"]["first_fin"]["seq"] + 1) % (1 << 32)
