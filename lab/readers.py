@@ -74,6 +74,8 @@ _PCAP_MAGIC_NS = 0xA1B23C4D
 _PCAPNG_SHB = 0x0A0D0D0A
 _PCAPNG_BOM = 0x1A2B3C4D
 _GZIP_MAGIC = b"\x1f\x8b"
+_OTHER_COMPRESSION = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"), (b"\xfd7zX", "xz"),
+                      (b"BZh", "bzip2"))
 
 # skip reasons (keys of ReaderStats.skipped)
 TRUNC = "truncated-packet"
@@ -109,7 +111,7 @@ _ntop = socket.inet_ntop
 def _ipstr(raw: bytes) -> str:
     s = _ip_cache.get(raw)
     if s is None:
-        if len(_ip_cache) > 200_000:  # bound the cache on scans with many addresses
+        if len(_ip_cache) > 65_536:  # bound the cache on scans with many addresses
             _ip_cache.clear()
         s = _ntop(_AF_INET if len(raw) == 4 else _AF_INET6, raw)
         _ip_cache[raw] = s
@@ -393,6 +395,10 @@ def _file_header(src: _Source) -> tuple[bytes, str]:
         return head, "pcap"
     if le == _PCAPNG_SHB:
         return head, "pcapng"
+    for magic, tool in _OTHER_COMPRESSION:
+        if head.startswith(magic):
+            raise src.fail(f"{tool}-compressed file", 1, f"decompress it first ({tool} -d), or give a pcap, "
+                                                           "pcapng or gzip-compressed capture")
     raise src.fail(f"not a pcap or pcapng file (magic {head.hex()})", 1,
                    "give a pcap, pcapng or gzip-compressed capture (e.g. from tcpdump -w or Wireshark)")
 

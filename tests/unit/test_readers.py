@@ -520,6 +520,7 @@ def test_zero_length_garbage_wrong_magic(tmp_path: Path) -> None:
     _expect_bad(_write(tmp_path, "magic.pcap", b"\xd4\xc3\xb2\xa2" + _valid_pcap()[4:]), frame=1)
     _expect_bad(_write(tmp_path, "gzgarbage.pcap.gz", b"\x1f\x8b" + b"\x00" * 50))
     _expect_bad(_write(tmp_path, "gztext.gz", gzip.compress(b"not a capture at all")))
+    assert "zstd" in _expect_bad(_write(tmp_path, "z.pcapng.zst", b"\x28\xb5\x2f\xfd" + b"\0" * 40), frame=1)
     _expect_bad(tmp_path / "missing.pcap")
     _expect_bad(tmp_path)
 
