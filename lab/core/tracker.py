@@ -127,8 +127,8 @@ class _Reuse:
 
 
 class _Conn:
-    __slots__ = ("cdir", "close_extra", "dups", "fin_order", "first_frame", "first_ts", "half_close_frame", "id",
-                 "incarnation", "last_frame", "last_ts", "mid", "packets", "prev", "reuse", "roles", "rsts",
+    __slots__ = ("cdir", "close_extra", "done", "dups", "fin_order", "first_frame", "first_ts", "half_close_frame",
+                 "id", "incarnation", "last_frame", "last_ts", "mid", "packets", "prev", "reuse", "roles", "rsts",
                  "sides", "trans", "tuple")
 
     def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
@@ -155,6 +155,7 @@ class _Conn:
         self.reuse: _Reuse | None = None
         self.dups: list[tuple[int, int, str, str]] = []     # (frame, side, verdict, why)
         self.close_extra: list[tuple[str, tuple[int, ...], str, dict[str, Any]]] = []
+        self.done = False                     # finalized into a Connection record: read-only from here
 
 
 class _Tuple:
@@ -295,7 +296,7 @@ class Analyzer:
         assert prev is not None
         ps = d ^ prev.cdir
         old = prev.sides[ps]
-        if plen or not flags & _ACK or flags & _FIN or old.snd_max is None or old.state is S.CLOSED:
+        if prev.done or plen or not flags & _ACK or flags & _FIN or old.snd_max is None or old.state is S.CLOSED:
             return False
         if prev.sides[ps ^ 1].snd_max != ack:
             return False
@@ -482,7 +483,7 @@ class Analyzer:
                 if flags & _ACK:
                     side.syn_ack = ack
                     r = conn.reuse
-                    if r is not None and r.verdict == "refused" and r.old is not None:
+                    if r is not None and r.verdict == "refused" and r.old is not None and not r.old.done:
                         # answered although TIME_WAIT should have refused it: no TIME_WAIT was there
                         for i in r.holder_sides:
                             self._tw_end(r.old.sides[i], "syn", r.syn_frame, r.syn_ts)
@@ -784,6 +785,7 @@ class Analyzer:
         self._done.append(rec)
         self._conn_findings(conn, tw)
         # keep only what reuse/duplicate checks of a later incarnation need
+        conn.done = True
         conn.trans = []
         conn.roles = []
         conn.close_extra = []
