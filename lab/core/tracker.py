@@ -389,6 +389,8 @@ class Analyzer:
                                                   "timestamp")
             if r.verdict == "acceptable":
                 self._tw_end(orcv, "syn", frame, ts)
+                if snd in open_w:              # both held TIME_WAIT: the sender reused its own too
+                    self._tw_end(osnd, "syn", frame, ts)
         else:
             # the SYN's own sender holds TIME_WAIT (a client reusing its port): nothing on the peer refuses it
             old_isn = osnd.isn if osnd.isn is not None else (
