@@ -187,8 +187,11 @@ class Report:
 
         e.g. "FIN M — server active close: ESTABLISHED -> FIN_WAIT_1"."""
         notes: dict[int, list[str]] = {}
+        later: dict[int, list[str]] = {}     # TIME_WAIT restarts/ends: after the segment's own role
         for c in self.connections:
-            _connection_notes(c, notes)
+            _connection_notes(c, notes, later)
+        for frame, texts in later.items():
+            notes.setdefault(frame, []).extend(texts)
         for f in self.findings:
             for fr in f.frames:
                 notes.setdefault(fr, []).append(f"{f.kind}: {f.detail}")
@@ -199,7 +202,7 @@ def _fmt_ts(ts: float, t0: float) -> str:
     return f"t=+{ts - t0:.3f} s"
 
 
-def _connection_notes(c: Connection, notes: dict[int, list[str]]) -> None:
+def _connection_notes(c: Connection, notes: dict[int, list[str]], later: dict[int, list[str]]) -> None:
     """One line per frame of interest: "<roles> — <sender>[ active close]: <its transitions>; <peer>: <...>"."""
     by_frame: dict[int, list[Transition]] = {}
     for t in c.transitions:  # built once per connection here
@@ -253,6 +256,7 @@ def _connection_notes(c: Connection, notes: dict[int, list[str]]) -> None:
         notes.setdefault(frame, []).append(text)
     for w in c.time_wait:
         for fr in w.restarts:
-            notes.setdefault(fr, []).append(f"{w.side}'s TIME_WAIT restarts: 2MSL from here")
+            later.setdefault(fr, []).append(f"{w.side}'s TIME_WAIT restarts: 2MSL from here")
         if w.ended_by != "timeout" and w.end_frame is not None:
-            notes.setdefault(w.end_frame, []).append(f"{w.side}'s TIME_WAIT ends here ({w.ended_by})")
+            why = "the new connection takes the four-tuple" if w.ended_by == "syn" else "assassinated by RST"
+            later.setdefault(w.end_frame, []).append(f"{w.side}'s TIME_WAIT (connection {c.id}) ends here: {why}")
