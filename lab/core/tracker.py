@@ -171,7 +171,8 @@ class _Tuple:
 class Analyzer:
     """Feed segments in capture order, then finish() for the Report."""
 
-    def __init__(self, profile: str | Profile = "linux", time_wait_s: float | None = None) -> None:
+    def __init__(self, profile: str | Profile = "linux", time_wait_s: float | None = None,
+                 detail: bool = True) -> None:
         if isinstance(profile, Profile):
             prof = profile if time_wait_s is None else get_profile(profile.name, time_wait_s)
         else:
@@ -190,6 +191,9 @@ class Analyzer:
         self._now = 0.0
         self._finished: Report | None = None
         self._last_sweep = 0.0
+        # detail=False: finished connections keep no state timeline or segment roles (no frame notes, no
+        # ladder), which roughly halves the memory of a report on a churn capture with 100k+ connections
+        self.detail = detail
 
     # -- the per-segment path -----------------------------------------------------------------------
 
@@ -782,8 +786,8 @@ class Analyzer:
                 windows.append(TimeWaitWindow(SIDE[i], w[0], w[2], w[1], tuple(w[3]), w[4], w[5], tw))
         windows.sort(key=lambda w: w.start_frame)
         rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame, close,
-                         tuple(windows), tuple(conn.trans), conn.first_ts, conn.last_ts, conn.packets, c.isn, sv.isn,
-                         conn.mid, tuple(conn.roles))
+                         tuple(windows), tuple(conn.trans) if self.detail else (), conn.first_ts, conn.last_ts,
+                         conn.packets, c.isn, sv.isn, conn.mid, tuple(conn.roles) if self.detail else ())
         self._done.append(rec)
         self._conn_findings(conn, tw)
         # keep only what reuse/duplicate checks of a later incarnation need
@@ -868,9 +872,12 @@ class Analyzer:
         return self._finished
 
 
-def analyze(segments: Iterable[Segment], profile: str | Profile = "linux", time_wait_s: float | None = None) -> Report:
-    """The whole capture's Report (connections, TIME_WAIT windows, findings), in one streaming pass."""
-    a = Analyzer(profile, time_wait_s)
+def analyze(segments: Iterable[Segment], profile: str | Profile = "linux", time_wait_s: float | None = None,
+            detail: bool = True) -> Report:
+    """The whole capture's Report (connections, TIME_WAIT windows, findings), in one streaming pass.
+
+    detail=False drops each finished connection's transitions and segment roles (see Analyzer)."""
+    a = Analyzer(profile, time_wait_s, detail)
     feed = a.feed
     # The cyclic GC would walk every live object again and again as the report grows (measured: 20x slower
     # on a 1 M-segment churn); nothing here needs it until the end.

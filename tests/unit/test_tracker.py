@@ -573,3 +573,15 @@ def test_findings_appear_in_frame_notes() -> None:
     assert any("client's TIME_WAIT restarts" in n for n in notes[fr["retx"]])
     last = [t for t in r.connections[0].transitions if t.side == "server"][-1]
     assert (last.frame, last.to_state) == (fr["reack"], TcpState.CLOSED)   # the lost ACK did not close it
+
+
+def test_detail_false_keeps_the_contract_but_no_timelines() -> None:
+    r_full, _fr, cap = lost_final_ack()
+    r = analyze(cap.segments, detail=False)
+    c = r.connections[0]
+    assert c.steps == () and c.roles == () and c.transitions == ()
+    full = r_full.to_dict()
+    slim = r.to_dict()
+    for key in ("close", "time_wait", "incarnation", "first_frame", "last_frame"):
+        assert slim["connections"][0][key] == full["connections"][0][key]
+    assert slim["findings"] == full["findings"]
