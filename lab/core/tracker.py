@@ -158,6 +158,18 @@ class _Conn:
         self.done = False                     # finalized into a Connection record: read-only from here
 
 
+class _NoRoles(list[tuple[int, int, str]]):
+    """Where roles go when the report keeps no detail: appending is free and keeps nothing."""
+
+    __slots__ = ()
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+_NO_ROLES = _NoRoles()
+
+
 class _Tuple:
     __slots__ = ("conn", "count", "eps", "prev")
 
@@ -328,6 +340,8 @@ class Analyzer:
                   mid: bool = False) -> _Conn:
         old = tup.conn
         conn = _Conn(self._next_id, tup, cdir, tup.count, frame, ts, mid, synack=not syn and not mid)
+        if not self.detail:
+            conn.roles = _NO_ROLES
         self._next_id += 1
         tup.count += 1
         if old is not None:
