@@ -61,6 +61,7 @@ class _Side:
         "isn",
         "last_fin_frame",
         "last_frame",
+        "pre_fin_ack",
         "reack_pending",
         "rst_frame",
         "rtt",
@@ -85,7 +86,8 @@ class _Side:
         self.fin_seq: int | None = None       # sequence number the FIN occupies
         self.fin_frame = 0
         self.last_fin_frame = 0
-        self.fin_retx: list[int] = []
+        self.fin_retx: tuple[int, ...] = ()
+        self.pre_fin_ack: TcpState | None = None   # its state before the ACK of its FIN (undone if that ACK was lost)
         self.fin_acked_frame = 0              # the peer's ACK of this side's FIN that this side received
         self.fin_ack_wire = 0                 # the first ACK of it on the wire (received or not)
         self.got_fin = False                  # this side has received the peer's FIN
@@ -149,12 +151,12 @@ class _Conn:
         self.trans: list[tuple[int, int, TcpState, TcpState, bool, Input]] = []
         self.roles: list[tuple[int, int, str]] = []
         self.fin_order: list[int] = []
-        self.rsts: list[tuple[int, int]] = []          # (frame, side)
+        self.rsts: tuple[tuple[int, int], ...] = ()    # (frame, side); tuples: most connections have none
         self.half_close_frame = 0
         self.prev: _Conn | None = None
         self.reuse: _Reuse | None = None
-        self.dups: list[tuple[int, int, str, str]] = []     # (frame, side, verdict, why)
-        self.close_extra: list[tuple[str, tuple[int, ...], str, dict[str, Any]]] = []
+        self.dups: tuple[tuple[int, int, str, str], ...] = ()     # (frame, side, verdict, why)
+        self.close_extra: tuple[tuple[str, tuple[int, ...], str, dict[str, Any]], ...] = ()
         self.done = False                     # finalized into a Connection record: read-only from here
 
 
@@ -168,6 +170,16 @@ class _NoRoles(list[tuple[int, int, str]]):
 
 
 _NO_ROLES = _NoRoles()
+
+
+class _NoTrans(list[tuple[int, int, TcpState, TcpState, bool, Input]]):
+    __slots__ = ()
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+_NO_TRANS = _NoTrans()
 
 
 class _Tuple:
@@ -342,6 +354,7 @@ class Analyzer:
         conn = _Conn(self._next_id, tup, cdir, tup.count, frame, ts, mid, synack=not syn and not mid)
         if not self.detail:
             conn.roles = _NO_ROLES
+            conn.trans = _NO_TRANS
         self._next_id += 1
         tup.count += 1
         if old is not None:
@@ -416,9 +429,9 @@ class Analyzer:
             if old_isn is not None and seq == old_isn:
                 r.verdict, r.reason = ("dangerous", "it carries the old connection's ISN: a delayed duplicate of "
                                                     "the old SYN, which a listener would take as new")
-                conn.dups.append((frame, 0, "could be accepted",
-                                  f"SYN with the ISN of incarnation {old.incarnation} (connection {old.id}); the "
-                                  "SYN sender's TIME_WAIT cannot stop it and a listener would answer it"))
+                conn.dups += ((frame, 0, "could be accepted",
+                               f"SYN with the ISN of incarnation {old.incarnation} (connection {old.id}); the "
+                               "SYN sender's TIME_WAIT cannot stop it and a listener would answer it"),)
                 conn.reuse = r
                 return
             if osnd.snd_max is not None and _d(seq, osnd.snd_max) > 0:
@@ -450,6 +463,8 @@ class Analyzer:
             nxt = TRANSITIONS[(st, inp)]
         side.state = nxt
         conn.trans.append((frame, s, st, nxt, inferred, inp))
+        if inp is Input.RCV_ACK_OF_FIN:
+            side.pre_fin_ack = st
         if nxt is S.TIME_WAIT:
             side.tw = [ts, frame, ts + self.tw_s, [], "timeout", None]
         return True
@@ -578,7 +593,7 @@ class Analyzer:
                 roles.append((frame, s, f"FIN {name}{rel}"))
                 go(conn, s, Input.SEND_FIN, frame, ts)
             elif fseq == side.fin_seq:
-                side.fin_retx.append(frame)
+                side.fin_retx += (frame,)
                 prev_fin = side.last_fin_frame
                 side.last_fin_frame = frame
                 name = "M" if conn.fin_order[0] == s else "N"
@@ -591,11 +606,11 @@ class Analyzer:
                 if lost and lost > prev_fin and same_ack and (side.rtt is None or
                                                               ts - peer.acked_peer_fin_ts > side.rtt):
                     # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
-                    conn.close_extra.append((
+                    conn.close_extra += ((
                         "final-ack-lost", (lost, frame),
                         f"{SIDE[s]} retransmitted FIN {name} after {SIDE[p]}'s ACK in frame {lost}: "
                         f"that ACK was lost between the capture point and {SIDE[s]}",
-                        {"ack_frame": lost, "retransmission_frame": frame, "lost_by": SIDE[p]}))
+                        {"ack_frame": lost, "retransmission_frame": frame, "lost_by": SIDE[p]}),)
                     if side.fin_acked_frame and side.fin_acked_frame < frame:
                         self._unreceive_fin_ack(conn, s)
                 if peer.state is S.TIME_WAIT:
@@ -619,20 +634,24 @@ class Analyzer:
         if dt >= 0 and (side.rtt is None or dt < side.rtt):
             side.rtt = dt
 
-    @staticmethod
-    def _unreceive_fin_ack(conn: _Conn, s: int) -> None:
+    def _unreceive_fin_ack(self, conn: _Conn, s: int) -> None:
         """Side s retransmitted its FIN after the peer's ACK of it: that ACK never arrived, so undo the
         transition it drove (LAST_ACK -> CLOSED, CLOSING -> TIME_WAIT); the next ACK of the FIN redoes it."""
         side = conn.sides[s]
-        for k in range(len(conn.trans) - 1, -1, -1):
-            t = conn.trans[k]
-            if t[1] == s and t[5] is Input.RCV_ACK_OF_FIN:
-                del conn.trans[k]
-                side.state = t[2]
-                if t[3] is S.TIME_WAIT:
-                    side.tw = None
-                break
+        before = side.pre_fin_ack
         side.fin_acked_frame = 0
+        if before is None:
+            return
+        side.pre_fin_ack = None
+        if self.detail:
+            for k in range(len(conn.trans) - 1, -1, -1):
+                t = conn.trans[k]
+                if t[1] == s and t[5] is Input.RCV_ACK_OF_FIN:
+                    del conn.trans[k]
+                    break
+        if TRANSITIONS.get((before, Input.RCV_ACK_OF_FIN)) is S.TIME_WAIT:
+            side.tw = None
+        side.state = before
 
     def _flush_fin(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
         """Before the peer of side s acts on s's segment, it has received s's earlier FIN (in-order)."""
@@ -652,12 +671,12 @@ class Analyzer:
             had_tw = side.tw is not None
             if had_tw:
                 side.tw = None
-            conn.close_extra.append((
+            conn.close_extra += ((
                 "rst-after-fin", (peer.last_fin_frame, frame),
                 f"{SIDE[s]} answered {SIDE[p]}'s FIN (frame {peer.last_fin_frame}) with RST: no TIME_WAIT on "
                 f"{SIDE[s]}'s side" + (" (it had sent the final ACK, yet kept no TIME_WAIT socket: e.g. "
                                        "tcp_max_tw_buckets exhausted)" if had_tw else ""),
-                {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": SIDE[s]}))
+                {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": SIDE[s]}),)
         # does the receiver accept it? (RFC 9293 3.10.7.x; TIME_WAIT as Linux: only seq == rcv_nxt)
         rcv_nxt = side.snd_max
         pst = peer.state
@@ -675,7 +694,7 @@ class Analyzer:
             conn.roles.append((frame, s, f"RST, ignored ({why})"))
             return
         conn.roles.append((frame, s, "RST"))
-        conn.rsts.append((frame, s))
+        conn.rsts += ((frame, s),)
         if not side.rst_frame:
             side.rst_frame = frame
         if (side.state, Input.SEND_RST) in TRANSITIONS:
@@ -683,12 +702,12 @@ class Analyzer:
         if pst is S.TIME_WAIT:
             w = peer.tw
             if w is not None and w[4] == "timeout":
-                conn.close_extra.append((
+                conn.close_extra += ((
                     "time-wait-assassinated", (frame,),
                     f"RST with seq = {SIDE[p]}'s rcv_nxt reached {SIDE[p]} in TIME_WAIT {ts - w[0]:.3f} s after it "
                     f"began (frame {w[1]}): the window ends early on Linux with tcp_rfc1337=0 (the default); "
                     "tcp_rfc1337=1 ignores it (RFC 1337)",
-                    {"side": SIDE[p], "time_wait_start_frame": w[1], "elapsed_s": round(ts - w[0], 6)}))
+                    {"side": SIDE[p], "time_wait_start_frame": w[1], "elapsed_s": round(ts - w[0], 6)}),)
                 self._tw_end(peer, "rst", frame, ts)
         self._go(conn, p, Input.RCV_RST, frame, ts)
 
@@ -737,8 +756,7 @@ class Analyzer:
         basis = "sequence numbers" if by_seq else "timestamp"
         if by_seq and by_ts:
             basis = "sequence numbers and timestamp"
-        conn.dups.append((frame, s, verdict, f"{basis} of incarnation {prev.incarnation} (connection {prev.id}); "
-                                             f"{why}"))
+        conn.dups += ((frame, s, verdict, f"{basis} of incarnation {prev.incarnation} (connection {prev.id}); {why}"),)
         conn.roles.append((frame, s, f"delayed duplicate from incarnation {prev.incarnation}"))
         return True
 
@@ -806,10 +824,10 @@ class Analyzer:
         self._conn_findings(conn, tw)
         # keep only what reuse/duplicate checks of a later incarnation need
         conn.done = True
-        conn.trans = []
+        conn.trans = _NO_TRANS
         conn.roles = []
-        conn.close_extra = []
-        conn.dups = []
+        conn.close_extra = ()
+        conn.dups = ()
         conn.prev = None
         conn.reuse = None
         tup = conn.tuple
