@@ -29,6 +29,8 @@ class Job:
     exit_code: int | None = None
     progress: str = "waiting"
     events_pos: int = field(default=0, repr=False)
+    out_file: Any = field(default=None, repr=False)
+    err_file: Any = field(default=None, repr=False)
 
     @property
     def state(self) -> str:
@@ -59,6 +61,15 @@ def _poll_progress(job: Job, out_root: Path) -> None:
         pass
 
 
+def _read_back(job: Job) -> tuple[str, str]:
+    texts = []
+    for fh in (job.out_file, job.err_file):
+        fh.seek(0)
+        texts.append(fh.read())
+        fh.close()
+    return texts[0], texts[1]
+
+
 def _failed_result(job: Job, out_root: Path) -> dict[str, Any]:
     reason = job.stderr.strip().splitlines()[-1] if job.stderr.strip() else f"exit {job.exit_code}"
     return {"experiment": job.exp.id, "reproduced": False, "claim": job.exp.claim, "observations": {},
@@ -83,8 +94,12 @@ def run_parallel(exps: list[Experiment], out_root: Path, jobs: int = 4,
         while queue or running:
             while queue and len(running) < max(1, jobs):
                 job = queue.pop(0)
-                job.proc = subprocess.Popen(_child_argv(job.exp.id, out_root), stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+                # output goes to files: a pipe would block a child whose JSON line exceeds the pipe buffer
+                (out_root / job.exp.id).mkdir(parents=True, exist_ok=True)
+                job.out_file = (out_root / job.exp.id / "stdout.jsonl").open("w+", encoding="utf-8")
+                job.err_file = (out_root / job.exp.id / "stderr.txt").open("w+", encoding="utf-8")
+                job.proc = subprocess.Popen(_child_argv(job.exp.id, out_root), stdout=job.out_file,
+                                            stderr=job.err_file, stdin=subprocess.DEVNULL, text=True, env=env)
                 job.started_s = time.monotonic()
                 job.progress = "starting"
                 running.append(job)
@@ -93,7 +108,7 @@ def run_parallel(exps: list[Experiment], out_root: Path, jobs: int = 4,
                 _poll_progress(job, out_root)
                 if job.proc.poll() is None:
                     continue
-                out, err = job.proc.communicate()
+                out, err = _read_back(job)
                 job.exit_code = job.proc.returncode
                 job.ended_s = time.monotonic()
                 job.stderr = err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import traceback
@@ -24,7 +25,11 @@ def default_out_dir() -> Path:
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so every ExitStack callback (netns, rules, pids) runs."""
 
+    owner = os.getpid()
+
     def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked helper (e.g. pyroute2's) must not unwind our teardown
+            os._exit(128 + signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:
