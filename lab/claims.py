@@ -212,5 +212,6 @@ def ledger_table(entries: list[Entry]) -> Any:
     t.add_column("evidence", ratio=3)
     for e in entries:
         t.add_row(e.claim.lore, ", ".join(e.claim.experiments) or "-",
-                  f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]", e.evidence)
+                  f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]",
+                  e.evidence if len(e.evidence) <= 240 else e.evidence[:239] + "…")  # full text in claims.md
     return t
