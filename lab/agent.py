@@ -246,16 +246,19 @@ class Agent:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            self.ctx.events.log("call", agent=self.name, **{k: v for k, v in rec.items() if k != "wall_s"},
-                                call_wall_s=rec.get("wall_s"))
-            with self._cond:
-                self.records.append(rec)
-                self._cond.notify_all()
+        try:
+            for line in self.proc.stdout:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                self.ctx.events.log("call", agent=self.name, **{k: v for k, v in rec.items() if k != "wall_s"},
+                                    call_wall_s=rec.get("wall_s"))
+                with self._cond:
+                    self.records.append(rec)
+                    self._cond.notify_all()
+        except (OSError, ValueError):  # the pipe was closed under us by kill()
+            pass
         with self._cond:
             self._done = True
             self._cond.notify_all()
@@ -310,6 +313,7 @@ class Agent:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        self._reader.join(timeout=2)  # let it see EOF before the pipes close
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 with contextlib.suppress(OSError, BrokenPipeError):
