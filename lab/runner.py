@@ -66,6 +66,20 @@ def result_dict(exp: Experiment, ctx: RunContext, outcome: Outcome | None, start
     }
 
 
+def open_context(exp: Experiment, out_dir: Path, stack: ExitStack,
+                 progress: Callable[[str, float | None], None] | None = None,
+                 options: dict[str, Any] | None = None) -> RunContext:
+    """A RunContext with a fresh run id, its event log and resource ledger; both close with `stack`
+    (the ledger last: whatever is still recorded then is removed)."""
+    run_id = new_run_id()
+    events = EventLog(out_dir / "events.jsonl")
+    stack.callback(events.close)
+    ledger = Ledger(run_id)
+    stack.callback(ledger.close)
+    return RunContext(experiment=exp, run_id=run_id, out_dir=out_dir, events=events, stack=stack, ledger=ledger,
+                      progress=progress or (lambda t, f: None), options=dict(options or {}))
+
+
 def run_one(exp: Experiment, out_root: Path, progress: Callable[[str, float | None], None] | None = None,
             options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one experiment into out_root/<id>/ and return its result dict.
@@ -78,17 +92,12 @@ def run_one(exp: Experiment, out_root: Path, progress: Callable[[str, float | No
                                  f"run it as root: sudo twlab run {exp.id}")
     out_dir = out_root / exp.id
     out_dir.mkdir(parents=True, exist_ok=True)
-    events = EventLog(out_dir / "events.jsonl")
     started = time.time()
     outcome: Outcome | None = None
     error: str | None = None
-    run_id = new_run_id()
     with ExitStack() as stack:
-        stack.callback(events.close)
-        ledger = Ledger(run_id)
-        stack.callback(ledger.close)  # last line of defence: whatever is still recorded goes
-        ctx = RunContext(experiment=exp, run_id=run_id, out_dir=out_dir, events=events, stack=stack, ledger=ledger,
-                         progress=progress or (lambda t, f: None), options=dict(options or {}))
+        ctx = open_context(exp, out_dir, stack, progress=progress, options=options)
+        events = ctx.events
         events.log("run-start", experiment=exp.id, run_id=ctx.run_id, kernel=ctx.kernel, root=ctx.root)
         try:
             with sigterm_as_interrupt():

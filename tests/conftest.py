@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.runner import open_context
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 if not CORPUS.is_dir():  # CI: shared/ sits beside the clone
@@ -26,3 +31,19 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"reference corpus not found at {CORPUS}")
     return CORPUS
+
+
+def lab_netns_of(run_id: str) -> list[str]:
+    netns = Path("/run/netns")
+    return [p.name for p in netns.glob(f"twl{run_id}*")] if netns.is_dir() else []
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunContext]:
+    """A RunContext as the runner makes it (run id, event log, ledger); afterwards no namespace of it is left."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    exp = Experiment(id=f"{name}-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
+    with ExitStack() as stack:
+        c = open_context(exp, tmp_path, stack)
+        yield c
+    assert not lab_netns_of(c.run_id), "namespace left behind"

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import socket
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
 from lab.agent import Agent, AgentError
-from lab.experiments.base import EventLog, Experiment, Outcome, RunContext
-from lab.resources import Ledger
+from lab.experiments.base import RunContext
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def ctx(tmp_path: Path):
-    exp = Experiment(id="agent-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
-    with ExitStack() as stack:
-        ledger = Ledger("a0a0a0")
-        stack.callback(ledger.close)
-        events = EventLog(tmp_path / "events.jsonl")
-        stack.callback(events.close)
-        yield RunContext(experiment=exp, run_id="a0a0a0", out_dir=tmp_path, events=events, stack=stack,
-                         ledger=ledger)
 
 
 def test_server_and_client_exchange_and_close(ctx: RunContext) -> None:

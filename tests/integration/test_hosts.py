@@ -10,41 +10,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from conftest import lab_netns_of
 
 from lab.errors import UsageError
-from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, new_run_id
+from lab.experiments.base import Experiment, Outcome, RunContext
 from lab.hosts.loopback import Loopback
-from lab.resources import Ledger
+from lab.runner import open_context
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ctx(stack: ExitStack, tmp: Path) -> RunContext:
-    exp = Experiment(id="hosts-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
-    run_id = new_run_id()
-    ledger = Ledger(run_id)
-    stack.callback(ledger.close)
-    events = EventLog(tmp / "events.jsonl")
-    stack.callback(events.close)
-    return RunContext(experiment=exp, run_id=run_id, out_dir=tmp, events=events, stack=stack, ledger=ledger)
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[RunContext]:
-    with ExitStack() as stack:
-        c = _ctx(stack, tmp_path)
-        yield c
-    assert not _mine(c.run_id), "namespace left behind"
-
-
-def _mine(run_id: str) -> list[str]:
-    return [p.name for p in Path("/run/netns").glob(f"twl{run_id}*")] if Path("/run/netns").is_dir() else []
+    return open_context(Experiment(id="hosts-test", claim="-", lore="-", run=lambda c: Outcome(True, {})), tmp, stack)
 
 
 def _host(key: str) -> str:
@@ -101,9 +83,9 @@ def test_teardown_on_exception(tmp_path: Path) -> None:
         c = _ctx(stack, tmp_path)
         run_id = c.run_id
         NetnsPair.create(c)
-        assert len(_mine(run_id)) == 2
+        assert len(lab_netns_of(run_id)) == 2
         raise RuntimeError("boom")
-    assert _mine(run_id) == []
+    assert lab_netns_of(run_id) == []
 
 
 def test_loopback_refuses_host_settings() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -15,20 +14,6 @@ from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, new_
 from lab.resources import Ledger
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[RunContext]:
-    exp = Experiment(id="inject-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
-    run_id = new_run_id()
-    with ExitStack() as stack:
-        ledger = Ledger(run_id)
-        stack.callback(ledger.close)
-        events = EventLog(tmp_path / "events.jsonl")
-        stack.callback(events.close)
-        yield RunContext(experiment=exp, run_id=run_id, out_dir=tmp_path, events=events, stack=stack,
-                         ledger=ledger)
-    assert not Path("/run/netns", f"twl{run_id}k").exists(), "namespace left behind"
 
 
 def _ss(ns: str) -> str:

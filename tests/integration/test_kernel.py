@@ -6,28 +6,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
 from lab import kernel
-from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, new_run_id
-from lab.resources import Ledger
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[RunContext]:
-    exp = Experiment(id="kernel-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
-    run_id = new_run_id()
-    with ExitStack() as stack:
-        ledger = Ledger(run_id)
-        stack.callback(ledger.close)
-        events = EventLog(tmp_path / "events.jsonl")
-        stack.callback(events.close)
-        yield RunContext(experiment=exp, run_id=run_id, out_dir=tmp_path, events=events, stack=stack, ledger=ledger)
-    assert not any(Path("/run/netns").glob(f"twl{run_id}*")), "namespace left behind"
+from lab.experiments.base import RunContext
 
 
 def _pair_on_lo() -> tuple[socket.socket, socket.socket, socket.socket, int]:
