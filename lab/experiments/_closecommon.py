@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from lab import kernel
 from lab.core.model import Flags, Segment
+from lab.experiments.base import Outcome
 from lab.hosts.netns import NetnsPair
 
 if TYPE_CHECKING:
@@ -321,3 +322,14 @@ def wait_until(pred: Any, timeout_s: float, step_s: float = 0.01) -> bool:
 def finish(*agents: Agent, timeout_s: float = 10.0) -> None:
     for a in agents:
         a.finish(timeout_s)
+
+
+def outcome(reproduced: bool, obs: dict[str, Any], story: list[tuple[str, str]], notes: list[str],
+            rec: Recording, pair: NetnsPair, capture: Any, comparison: dict[str, Any] | None = None) -> Outcome:
+    """The common tail of a close experiment: the hosts' settings, the capture summary and (when made) the
+    kernel-vs-analyzer comparison go into the observations; a skipped capture into `skipped`."""
+    obs = {**obs, "hosts": hosts_observation(pair), "capture": rec.summary()}
+    if comparison is not None:
+        obs["kernel_vs_analyzer"] = comparison
+    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
+                   rec.analysis())

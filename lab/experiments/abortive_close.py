@@ -100,15 +100,11 @@ def run(ctx: RunContext) -> Outcome:
         "time_wait_after_linger0": a["time_wait_any"],
         "time_wait_after_unread_close": b["time_wait_any"],
         "cases": cases,
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
-        "kernel_vs_analyzer": comparison,
     }
     notes = ["Linux counts the two paths apart: SO_LINGER {1,0} as TcpExtTCPAbortOnData, close() with unread "
              "data as TcpExtTCPAbortOnClose."] if a["counters"].get("TcpExtTCPAbortOnData") and \
         b["counters"].get("TcpExtTCPAbortOnClose") else []
-    return Outcome(ok, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(ok, obs, story, notes, rec, pair, capture, comparison)
 
 
 EXPERIMENT = Experiment(

@@ -146,11 +146,8 @@ def run(ctx: RunContext) -> Outcome:
         "tw_reuse_all_succeeded": cases["B"]["first_failure_at"] is None,
         "no_timestamps_errno": cases["C"]["errno"],
         "cases": cases,
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
     }
-    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(reproduced, obs, story, notes, rec, pair, capture)
 
 
 EXPERIMENT = Experiment(

@@ -136,12 +136,8 @@ def run(ctx: RunContext) -> Outcome:
         "segments_close_after_80ms": e.get("segments"),
         "ack_delay_ms": a.get("ack_delay_ms"),
         "cases": cases,
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
-        "kernel_vs_analyzer": comparison,
     }
-    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(reproduced, obs, story, notes, rec, pair, capture, comparison)
 
 
 EXPERIMENT = Experiment(

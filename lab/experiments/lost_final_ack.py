@@ -105,12 +105,8 @@ def run(ctx: RunContext) -> Outcome:
         "second_ack": cc.seg_dict(close.acks_after[0] if close.acks_after else None, t0),
         "labels": labels,
         "analyzer_findings": findings,
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
-        "kernel_vs_analyzer": comparison,
     }
-    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(reproduced, obs, story, notes, rec, pair, capture, comparison)
 
 
 EXPERIMENT = Experiment(

@@ -138,12 +138,8 @@ def run(ctx: RunContext) -> Outcome:
         "fin_wait_2_s": fw2,
         "tcp_fin_timeout_client": FIN_TIMEOUT_S,
         "connections": results,
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
-        "kernel_vs_analyzer": comparison,
     }
-    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(reproduced, obs, story, notes, rec, pair, capture, comparison)
 
 
 

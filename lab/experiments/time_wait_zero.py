@@ -122,12 +122,8 @@ def run(ctx: RunContext) -> Outcome:
         "rto_ms": a["retransmitted_fin"]["t_ms"] if a["retransmitted_fin"] else None,
         "orphan_first_fin_rst": b_rst_first,
         "cases": {"A": a, "B": b},
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
-        "kernel_vs_analyzer": comparison,
     }
-    return Outcome(a_ok, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(a_ok, obs, story, notes, rec, pair, capture, comparison)
 
 
 EXPERIMENT = Experiment(

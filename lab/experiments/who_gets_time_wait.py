@@ -72,12 +72,8 @@ def run(ctx: RunContext) -> Outcome:
         "server_first_time_wait_side": cases["server"]["time_wait_side"],
         "time_wait_remaining_ms": cases["client"]["time_wait_remaining_ms"],
         "cases": cases,
-        "hosts": cc.hosts_observation(pair),
-        "capture": rec.summary(),
-        "kernel_vs_analyzer": comparison,
     }
-    return Outcome(reproduced, obs, story, notes, [rec.skipped_reason] if rec.skipped_reason else [], capture,
-                   rec.analysis())
+    return cc.outcome(reproduced, obs, story, notes, rec, pair, capture, comparison)
 
 
 EXPERIMENT = Experiment(
