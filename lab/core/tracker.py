@@ -196,7 +196,7 @@ class Analyzer:
     """Feed segments in capture order, then finish() for the Report."""
 
     def __init__(self, profile: str | Profile = "linux", time_wait_s: float | None = None,
-                 detail: bool = True) -> None:
+                 detail: bool = True, keep: bool = True) -> None:
         if isinstance(profile, Profile):
             prof = profile if time_wait_s is None else get_profile(profile.name, time_wait_s)
         else:
@@ -218,11 +218,20 @@ class Analyzer:
         # detail=False: finished connections keep no state timeline or segment roles (no frame notes, no
         # ladder), which roughly halves the memory of a report on a churn capture with 100k+ connections
         self.detail = detail
+        # keep=False (streaming): finished records are not kept for finish()'s Report; drain() hands them out
+        self.keep = keep
 
     # -- the per-segment path -----------------------------------------------------------------------
 
     def feed(self, seg: Segment) -> None:
-        frame, ts, si, sp, di, dp, seq, ack, flags, win, plen, tsval = seg[:12]
+        t = seg.tsval
+        self.feed_fields(seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7], seg[8], seg[9], seg[10],
+                         -1 if t is None else t)
+
+    def feed_fields(self, frame: int, ts: float, si: str, sp: int, di: str, dp: int, seq: int, ack: int,
+                    flags: int, win: int, plen: int, tsval_or_neg: int) -> None:
+        """feed() without a Segment: the readers' compiled fast path calls this. tsval_or_neg < 0: no TSval."""
+        tsval = None if tsval_or_neg < 0 else tsval_or_neg
         self._segments += 1
         if frame > self._max_frame:
             self._max_frame = frame
@@ -892,12 +901,24 @@ class Analyzer:
                                {"verdict": verdict, "side": SIDE[s],
                                 "previous_connection": conn.prev.id if conn.prev else None}))
 
+    def drain(self) -> tuple[list[Connection], list[Finding]]:
+        """Streaming (keep=False): the connections and findings finished since the last drain(), in the
+        order they finished. After finish(), one more drain() returns the rest."""
+        conns, findings = self._done, self._findings
+        self._done, self._findings = [], []
+        return conns, findings
+
     def finish(self) -> Report:
+        """Ends the capture: every open connection is finished. keep=False: the Report carries only the
+        counts; drain() returns the records."""
         if self._finished is not None:
             return self._finished
         for conn in sorted(self._open.values(), key=lambda c: c.id):
             self._finalize(conn)
         self._open.clear()
+        if not self.keep:
+            self._finished = Report((), (), self.profile.name, self.tw_s, self._segments, self._max_frame)
+            return self._finished
         conns = tuple(sorted(self._done, key=lambda c: c.id))
         findings = tuple(sorted(self._findings, key=lambda f: (f.frames[0] if f.frames else 0, f.kind)))
         self._finished = Report(conns, findings, self.profile.name, self.tw_s, self._segments, self._max_frame)
