@@ -21,16 +21,19 @@ import gzip
 import socket
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from lab.core.model import Segment
 from lab.errors import BadCapture
 
-__all__ = ["SUPPORTED_LINKTYPES", "CaptureReader", "RawFrame", "ReaderStats", "decode_frame", "iter_frames",
-           "read_segments"]
+if TYPE_CHECKING:
+    from lab.core.tracker import Analyzer
+
+__all__ = ["SUPPORTED_LINKTYPES", "CaptureReader", "RawFrame", "ReaderStats", "decode_frame", "feed_file",
+           "iter_frames", "read_segments"]
 
 
 class RawFrame(NamedTuple):
@@ -744,6 +747,30 @@ class CaptureReader:
 def read_segments(path: str | Path) -> Iterator[Segment]:
     """The TCP segments of a capture file, in file order (frame numbers count every packet)."""
     return iter(CaptureReader(path))
+
+
+_BATCH = 65_536  # segments between on_batch() calls
+
+
+def feed_file(path: str | Path, analyzer: Analyzer, on_batch: Callable[[], None] | None = None) -> ReaderStats:
+    """Feed every TCP segment of a capture file to `analyzer` in file order; returns the reader's stats.
+
+    on_batch() is called after every chunk of the file (and once at the end) so a streaming caller can
+    drain finished records. Same formats, frames, segments, stats and BadCapture errors as CaptureReader.
+    """
+    reader = CaptureReader(path)
+    feed = analyzer.feed
+    n = 0
+    for seg in reader:
+        feed(seg)
+        n += 1
+        if n == _BATCH:
+            n = 0
+            if on_batch is not None:
+                on_batch()
+    if on_batch is not None:
+        on_batch()
+    return reader.stats
 
 
 def iter_frames(path: str | Path) -> Iterator[RawFrame]:
