@@ -7,18 +7,23 @@ at the frame of its segment, and its *receive* events apply at the first of its 
 acknowledges them (the textbook ladder: "ACK M+1 — client: ESTABLISHED -> CLOSE_WAIT"). When the peer
 must have received something before it acts on a later segment (segments of one direction arrive in
 order), the earlier receipt is applied first and marked inferred. States come only from
-lab.core.tcpstate.TRANSITIONS.
+lab.core.tcpstate.TRANSITIONS (here flattened into a list indexed by state and input codes).
 
-Memory grows with open connections: a connection whose TIME_WAIT windows have passed in capture time and
-that has been idle for 2*MSL is turned into a compact Connection record; per four-tuple only the last
-incarnation is kept for reuse and delayed-duplicate checks.
+Memory follows open connections: a connection is finished into a compact Connection record once a later
+incarnation of its four-tuple is under way (both sides of the new one have sent), or once its TIME_WAIT
+windows have passed in capture time and it has been idle for 2*MSL; per four-tuple only the last finished
+incarnation is kept, for the reuse and delayed-duplicate checks of the next one.
+
+Written for mypyc (lab/build.py compiles this module; the same source runs interpreted): hot fields are
+plain ints with -1 for "not seen" instead of Optional, states and inputs are small int codes, and the
+TcpState/Input enums appear only in the records handed out.
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from lab.core.model import Segment
 from lab.core.profiles import Profile, get_profile
@@ -26,23 +31,100 @@ from lab.core.report import Close, Connection, Finding, Report, TimeWaitWindow
 from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TSval) space
 from lab.core.tcpstate import TRANSITIONS, Input, TcpState, bridge, path_to
 
-_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
-_M32 = 0xFFFFFFFF
-_HALF = 1 << 31
-_SWEEP_EVERY = 4096
+_FIN: Final = 0x01
+_SYN: Final = 0x02
+_RST: Final = 0x04
+_ACK: Final = 0x10
+_M32: Final = 0xFFFFFFFF
+_HALF: Final = 1 << 31
+_SWEEP_EVERY: Final = 4096
+NONE: Final = -1          # "not seen" for sequence numbers, ISNs, timestamps (all are >= 0)
 
-S = TcpState
-SIDE = ("client", "server")
-_EST = S.ESTABLISHED
-_BRIDGES: dict[tuple[TcpState, Input], Any] = {}   # memo of tcpstate.bridge()
+# state and input codes: positions in the enums (checked below)
+CLOSED: Final = 0
+LISTEN: Final = 1
+SYN_SENT: Final = 2
+SYN_RECEIVED: Final = 3
+ESTABLISHED: Final = 4
+FIN_WAIT_1: Final = 5
+FIN_WAIT_2: Final = 6
+CLOSE_WAIT: Final = 7
+CLOSING: Final = 8
+LAST_ACK: Final = 9
+TIME_WAIT: Final = 10
+
+SEND_SYN: Final = 0
+RCV_SYN: Final = 1
+SEND_SYNACK: Final = 2
+RCV_SYNACK: Final = 3
+RCV_ACK_OF_SYN: Final = 4
+SEND_FIN: Final = 5
+RCV_FIN: Final = 6
+RCV_ACK_OF_FIN: Final = 7
+SEND_RST: Final = 8
+RCV_RST: Final = 9
+TIMEOUT_2MSL: Final = 10
+
+STATES: Final = tuple(TcpState)
+INPUTS: Final = tuple(Input)
+_NS: Final = 11
+_NI: Final = 11
+if (len(STATES), len(INPUTS)) != (_NS, _NI) or STATES[TIME_WAIT] is not TcpState.TIME_WAIT \
+        or STATES[ESTABLISHED] is not TcpState.ESTABLISHED or INPUTS[RCV_ACK_OF_FIN] is not Input.RCV_ACK_OF_FIN \
+        or INPUTS[TIMEOUT_2MSL] is not Input.TIMEOUT_2MSL or STATES[LAST_ACK] is not TcpState.LAST_ACK:
+    raise ImportError("tracker's state/input codes no longer match lab.core.tcpstate")
+
+
+def _next_table() -> list[int]:
+    """TRANSITIONS as next[state * _NI + input]; -1: no arc."""
+    nxt = [-1] * (_NS * _NI)
+    for (st, inp), to in TRANSITIONS.items():
+        nxt[STATES.index(st) * _NI + INPUTS.index(inp)] = STATES.index(to)
+    return nxt
+
+
+def _bridge_table() -> list[list[int] | None]:
+    """tcpstate.bridge() for every (state, input) pair, as input codes."""
+    out: list[list[int] | None] = []
+    for st in STATES:
+        for inp in INPUTS:
+            path = bridge(st, inp)
+            out.append(None if path is None else [INPUTS.index(i) for i in path])
+    return out
+
+
+# Final: mypyc keeps these in C statics instead of looking them up in the module dict per use
+_NEXT: Final = _next_table()
+_BRIDGE: Final = _bridge_table()
+_LISTEN_TO_EST: Final = [INPUTS.index(i) for i in path_to(TcpState.LISTEN, TcpState.ESTABLISHED) or ()]
+
+SIDE: Final = ("client", "server")
 
 
 def _ep(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def _name(s: int) -> str:
+    return "client" if s == 0 else "server"
+
+
+class _TW:
+    """One side's TIME_WAIT window in capture time."""
+
+    __slots__ = ("end_frame", "end_ts", "ended_by", "restarts", "start_frame", "start_ts")
+
+    def __init__(self, start_ts: float, start_frame: int, end_ts: float) -> None:
+        self.start_ts = start_ts
+        self.start_frame = start_frame
+        self.end_ts = end_ts
+        self.restarts: tuple[int, ...] = ()
+        self.ended_by = "timeout"             # timeout | rst | syn
+        self.end_frame = 0                    # the RST or SYN that ended it early (0: none)
+
+
 class _Side:
-    """What the capture shows of one endpoint in one incarnation."""
+    """What the capture shows of one endpoint in one incarnation (-1: not seen; frame 0: none)."""
 
     __slots__ = (
         "acked_peer_fin",
@@ -76,18 +158,18 @@ class _Side:
         "win",
     )
 
-    def __init__(self, ep: str, state: TcpState) -> None:
+    def __init__(self, ep: str, state: int) -> None:
         self.ep = ep
         self.state = state
-        self.isn: int | None = None
-        self.base: int | None = None          # ISN, or first seq - 1 without a SYN (as Wireshark numbers)
+        self.isn = NONE
+        self.base = NONE                      # ISN, or first seq - 1 without a SYN (as Wireshark numbers)
         self.syn_frame = 0
-        self.snd_max: int | None = None       # highest seq + len sent
-        self.fin_seq: int | None = None       # sequence number the FIN occupies
+        self.snd_max = NONE                   # highest seq + len sent
+        self.fin_seq = NONE                   # sequence number the FIN occupies
         self.fin_frame = 0
         self.last_fin_frame = 0
         self.fin_retx: tuple[int, ...] = ()
-        self.pre_fin_ack: TcpState | None = None   # its state before the ACK of its FIN (undone if that ACK was lost)
+        self.pre_fin_ack = NONE               # its state before the ACK of its FIN (undone if that ACK was lost)
         self.fin_acked_frame = 0              # the peer's ACK of this side's FIN that this side received
         self.fin_ack_wire = 0                 # the first ACK of it on the wire (received or not)
         self.got_fin = False                  # this side has received the peer's FIN
@@ -95,17 +177,17 @@ class _Side:
         self.acked_peer_fin = 0               # this side's latest segment that ACKs the peer's FIN
         self.acked_peer_fin_ts = 0.0
         self.syn_ts = 0.0
-        self.syn_ack: int | None = None       # the ACK field of its SYN-ACK
+        self.syn_ack = NONE                   # the ACK field of its SYN-ACK
         self.fin_ts = 0.0
-        self.fin_ack_val: int | None = None   # the ACK field of its latest FIN transmission
-        self.rtt: float | None = None         # shortest time it took to answer a SYN/SYN-ACK/FIN seen here
-        self.ts_first: int | None = None
-        self.ts_last: int | None = None
+        self.fin_ack_val = NONE               # the ACK field of its latest FIN transmission (-1: no ACK flag)
+        self.rtt = -1.0                       # shortest time it took to answer a SYN/SYN-ACK/FIN seen here
+        self.ts_first = NONE
+        self.ts_last = NONE
         self.win = 65535
         self.rst_frame = 0
         self.last_frame = 0
         self.reack_pending = False
-        self.tw: list[Any] | None = None      # [start_ts, start_frame, end_ts, restarts, ended_by, end_frame]
+        self.tw: _TW | None = None
 
 
 class _Reuse:
@@ -128,13 +210,23 @@ class _Reuse:
         self.syn_ts = 0.0
 
 
+class _Tuple:
+    __slots__ = ("conn", "count", "eps", "prev")
+
+    def __init__(self, eps: tuple[str, str]) -> None:
+        self.eps = eps                        # eps[d]: sender of direction d
+        self.conn: _Conn | None = None
+        self.prev: _Conn | None = None
+        self.count = 0
+
+
 class _Conn:
-    __slots__ = ("cdir", "close_extra", "done", "dups", "fin_order", "first_frame", "first_ts", "half_close_frame",
-                 "id", "incarnation", "last_frame", "last_ts", "mid", "packets", "prev", "reuse", "roles", "rsts",
-                 "sides", "trans", "tuple")
+    __slots__ = ("cdir", "close_extra", "done", "dups", "fin_first", "first_frame", "first_ts", "half_close_frame",
+                 "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "packets", "prev", "reuse", "roles",
+                 "rsts", "sides", "trans", "tuple")
 
     def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
-                 mid: bool, synack: bool = False) -> None:
+                 mid: bool, synack: bool) -> None:
         self.id = cid
         self.tuple = tup
         self.cdir = cdir                      # direction index of the client's segments in tup
@@ -146,11 +238,16 @@ class _Conn:
         self.packets = 0
         self.mid = mid
         # no SYN seen: both ESTABLISHED (assumed); first seen a SYN-ACK: the client's SYN went unseen
-        st_c, st_s = (S.ESTABLISHED, S.ESTABLISHED) if mid else ((S.SYN_SENT if synack else S.CLOSED), S.LISTEN)
-        self.sides = (_Side(tup.eps[cdir], st_c), _Side(tup.eps[cdir ^ 1], st_s))
-        self.trans: list[tuple[int, int, TcpState, TcpState, bool, Input]] = []
+        if mid:
+            st_c, st_s = ESTABLISHED, ESTABLISHED
+        else:
+            st_c, st_s = (SYN_SENT if synack else CLOSED), LISTEN
+        self.sides = [_Side(tup.eps[cdir], st_c), _Side(tup.eps[cdir ^ 1], st_s)]
+        # (frame, side, from, to, inferred, input) as codes; kept only with detail
+        self.trans: list[tuple[int, int, int, int, bool, int]] = []
         self.roles: list[tuple[int, int, str]] = []
-        self.fin_order: list[int] = []
+        self.nfin = 0                         # sides that have sent a FIN (0..2)
+        self.fin_first = -1                   # the side whose FIN came first
         self.rsts: tuple[tuple[int, int], ...] = ()    # (frame, side); tuples: most connections have none
         self.half_close_frame = 0
         self.prev: _Conn | None = None
@@ -158,38 +255,6 @@ class _Conn:
         self.dups: tuple[tuple[int, int, str, str], ...] = ()     # (frame, side, verdict, why)
         self.close_extra: tuple[tuple[str, tuple[int, ...], str, dict[str, Any]], ...] = ()
         self.done = False                     # finalized into a Connection record: read-only from here
-
-
-class _NoRoles(list[tuple[int, int, str]]):
-    """Where roles go when the report keeps no detail: appending is free and keeps nothing."""
-
-    __slots__ = ()
-
-    def append(self, item: Any) -> None:
-        pass
-
-
-_NO_ROLES = _NoRoles()
-
-
-class _NoTrans(list[tuple[int, int, TcpState, TcpState, bool, Input]]):
-    __slots__ = ()
-
-    def append(self, item: Any) -> None:
-        pass
-
-
-_NO_TRANS = _NoTrans()
-
-
-class _Tuple:
-    __slots__ = ("conn", "count", "eps", "prev")
-
-    def __init__(self, eps: tuple[str, str]) -> None:
-        self.eps = eps                        # eps[d]: sender of direction d
-        self.conn: _Conn | None = None
-        self.prev: _Conn | None = None
-        self.count = 0
 
 
 class Analyzer:
@@ -225,29 +290,29 @@ class Analyzer:
 
     def feed(self, seg: Segment) -> None:
         t = seg.tsval
-        self.feed_fields(seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7], seg[8], seg[9], seg[10],
-                         -1 if t is None else t)
+        self.feed_fields(seg.frame, seg.ts_s, seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.seq, seg.ack,
+                         seg.flags, seg.window, seg.payload_len, NONE if t is None else t)
 
     def feed_fields(self, frame: int, ts: float, si: str, sp: int, di: str, dp: int, seq: int, ack: int,
-                    flags: int, win: int, plen: int, tsval_or_neg: int) -> None:
-        """feed() without a Segment: the readers' compiled fast path calls this. tsval_or_neg < 0: no TSval."""
-        tsval = None if tsval_or_neg < 0 else tsval_or_neg
+                    flags: int, win: int, plen: int, tsval: int) -> None:
+        """feed() without a Segment (the readers' compiled fast path calls this); tsval -1: no TS option."""
         self._segments += 1
         if frame > self._max_frame:
             self._max_frame = frame
         self._now = ts
-        hit = self._tuples.get((si, sp, di, dp))
+        key = (si, sp, di, dp)
+        hit = self._tuples.get(key)
         if hit is None:
             tup = _Tuple((_ep(si, sp), _ep(di, dp)))
-            self._tuples[(si, sp, di, dp)] = (tup, 0)
+            self._tuples[key] = (tup, 0)
             self._tuples[(di, dp, si, sp)] = (tup, 1)
             d = 0
         else:
             tup, d = hit
         conn = tup.conn
         if conn is None or flags & _SYN or (conn.incarnation and not flags & _RST
-                                            and conn.sides[d ^ conn.cdir].snd_max is None):
-            routed = self._route(tup, d, conn, frame, ts, seq, ack, flags, tsval, plen, si, sp, dp)
+                                            and conn.sides[d ^ conn.cdir].snd_max < 0):
+            routed = self._route(tup, d, conn, frame, ts, seq, ack, flags, tsval, plen, sp, dp)
             if routed is None:
                 return
             conn = routed
@@ -258,72 +323,79 @@ class Analyzer:
         conn.last_ts = ts
         # fast path: an ACK/data segment with nothing pending on the connection (data in a later
         # incarnation needs the delayed-duplicate check)
-        if not flags & 0x07 and not conn.fin_order and side.state is _EST and conn.sides[s ^ 1].state is _EST \
+        if not flags & 0x07 and not conn.nfin and side.state == ESTABLISHED \
+                and conn.sides[s ^ 1].state == ESTABLISHED \
                 and (not plen or not conn.incarnation or (
                     # plainly inside this incarnation's own sequence space and clock: no duplicate check needed
-                    side.base is not None and side.snd_max is not None
-                    and 0 <= ((seq - side.base) & _M32) <= ((side.snd_max - side.base) & _M32)
-                    and (tsval is None or side.ts_first is None or ((tsval - side.ts_first) & _M32) < _HALF))):
+                    side.base >= 0 and side.snd_max >= 0
+                    and ((seq - side.base) & _M32) <= ((side.snd_max - side.base) & _M32)
+                    and (tsval < 0 or side.ts_first < 0 or ((tsval - side.ts_first) & _M32) < _HALF))):
             side.last_frame = frame
-            end = seq + plen
-            if side.snd_max is None:
-                side.snd_max = end & _M32
+            end = (seq + plen) & _M32
+            if side.snd_max < 0:
+                side.snd_max = end
                 side.base = (seq - 1) & _M32
             elif plen and 0 < ((end - side.snd_max) & _M32) < _HALF:
-                side.snd_max = end & _M32
-            if tsval is not None:
-                if side.ts_first is None:
+                side.snd_max = end
+            if tsval >= 0:
+                if side.ts_first < 0:
                     side.ts_first = tsval
                 side.ts_last = tsval
             side.win = win
             return
         self._segment(conn, s, frame, ts, seq, ack, flags, win, plen, tsval)
+        prev = conn.prev
+        if prev is not None and not prev.done and conn.sides[0].snd_max >= 0 and conn.sides[1].snd_max >= 0:
+            # both sides of the new incarnation have sent: nothing more can belong to the old one
+            self._finish_conn(prev)
         if self._segments % _SWEEP_EVERY == 0 and ts - self._last_sweep >= self._sweep_gap:
             self._last_sweep = ts
             self._sweep(ts)
 
     def _route(self, tup: _Tuple, d: int, conn: _Conn | None, frame: int, ts: float, seq: int, ack: int,
-               flags: int, tsval: int | None, plen: int, si: str, sp: int, dp: int) -> _Conn | None:
+               flags: int, tsval: int, plen: int, sp: int, dp: int) -> _Conn | None:
         """The incarnation this segment belongs to (a new one on a new SYN); None when handled here."""
         if flags & _SYN:
             if not flags & _ACK:
                 if conn is None or self._syn_starts_new(conn, d ^ conn.cdir, seq):
-                    return self._new_conn(tup, d, frame, ts, seq, tsval, syn=True)
+                    return self._new_conn(tup, d, frame, ts, seq, tsval, True, False)
                 return conn
             if conn is None or self._over(conn):
-                return self._new_conn(tup, d ^ 1, frame, ts, seq, tsval, syn=False)
-            if conn.incarnation and conn.prev is not None and conn.sides[d ^ conn.cdir].snd_max is None \
+                return self._new_conn(tup, d ^ 1, frame, ts, seq, tsval, False, False)
+            if conn.incarnation and conn.prev is not None and conn.sides[d ^ conn.cdir].snd_max < 0 \
                     and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
                 return None
             return conn
         if conn is None:
             # no handshake seen: the lower port is taken as the server (80 vs 3363), else the first sender
             cdir = d ^ 1 if sp < dp else d
-            return self._new_conn(tup, cdir, frame, ts, seq, tsval, syn=False, mid=True)
+            return self._new_conn(tup, cdir, frame, ts, seq, tsval, False, True)
         if conn.incarnation and conn.prev is not None and not flags & _RST:
             s = d ^ conn.cdir
-            if conn.sides[s].snd_max is None and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
+            if conn.sides[s].snd_max < 0 and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
                 return None
         return conn
 
     def _syn_starts_new(self, conn: _Conn, s: int, seq: int) -> bool:
         side = conn.sides[s]
-        if side.isn is not None and side.syn_frame:
+        if side.isn >= 0 and side.syn_frame:
             if seq == side.isn:
                 return self._over(conn)       # a retransmission, unless that incarnation is over
             return True
         peer = conn.sides[s ^ 1]
-        if not conn.mid and peer.syn_ack is not None and peer.syn_ack == (seq + 1) & _M32 and not self._over(conn):
+        if not conn.mid and peer.syn_ack >= 0 and peer.syn_ack == (seq + 1) & _M32 and not self._over(conn):
             return False                      # the SYN-ACK answering this SYN was captured first
         # simultaneous open: both sides send a SYN
-        return not (peer.syn_frame and peer.state in (S.SYN_SENT, S.CLOSED) and not conn.fin_order and not conn.rsts)
+        return not (peer.syn_frame and (peer.state == SYN_SENT or peer.state == CLOSED) and not conn.nfin
+                    and not conn.rsts)
 
     @staticmethod
     def _over(conn: _Conn) -> bool:
         if conn.rsts:
             return True
-        c, s = conn.sides
-        return c.state in (S.CLOSED, S.TIME_WAIT) and s.state in (S.CLOSED, S.TIME_WAIT) and bool(conn.fin_order)
+        c = conn.sides[0].state
+        s = conn.sides[1].state
+        return c in (CLOSED, TIME_WAIT) and s in (CLOSED, TIME_WAIT) and conn.nfin > 0
 
     def _old_answer(self, conn: _Conn, d: int, frame: int, ts: float, seq: int, ack: int, flags: int,
                     plen: int) -> bool:
@@ -333,7 +405,7 @@ class Analyzer:
         assert prev is not None
         ps = d ^ prev.cdir
         old = prev.sides[ps]
-        if prev.done or plen or not flags & _ACK or flags & _FIN or old.snd_max is None or old.state is S.CLOSED:
+        if prev.done or plen or not flags & _ACK or flags & _FIN or old.snd_max < 0 or old.state == CLOSED:
             return False
         if prev.sides[ps ^ 1].snd_max != ack:
             return False
@@ -346,24 +418,22 @@ class Analyzer:
         prev.last_frame = frame
         prev.last_ts = ts
         old.last_frame = frame
-        tw = old.state is S.TIME_WAIT
-        what = ("ACK of the old connection: TIME_WAIT refuses the new SYN" if tw else
-                "answer from the old connection's state (SYN-ACK retransmission)" if flags & _SYN else
-                "ACK of the old connection (its half-open state answers the new SYN)")
-        prev.roles.append((frame, ps, what))
+        tw = old.state == TIME_WAIT
+        if self.detail:
+            what = ("ACK of the old connection: TIME_WAIT refuses the new SYN" if tw else
+                    "answer from the old connection's state (SYN-ACK retransmission)" if flags & _SYN else
+                    "ACK of the old connection (its half-open state answers the new SYN)")
+            prev.roles.append((frame, ps, what))
         r = conn.reuse
         if r is not None and not r.answer:
             r.answer = "old connection's ACK (refused)" if tw else "old connection's state"
             r.answer_frame = frame
         return True
 
-    def _new_conn(self, tup: _Tuple, cdir: int, frame: int, ts: float, seq: int, tsval: int | None, syn: bool,
-                  mid: bool = False) -> _Conn:
+    def _new_conn(self, tup: _Tuple, cdir: int, frame: int, ts: float, seq: int, tsval: int, syn: bool,
+                  mid: bool) -> _Conn:
         old = tup.conn
-        conn = _Conn(self._next_id, tup, cdir, tup.count, frame, ts, mid, synack=not syn and not mid)
-        if not self.detail:
-            conn.roles = _NO_ROLES
-            conn.trans = _NO_TRANS
+        conn = _Conn(self._next_id, tup, cdir, tup.count, frame, ts, mid, not syn and not mid)
         self._next_id += 1
         tup.count += 1
         if old is not None:
@@ -382,13 +452,20 @@ class Analyzer:
     # -- reuse of a four-tuple ------------------------------------------------------------------------
 
     def _check_reuse(self, old: _Conn, conn: _Conn, cdir: int, frame: int, ts: float, seq: int,
-                     tsval: int | None) -> None:
+                     tsval: int) -> None:
         """A new SYN from the side at direction cdir: judged against the old incarnation's TIME_WAIT windows
         as Linux's tcp_timewait_state_process (RFC 6191) would."""
         snd = cdir ^ old.cdir                 # the SYN sender's side index in the old incarnation
         rcv = snd ^ 1
-        open_w = [i for i in (0, 1) if (tw := old.sides[i].tw) is not None and tw[4] == "timeout" and tw[2] >= ts]
-        ended = [i for i in (0, 1) if old.sides[i].tw is not None and i not in open_w]
+        open_w: list[int] = []
+        ended: list[int] = []
+        for i in (0, 1):
+            w = old.sides[i].tw
+            if w is not None:
+                if w.ended_by == "timeout" and w.end_ts >= ts:
+                    open_w.append(i)
+                else:
+                    ended.append(i)
         if not open_w and not ended:
             return
         r = _Reuse()
@@ -397,30 +474,34 @@ class Analyzer:
         osnd, orcv = old.sides[snd], old.sides[rcv]
         if not open_w:
             r.kind = "reuse-after-time-wait"
-            ends = [w[2] for i in ended if (w := old.sides[i].tw) is not None]
-            r.window_end = max(ends)
-            r.elapsed_s = ts - r.window_end
-            r.holders = [SIDE[i] for i in ended]
+            end = float("-inf")
+            for i in ended:
+                w = old.sides[i].tw
+                if w is not None and w.end_ts > end:
+                    end = w.end_ts
+            r.window_end = end
+            r.elapsed_s = ts - end
+            r.holders = [_name(i) for i in ended]
             conn.reuse = r
             return
         r.kind = "reuse-in-time-wait"
-        r.holders = [SIDE[i] for i in open_w]
+        r.holders = [_name(i) for i in open_w]
         r.holder_sides = open_w
         r.old = old
         r.syn_ts = ts
-        w = old.sides[open_w[0]].tw
-        assert w is not None
-        r.elapsed_s = ts - w[0]
-        r.window_end = w[2]
-        newer_ts = tsval is not None and osnd.ts_last is not None and _d(tsval, osnd.ts_last) > 0
-        older_ts = tsval is not None and osnd.ts_last is not None and _d(tsval, osnd.ts_last) < 0
+        w0 = old.sides[open_w[0]].tw
+        assert w0 is not None
+        r.elapsed_s = ts - w0.start_ts
+        r.window_end = w0.end_ts
+        newer_ts = tsval >= 0 and osnd.ts_last >= 0 and _d(tsval, osnd.ts_last) > 0
+        older_ts = tsval >= 0 and osnd.ts_last >= 0 and _d(tsval, osnd.ts_last) < 0
         if rcv in open_w:
             rcv_nxt = osnd.snd_max
             if older_ts:
                 r.verdict, r.reason = "refused", "its timestamp is older than the last one TIME_WAIT saw (PAWS)"
                 if self._any_ack_restarts:     # a PAWS-rejected segment reschedules TIME_WAIT on Linux
                     self._tw_restart(orcv, frame, ts)
-            elif rcv_nxt is not None and _d(seq, rcv_nxt) > 0:
+            elif rcv_nxt >= 0 and _d(seq, rcv_nxt) > 0:
                 r.verdict, r.reason = "acceptable", "its ISN is above the old connection's sequence space"
             elif newer_ts:
                 r.verdict, r.reason = "acceptable", "its timestamp is newer than the old connection's"
@@ -433,9 +514,9 @@ class Analyzer:
                     self._tw_end(osnd, "syn", frame, ts)
         else:
             # the SYN's own sender holds TIME_WAIT (a client reusing its port): nothing on the peer refuses it
-            old_isn = osnd.isn if osnd.isn is not None else (
-                (orcv.syn_ack - 1) & _M32 if orcv.syn_ack is not None else None)   # its SYN unseen: SYN-ACK's ack
-            if old_isn is not None and seq == old_isn:
+            old_isn = osnd.isn if osnd.isn >= 0 else (
+                (orcv.syn_ack - 1) & _M32 if orcv.syn_ack >= 0 else NONE)   # its SYN unseen: SYN-ACK's ack
+            if old_isn >= 0 and seq == old_isn:
                 r.verdict, r.reason = ("dangerous", "it carries the old connection's ISN: a delayed duplicate of "
                                                     "the old SYN, which a listener would take as new")
                 conn.dups += ((frame, 0, "could be accepted",
@@ -443,7 +524,7 @@ class Analyzer:
                                "SYN sender's TIME_WAIT cannot stop it and a listener would answer it"),)
                 conn.reuse = r
                 return
-            if osnd.snd_max is not None and _d(seq, osnd.snd_max) > 0:
+            if osnd.snd_max >= 0 and _d(seq, osnd.snd_max) > 0:
                 r.verdict, r.reason = "acceptable", "its ISN is above its old sequence space"
             elif newer_ts:
                 r.verdict, r.reason = "acceptable", "its timestamp is newer than the old connection's"
@@ -455,55 +536,53 @@ class Analyzer:
 
     # -- state machine ---------------------------------------------------------------------------------
 
-    def _go(self, conn: _Conn, s: int, inp: Input, frame: int, ts: float, inferred: bool = False) -> bool:
+    def _go(self, conn: _Conn, s: int, inp: int, frame: int, ts: float, inferred: bool) -> bool:
         side = conn.sides[s]
         st = side.state
-        nxt = TRANSITIONS.get((st, inp))
-        if nxt is None:
-            key = (st, inp)
-            path = _BRIDGES.get(key, False)
-            if path is False:
-                path = _BRIDGES[key] = bridge(st, inp)
+        nxt = _NEXT[st * _NI + inp]
+        if nxt < 0:
+            path = _BRIDGE[st * _NI + inp]
             if not path:
                 return False
             for i in path:
                 self._go(conn, s, i, frame, ts, True)
             st = side.state
-            nxt = TRANSITIONS[(st, inp)]
+            nxt = _NEXT[st * _NI + inp]
         side.state = nxt
-        conn.trans.append((frame, s, st, nxt, inferred, inp))
-        if inp is Input.RCV_ACK_OF_FIN:
+        if self.detail:
+            conn.trans.append((frame, s, st, nxt, inferred, inp))
+        if inp == RCV_ACK_OF_FIN:
             side.pre_fin_ack = st
-        if nxt is S.TIME_WAIT:
-            side.tw = [ts, frame, ts + self.tw_s, [], "timeout", None]
+        if nxt == TIME_WAIT:
+            side.tw = _TW(ts, frame, ts + self.tw_s)
         return True
 
     def _tw_restart(self, side: _Side, frame: int, ts: float) -> None:
         tw = side.tw
-        if tw is not None and tw[4] == "timeout" and ts <= tw[2]:
-            tw[2] = ts + self.tw_s
-            tw[3].append(frame)
+        if tw is not None and tw.ended_by == "timeout" and ts <= tw.end_ts:
+            tw.end_ts = ts + self.tw_s
+            tw.restarts += (frame,)
 
     @staticmethod
     def _tw_end(side: _Side, how: str, frame: int, ts: float) -> None:
         tw = side.tw
-        if tw is not None and tw[4] == "timeout" and ts <= tw[2]:
-            tw[2] = ts
-            tw[4] = how
-            tw[5] = frame
+        if tw is not None and tw.ended_by == "timeout" and ts <= tw.end_ts:
+            tw.end_ts = ts
+            tw.ended_by = how
+            tw.end_frame = frame
 
     def _segment(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int, win: int,
-                 plen: int, tsval: int | None) -> None:
+                 plen: int, tsval: int) -> None:
         side = conn.sides[s]
         p = s ^ 1
         peer = conn.sides[p]
-        go = self._go
-        roles = conn.roles
+        detail = self.detail
         if conn.incarnation and (plen or flags & _FIN) and not flags & (_SYN | _RST) and conn.prev is not None \
                 and not conn.mid:
-            lo, hi = side.base, side.snd_max
-            plain = (lo is not None and hi is not None and 0 <= ((seq - lo) & _M32) <= ((hi - lo) & _M32)
-                     and (tsval is None or side.ts_first is None or ((tsval - side.ts_first) & _M32) < _HALF))
+            lo = side.base
+            hi = side.snd_max
+            plain = (lo >= 0 and hi >= 0 and ((seq - lo) & _M32) <= ((hi - lo) & _M32)
+                     and (tsval < 0 or side.ts_first < 0 or ((tsval - side.ts_first) & _M32) < _HALF))
             if not plain and self._duplicate(conn, s, frame, seq, ack, flags, plen, tsval):
                 return
         seg_len = plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
@@ -515,8 +594,8 @@ class Analyzer:
             self._rst(conn, s, frame, ts, seq, ack, flags, prev_last)
             return
 
-        role = ""
         if flags & _SYN:
+            role = ""
             if side.syn_frame and seq == side.isn:
                 role = "SYN-ACK retransmission" if flags & _ACK else "SYN retransmission"
             else:
@@ -533,114 +612,126 @@ class Analyzer:
                             self._tw_end(r.old.sides[i], "syn", r.syn_frame, r.syn_ts)
                     if peer.syn_frame:
                         self._rtt(side, ts - peer.syn_ts)
-                    if side.state is S.LISTEN or side.state is S.SYN_SENT:
-                        go(conn, s, Input.RCV_SYN, frame, ts)
-                    role = f"SYN-ACK (ISN {seq})"
+                    if side.state == LISTEN or side.state == SYN_SENT:
+                        self._go(conn, s, RCV_SYN, frame, ts, False)
+                    if detail:
+                        role = f"SYN-ACK (ISN {seq})"
                 else:
-                    go(conn, s, Input.SEND_SYN, frame, ts)
-                    role = f"SYN (ISN {seq})"
+                    self._go(conn, s, SEND_SYN, frame, ts, False)
+                    if detail:
+                        role = f"SYN (ISN {seq})"
             if role:
-                roles.append((frame, s, role))
+                conn.roles.append((frame, s, role))
         else:
-            if side.base is None:
+            if side.base < 0:
                 side.base = (seq - 1) & _M32
-            if side.state is S.LISTEN and flags & _ACK:
+            if side.state == LISTEN and flags & _ACK:
                 # a "listener" that sends ACKs/data holds a connection the capture never saw open
-                for inp in path_to(S.LISTEN, S.ESTABLISHED) or ():
-                    go(conn, s, inp, frame, ts, True)
+                for inp in _LISTEN_TO_EST:
+                    self._go(conn, s, inp, frame, ts, True)
 
         # what this side proves it received (its ACK field), then what the peer receives from it
         if flags & _ACK:
             # an ACK of data the peer never sent acknowledges nothing (e.g. a forged or broken ACK)
-            ack_ok = peer.snd_max is None or _d(ack, peer.snd_max) <= 0
-            if ack_ok and peer.fin_seq is not None and _d(ack, peer.fin_seq) >= 1:
+            ack_ok = peer.snd_max < 0 or _d(ack, peer.snd_max) <= 0
+            fin_acked = ack_ok and peer.fin_seq >= 0 and _d(ack, peer.fin_seq) >= 1
+            if fin_acked:
                 side.acked_peer_fin = frame
                 side.acked_peer_fin_ts = ts
-            if side.state is S.SYN_SENT and peer.syn_frame and peer.isn is not None and ack_ok \
+            if side.state == SYN_SENT and peer.syn_frame and peer.isn >= 0 and ack_ok \
                     and _d(ack, peer.isn) >= 1 and not flags & _SYN:
-                go(conn, s, Input.RCV_SYNACK, frame, ts)
+                self._go(conn, s, RCV_SYNACK, frame, ts, False)
                 self._rtt(side, ts - peer.syn_ts)
-                roles.append((frame, s, "ACK — handshake complete"))
-            if ack_ok and peer.fin_seq is not None and not side.got_fin_frame and _d(ack, peer.fin_seq) >= 1:
+                if detail:
+                    conn.roles.append((frame, s, "ACK — handshake complete"))
+            if fin_acked and not side.got_fin_frame:
                 side.got_fin_frame = frame
                 self._rtt(side, ts - peer.fin_ts)
                 if not side.got_fin:
                     side.got_fin = True
-                    go(conn, s, Input.RCV_FIN, frame, ts)
-                name = "M" if conn.fin_order and conn.fin_order[0] == p else "N"
-                roles.append((frame, s, f"ACK {name}+1"))
-            elif side.reack_pending and peer.fin_seq is not None and ack == (peer.fin_seq + 1) & _M32:
+                    self._go(conn, s, RCV_FIN, frame, ts, False)
+                if detail:
+                    name = "M" if conn.nfin and conn.fin_first == p else "N"
+                    conn.roles.append((frame, s, f"ACK {name}+1"))
+            elif side.reack_pending and peer.fin_seq >= 0 and ack == (peer.fin_seq + 1) & _M32:
                 side.reack_pending = False
-                roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
+                if detail:
+                    conn.roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
                 if not self._any_ack_restarts:
                     self._tw_restart(side, frame, ts)
-            if peer.state is S.SYN_RECEIVED and peer.isn is not None and ack_ok and _d(ack, peer.isn) >= 1:
-                go(conn, p, Input.RCV_ACK_OF_SYN, frame, ts)
-            if ack_ok and peer.fin_seq is not None and not peer.fin_acked_frame and _d(ack, peer.fin_seq) >= 1:
+            if peer.state == SYN_RECEIVED and peer.isn >= 0 and ack_ok and _d(ack, peer.isn) >= 1:
+                self._go(conn, p, RCV_ACK_OF_SYN, frame, ts, False)
+            if fin_acked and not peer.fin_acked_frame:
                 peer.fin_acked_frame = frame
                 if not peer.fin_ack_wire:
                     peer.fin_ack_wire = frame
                 self._flush_fin(conn, s, frame, ts)
-                go(conn, p, Input.RCV_ACK_OF_FIN, frame, ts)
-            elif peer.state is S.TIME_WAIT and self._any_ack_restarts and peer.tw is not None \
-                    and frame != peer.tw[1]:
-                # Linux: any ACK-bearing segment reaching TIME_WAIT restarts its 60 s timer
-                self._tw_restart(peer, frame, ts)
+                self._go(conn, p, RCV_ACK_OF_FIN, frame, ts, False)
+            elif peer.state == TIME_WAIT and self._any_ack_restarts:
+                tw = peer.tw
+                if tw is not None and frame != tw.start_frame:
+                    # Linux: any ACK-bearing segment reaching TIME_WAIT restarts its 60 s timer
+                    self._tw_restart(peer, frame, ts)
 
         if flags & _FIN:
             fseq = (seq + plen) & _M32
-            if side.fin_seq is None:
+            ack_val = ack if flags & _ACK else NONE
+            if side.fin_seq < 0:
                 side.fin_seq = fseq
                 side.fin_frame = frame
                 side.fin_ts = ts
-                side.fin_ack_val = ack if flags & _ACK else None
+                side.fin_ack_val = ack_val
                 side.last_fin_frame = frame
-                name = "N" if conn.fin_order else "M"
-                conn.fin_order.append(s)
-                base = side.base
-                rel = f" (seq {(fseq - base) & _M32} rel. to {SIDE[s]} ISN)" if base is not None else ""
-                roles.append((frame, s, f"FIN {name}{rel}"))
-                go(conn, s, Input.SEND_FIN, frame, ts)
+                name = "N" if conn.nfin else "M"
+                if not conn.nfin:
+                    conn.fin_first = s
+                conn.nfin += 1
+                if detail:
+                    base = side.base
+                    rel = f" (seq {(fseq - base) & _M32} rel. to {_name(s)} ISN)" if base >= 0 else ""
+                    conn.roles.append((frame, s, f"FIN {name}{rel}"))
+                self._go(conn, s, SEND_FIN, frame, ts, False)
             elif fseq == side.fin_seq:
                 side.fin_retx += (frame,)
                 prev_fin = side.last_fin_frame
                 side.last_fin_frame = frame
-                name = "M" if conn.fin_order[0] == s else "N"
-                roles.append((frame, s, f"FIN {name} retransmission"))
+                name = "M" if conn.fin_first == s else "N"
+                if detail:
+                    conn.roles.append((frame, s, f"FIN {name} retransmission"))
                 lost = peer.acked_peer_fin
-                same_ack = side.fin_ack_val == (ack if flags & _ACK else None)
-                side.fin_ack_val = ack if flags & _ACK else None
+                same_ack = side.fin_ack_val == ack_val
+                side.fin_ack_val = ack_val
                 # a lost ACK: the retransmission acknowledges nothing new (else it only carries a fresher ACK,
                 # as in a crossed close), and it comes later than the ACK could have reached the sender
-                if lost and lost > prev_fin and same_ack and (side.rtt is None or
+                if lost and lost > prev_fin and same_ack and (side.rtt < 0 or
                                                               ts - peer.acked_peer_fin_ts > side.rtt):
                     # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
                     conn.close_extra += ((
                         "final-ack-lost", (lost, frame),
-                        f"{SIDE[s]} retransmitted FIN {name} after {SIDE[p]}'s ACK in frame {lost}: "
-                        f"that ACK was lost between the capture point and {SIDE[s]}",
-                        {"ack_frame": lost, "retransmission_frame": frame, "lost_by": SIDE[p]}),)
+                        f"{_name(s)} retransmitted FIN {name} after {_name(p)}'s ACK in frame {lost}: "
+                        f"that ACK was lost between the capture point and {_name(s)}",
+                        {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
                     if side.fin_acked_frame and side.fin_acked_frame < frame:
                         self._unreceive_fin_ack(conn, s)
-                if peer.state is S.TIME_WAIT:
+                if peer.state == TIME_WAIT:
                     peer.reack_pending = True
 
         # sequence space and half-close evidence
-        if side.snd_max is None or _d(end, side.snd_max) > 0:
-            if plen and 0 < side.got_fin_frame < frame and not conn.half_close_frame and side.snd_max is not None:
+        if side.snd_max < 0 or _d(end, side.snd_max) > 0:
+            if plen and 0 < side.got_fin_frame < frame and not conn.half_close_frame and side.snd_max >= 0:
                 conn.half_close_frame = frame
             side.snd_max = end
-        if tsval is not None:
-            if side.ts_first is None:
+        if tsval >= 0:
+            if side.ts_first < 0:
                 side.ts_first = tsval
                 side.ts_last = tsval
-            elif side.ts_last is None or _d(tsval, side.ts_last) > 0:
+            elif side.ts_last < 0 or _d(tsval, side.ts_last) > 0:
                 side.ts_last = tsval
         side.win = win
 
     @staticmethod
     def _rtt(side: _Side, dt: float) -> None:
-        if dt >= 0 and (side.rtt is None or dt < side.rtt):
+        if dt >= 0 and (side.rtt < 0 or dt < side.rtt):
             side.rtt = dt
 
     def _unreceive_fin_ack(self, conn: _Conn, s: int) -> None:
@@ -649,16 +740,16 @@ class Analyzer:
         side = conn.sides[s]
         before = side.pre_fin_ack
         side.fin_acked_frame = 0
-        if before is None:
+        if before < 0:
             return
-        side.pre_fin_ack = None
+        side.pre_fin_ack = NONE
         if self.detail:
             for k in range(len(conn.trans) - 1, -1, -1):
                 t = conn.trans[k]
-                if t[1] == s and t[5] is Input.RCV_ACK_OF_FIN:
+                if t[1] == s and t[5] == RCV_ACK_OF_FIN:
                     del conn.trans[k]
                     break
-        if TRANSITIONS.get((before, Input.RCV_ACK_OF_FIN)) is S.TIME_WAIT:
+        if _NEXT[before * _NI + RCV_ACK_OF_FIN] == TIME_WAIT:
             side.tw = None
         side.state = before
 
@@ -666,9 +757,9 @@ class Analyzer:
         """Before the peer of side s acts on s's segment, it has received s's earlier FIN (in-order)."""
         side = conn.sides[s]
         peer = conn.sides[s ^ 1]
-        if side.fin_seq is not None and side.fin_frame < frame and not peer.got_fin:
+        if side.fin_seq >= 0 and side.fin_frame < frame and not peer.got_fin:
             peer.got_fin = True
-            self._go(conn, s ^ 1, Input.RCV_FIN, frame, ts, inferred=True)
+            self._go(conn, s ^ 1, RCV_FIN, frame, ts, True)
 
     def _rst(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int,
              prev_last: int) -> None:
@@ -676,54 +767,57 @@ class Analyzer:
         p = s ^ 1
         peer = conn.sides[p]
         # a FIN answered by RST: the RST is the sender's next segment after the peer's (latest) FIN
-        if peer.fin_seq is not None and prev_last < peer.last_fin_frame < frame:
+        if peer.fin_seq >= 0 and prev_last < peer.last_fin_frame < frame:
             had_tw = side.tw is not None
             if had_tw:
                 side.tw = None
             conn.close_extra += ((
                 "rst-after-fin", (peer.last_fin_frame, frame),
-                f"{SIDE[s]} answered {SIDE[p]}'s FIN (frame {peer.last_fin_frame}) with RST: no TIME_WAIT on "
-                f"{SIDE[s]}'s side" + (" (it had sent the final ACK, yet kept no TIME_WAIT socket: e.g. "
-                                       "tcp_max_tw_buckets exhausted)" if had_tw else ""),
-                {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": SIDE[s]}),)
+                f"{_name(s)} answered {_name(p)}'s FIN (frame {peer.last_fin_frame}) with RST: no TIME_WAIT on "
+                f"{_name(s)}'s side" + (" (it had sent the final ACK, yet kept no TIME_WAIT socket: e.g. "
+                                        "tcp_max_tw_buckets exhausted)" if had_tw else ""),
+                {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": _name(s)}),)
         # does the receiver accept it? (RFC 9293 3.10.7.x; TIME_WAIT as Linux: only seq == rcv_nxt)
         rcv_nxt = side.snd_max
         pst = peer.state
-        if pst is S.TIME_WAIT:
-            ok = rcv_nxt is not None and seq == rcv_nxt
-        elif pst is S.SYN_SENT:
-            ok = bool(flags & _ACK) and peer.isn is not None and ack == (peer.isn + 1) & _M32
-        elif pst is S.LISTEN or pst is S.CLOSED:
+        if pst == TIME_WAIT:
+            ok = rcv_nxt >= 0 and seq == rcv_nxt
+        elif pst == SYN_SENT:
+            ok = bool(flags & _ACK) and peer.isn >= 0 and ack == (peer.isn + 1) & _M32
+        elif pst in (LISTEN, CLOSED):
             ok = False
         else:
-            ok = rcv_nxt is None or 0 <= _d(seq, rcv_nxt) <= max(peer.win, 1) << 14
+            ok = rcv_nxt < 0 or 0 <= _d(seq, rcv_nxt) <= max(peer.win, 1) << 14
         if not ok:
-            why = ("seq is not TIME_WAIT's rcv_nxt" if pst is S.TIME_WAIT else
-                   f"not acceptable to the {SIDE[p]} in {pst.value}")
-            conn.roles.append((frame, s, f"RST, ignored ({why})"))
+            if self.detail:
+                why = ("seq is not TIME_WAIT's rcv_nxt" if pst == TIME_WAIT else
+                       f"not acceptable to the {_name(p)} in {STATES[pst].value}")
+                conn.roles.append((frame, s, f"RST, ignored ({why})"))
             return
-        conn.roles.append((frame, s, "RST"))
+        if self.detail:
+            conn.roles.append((frame, s, "RST"))
         conn.rsts += ((frame, s),)
         if not side.rst_frame:
             side.rst_frame = frame
-        if (side.state, Input.SEND_RST) in TRANSITIONS:
-            self._go(conn, s, Input.SEND_RST, frame, ts)
-        if pst is S.TIME_WAIT:
+        if _NEXT[side.state * _NI + SEND_RST] >= 0:
+            self._go(conn, s, SEND_RST, frame, ts, False)
+        if pst == TIME_WAIT:
             w = peer.tw
-            if w is not None and w[4] == "timeout":
+            if w is not None and w.ended_by == "timeout":
                 conn.close_extra += ((
                     "time-wait-assassinated", (frame,),
-                    f"RST with seq = {SIDE[p]}'s rcv_nxt reached {SIDE[p]} in TIME_WAIT {ts - w[0]:.3f} s after it "
-                    f"began (frame {w[1]}): the window ends early on Linux with tcp_rfc1337=0 (the default); "
-                    "tcp_rfc1337=1 ignores it (RFC 1337)",
-                    {"side": SIDE[p], "time_wait_start_frame": w[1], "elapsed_s": round(ts - w[0], 6)}),)
+                    f"RST with seq = {_name(p)}'s rcv_nxt reached {_name(p)} in TIME_WAIT {ts - w.start_ts:.3f} s "
+                    f"after it began (frame {w.start_frame}): the window ends early on Linux with tcp_rfc1337=0 "
+                    "(the default); tcp_rfc1337=1 ignores it (RFC 1337)",
+                    {"side": _name(p), "time_wait_start_frame": w.start_frame,
+                     "elapsed_s": round(ts - w.start_ts, 6)}),)
                 self._tw_end(peer, "rst", frame, ts)
-        self._go(conn, p, Input.RCV_RST, frame, ts)
+        self._go(conn, p, RCV_RST, frame, ts, False)
 
     # -- delayed duplicates -------------------------------------------------------------------------------
 
     def _duplicate(self, conn: _Conn, s: int, frame: int, seq: int, ack: int, flags: int, plen: int,
-                   tsval: int | None) -> bool:
+                   tsval: int) -> bool:
         """A data/FIN segment whose sequence numbers or timestamp belong to the previous incarnation."""
         if not plen and not flags & _FIN:
             return False
@@ -732,64 +826,67 @@ class Analyzer:
         side = conn.sides[s]
         d = conn.cdir ^ s                      # direction of this segment in the tuple
         old = prev.sides[d ^ prev.cdir]
-        if old.base is None or old.snd_max is None:
+        if old.base < 0 or old.snd_max < 0:
             return False
         seg_end = (seq + plen + (1 if flags & _FIN else 0)) & _M32
         lo = side.base
         hi = side.snd_max
-        outside_cur = lo is not None and hi is not None and (_d(seq, lo) < 0 or _d(seq, hi) > 0)
+        outside_cur = lo >= 0 and hi >= 0 and (_d(seq, lo) < 0 or _d(seq, hi) > 0)
         in_old = _d(seq, old.base) > 0 and _d(seg_end, old.snd_max) <= 0
         by_seq = outside_cur and in_old
-        by_ts = (tsval is not None and side.ts_first is not None and _d(tsval, side.ts_first) < 0
-                 and old.ts_last is not None and _d(tsval, old.ts_last) <= 0)
+        by_ts = (tsval >= 0 and side.ts_first >= 0 and _d(tsval, side.ts_first) < 0
+                 and old.ts_last >= 0 and _d(tsval, old.ts_last) <= 0)
         if not (by_seq or by_ts):
             return False
         peer = conn.sides[s ^ 1]
         rcv_nxt = side.snd_max
-        if tsval is not None and side.ts_last is not None and _d(tsval, side.ts_last) < 0:
-            verdict, why = "PAWS would reject", (f"its TSval {tsval} is older than the {SIDE[s]}'s latest "
+        if tsval >= 0 and side.ts_last >= 0 and _d(tsval, side.ts_last) < 0:
+            verdict, why = "PAWS would reject", (f"its TSval {tsval} is older than the {_name(s)}'s latest "
                                                  f"{side.ts_last} in this incarnation")
-        elif rcv_nxt is not None and _d(seq, rcv_nxt) < 0:
+        elif rcv_nxt >= 0 and _d(seq, rcv_nxt) < 0:
             verdict, why = "rejected by window", f"it lies {-_d(seq, rcv_nxt)} bytes below rcv_nxt"
-        elif rcv_nxt is not None and _d(seq, rcv_nxt) >= max(peer.win, 1):
+        elif rcv_nxt >= 0 and _d(seq, rcv_nxt) >= max(peer.win, 1):
             verdict, why = "rejected by window", (f"it starts {_d(seq, rcv_nxt)} bytes after rcv_nxt, beyond "
                                                   f"the {peer.win}-byte window (unscaled)")
-        elif flags & _ACK and peer.snd_max is not None and peer.base is not None and (
+        elif flags & _ACK and peer.snd_max >= 0 and peer.base >= 0 and (
                 _d(ack, peer.snd_max) > 0 or _d(ack, peer.base) < 0):
             verdict, why = "rejected by ACK check", ("its ACK is outside this incarnation's sent data "
                                                      "(RFC 5961: challenge ACK)")
         else:
-            off = _d(seq, rcv_nxt) if rcv_nxt is not None else 0
+            off = _d(seq, rcv_nxt) if rcv_nxt >= 0 else 0
             verdict, why = "could be accepted", (f"it fits the receive window ({off} bytes after rcv_nxt) and "
                                                  "nothing else rejects it: old bytes would enter the new stream")
         basis = "sequence numbers" if by_seq else "timestamp"
         if by_seq and by_ts:
             basis = "sequence numbers and timestamp"
         conn.dups += ((frame, s, verdict, f"{basis} of incarnation {prev.incarnation} (connection {prev.id}); {why}"),)
-        conn.roles.append((frame, s, f"delayed duplicate from incarnation {prev.incarnation}"))
+        if self.detail:
+            conn.roles.append((frame, s, f"delayed duplicate from incarnation {prev.incarnation}"))
         return True
 
     # -- finishing ------------------------------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
         grace = self.tw_s
-        for cid, conn in list(self._open.items()):
+        for conn in list(self._open.values()):
             if now - conn.last_ts <= grace:
                 continue
-            if any(sd.tw is not None and sd.tw[2] >= now for sd in conn.sides):
+            if _tw_open(conn.sides[0], now) or _tw_open(conn.sides[1], now):
                 continue
-            del self._open[cid]
-            self._finalize(conn)
+            self._finish_conn(conn)
+
+    def _finish_conn(self, conn: _Conn) -> None:
+        del self._open[conn.id]
+        self._finalize(conn)
 
     def _finalize(self, conn: _Conn) -> None:
-        tw = self.tw_s
-        c, sv = conn.sides
-        fin_order = conn.fin_order
-        rst_frames = tuple(f for f, _s in conn.rsts)
-        both_acked = len(fin_order) == 2 and c.fin_ack_wire and sv.fin_ack_wire
+        tw_s = self.tw_s
+        c = conn.sides[0]
+        sv = conn.sides[1]
+        both_acked = conn.nfin == 2 and c.fin_ack_wire and sv.fin_ack_wire
         frames: list[int] = []
-        if fin_order:
-            a = fin_order[0]
+        if conn.nfin:
+            a = conn.fin_first
             first, other = conn.sides[a], conn.sides[a ^ 1]
             frames.append(first.fin_frame)
             if first.fin_ack_wire:
@@ -798,16 +895,17 @@ class Analyzer:
                 frames.append(other.fin_frame)
                 if other.fin_ack_wire:
                     frames.append(other.fin_ack_wire)
+        initiator: str | None
         if conn.rsts and not both_acked:
             kind = "rst"
-            initiator: str | None = SIDE[conn.rsts[0][1]]
-            frames.extend(rst_frames[:2])
-        elif fin_order:
-            a = fin_order[0]
+            initiator = _name(conn.rsts[0][1])
+            for f, _s in conn.rsts[:2]:
+                frames.append(f)
+        elif conn.nfin:
+            a = conn.fin_first
             first, other = conn.sides[a], conn.sides[a ^ 1]
-            initiator = SIDE[a]
-            if other.fin_frame and (other.got_fin_frame == 0 or other.got_fin_frame > other.fin_frame or
-                                    self._crossed(first, other)):
+            initiator = _name(a)
+            if other.fin_frame and (other.got_fin_frame == 0 or other.got_fin_frame > other.fin_frame):
                 kind, initiator = "simultaneous", "both"
             elif conn.half_close_frame:
                 kind = "half-close"
@@ -820,20 +918,28 @@ class Analyzer:
         else:
             kind, initiator = "incomplete", None
         close = Close(kind, initiator, tuple(sorted(set(frames))))
-        windows = []
-        for i, sd in enumerate(conn.sides):
-            w = sd.tw
+        windows: list[TimeWaitWindow] = []
+        for i in (0, 1):
+            w = conn.sides[i].tw
             if w is not None:
-                windows.append(TimeWaitWindow(SIDE[i], w[0], w[2], w[1], tuple(w[3]), w[4], w[5], tw))
-        windows.sort(key=lambda w: w.start_frame)
+                windows.append(TimeWaitWindow(_name(i), w.start_ts, w.end_ts, w.start_frame, w.restarts, w.ended_by,
+                                              w.end_frame if w.end_frame else None, tw_s))
+        if len(windows) == 2 and windows[1].start_frame < windows[0].start_frame:
+            windows.reverse()
+        if self.detail:
+            steps = tuple([(f, sd, STATES[a0], STATES[b0], inf, INPUTS[i0]) for f, sd, a0, b0, inf, i0 in conn.trans])
+            roles = tuple(conn.roles)
+        else:
+            steps = ()
+            roles = ()
         rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame, close,
-                         tuple(windows), tuple(conn.trans) if self.detail else (), conn.first_ts, conn.last_ts,
-                         conn.packets, c.isn, sv.isn, conn.mid, tuple(conn.roles) if self.detail else ())
+                         tuple(windows), steps, conn.first_ts, conn.last_ts, conn.packets,
+                         c.isn if c.isn >= 0 else None, sv.isn if sv.isn >= 0 else None, conn.mid, roles)
         self._done.append(rec)
-        self._conn_findings(conn, tw)
+        self._conn_findings(conn)
         # keep only what reuse/duplicate checks of a later incarnation need
         conn.done = True
-        conn.trans = _NO_TRANS
+        conn.trans = []
         conn.roles = []
         conn.close_extra = ()
         conn.dups = ()
@@ -844,11 +950,7 @@ class Analyzer:
             tup.conn = None
             tup.prev = conn
 
-    @staticmethod
-    def _crossed(first: _Side, other: _Side) -> bool:
-        return other.got_fin_frame > other.fin_frame if other.got_fin_frame else True
-
-    def _conn_findings(self, conn: _Conn, tw_s: float) -> None:
+    def _conn_findings(self, conn: _Conn) -> None:
         out = self._findings
         cid = conn.id
         r = conn.reuse
@@ -856,7 +958,7 @@ class Analyzer:
             if r.kind == "reuse-in-time-wait":
                 answer = r.answer
                 if not answer:
-                    synack = conn.sides[1].syn_frame if conn.sides[1].syn_frame else 0
+                    synack = conn.sides[1].syn_frame
                     if synack:
                         answer, r.answer_frame = "SYN-ACK (accepted)", synack
                     elif conn.rsts:
@@ -883,23 +985,25 @@ class Analyzer:
                 out.append(Finding(r.kind, cid, (r.syn_frame,), detail, {
                     "elapsed_s": round(r.elapsed_s, 6), "time_wait_side": list(r.holders),
                     "previous_connection": r.old_id}))
-        for i, sd in enumerate(conn.sides):
+        for i in (0, 1):
+            sd = conn.sides[i]
             if sd.fin_retx:
-                name = "M" if conn.fin_order and conn.fin_order[0] == i else "N"
+                name = "M" if conn.nfin and conn.fin_first == i else "N"
                 out.append(Finding("fin-retransmitted", cid, (sd.fin_frame, *sd.fin_retx),
-                                   f"{SIDE[i]}'s FIN {name} (frame {sd.fin_frame}) sent {len(sd.fin_retx) + 1} times",
-                                   {"side": SIDE[i], "first_frame": sd.fin_frame, "retransmissions": len(sd.fin_retx)}))
+                                   f"{_name(i)}'s FIN {name} (frame {sd.fin_frame}) sent {len(sd.fin_retx) + 1} times",
+                                   {"side": _name(i), "first_frame": sd.fin_frame,
+                                    "retransmissions": len(sd.fin_retx)}))
         seen_lost: set[int] = set()
-        for kind, frames, detail, extra in conn.close_extra:
+        for kind, frames, text, extra in conn.close_extra:
             if kind == "final-ack-lost":
                 if frames[0] in seen_lost:
                     continue
                 seen_lost.add(frames[0])
-            out.append(Finding(kind, cid, frames, detail, extra))
+            out.append(Finding(kind, cid, frames, text, extra))
         for frame, s, verdict, why in conn.dups:
-            out.append(Finding("delayed-duplicate", cid, (frame,), f"{SIDE[s]}'s segment: {verdict} — {why}",
-                               {"verdict": verdict, "side": SIDE[s],
-                                "previous_connection": conn.prev.id if conn.prev else None}))
+            out.append(Finding("delayed-duplicate", cid, (frame,), f"{_name(s)}'s segment: {verdict} — {why}",
+                               {"verdict": verdict, "side": _name(s),
+                                "previous_connection": conn.prev.id if conn.prev is not None else None}))
 
     def drain(self) -> tuple[list[Connection], list[Finding]]:
         """Streaming (keep=False): the connections and findings finished since the last drain(), in the
@@ -913,16 +1017,33 @@ class Analyzer:
         counts; drain() returns the records."""
         if self._finished is not None:
             return self._finished
-        for conn in sorted(self._open.values(), key=lambda c: c.id):
+        for conn in sorted(self._open.values(), key=_conn_id):
             self._finalize(conn)
         self._open.clear()
         if not self.keep:
             self._finished = Report((), (), self.profile.name, self.tw_s, self._segments, self._max_frame)
             return self._finished
-        conns = tuple(sorted(self._done, key=lambda c: c.id))
-        findings = tuple(sorted(self._findings, key=lambda f: (f.frames[0] if f.frames else 0, f.kind)))
+        conns = tuple(sorted(self._done, key=_record_id))
+        findings = tuple(sorted(self._findings, key=_finding_order))
         self._finished = Report(conns, findings, self.profile.name, self.tw_s, self._segments, self._max_frame)
         return self._finished
+
+
+def _tw_open(side: _Side, now: float) -> bool:
+    w = side.tw
+    return w is not None and w.end_ts >= now
+
+
+def _conn_id(c: _Conn) -> int:
+    return c.id
+
+
+def _record_id(c: Connection) -> int:
+    return c.id
+
+
+def _finding_order(f: Finding) -> tuple[int, str]:
+    return (f.frames[0] if f.frames else 0, f.kind)
 
 
 def analyze(segments: Iterable[Segment], profile: str | Profile = "linux", time_wait_s: float | None = None,
@@ -931,14 +1052,13 @@ def analyze(segments: Iterable[Segment], profile: str | Profile = "linux", time_
 
     detail=False drops each finished connection's transitions and segment roles (see Analyzer)."""
     a = Analyzer(profile, time_wait_s, detail)
-    feed = a.feed
     # The cyclic GC would walk every live object again and again as the report grows (measured: 20x slower
     # on a 1 M-segment churn); nothing here needs it until the end.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for seg in segments:
-            feed(seg)
+            a.feed(seg)
         return a.finish()
     finally:
         if was_enabled:
