@@ -1,0 +1,357 @@
+"""The compiled capture walk behind lab.readers.feed_file: pcap/pcapng records -> Analyzer.feed_fields.
+
+Written for mypyc (python -m lab.build): byte indexing on a `bytes` buffer, native ints, no generators or
+struct in the hot loop, one native call per TCP segment into the (compiled) Analyzer. It decodes the
+common packets itself: Ethernet (802.1Q/QinQ), SLL, SLL2, raw IP, BSD NULL/LOOP; IPv4 with or without
+options; IPv6 without extension headers; TCP with any options (the TS option is found by walking them).
+Every other packet (tunnels, IPv6 extension headers, fragments, packets cut short, non-TCP) goes to
+lab.readers' Python decoder, so frames, timestamps, segments, stats and BadCapture errors are exactly
+those of CaptureReader. Uncompiled this module still works (slower than the plain reader: the bytes
+indexing that is fast in C is slow in the interpreter); lab.readers uses it only when compiled.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+
+from lab import readers
+from lab.core.tracker import Analyzer
+from lab.readers import ReaderStats, _Source
+
+_CACHE_MAX = 65_536   # bound the address caches on scans with many addresses
+
+
+class _If:
+    """A pcapng interface (IDB) as native ints."""
+
+    def __init__(self, lt: int, snaplen: int, mul: int, div: int, shift: int, offset_ns: int) -> None:
+        self.lt = lt
+        self.supported = lt in readers.SUPPORTED_LINKTYPES
+        self.snaplen = snaplen
+        self.mul = mul
+        self.div = div
+        self.shift = shift
+        self.offset_ns = offset_ns
+
+
+class _Dec:
+    """Decoder state shared by the walks: address caches and the fallback's skip counts."""
+
+    def __init__(self, a: Analyzer, skipped: dict[str, int]) -> None:
+        self.a = a
+        self.skipped = skipped
+        self.v4: dict[int, str] = {}
+        self.v6: dict[bytes, str] = {}
+        self.tcp = 0
+
+    def v4str(self, buf: bytes, p: int) -> str:
+        key = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+        s = self.v4.get(key)
+        if s is None:
+            if len(self.v4) > _CACHE_MAX:
+                self.v4.clear()
+            s = socket.inet_ntop(socket.AF_INET, buf[p:p + 4])
+            self.v4[key] = s
+        return s
+
+    def v6str(self, buf: bytes, p: int) -> str:
+        key = buf[p:p + 16]
+        s = self.v6.get(key)
+        if s is None:
+            if len(self.v6) > _CACHE_MAX:
+                self.v6.clear()
+            s = socket.inet_ntop(socket.AF_INET6, key)
+            self.v6[key] = s
+        return s
+
+    def packet(self, lt: int, buf: bytes, off: int, end: int, frame: int, ts: float) -> None:
+        """One captured packet at buf[off:end]: fed natively when common, else by readers' decoder."""
+        if not self.fast(lt, buf, off, end, frame, ts):
+            try:
+                r = readers._decode(lt, buf, off, end, frame, ts, ())
+            except (struct.error, IndexError):
+                r = readers.MALFORMED
+            if isinstance(r, str):
+                self.skipped[r] = self.skipped.get(r, 0) + 1
+            else:
+                self.tcp += 1
+                self.a.feed(r)
+
+    def fast(self, lt: int, buf: bytes, off: int, end: int, frame: int, ts: float) -> bool:
+        """Decode and feed the common case; False (nothing fed) for anything else."""
+        # link layer -> off at the IP header
+        if lt == 1:
+            if off + 14 > end:
+                return False
+            et = (buf[off + 12] << 8) | buf[off + 13]
+            off += 14
+            while et == 0x8100 or et == 0x88A8 or et == 0x9100:
+                if off + 4 > end:
+                    return False
+                et = (buf[off + 2] << 8) | buf[off + 3]
+                off += 4
+            if et != 0x0800 and et != 0x86DD:
+                return False
+        elif lt == 113:
+            if off + 16 > end:
+                return False
+            et = (buf[off + 14] << 8) | buf[off + 15]
+            if et != 0x0800 and et != 0x86DD:
+                return False
+            off += 16
+        elif lt == 276:
+            if off + 20 > end:
+                return False
+            et = (buf[off] << 8) | buf[off + 1]
+            if et != 0x0800 and et != 0x86DD:
+                return False
+            off += 20
+        elif lt == 0 or lt == 108:
+            off += 4
+        elif not (lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229):
+            return False
+        if off >= end:
+            return False
+        v = buf[off] >> 4
+        if v == 4:
+            if off + 20 > end:
+                return False
+            ihl = (buf[off] & 15) << 2
+            if ihl < 20 or buf[off + 9] != 6 or ((buf[off + 6] & 0x1F) << 8) | buf[off + 7]:
+                return False
+            tot = (buf[off + 2] << 8) | buf[off + 3]
+            ip_end = off + tot if tot >= ihl else end  # tot 0: TSO capture; use what was captured
+            t = off + ihl
+            if t > end:
+                return False
+            src = self.v4str(buf, off + 12)
+            dst = self.v4str(buf, off + 16)
+        elif v == 6:
+            if off + 40 > end or buf[off + 6] != 6:
+                return False
+            plen6 = (buf[off + 4] << 8) | buf[off + 5]
+            ip_end = off + 40 + plen6 if plen6 else end  # 0: jumbogram
+            t = off + 40
+            src = self.v6str(buf, off + 8)
+            dst = self.v6str(buf, off + 24)
+        else:
+            return False
+        # TCP
+        if t + 20 > end:
+            return False
+        thl = (buf[t + 12] >> 4) << 2
+        if thl < 20:
+            return False
+        tsval = -1
+        if thl > 20:
+            o = t + 20
+            oend = t + thl
+            if oend > end:
+                oend = end
+            while o < oend:
+                kind = buf[o]
+                if kind == 0:
+                    break
+                if kind == 1:
+                    o += 1
+                    continue
+                if o + 1 >= oend:
+                    break
+                olen = buf[o + 1]
+                if olen < 2:
+                    break
+                if kind == 8 and olen == 10 and o + 10 <= oend:
+                    tsval = (buf[o + 2] << 24) | (buf[o + 3] << 16) | (buf[o + 4] << 8) | buf[o + 5]
+                    break
+                o += olen
+        plen = ip_end - t - thl
+        if plen < 0:
+            plen = 0
+        self.tcp += 1
+        self.a.feed_fields(frame, ts, src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
+                           (buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7],
+                           (buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11],
+                           buf[t + 13], (buf[t + 14] << 8) | buf[t + 15], plen, tsval)
+        return True
+
+
+def _u32(buf: bytes, p: int, big: bool) -> int:
+    if big:
+        return (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+    return buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16) | (buf[p + 3] << 24)
+
+
+def _u16(buf: bytes, p: int, big: bool) -> int:
+    if big:
+        return (buf[p] << 8) | buf[p + 1]
+    return buf[p] | (buf[p + 1] << 8)
+
+
+def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch: Callable[[], None] | None,
+              stats: ReaderStats) -> None:
+    """readers._pcap_segments' record walk (same reads, same errors), feeding `a`."""
+    scale = 1e-9 if ns else 1e-6
+    chunk: int = readers._CHUNK
+    max_record: int = readers.MAX_RECORD
+    dec = _Dec(a, stats.skipped)
+    buf = b""
+    pos = 0
+    blen = 0
+    frame = 0
+    try:
+        while True:
+            if pos + 16 > blen:
+                if frame and on_batch is not None:
+                    on_batch()
+                buf = buf[pos:] + src.read(chunk, frame + 1)
+                pos = 0
+                blen = len(buf)
+                if blen == 0:
+                    return
+                if blen < 16:
+                    raise src.fail("record header cut short at end of file", frame + 1, readers._HINT_TRUNC)
+            if big:
+                sec = (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
+                frac = (buf[pos + 4] << 24) | (buf[pos + 5] << 16) | (buf[pos + 6] << 8) | buf[pos + 7]
+                incl = (buf[pos + 8] << 24) | (buf[pos + 9] << 16) | (buf[pos + 10] << 8) | buf[pos + 11]
+            else:
+                sec = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+                frac = buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (buf[pos + 7] << 24)
+                incl = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (buf[pos + 11] << 24)
+            frame += 1
+            if incl > max_record:
+                raise src.fail(f"absurd captured length {incl}", frame)
+            start = pos + 16
+            end = start + incl
+            if end > blen:
+                need = end - blen
+                buf = buf[pos:] + src.read(chunk if chunk > need else need, frame)
+                pos = 0
+                start = 16
+                end = 16 + incl
+                blen = len(buf)
+                if end > blen:
+                    raise src.fail(f"record body cut short: {incl} bytes announced, {blen - 16} left", frame,
+                                   readers._HINT_TRUNC)
+            pos = end
+            dec.packet(lt, buf, start, end, frame, sec + frac * scale)
+    finally:
+        stats.packets = frame
+        stats.tcp_segments = dec.tcp
+
+
+def walk_pcapng(src: _Source, head: bytes, a: Analyzer, on_batch: Callable[[], None] | None,
+                stats: ReaderStats) -> None:
+    """readers._pcapng_walk (same reads, same errors), feeding `a`. Packet comments are not read: the
+    Analyzer does not use them."""
+    chunk: int = readers._CHUNK
+    max_record: int = readers.MAX_RECORD
+    dec = _Dec(a, stats.skipped)
+    buf = head
+    pos = 0
+    frame = 0
+    big = False
+    endian = "<"
+    ifaces: list[_If] = []
+    try:
+        while True:
+            blen = len(buf)
+            if pos + 12 > blen:
+                if frame and on_batch is not None:
+                    on_batch()
+                buf = buf[pos:] + src.read(chunk, frame + 1)
+                pos = 0
+                blen = len(buf)
+                if blen == 0:
+                    return
+                if blen < 12:
+                    raise src.fail("block header cut short at end of file", frame + 1, readers._HINT_TRUNC)
+            btype = _u32(buf, pos, big)
+            total = _u32(buf, pos + 4, big)
+            if btype == 0x0A0D0D0A:
+                bom = buf[pos + 8:pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    big = False
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    big = True
+                    endian = ">"
+                else:
+                    raise src.fail("pcapng section header with a bad byte-order magic", frame + 1)
+                total = _u32(buf, pos + 4, big)
+                ifaces = []
+            if total < 12 or total & 3 or total > max_record:
+                raise src.fail(f"absurd pcapng block length {total}", frame + 1)
+            if pos + total > blen:
+                need = total - (blen - pos)
+                buf = buf[pos:] + src.read(chunk if chunk > need else need, frame + 1)
+                pos = 0
+                blen = len(buf)
+                if total > blen:
+                    raise src.fail(f"pcapng block cut short: {total} bytes announced, {blen} left", frame + 1,
+                                   readers._HINT_TRUNC)
+            bend = pos + total - 4
+            if _u32(buf, bend, big) != total:
+                raise src.fail("pcapng block length does not match its trailer", frame + 1)
+            body = pos + 8
+            pos += total
+            if btype == 6 or btype == 2 or btype == 3:
+                frame += 1
+                hi = 0
+                lo = 0
+                if btype == 6:
+                    if body + 20 > bend:
+                        raise src.fail("enhanced packet block too short", frame)
+                    iface_no = _u32(buf, body, big)
+                    hi = _u32(buf, body + 4, big)
+                    lo = _u32(buf, body + 8, big)
+                    incl = _u32(buf, body + 12, big)
+                elif btype == 2:
+                    if body + 20 > bend:
+                        raise src.fail("packet block too short", frame)
+                    iface_no = _u16(buf, body, big)
+                    hi = _u32(buf, body + 4, big)
+                    lo = _u32(buf, body + 8, big)
+                    incl = _u32(buf, body + 12, big)
+                else:  # simple packet block: interface 0, no timestamp
+                    if body + 4 > bend:
+                        raise src.fail("simple packet block too short", frame)
+                    orig = _u32(buf, body, big)
+                    iface_no = 0
+                    room = bend - body - 4
+                    incl = orig if orig < room else room
+                    if ifaces and ifaces[0].snaplen and ifaces[0].snaplen < incl:
+                        incl = ifaces[0].snaplen
+                    body -= 16  # data at body + 4, as if the 20-byte EPB fields were there
+                data = body + 20
+                if data + incl > bend:
+                    raise src.fail(f"packet data ({incl} bytes) overruns its block", frame)
+                if iface_no >= len(ifaces):
+                    raise src.fail(f"packet on interface {iface_no}, which was never described", frame)
+                ifc = ifaces[iface_no]
+                if btype == 3:
+                    ts_ns = 0
+                elif ifc.shift:
+                    ts_ns = ((((hi << 32) | lo) * ifc.mul) >> ifc.shift) + ifc.offset_ns
+                else:
+                    ts_ns = ((hi << 32) | lo) * ifc.mul // ifc.div + ifc.offset_ns
+                if not ifc.supported:
+                    readers._check_linktype(src, ifc.lt, frame)
+                dec.packet(ifc.lt, buf, data, data + incl, frame, ts_ns / 1e9)
+            elif btype == 1:
+                if body + 8 > bend:
+                    raise src.fail("interface description block too short", frame + 1)
+                f = readers._iface(buf, body, bend, endian)
+                ifaces.append(_If(f.linktype, f.snaplen, f.mul, f.div, f.shift, f.offset_ns))
+            elif btype == 0x0A0D0D0A:
+                if body + 16 > bend:
+                    raise src.fail("section header block too short", frame + 1)
+                major = _u16(buf, body + 4, big)
+                if major != 1:
+                    raise src.fail(f"unsupported pcapng version {major}", frame + 1)
+            # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
+    finally:
+        stats.packets = frame
+        stats.tcp_segments = dec.tcp
