@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from lab.analyze_stream import Summary
 
 _KIND_STYLE = {"four-way": "green", "three-way": "green", "simultaneous": "cyan", "half-close": "yellow",
                "rst": "red", "incomplete": "dim"}
@@ -27,8 +30,10 @@ def time_wait_cell(conn: Mapping[str, Any]) -> str:
 
 
 def connections_table(doc: Mapping[str, Any], limit: int = 200) -> Table:
+    """The first `limit` connections of doc["connections"]; doc["connections_total"] (if given) counts all."""
     conns = doc["connections"]
-    title = f"{doc.get('file', '')}: {len(conns)} connection(s), {doc.get('packets', '?')} packets"
+    total = doc.get("connections_total", len(conns))
+    title = f"{doc.get('file', '')}: {total} connection(s), {doc.get('packets', '?')} packets"
     t = Table(title=Text(title), title_justify="left", show_lines=False)
     t.add_column("id", justify="right")
     t.add_column("client")
@@ -43,16 +48,18 @@ def connections_table(doc: Mapping[str, Any], limit: int = 200) -> Table:
         t.add_row(str(c["id"]), Text(c["client"]), Text(c["server"]), str(c["incarnation"]),
                   f"{c['first_frame']}-{c['last_frame']}", Text(kind, style=_KIND_STYLE.get(kind, "")),
                   c["close"]["initiator"] or "-", time_wait_cell(c))
-    if len(conns) > limit:
-        t.caption = f"first {limit} of {len(conns)} connections shown; --json lists all"
+    shown = min(limit, len(conns))
+    if total > shown:
+        t.caption = f"first {shown} of {total} connections shown ({total - shown} not shown); --json lists all"
     return t
 
 
 def findings_table(doc: Mapping[str, Any], limit: int = 200) -> Table | Text:
     findings = doc["findings"]
-    if not findings:
+    total = doc.get("findings_total", len(findings))
+    if not total:
         return Text("no findings", style="dim")
-    t = Table(title=f"findings ({len(findings)})", title_justify="left")
+    t = Table(title=f"findings ({total})", title_justify="left")
     t.add_column("kind", style="bold magenta")
     t.add_column("connection", justify="right")
     t.add_column("frames")
@@ -61,8 +68,9 @@ def findings_table(doc: Mapping[str, Any], limit: int = 200) -> Table | Text:
         frames = ", ".join(str(n) for n in f["frames"][:8]) + (" ..." if len(f["frames"]) > 8 else "")
         detail = f["detail"] if isinstance(f["detail"], str) else _detail_text(f["detail"])
         t.add_row(f["kind"], "-" if f["connection"] is None else str(f["connection"]), frames, Text(detail))
-    if len(findings) > limit:
-        t.caption = f"first {limit} of {len(findings)} findings shown; --json lists all"
+    shown = min(limit, len(findings))
+    if total > shown:
+        t.caption = f"first {shown} of {total} findings shown ({total - shown} not shown); --json lists all"
     return t
 
 
@@ -81,6 +89,57 @@ def skipped_text(doc: Mapping[str, Any]) -> Text | None:
 
 def analysis_view(doc: Mapping[str, Any]) -> Group:
     parts: list[Any] = [connections_table(doc), findings_table(doc)]
+    sk = skipped_text(doc)
+    if sk is not None:
+        parts.append(sk)
+    return Group(*parts)
+
+
+_INITIATORS = ("client", "server", "both", "-")
+_ENDED_BY = (("timeout", "2MSL ran out"), ("rst", "ended by RST"), ("syn", "ended by a new SYN"))
+
+
+def summary_counts(s: Summary) -> Group:
+    """Counters over every connection and finding of a file (twlab analyze for people, any file size)."""
+    head = Text(f"{s.file}: {s.packets} packets, {s.tcp_segments} TCP segments, {s.connections} connection(s), "
+                f"{s.findings} finding(s); profile {s.profile}, TIME_WAIT {s.time_wait_s:g} s", style="bold")
+    closes = Table(title="closes (kind x initiator)", title_justify="left")
+    closes.add_column("close")
+    for who in _INITIATORS:
+        closes.add_column("none" if who == "-" else who, justify="right")
+    closes.add_column("total", justify="right", style="bold")
+    kinds = [k for k in _KIND_STYLE if any(kk == k for kk, _ in s.closes)]
+    kinds += sorted({k for k, _ in s.closes} - set(kinds))
+    for kind in kinds:
+        row = [s.closes.get((kind, who), 0) for who in _INITIATORS]
+        closes.add_row(Text(kind, style=_KIND_STYLE.get(kind, "")), *[str(n) if n else "-" for n in row],
+                       str(sum(row)))
+    tw = Table(title="TIME_WAIT windows (side)", title_justify="left")
+    tw.add_column("side")
+    tw.add_column("windows", justify="right", style="bold")
+    for _, label in _ENDED_BY:
+        tw.add_column(label, justify="right")
+    for side in ("client", "server"):
+        row = [s.time_wait.get((side, how), 0) for how, _ in _ENDED_BY]
+        total = sum(n for (sd, _), n in s.time_wait.items() if sd == side)
+        tw.add_row(side, str(total), *[str(n) for n in row])
+    parts: list[Any] = [head, closes, tw]
+    if s.finding_kinds:
+        fk = Table(title="findings (kind)", title_justify="left")
+        fk.add_column("kind", style="bold magenta")
+        fk.add_column("count", justify="right")
+        fk.add_column("verdicts")
+        for kind, n in sorted(s.finding_kinds.items(), key=lambda kv: (-kv[1], kv[0])):
+            verdicts = sorted(((v, m) for (k, v), m in s.verdicts.items() if k == kind), key=lambda vm: -vm[1])
+            fk.add_row(kind, str(n), ", ".join(f"{v} {m}" for v, m in verdicts) or "-")
+        parts.append(fk)
+    return Group(*parts)
+
+
+def summary_view(s: Summary) -> Group:
+    """The summary counters, then the first connections and findings (bounded, whatever the file size)."""
+    doc = s.view_doc()
+    parts: list[Any] = [summary_counts(s), connections_table(doc, s.limit), findings_table(doc, s.limit)]
     sk = skipped_text(doc)
     if sk is not None:
         parts.append(sk)

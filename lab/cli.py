@@ -270,22 +270,37 @@ def _each_file(files: tuple[Path, ...], work: Any) -> None:
 
 @cli.command("analyze")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (connections, findings).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per file and line: file, profile, time_wait_s, connections (in the order "
+                   "they end), findings, then the counts (packets, tcp_segments, skipped, segments).")
+@click.option("--detail", is_flag=True, help="With --json: each connection's state transitions and segment roles.")
 @_profile_options
-def analyze_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s: float | None) -> None:
-    """Connections, close kinds, TIME_WAIT windows and findings in capture files (pcap, pcapng, .gz)."""
+def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: str,
+                time_wait_s: float | None) -> None:
+    """Connections, close kinds, TIME_WAIT windows and findings in capture files (pcap, pcapng, .gz).
+
+    Streams: memory follows the open connections, not the file size. --json lists every connection
+    in the order the connections end (not by id) and every finding as its connection ends; each file's
+    line is printed once its file was read completely. Without --json: counts per close kind, TIME_WAIT
+    side and finding kind, and the first 200 connections and findings.
+    """
+    from lab import analyze_stream
+    from lab.runner import sigterm_as_interrupt
 
     def work(path: Path) -> None:
-        _, doc = _analyze_file(path, profile, time_wait_s)
+        _check_file(path)
         if as_json:
-            click.echo(json.dumps(doc))
+            sys.stdout.flush()
+            analyze_stream.write_json(path, sys.stdout.buffer, profile, time_wait_s, detail)
             return
-        from lab.analysis_view import analysis_view
+        summary = analyze_stream.summarize(path, profile, time_wait_s)
+        from lab.analysis_view import summary_view
         from lab.ui import console
 
-        console().print(analysis_view(doc))
+        console().print(summary_view(summary))
 
-    _each_file(files, work)
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the spool files are removed
+        _each_file(files, work)
 
 
 @cli.command("show")
