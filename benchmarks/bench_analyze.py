@@ -7,13 +7,17 @@ alternately close first and some connections end with an SO_LINGER {1,0} RST. tc
 namespace writes the first --packets packets.
 
 Measurement, one tool at a time in a fresh process pinned to one core (taskset -c 0), best of --repeat:
-    twlab analyze FILE --json          (python -m lab analyze; output to /dev/null)
-    reader only                        (lab.readers.CaptureReader over the file)
-    reader + tracker.analyze           (the analysis without building or printing the JSON)
+    twlab analyze FILE --json           (python -m lab analyze; the streamed JSON of every connection and
+                                          finding; output to a file on the first run, checked: it parses and
+                                          lists every connection; /dev/null afterwards)
+    twlab analyze FILE --json --detail  (the same with every connection's transitions and segment roles)
+    reader only                         (lab.readers.CaptureReader over the file)
+    reader + analyzer, no output        (lab.readers.feed_file into a streaming Analyzer, records dropped)
     tshark -q -z conv,tcp -r FILE
     tshark -T fields -e frame.number -e tcp.stream -e tcp.flags -r FILE
-wall time, CPU time, packets/s, and peak RSS (ru_maxrss of the child from wait4), on the whole file and
-on its first 100 k packets (memory must follow open connections, not file size).
+wall time, CPU time (wait4), packets/s, and peak RSS (GNU time's %M), on the whole file and
+on its first 100 k packets (memory must follow open connections, not file size). Whether the compiled
+accelerator (lab.accel, `python -m lab.build`) was active is recorded with the figures.
 
     sudo .venv/bin/python -m benchmarks analyze [--packets=1000000] [--regen] [--repeat=2]
 (options in --name=value form: python -m benchmarks takes bare words for benchmark names)
@@ -50,10 +54,18 @@ GEN_LIMIT_S = 170.0
 
 READER_ONLY = ("import sys\nfrom lab.readers import CaptureReader\nr = CaptureReader(sys.argv[1])\n"
                "n = sum(1 for _ in r)\nprint(n, r.stats.packets)\n")
-TRACKER_DIRECT = ("import sys\nfrom lab.readers import CaptureReader\nfrom lab.core.tracker import analyze\n"
-                  "import json\nrep = analyze(CaptureReader(sys.argv[1]))\njson.dumps(rep.to_dict())\n")
-TRACKER_ONLY = ("import sys\nfrom lab.readers import CaptureReader\nfrom lab.core.tracker import analyze\n"
-                "analyze(CaptureReader(sys.argv[1]))\n")
+# the analysis as `twlab analyze` runs it (streaming, no detail), finished records dropped: the JSON's cost is
+# the difference to the CLI row
+ANALYZER_ONLY = ("import sys\nfrom lab.readers import feed_file\nfrom lab.core.tracker import Analyzer\n"
+                 "a = Analyzer(detail=False, keep=False)\nfeed_file(sys.argv[1], a, a.drain)\na.finish()\n"
+                 "a.drain()\n")
+ACCEL_PROBE = ("import importlib.util, sys\nif importlib.util.find_spec('lab.accel') is None:\n"
+               "    print('unknown: no lab.accel'); sys.exit()\nimport lab.accel as a\n"
+               "print(('active: ' if a.active() else 'inactive: ') + a.status())\n")
+OURS = "twlab analyze --json"
+OURS_DETAIL = "twlab analyze --json --detail"
+CONV = "tshark -q -z conv,tcp"
+GNU_TIME = "/usr/bin/time"
 
 
 def _ns(ns: str, *argv: str) -> list[str]:
@@ -151,11 +163,17 @@ def pcap_prefix(src: Path, dst: Path, count: int) -> int:
 
 # --- measurement --------------------------------------------------------------------------------------
 
-def run_measured(cmd: list[str]) -> dict[str, Any]:
-    """One run in a fresh process on core 0: wall and CPU seconds, peak RSS from wait4's rusage."""
-    with tempfile.TemporaryFile() as err:
+def run_measured(cmd: list[str], stdout: Path | None = None) -> dict[str, Any]:
+    """One run in a fresh process on core 0: wall and CPU seconds, peak RSS.
+
+    Peak RSS comes from GNU time (%M), which forks the tool from its own small process: wait4's ru_maxrss of
+    a child we spawn directly starts at *this* process's peak (subprocess uses vfork, and Linux carries the
+    old mm's high-water mark over exec), which made every tool look at least as big as the benchmark."""
+    with tempfile.TemporaryFile() as err, open(stdout or os.devnull, "wb") as out, \
+            tempfile.NamedTemporaryFile("r", prefix=f"twl{new_run_id()}rss-") as rss:
         t0 = time.perf_counter()
-        p = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        p = subprocess.Popen(["taskset", "-c", "0", GNU_TIME, "-f", "%M", "-o", rss.name, *cmd], stdout=out,
+                             stderr=err, cwd=REPO)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -163,28 +181,41 @@ def run_measured(cmd: list[str]) -> dict[str, Any]:
             err.seek(0)
             tail = err.read().decode(errors="replace").strip()[-400:]
             raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {tail}")
-    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024}
+        peak_kib = int(rss.read().split()[-1])
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": peak_kib / 1024}
 
 
-def _has_tracker() -> bool:
-    try:
-        import lab.core.tracker  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def accelerator() -> str:
+    """'active: ...', 'inactive: <why>' or 'unknown: ...': lab.accel as a fresh `twlab` process sees it."""
+    r = subprocess.run([sys.executable, "-c", ACCEL_PROBE], capture_output=True, text=True, cwd=REPO, check=False)
+    return r.stdout.strip() or f"unknown: {r.stderr.strip()[-200:]}"
 
 
-def analyze_command() -> tuple[str, list[str]]:
-    """Our analyze as the CLI if it exists, else reader + tracker directly, else the reader alone."""
-    try:
-        from lab.cli import cli
-        if "analyze" in getattr(cli, "commands", {}):
-            return "twlab analyze --json", [sys.executable, "-m", "lab", "analyze", "{file}", "--json"]
-    except ImportError:
-        pass
-    if _has_tracker():
-        return "reader + tracker.analyze (no CLI yet)", [sys.executable, "-c", TRACKER_DIRECT, "{file}"]
-    return "reader only (no analyzer yet)", [sys.executable, "-c", READER_ONLY, "{file}"]
+def check_output(path: Path, packets: int) -> dict[str, Any]:
+    """The CLI's output is one complete `analyze --json` object (not just fast because it wrote nothing)."""
+    text = path.read_text()
+    if text.count("\n") != 1:
+        raise RuntimeError(f"{path}: {text.count(chr(10))} lines, expected one JSON object")
+    doc = json.loads(text)
+    ids = {c["id"] for c in doc["connections"]}
+    if doc["packets"] != packets or len(ids) != len(doc["connections"]) or ids != set(range(len(ids))):
+        raise RuntimeError(f"{path}: packets {doc['packets']} (expected {packets}) or connection ids not 0..n-1")
+    return {"bytes": len(text), "connections": len(ids), "findings": len(doc["findings"])}
+
+
+def markdown_table(rows: list[dict[str, Any]], accel: str, big: int, small: int) -> str:
+    """The figures as a README table: per tool, full file and prefix side by side."""
+    out = [f"| tool (one core) | {big // 1000} k packets: pkts/s | CPU s | peak RSS | first {small // 1000} k: "
+           "pkts/s | peak RSS |", "|---|---:|---:|---:|---:|---:|"]
+    tools = list(dict.fromkeys(r["tool"] for r in rows))
+    for tool in tools:
+        full = next(r for r in rows if r["tool"] == tool and r["file"] == "full")
+        pre = next(r for r in rows if r["tool"] == tool and r["file"] == "prefix")
+        name = f"`{tool}`" if tool.startswith(("twlab", "tshark")) else tool
+        out.append(f"| {name} | {full['pkts_per_s']:,} | {full['cpu_s']:.2f} | {full['peak_rss_mib']:,.0f} MiB | "
+                   f"{pre['pkts_per_s']:,} | {pre['peak_rss_mib']:,.0f} MiB |")
+    out.append(f"\naccelerator (lab.accel): {accel}")
+    return "\n".join(out)
 
 
 def main(argv: list[str]) -> int:
@@ -198,9 +229,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--file", type=Path, default=None, help="measure this capture instead of the churn file")
     ap.add_argument("--out", type=Path, default=OUT / "analyze.json")
     args = ap.parse_args(argv)
-    for tool in ("tshark", "taskset") + (() if args.file else ("tcpdump", "ip")):
+    for tool in ("tshark", "taskset", GNU_TIME) + (() if args.file else ("tcpdump", "ip")):
         if not shutil.which(tool):
-            print(f"bench analyze: {tool} not found: apt-get install -y tshark tcpdump iproute2 util-linux",
+            print(f"bench analyze: {tool} not found: apt-get install -y tshark tcpdump iproute2 util-linux time",
                   file=sys.stderr)
             return 3
     OUT.mkdir(parents=True, exist_ok=True)
@@ -237,20 +268,33 @@ def main(argv: list[str]) -> int:
         reader = CaptureReader(f)
         sum(1 for _ in reader)
         counts[f] = reader.stats.packets
-    ours_name, ours_cmd = analyze_command()
-    tools = [(ours_name, ours_cmd),
-             ("reader only (read_segments)", [sys.executable, "-c", READER_ONLY, "{file}"]),
-             *([("reader + tracker.analyze, no output", [sys.executable, "-c", TRACKER_ONLY, "{file}"])]
-               if _has_tracker() else []),
-             ("tshark -q -z conv,tcp", ["tshark", "-q", "-z", "conv,tcp", "-r", "{file}"]),
+    accel = accelerator()
+    print(f"accelerator: {accel}", flush=True)
+    twlab = [sys.executable, "-m", "lab", "analyze", "{file}", "--json"]
+    tools = [(OURS, twlab),
+             (OURS_DETAIL, [*twlab, "--detail"]),
+             ("reader only (CaptureReader)", [sys.executable, "-c", READER_ONLY, "{file}"]),
+             ("reader + analyzer, no output", [sys.executable, "-c", ANALYZER_ONLY, "{file}"]),
+             (CONV, ["tshark", "-q", "-z", "conv,tcp", "-r", "{file}"]),
              ("tshark -T fields (3 fields)", ["tshark", "-T", "fields", "-e", "frame.number", "-e", "tcp.stream",
                                               "-e", "tcp.flags", "-r", "{file}"])]
     rows: list[dict[str, Any]] = []
+    outputs: dict[str, dict[str, Any]] = {}
     for f, label in ((big, "full"), (small, "prefix")):
         best: dict[str, dict[str, Any]] = {}
-        for _ in range(args.repeat):
+        for rep in range(args.repeat):
             for name, cmd in tools:
-                m = run_measured([str(f) if c == "{file}" else c for c in cmd])
+                argv = [str(f) if c == "{file}" else c for c in cmd]
+                if rep == 0 and name == OURS:
+                    fd, spool = tempfile.mkstemp(prefix=f"twl{new_run_id()}bench-", suffix=".json")
+                    os.close(fd)
+                    try:
+                        m = run_measured(argv, stdout=Path(spool))
+                        outputs[label] = check_output(Path(spool), counts[f])
+                    finally:
+                        os.unlink(spool)
+                else:
+                    m = run_measured(argv)
                 b = best.setdefault(name, m)
                 if m["wall_s"] < b["wall_s"]:
                     b.update(wall_s=m["wall_s"], cpu_s=m["cpu_s"])
@@ -268,18 +312,21 @@ def main(argv: list[str]) -> int:
     for r in rows:
         print(f"{r['tool']:<38} {r['file']:<7} {r['packets']:>9} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
               f"{r['pkts_per_s']:>10} {r['peak_rss_mib']:>13.1f}")
+    for label, o in outputs.items():
+        print(f"{OURS} output ({label}): {o['bytes'] / 2**20:.1f} MiB, {o['connections']} connections, "
+              f"{o['findings']} findings: parses, ids 0..n-1 each once")
 
     def row(tool: str, label: str) -> dict[str, Any]:
         return next(r for r in rows if r["tool"] == tool and r["file"] == label)
 
-    ours, conv = row(ours_name, "full"), row("tshark -q -z conv,tcp", "full")
-    ours_small = row(ours_name, "prefix")
+    ours, conv = row(OURS, "full"), row(CONV, "full")
+    ours_small = row(OURS, "prefix")
     speedup = ours["pkts_per_s"] / conv["pkts_per_s"]
     mem_ratio = ours["peak_rss_mib"] / conv["peak_rss_mib"]
     growth = ours["peak_rss_mib"] / ours_small["peak_rss_mib"]
     result = {
         "benchmark": "analyze", "kernel": os.uname().release, "file": str(big), "generation": gen_meta,
-        "ours": ours_name, "rows": rows, "repeat": args.repeat, "core": 0,
+        "ours": OURS, "accelerator": accel, "output": outputs, "rows": rows, "repeat": args.repeat, "core": 0,
         "throughput_vs_tshark_conv": round(speedup, 2), "memory_vs_tshark_conv": round(mem_ratio, 3),
         "ours_rss_full_vs_prefix": round(growth, 2),
         "targets": {"throughput >= 2x tshark -z conv,tcp": speedup >= 2.0,
@@ -289,8 +336,9 @@ def main(argv: list[str]) -> int:
     tmp_out = args.out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     tmp_out.replace(args.out)
-    print(f"\n{ours_name}: {speedup:.2f}x the throughput of tshark -z conv,tcp (target >= 2x), "
+    print(f"\n{OURS}: {speedup:.2f}x the throughput of tshark -z conv,tcp (target >= 2x), "
           f"{mem_ratio:.2f} of its peak RSS (target <= 0.25); RSS {counts[big] // 1000}k vs "
           f"{counts[small] // 1000}k packets: {growth:.2f}x")
+    print(markdown_table(rows, accel, counts[big], counts[small]))
     print(f"written {args.out}")
     return 0 if all(result["targets"].values()) else 1
