@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from lab.core.tcpstate import Input, TcpState
 
 _SIDES = ("client", "server")
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 CLOSE_KINDS = ("four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete")
 FINDING_KINDS = ("fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
                  "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated")
@@ -37,8 +39,7 @@ class Transition(NamedTuple):
                           bool(d.get("inferred", False)), str(d.get("cause", "")))
 
 
-@dataclass(frozen=True, slots=True)
-class TimeWaitWindow:
+class TimeWaitWindow(NamedTuple):
     """Where one side holds TIME_WAIT, in capture time. `end_ts` is the last (re)start + 2*MSL unless the
     window ended early: `ended_by` "rst" (assassinated) or "syn" (a new incarnation took the four-tuple over)."""
 
@@ -64,8 +65,7 @@ class TimeWaitWindow:
                               float(d.get("length_s", 0.0)))
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(NamedTuple):
     kind: str                        # one of CLOSE_KINDS
     initiator: str | None            # client | server | both | None
     frames: tuple[int, ...] = ()     # the closing segments (first FINs, their first ACKs, RSTs)
@@ -78,8 +78,14 @@ class Close:
         return Close(str(d["kind"]), d.get("initiator"), tuple(int(x) for x in d.get("frames", ())))
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+class Connection(NamedTuple):
+    """One incarnation of a four-tuple, finished.
+
+    Connection, Close, TimeWaitWindow and Finding are immutable NamedTuples rather than frozen dataclasses:
+    the analyzer builds several per connection, and a frozen dataclass's __init__ (object.__setattr__ per
+    field) cost more than the whole per-segment analysis of a churn capture (measured, compiled with mypyc).
+    """
+
     id: int
     client: str                      # "ip:port" (str(Endpoint))
     server: str
@@ -134,13 +140,12 @@ class Connection:
         return self.client if side == "client" else self.server
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     kind: str                        # one of FINDING_KINDS
     connection: int | None
     frames: tuple[int, ...]
     detail: str
-    extra: Mapping[str, Any] = field(default_factory=dict)   # structured facts, e.g. verdict, elapsed_s
+    extra: Mapping[str, Any] = _NO_EXTRA   # structured facts, e.g. verdict, elapsed_s
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "connection": self.connection, "frames": list(self.frames),
