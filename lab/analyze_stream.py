@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lab.core.report import Connection, Finding, Report, TimeWaitWindow
+from lab.core.tcpstate import Input, TcpState
 from lab.core.tracker import Analyzer
 from lab.experiments.base import new_run_id
 from lab.readers import ReaderStats, feed_file
@@ -124,9 +125,27 @@ def connection_json(c: Connection, detail: bool = False) -> str:
                     "null" if c.client_isn is None else c.client_isn,
                     "null" if c.server_isn is None else c.server_isn, "true" if c.mid_capture else "false")
     if detail:
-        return text + ", " + _fast_dumps({"transitions": [t.to_dict() for t in c.transitions],
-                                          "roles": [[f, _SIDES[i], r] for f, i, r in c.roles]})[1:]
+        return f'{text}, "transitions": [{_steps_json(c)}], "roles": [{_roles_json(c)}]}}'
     return text + "}"
+
+
+# --detail: each state change as Transition.to_dict() writes it, straight from Connection.steps
+_STEP = '{"frame": %d, "side": %s, "from": %s, "to": %s, "inferred": %s, "cause": %s}'
+_SIDE_TEXT = (_q("client"), _q("server"))
+_ENUM_TEXT = {id(m): _q(m.value) for e in (TcpState, Input) for m in e}   # by id: Enum.__hash__ is Python code
+
+
+def _steps_json(c: Connection) -> str:
+    e = _ENUM_TEXT
+    try:
+        return ", ".join([_STEP % (f, _SIDE_TEXT[i], e[id(a)], e[id(b)], "true" if inf else "false", e[id(inp)])
+                          for f, i, a, b, inf, inp in c.steps])
+    except (KeyError, IndexError, TypeError, ValueError):  # steps in another shape: the records' own to_dict()
+        return _fast_dumps([t.to_dict() for t in c.transitions])[1:-1]
+
+
+def _roles_json(c: Connection) -> str:
+    return ", ".join([f"[{f}, {_SIDE_TEXT[i]}, {_q(r)}]" for f, i, r in c.roles])
 
 
 def finding_json(f: Finding) -> str:
