@@ -45,9 +45,13 @@ stamp=.venv/.twlab-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing twlab and its Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[dev,nfqueue]'
+  .venv/bin/python -m pip install -q -e '.[dev,nfqueue,accel]'
   touch "$stamp"
 fi
+
+# the optional compiled accelerator (mypyc): rebuilt when a compiled source changed since the last build;
+# without a compiler it says so in one line and the pure-Python modules are used
+.venv/bin/python -m lab.build --if-needed || true
 
 case "$mode" in
   install) log "ready: .venv/bin/twlab doctor" ;;

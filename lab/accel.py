@@ -145,3 +145,12 @@ def status() -> str:
     """One line for `twlab doctor`."""
     install()
     return str(_state["reason"])
+
+
+def doctor_check() -> tuple[bool, str, str]:
+    """(ok, detail, fix) for `twlab doctor`."""
+    if active():
+        return True, "compiled (mypyc): twlab analyze runs native code", ""
+    reason = status()
+    fix = "unset TWLAB_PURE" if reason == "TWLAB_PURE=1" else f"{BUILD_HINT}; needs gcc and python3-dev"
+    return False, f"pure Python, slower ({reason})", fix

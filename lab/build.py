@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.verbose)
     except BuildFailed as exc:
+        if not accel.check()[0]:
+            _remove_build()   # a stale build would only warn on every import
         print(f"twlab: accelerator not built ({exc}); pure Python is used, slower", file=sys.stderr)
         return 1
     print(f"twlab: accelerator built in {time.monotonic() - t0:.0f} s ({len(accel.COMPILED)} modules, mypyc)",

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from lab import accel
 from lab.experiments.base import is_root, new_run_id
 
 CAP_NET_ADMIN = 12
@@ -66,6 +67,7 @@ def checks() -> list[Check]:
         _tool("ip", "apt-get install -y iproute2"),
         _tool("nstat", "apt-get install -y iproute2"),
         _netns_usable(),
+        Check("accelerator", *accel.doctor_check()),
     ]
     from lab import resources
 

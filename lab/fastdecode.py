@@ -226,6 +226,8 @@ def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch:
             start = pos + 16
             end = start + incl
             if end > blen:
+                if on_batch is not None:
+                    on_batch()
                 need = end - blen
                 buf = buf[pos:] + src.read(chunk if chunk > need else need, frame)
                 pos = 0
@@ -285,6 +287,8 @@ def walk_pcapng(src: _Source, head: bytes, a: Analyzer, on_batch: Callable[[], N
             if total < 12 or total & 3 or total > max_record:
                 raise src.fail(f"absurd pcapng block length {total}", frame + 1)
             if pos + total > blen:
+                if frame and on_batch is not None:
+                    on_batch()
                 need = total - (blen - pos)
                 buf = buf[pos:] + src.read(chunk if chunk > need else need, frame + 1)
                 pos = 0
