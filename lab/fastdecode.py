@@ -45,15 +45,21 @@ class _Dec:
         self.v4: dict[int, str] = {}
         self.v6: dict[bytes, str] = {}
         self.tcp = 0
+        self.last_key = -1          # the last IPv4 address looked up: most packets repeat it (a dict
+        self.last_str = ""          # lookup needs a boxed key)
 
     def v4str(self, buf: bytes, p: int) -> str:
         key = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+        if key == self.last_key:
+            return self.last_str
         s = self.v4.get(key)
         if s is None:
             if len(self.v4) > _CACHE_MAX:
                 self.v4.clear()
             s = socket.inet_ntop(socket.AF_INET, buf[p:p + 4])
             self.v4[key] = s
+        self.last_key = key
+        self.last_str = s
         return s
 
     def v6str(self, buf: bytes, p: int) -> str:
