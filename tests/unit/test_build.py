@@ -29,8 +29,11 @@ print(json.dumps({"active": a.active(), "status": a.status(), "shared_lib": any(
 
 def _copy_repo(dst: Path) -> Path:
     """The repo's tracked and not-ignored new files (as in the working tree) in a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    ls = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                        capture_output=True, check=False)
+    if ls.returncode != 0:
+        pytest.skip("not a git checkout: the build test copies the repository's files")
+    listed = ls.stdout.decode().split("\0")
     for rel in filter(None, listed):
         src = ROOT / rel
         if src.is_file():
