@@ -11,7 +11,7 @@ Measurement, one tool at a time in a fresh process pinned to one core (taskset -
                                           finding; output to a file on the first run, checked: it parses and
                                           lists every connection; /dev/null afterwards)
     twlab analyze FILE --json --detail  (the same with every connection's transitions and segment roles)
-    reader only                         (lab.readers.CaptureReader over the file)
+    reader only                         (lab.readers.CaptureReader over the file; never compiled)
     reader + analyzer, no output        (lab.readers.feed_file into a streaming Analyzer, records dropped)
     tshark -q -z conv,tcp -r FILE
     tshark -T fields -e frame.number -e tcp.stream -e tcp.flags -r FILE
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     twlab = [sys.executable, "-m", "lab", "analyze", "{file}", "--json"]
     tools = [(OURS, twlab),
              (OURS_DETAIL, [*twlab, "--detail"]),
-             ("reader only (CaptureReader)", [sys.executable, "-c", READER_ONLY, "{file}"]),
+             ("reader only (CaptureReader, Python)", [sys.executable, "-c", READER_ONLY, "{file}"]),
              ("reader + analyzer, no output", [sys.executable, "-c", ANALYZER_ONLY, "{file}"]),
              (CONV, ["tshark", "-q", "-z", "conv,tcp", "-r", "{file}"]),
              ("tshark -T fields (3 fields)", ["tshark", "-T", "fields", "-e", "frame.number", "-e", "tcp.stream",
