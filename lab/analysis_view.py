@@ -139,7 +139,10 @@ def summary_counts(s: Summary) -> Group:
 def summary_view(s: Summary) -> Group:
     """The summary counters, then the first connections and findings (bounded, whatever the file size)."""
     doc = s.view_doc()
-    parts: list[Any] = [summary_counts(s), connections_table(doc, s.limit), findings_table(doc, s.limit)]
+    if s.connections:
+        parts: list[Any] = [summary_counts(s), connections_table(doc, s.limit), findings_table(doc, s.limit)]
+    else:
+        parts = [Text(f"{s.file}: {s.packets} packets, no TCP connection", style="bold")]
     sk = skipped_text(doc)
     if sk is not None:
         parts.append(sk)

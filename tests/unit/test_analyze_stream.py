@@ -284,3 +284,14 @@ def test_people_see_verdict_counts(corpus: Path) -> None:
     assert ["reuse-in-time-wait", "2", "acceptable 1, dangerous 1"] in rows
     assert ["delayed-duplicate", "1", "could be accepted 1"] in rows
     assert "not shown" not in r.stdout                       # 12 connections: all listed
+
+
+def test_a_capture_without_packets(corpus: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "header-only.pcap"
+    empty.write_bytes((corpus / "zeek__mysql__auth.pcap").read_bytes()[:24])
+    r = twlab("analyze", "--json", empty)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert list(doc) == HEAD_KEYS and doc["connections"] == [] and doc["findings"] == [] and doc["packets"] == 0
+    r = twlab("analyze", empty)
+    assert r.returncode == 0 and f"{empty}: 0 packets, no TCP connection" in r.stdout
