@@ -380,3 +380,11 @@ def capture_check(ctx: RunContext, rec: Any, checks: Mapping[str, Iterable[str]]
     out: dict[str, Any] = {k: analyzer_agreement(findings, segments, records, k, marks) for k, marks in checks.items()}
     out["ok"] = all(v["ok"] for v in out.values())
     return path, analysis, out
+
+
+def check_outcome(check: Mapping[str, Any], kind: str, source: str) -> tuple[list[str], list[str], dict[str, Any]]:
+    """What an experiment reports of capture_check()'s verdict: notes to add, skipped reasons, observations."""
+    notes = ([f"the analyzer's {kind} findings differ from the {source}'s log: see observations.analyzer_check"]
+             if check.get("ok") is False else [])
+    skipped = [f"capture: {check['why']}"] if check.get("ok") is None and check.get("why") else []
+    return notes, skipped, {"analyzer_matches_injector": check.get("ok"), "analyzer_check": check}

@@ -169,7 +169,7 @@ def _story(case: Case, o: dict[str, Any]) -> tuple[str, str]:
 
 
 def run(ctx: RunContext) -> Outcome:
-    from lab.inject import capture_check
+    from lab.inject import capture_check, check_outcome
     from lab.recording import Recording
 
     ns, peer = open_in_namespace(ctx, "k")
@@ -192,17 +192,14 @@ def run(ctx: RunContext) -> Outcome:
         "min(max_window, bytes_acked) gets a challenge ACK); the corruption needs an old segment whose ACK happens "
         "to fit the new incarnation too, as the lore assumes.",
     ]
-    if check.get("ok") is False:
-        notes.append("the analyzer's delayed-duplicate findings differ from the injector's log: see "
-                     "observations.analyzer_check")
-    skipped = [f"capture: {check['why']}"] if check.get("ok") is None and check.get("why") else []
+    extra_notes, skipped, check_obs = check_outcome(check, "delayed-duplicate", "injector")
+    notes += extra_notes
     observations = {
         "cases": results,
         "accepted": {o["case"]: o.get("accepted") for o in results},
         "app_read": {o["case"]: o.get("app_read") for o in results},
         "old_bytes_reached_application": corrupted,
-        "analyzer_matches_injector": check.get("ok"),
-        "analyzer_check": check,
+        **check_obs,
     }
     reproduced = (all_expected and positions_ok and "nots-inside-no-time-wait" in corrupted
                   and check.get("ok") is not False)

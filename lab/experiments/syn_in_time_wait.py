@@ -126,7 +126,7 @@ def _story(case: Case, o: dict[str, Any]) -> tuple[str, str]:
 
 
 def run(ctx: RunContext) -> Outcome:
-    from lab.inject import capture_check
+    from lab.inject import capture_check, check_outcome
     from lab.recording import Recording
 
     ns, peer = open_in_namespace(ctx, "k")
@@ -148,17 +148,14 @@ def run(ctx: RunContext) -> Outcome:
     notes = [f"Linux gives a connection reopened from TIME_WAIT the ISN old snd_nxt + {TW_ISN_GAP} "
              f"(measured: {sorted(set(g for g in gaps if g is not None))}), so the new sequence space starts "
              "above the old one whatever the clock says."]
-    if check.get("ok") is False:
-        notes.append("the analyzer's reuse-in-time-wait findings differ from the peer's log: see "
-                     "observations.analyzer_matches_injector")
-    skipped = [f"capture: {check['why']}"] if check.get("ok") is None and check.get("why") else []
+    extra_notes, skipped, check_obs = check_outcome(check, "reuse-in-time-wait", "peer")
+    notes += extra_notes
     observations = {
         "cases": results,
         "accepted": {o["case"]: o.get("accepted") for o in results},
         "new_isn_minus_old_snd_nxt": gaps,
         "pawstimewait_delta_for_older_ts": paws,
-        "analyzer_matches_injector": check.get("ok"),
-        "analyzer_check": check,
+        **check_obs,
     }
     reproduced = all_expected and gap_ok and refused_ok and paws >= 1 and check.get("ok") is not False
     return Outcome(reproduced=reproduced, observations=observations, story=story, notes=notes, skipped=skipped,

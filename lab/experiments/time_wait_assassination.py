@@ -122,7 +122,7 @@ def _ratelimit(ctx: RunContext, ns: Any, peer: Any, ratelimit_ms: int, sport: in
 
 
 def run(ctx: RunContext) -> Outcome:
-    from lab.inject import capture_check
+    from lab.inject import capture_check, check_outcome
     from lab.recording import Recording
 
     ns, peer = open_in_namespace(ctx, "k")
@@ -165,16 +165,13 @@ def run(ctx: RunContext) -> Outcome:
              "it and TIME_WAIT keeps its timer (tcp_timewait_state_process).",
              "The sysctl is invisible on the wire: the analyzer flags every RST at rcv_nxt as able to assassinate; "
              "sock_diag tells which ones did."]
-    if check.get("ok") is False:
-        notes.append("the analyzer's time-wait-assassinated findings differ from the peer's log: see "
-                     "observations.analyzer_check")
-    skipped = [f"capture: {check['why']}"] if check.get("ok") is None and check.get("why") else []
+    extra_notes, skipped, check_obs = check_outcome(check, "time-wait-assassinated", "peer")
+    notes += extra_notes
     observations = {
         "rst_cases": results,
         "survived": {o["case"]: o.get("survived") for o in results},
         "rate_limit": limits,
-        "analyzer_matches_injector": check.get("ok"),
-        "analyzer_check": check,
+        **check_obs,
     }
     return Outcome(reproduced=rst_ok and rate_ok and check.get("ok") is not False, observations=observations,
                    story=story, notes=notes, skipped=skipped, capture=capture, analysis=analysis)
