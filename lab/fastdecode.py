@@ -151,11 +151,14 @@ class _Dec:
         if thl < 20:
             return False
         tsval = -1
+        wscale = -1
+        flags = buf[t + 13]
         if thl > 20:
             o = t + 20
             oend = t + thl
             if oend > end:
                 oend = end
+            syn = (flags & 0x02) != 0   # only a SYN's window-scale option counts: walk all of a SYN's options
             while o < oend:
                 kind = buf[o]
                 if kind == 0:
@@ -169,8 +172,12 @@ class _Dec:
                 if olen < 2:
                     break
                 if kind == 8 and olen == 10 and o + 10 <= oend:
-                    tsval = (buf[o + 2] << 24) | (buf[o + 3] << 16) | (buf[o + 4] << 8) | buf[o + 5]
-                    break
+                    if tsval < 0:
+                        tsval = (buf[o + 2] << 24) | (buf[o + 3] << 16) | (buf[o + 4] << 8) | buf[o + 5]
+                    if not syn:
+                        break
+                elif kind == 3 and olen == 3 and syn and o + 3 <= oend and wscale < 0:
+                    wscale = buf[o + 2]
                 o += olen
         plen = ip_end - t - thl
         if plen < 0:
@@ -179,7 +186,7 @@ class _Dec:
         self.a.feed_fields(frame, ts, src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
                            (buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7],
                            (buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11],
-                           buf[t + 13], (buf[t + 14] << 8) | buf[t + 15], plen, tsval)
+                           flags, (buf[t + 14] << 8) | buf[t + 15], plen, tsval, wscale)
         return True
 
 

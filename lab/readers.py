@@ -124,6 +124,14 @@ def _ipstr(raw: bytes) -> str:
 
 # --- the packet decoder (hot path) ------------------------------------------------------------------------
 
+def _linux_syn_wscale(buf: bytes, ip: int) -> int | None:
+    """The WS shift of a Linux SYN's options (MSS SACK-permitted TS NOP WS) after an option-less IPv4
+    header at `ip`; None when the last four option bytes are laid out otherwise (the general walk decides)."""
+    if buf[ip + 56] == 1 and buf[ip + 57] == 3 and buf[ip + 58] == 3:
+        return buf[ip + 59]
+    return None
+
+
 def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: int, ts: float,
          comments: tuple[str, ...]) -> Segment | str:
     if t + 20 > end:
@@ -132,13 +140,14 @@ def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: i
     thl = (doff >> 4) << 2
     if thl < 20:
         return MALFORMED
-    tsval = tsecr = None
+    tsval = tsecr = wscale = None
     if thl > 20:
         o = t + 20
         oend = t + thl
         if oend > end:
             oend = end
-        if o + 12 <= oend and buf[o] == 1 and buf[o + 1] == 1 and buf[o + 2] == 8 and buf[o + 3] == 10:
+        syn = flags & 0x02  # only a SYN's window-scale option counts (RFC 7323): walk all of a SYN's options
+        if not syn and o + 12 <= oend and buf[o] == 1 and buf[o + 1] == 1 and buf[o + 2] == 8 and buf[o + 3] == 10:
             tsval, tsecr = _II.unpack_from(buf, o + 4)  # the usual NOP NOP TS layout
         else:
             while o < oend:
@@ -154,13 +163,18 @@ def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: i
                 if olen < 2:
                     break
                 if kind == 8 and olen == 10 and o + 10 <= oend:
-                    tsval, tsecr = _II.unpack_from(buf, o + 2)
-                    break
+                    if tsval is None:
+                        tsval, tsecr = _II.unpack_from(buf, o + 2)
+                    if not syn:
+                        break
+                elif kind == 3 and olen == 3 and syn and o + 3 <= oend and wscale is None:
+                    wscale = buf[o + 2]
                 o += olen
     plen = ip_end - t - thl
     if plen < 0:
         plen = 0
-    return _new(Segment, (frame, ts, src, sport, dst, dport, seq, ack, flags, win, plen, tsval, tsecr, comments))
+    return _new(Segment, (frame, ts, src, sport, dst, dport, seq, ack, flags, win, plen, tsval, tsecr, comments,
+                          wscale))
 
 
 def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
@@ -311,7 +325,7 @@ def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comm
             thl = (doff >> 4) << 2
             if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
                     and (thl == 20 or (thl == 32 and end - off >= l2 + 52) or (thl == 40 and end - off >= l2 + 60))):
-                tsval = tsecr = None
+                tsval = tsecr = wscale = None
                 if thl == 32:
                     kl, tsval, tsecr = _III(buf, off + l2 + 40)
                     if kl != 0x0101080A:
@@ -320,11 +334,15 @@ def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comm
                     kl, tsval, tsecr = _III(buf, off + l2 + 44)
                     if kl != 0x0402080A or buf[off + l2 + 40] != 2:
                         thl = 0
+                    elif flags & 0x02:
+                        wscale = _linux_syn_wscale(buf, off + l2)
+                        if wscale is None:
+                            thl = 0
                 if thl:
                     plen = tot - 20 - thl
                     return _new(Segment, (frame, ts, _ip_cache.get(s) or _ipstr(s), sport,
                                           _ip_cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
-                                          plen if plen > 0 else 0, tsval, tsecr, comments))
+                                          plen if plen > 0 else 0, tsval, tsecr, comments, wscale))
     return _link(lt, buf, off, end, frame, ts, comments)
 
 
@@ -518,7 +536,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                 if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
                         and (thl == 20 or (thl == 32 and end - start >= l2 + 52)
                              or (thl == 40 and end - start >= l2 + 60))):
-                    tsval = tsecr = None
+                    tsval = tsecr = wscale = None
                     if thl == 32:  # NOP NOP TS: data segments
                         kl, tsval, tsecr = _III(buf, start + l2 + 40)
                         if kl != 0x0101080A:  # another option layout: let the general decoder walk it
@@ -527,12 +545,16 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                         kl, tsval, tsecr = _III(buf, start + l2 + 44)
                         if kl != 0x0402080A or buf[start + l2 + 40] != 2:
                             thl = 0
+                        elif flags & 0x02:
+                            wscale = _linux_syn_wscale(buf, start + l2)
+                            if wscale is None:
+                                thl = 0
                     if thl:
                         plen = tot - 20 - thl
                         tcp += 1
                         yield new(segment, (frame, sec + frac * scale, cache.get(s) or _ipstr(s), sport,
                                             cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
-                                            plen if plen > 0 else 0, tsval, tsecr, ()))
+                                            plen if plen > 0 else 0, tsval, tsecr, (), wscale))
                         continue
             try:
                 r = link(lt, buf, start, end, frame, sec + frac * scale, ())

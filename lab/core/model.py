@@ -76,6 +76,7 @@ class Segment(NamedTuple):
     tsval: int | None = None
     tsecr: int | None = None
     comments: tuple[str, ...] = ()
+    wscale: int | None = None    # the window-scale shift a SYN offers (None: no WS option, or not a SYN)
 
     @property
     def src(self) -> Endpoint:

@@ -147,15 +147,18 @@ class _Side:
         "reack_pending",
         "rst_frame",
         "rtt",
+        "shift",
         "snd_max",
         "state",
         "syn_ack",
         "syn_frame",
         "syn_ts",
+        "syn_win",
         "ts_first",
         "ts_last",
         "tw",
         "win",
+        "ws",
     )
 
     def __init__(self, ep: str, state: int) -> None:
@@ -183,7 +186,10 @@ class _Side:
         self.rtt = -1.0                       # shortest time it took to answer a SYN/SYN-ACK/FIN seen here
         self.ts_first = NONE
         self.ts_last = NONE
-        self.win = 65535
+        self.win = 65535                      # the latest advertised window, as on the wire
+        self.syn_win = False                  # ... from a SYN (never scaled)
+        self.ws = NONE                        # the window-scale shift its SYN offered (-1: none)
+        self.shift = 0                        # the scale in effect for its windows (both SYNs offered one)
         self.rst_frame = 0
         self.last_frame = 0
         self.reack_pending = False
@@ -223,7 +229,7 @@ class _Tuple:
 class _Conn:
     __slots__ = ("cdir", "close_extra", "done", "dups", "fin_first", "first_frame", "first_ts", "half_close_frame",
                  "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "packets", "prev", "reuse", "roles",
-                 "rsts", "sides", "trans", "tuple")
+                 "rsts", "sides", "trans", "tuple", "ws_known")
 
     def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
                  mid: bool, synack: bool) -> None:
@@ -255,6 +261,7 @@ class _Conn:
         self.dups: tuple[tuple[int, int, str, str], ...] = ()     # (frame, side, verdict, why)
         self.close_extra: tuple[tuple[str, tuple[int, ...], str, dict[str, Any]], ...] = ()
         self.done = False                     # finalized into a Connection record: read-only from here
+        self.ws_known = False                 # both SYNs seen: whether windows are scaled is known
 
 
 class Analyzer:
@@ -291,11 +298,13 @@ class Analyzer:
     def feed(self, seg: Segment) -> None:
         t = seg.tsval
         self.feed_fields(seg.frame, seg.ts_s, seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.seq, seg.ack,
-                         seg.flags, seg.window, seg.payload_len, NONE if t is None else t)
+                         seg.flags, seg.window, seg.payload_len, NONE if t is None else t,
+                         NONE if seg.wscale is None else seg.wscale)
 
     def feed_fields(self, frame: int, ts: float, si: str, sp: int, di: str, dp: int, seq: int, ack: int,
-                    flags: int, win: int, plen: int, tsval: int) -> None:
-        """feed() without a Segment (the readers' compiled fast path calls this); tsval -1: no TS option."""
+                    flags: int, win: int, plen: int, tsval: int, wscale: int = NONE) -> None:
+        """feed() without a Segment (the readers' compiled fast path calls this); tsval -1: no TS option,
+        wscale -1: no window-scale option (or not a SYN)."""
         self._segments += 1
         if frame > self._max_frame:
             self._max_frame = frame
@@ -342,8 +351,9 @@ class Analyzer:
                     side.ts_first = tsval
                 side.ts_last = tsval
             side.win = win
+            side.syn_win = False
             return
-        self._segment(conn, s, frame, ts, seq, ack, flags, win, plen, tsval)
+        self._segment(conn, s, frame, ts, seq, ack, flags, win, plen, tsval, wscale)
         prev = conn.prev
         if prev is not None and not prev.done and conn.sides[0].snd_max >= 0 and conn.sides[1].snd_max >= 0:
             # both sides of the new incarnation have sent: nothing more can belong to the old one
@@ -572,7 +582,7 @@ class Analyzer:
             tw.end_frame = frame
 
     def _segment(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int, win: int,
-                 plen: int, tsval: int) -> None:
+                 plen: int, tsval: int, wscale: int) -> None:
         side = conn.sides[s]
         p = s ^ 1
         peer = conn.sides[p]
@@ -603,6 +613,13 @@ class Analyzer:
                 side.base = seq
                 side.syn_frame = frame
                 side.syn_ts = ts
+                side.ws = wscale
+                if peer.syn_frame:
+                    # RFC 7323: windows are scaled only when both SYNs offered it (a shift above 14 means 14)
+                    on = side.ws >= 0 and peer.ws >= 0
+                    side.shift = min(side.ws, 14) if on else 0
+                    peer.shift = min(peer.ws, 14) if on else 0
+                    conn.ws_known = True
                 if flags & _ACK:
                     side.syn_ack = ack
                     r = conn.reuse
@@ -728,6 +745,7 @@ class Analyzer:
             elif side.ts_last < 0 or _d(tsval, side.ts_last) > 0:
                 side.ts_last = tsval
         side.win = win
+        side.syn_win = bool(flags & _SYN)
 
     @staticmethod
     def _rtt(side: _Side, dt: float) -> None:
@@ -840,14 +858,17 @@ class Analyzer:
             return False
         peer = conn.sides[s ^ 1]
         rcv_nxt = side.snd_max
+        rwin = peer.win if peer.syn_win else peer.win << peer.shift   # the receiver's window in bytes
+        scaling = ((f"{peer.win} << {peer.shift}" if peer.shift else "no window scaling") if conn.ws_known else
+                   "unscaled: the handshake with the window-scale options was not captured")
         if tsval >= 0 and side.ts_last >= 0 and _d(tsval, side.ts_last) < 0:
             verdict, why = "PAWS would reject", (f"its TSval {tsval} is older than the {_name(s)}'s latest "
                                                  f"{side.ts_last} in this incarnation")
         elif rcv_nxt >= 0 and _d(seq, rcv_nxt) < 0:
             verdict, why = "rejected by window", f"it lies {-_d(seq, rcv_nxt)} bytes below rcv_nxt"
-        elif rcv_nxt >= 0 and _d(seq, rcv_nxt) >= max(peer.win, 1):
+        elif rcv_nxt >= 0 and _d(seq, rcv_nxt) >= max(rwin, 1):
             verdict, why = "rejected by window", (f"it starts {_d(seq, rcv_nxt)} bytes after rcv_nxt, beyond "
-                                                  f"the {peer.win}-byte window (unscaled)")
+                                                  f"the {rwin}-byte window ({scaling})")
         elif flags & _ACK and peer.snd_max >= 0 and peer.base >= 0 and (
                 _d(ack, peer.snd_max) > 0 or _d(ack, peer.base) < 0):
             verdict, why = "rejected by ACK check", ("its ACK is outside this incarnation's sent data "

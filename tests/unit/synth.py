@@ -41,6 +41,7 @@ class _End:
     rcv: int | None = None       # what it ACKs
     ts0: int = 0
     win: int = 65535
+    wscale: int | None = None    # the window-scale shift its SYN offers
 
 
 class Flow:
@@ -80,7 +81,7 @@ class Flow:
             self.cap.frame += 1
             frame = self.cap.frame
         seg = Segment(frame, self.cap.t, me.ip, me.port, peer.ip, peer.port, s, (ack or 0) & M32, int(flags),
-                      me.win, data, tv, tsecr)
+                      me.win, data, tv, tsecr, (), me.wscale if flags & S else None)
         if advance and seq is None:
             me.nxt = (me.nxt + length) & M32
         elif advance and ((s + length - me.nxt) & M32) < (1 << 31) and (s + length) & M32 != me.nxt:

@@ -101,6 +101,11 @@ def mismatches(paths: list[str]) -> list[str]:
     return bad
 
 
+def _row(seg: Any) -> tuple[Any, ...]:
+    """A Segment as the arguments of Analyzer.feed_fields."""
+    return (*seg[:11], -1 if seg.tsval is None else seg.tsval, -1 if seg.wscale is None else seg.wscale)
+
+
 def segment_rows_differ(paths: list[str]) -> list[str]:
     """Segment by segment (interpreted only: a compiled Analyzer cannot be subclassed to record its calls)."""
     class Rec(Analyzer):
@@ -109,7 +114,7 @@ def segment_rows_differ(paths: list[str]) -> list[str]:
             self.rows: list[tuple[Any, ...]] = []
 
         def feed(self, seg: Any) -> None:
-            self.rows.append((*seg[:11], -1 if seg.tsval is None else seg.tsval))
+            self.rows.append(_row(seg))
 
         def feed_fields(self, *fields: Any) -> None:
             self.rows.append(fields)
@@ -119,7 +124,7 @@ def segment_rows_differ(paths: list[str]) -> list[str]:
         want: list[tuple[Any, ...]] = []
         try:
             for seg in CaptureReader(name):
-                want.append((*seg[:11], -1 if seg.tsval is None else seg.tsval))
+                want.append(_row(seg))
         except BadCapture:
             pass
         rec = Rec()

@@ -84,11 +84,14 @@ def test_corpus_matches_tshark(corpus: Path, name: str) -> None:
     assert reader.stats.packets == reader.stats.tcp_segments + sum(reader.stats.skipped.values())
 
     rows = tshark_rows(path, ["frame.number", "tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.ack_raw",
-                              "tcp.len", "tcp.options.timestamp.tsval", "tcp.window_size_value"])
+                              "tcp.len", "tcp.options.timestamp.tsval", "tcp.window_size_value",
+                              "tcp.options.wscale.shift"])
     assert [s.frame for s in segs] == [int(r[0]) for r in rows]
     assert [(s.sport, s.dport, s.seq, s.ack, s.payload_len, s.window) for s in segs] == \
         [(int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[7])) for r in rows]
     assert [s.tsval for s in segs] == [int(r[6]) if r[6] else None for r in rows]
+    assert [s.wscale for s in segs] == [int(r[8]) if r[8] and s.flags & 0x02 else None
+                                        for s, r in zip(segs, rows, strict=True)]
     assert [s.frame for s in segs if s.flags & 0x01] == tshark_frames(path, "tcp.flags.fin==1")
     assert [s.frame for s in segs if s.flags & 0x04] == tshark_frames(path, "tcp.flags.reset==1")
     assert [s.frame for s in segs if s.flags & 0x02] == tshark_frames(path, "tcp.flags.syn==1")
@@ -162,6 +165,24 @@ def tcp(sport: int = 40000, dport: int = 80, flags: str = "S", seq: int = 1000, 
         opts = ([("MSS", 1460), ("SAckOK", b""), ("Timestamp", ts), ("NOP", None), ("WScale", 7)] if slow_opts
                 else [("NOP", None), ("NOP", None), ("Timestamp", ts)])
     return TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=5000, options=opts) / Raw(payload)
+
+
+@pytest.mark.parametrize("opts", [
+    [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 9)],   # Linux's layout
+    [("WScale", 9), ("NOP", None), ("MSS", 1460)],
+    [("NOP", None), ("NOP", None), ("Timestamp", (1, 0)), ("MSS", 1460), ("NOP", None), ("WScale", 9)],
+])
+@pytest.mark.parametrize("mk", [None, "v6"])
+def test_window_scale_of_a_syn(tmp_path: Path, opts: list[tuple[str, object]], mk: str | None) -> None:
+    syn = TCP(sport=40000, dport=80, flags="S", seq=1, window=5000, options=opts)
+    ack = TCP(sport=40000, dport=80, flags="A", seq=2, ack=9, window=5000, options=opts)   # WS outside a SYN
+    pkts = [eth(v6(p) if mk else v4(p)) for p in (syn, ack)]
+    f = tmp_path / "ws.pcap"
+    f.write_bytes(pcap([(i * 1000, p) for i, p in enumerate(pkts)]))
+    segs = list(read_segments(f))
+    assert [s.wscale for s in segs] == [9, None]
+    walked = [readers._link(1, p, 0, len(p), i + 1, 0.0, ()) for i, p in enumerate(pkts)]
+    assert [getattr(w, "wscale", "?") for w in walked] == [9, None]
 
 
 def v4(seg: object, src: str = A4, dst: str = B4) -> bytes:

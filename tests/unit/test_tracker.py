@@ -420,6 +420,55 @@ def test_delayed_duplicate_verdicts(delta: int, ts: bool, change: dict[str, obje
     assert dups[0].connection == 1
 
 
+@pytest.mark.parametrize(("client_ws", "server_ws", "verdict", "says"), [
+    (7, 7, "could be accepted", "fits the receive window"),   # 1000 << 7 = 128,000 bytes: the old data fits
+    (None, 7, "rejected by window", "no window scaling"),      # scaling needs both SYNs to offer it
+    (7, None, "rejected by window", "no window scaling"),
+])
+def test_delayed_duplicate_window_is_scaled_when_both_syns_offer_it(
+        client_ws: int | None, server_ws: int | None, verdict: str, says: str) -> None:
+    cap = Capture()
+    old = cap.flow(cisn=2_000_000, ts=False)
+    old.handshake()
+    old_data = old.data("client", 10)
+    old.ack("server")
+    old.three_way("server")
+    cap.t += 0.5
+    # the new incarnation's ISN is 100,000 below the old data: the replay lands 100,000 bytes ahead of rcv_nxt
+    new = cap.flow(cisn=2_000_000 - 100_000, sisn=old.server_nxt + 65537, ts=False)
+    new.ends["client"].wscale = client_ws
+    new.ends["server"].wscale = server_ws
+    new.ends["server"].win = 1000
+    new.handshake()
+    new.ack("server")                      # a window after the SYN-ACK's (a SYN's window is never scaled)
+    dup = replay(cap, old_data, ack=new.server_nxt)
+    r = analyze(cap.segments)
+    [f] = [f for f in r.findings if f.kind == "delayed-duplicate"]
+    assert f.frames == (dup.frame,)        # type: ignore[attr-defined]
+    assert f.extra["verdict"] == verdict and says in f.detail, f.detail
+
+
+def test_duplicate_window_without_the_handshake_is_said_to_be_unscaled() -> None:
+    cap = Capture()
+    old = cap.flow(cisn=2_000_000, ts=False)
+    old.handshake()
+    old_data = old.data("client", 10)
+    old.ack("server")
+    old.three_way("server")
+    cap.t += 0.5
+    new = cap.flow(cisn=2_000_000 - 100_000, sisn=old.server_nxt + 65537, ts=False)
+    new.ends["server"].win = 1000
+    syn = new.send("client", S)
+    new.send("server", S | A, capture=False)   # the SYN-ACK was not captured: the scaling stays unknown
+    new.send("client", A)
+    new.ack("server")
+    replay(cap, old_data, ack=new.server_nxt)
+    r = analyze(cap.segments)
+    [f] = [f for f in r.findings if f.kind == "delayed-duplicate"]
+    assert f.extra["verdict"] == "rejected by window" and "unscaled" in f.detail, f.detail
+    assert syn.wscale is None
+
+
 def test_ordinary_retransmissions_in_a_later_incarnation_are_not_duplicates() -> None:
     cap, _old, new, _ = dup_setup(200_000, True)
     d1 = new.data("client", 100)
