@@ -284,7 +284,6 @@ class Analyzer:
         self._next_id = 0
         self._segments = 0
         self._max_frame = 0
-        self._now = 0.0
         self._finished: Report | None = None
         self._last_sweep = 0.0
         # detail=False: finished connections keep no state timeline or segment roles (no frame notes, no
@@ -308,7 +307,6 @@ class Analyzer:
         self._segments += 1
         if frame > self._max_frame:
             self._max_frame = frame
-        self._now = ts
         key = (si, sp, di, dp)
         hit = self._tuples.get(key)
         if hit is None:
