@@ -374,7 +374,8 @@ def test_retransmitted_syn_is_not_a_new_incarnation() -> None:
 
 # --- delayed duplicates -----------------------------------------------------------------------------
 
-def dup_setup(delta_isn: int, ts: bool) -> tuple[Capture, Flow, Flow, object]:
+def old_incarnation(ts: bool) -> tuple[Capture, Flow, object]:
+    """A closed connection (ISN 2,000,000) whose 10 data bytes a later incarnation may see again."""
     cap = Capture()
     old = cap.flow(cisn=2_000_000, ts=ts)
     old.handshake()
@@ -382,6 +383,11 @@ def dup_setup(delta_isn: int, ts: bool) -> tuple[Capture, Flow, Flow, object]:
     old.ack("server")
     old.three_way("server")
     cap.t += 0.5
+    return cap, old, old_data
+
+
+def dup_setup(delta_isn: int, ts: bool) -> tuple[Capture, Flow, Flow, object]:
+    cap, old, old_data = old_incarnation(ts)
     new = cap.flow(cisn=2_000_000 + delta_isn, sisn=old.server_nxt + 65537, ts=ts, cts=5000)
     new.handshake()
     return cap, old, new, old_data
@@ -427,13 +433,7 @@ def test_delayed_duplicate_verdicts(delta: int, ts: bool, change: dict[str, obje
 ])
 def test_delayed_duplicate_window_is_scaled_when_both_syns_offer_it(
         client_ws: int | None, server_ws: int | None, verdict: str, says: str) -> None:
-    cap = Capture()
-    old = cap.flow(cisn=2_000_000, ts=False)
-    old.handshake()
-    old_data = old.data("client", 10)
-    old.ack("server")
-    old.three_way("server")
-    cap.t += 0.5
+    cap, old, old_data = old_incarnation(ts=False)
     # the new incarnation's ISN is 100,000 below the old data: the replay lands 100,000 bytes ahead of rcv_nxt
     new = cap.flow(cisn=2_000_000 - 100_000, sisn=old.server_nxt + 65537, ts=False)
     new.ends["client"].wscale = client_ws
@@ -449,13 +449,7 @@ def test_delayed_duplicate_window_is_scaled_when_both_syns_offer_it(
 
 
 def test_duplicate_window_without_the_handshake_is_said_to_be_unscaled() -> None:
-    cap = Capture()
-    old = cap.flow(cisn=2_000_000, ts=False)
-    old.handshake()
-    old_data = old.data("client", 10)
-    old.ack("server")
-    old.three_way("server")
-    cap.t += 0.5
+    cap, old, old_data = old_incarnation(ts=False)
     new = cap.flow(cisn=2_000_000 - 100_000, sisn=old.server_nxt + 65537, ts=False)
     new.ends["server"].win = 1000
     syn = new.send("client", S)
