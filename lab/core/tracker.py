@@ -98,7 +98,6 @@ _NEXT: Final = _next_table()
 _BRIDGE: Final = _bridge_table()
 _LISTEN_TO_EST: Final = [INPUTS.index(i) for i in path_to(TcpState.LISTEN, TcpState.ESTABLISHED) or ()]
 
-SIDE: Final = ("client", "server")
 
 
 def _ep(ip: str, port: int) -> str:
