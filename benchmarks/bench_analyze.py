@@ -11,8 +11,8 @@ Measurement, one tool at a time in a fresh process pinned to one core (taskset -
                                           finding; output to a file on the first run, checked: it parses and
                                           lists every connection; /dev/null afterwards)
     twlab analyze FILE --json --detail  (the same with every connection's transitions and segment roles)
-    reader only                         (lab.readers.CaptureReader over the file; never compiled)
-    reader + analyzer, no output        (lab.readers.feed_file into a streaming Analyzer, records dropped)
+    reader only                         (lab.pcap.readers.CaptureReader over the file; never compiled)
+    reader + analyzer, no output        (lab.pcap.feed.feed_file into a streaming Analyzer, records dropped)
     tshark -q -z conv,tcp -r FILE
     tshark -T fields -e frame.number -e tcp.stream -e tcp.flags -r FILE
 wall time, CPU time (wait4), packets/s, and peak RSS (GNU time's %M), on the whole file and
@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.experiments.base import is_root, new_run_id
-from lab.resources import Ledger
+from lab.run.context import is_root, new_run_id
+from lab.run.resources import Ledger
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -52,11 +52,11 @@ PORT = 5000
 PORT_RANGE = "40000 40999"  # 1000 ports for ~100 k connections: every four-tuple comes back ~100 times
 GEN_LIMIT_S = 170.0
 
-READER_ONLY = ("import sys\nfrom lab.readers import CaptureReader\nr = CaptureReader(sys.argv[1])\n"
+READER_ONLY = ("import sys\nfrom lab.pcap.readers import CaptureReader\nr = CaptureReader(sys.argv[1])\n"
                "n = sum(1 for _ in r)\nprint(n, r.stats.packets)\n")
 # the analysis as `twlab analyze` runs it (streaming, no detail), finished records dropped: the JSON's cost is
 # the difference to the CLI row
-ANALYZER_ONLY = ("import sys\nfrom lab.readers import feed_file\nfrom lab.core.tracker import Analyzer\n"
+ANALYZER_ONLY = ("import sys\nfrom lab.pcap.feed import feed_file\nfrom lab.core.tracker import Analyzer\n"
                  "a = Analyzer(detail=False, keep=False)\nfeed_file(sys.argv[1], a, a.drain)\na.finish()\n"
                  "a.drain()\n")
 ACCEL_PROBE = ("import importlib.util, sys\nif importlib.util.find_spec('lab.accel') is None:\n"
@@ -261,7 +261,7 @@ def main(argv: list[str]) -> int:
     if args.regen or not small.exists() or small.stat().st_mtime < big.stat().st_mtime:
         pcap_prefix(big, small, args.prefix)
 
-    from lab.readers import CaptureReader
+    from lab.pcap.readers import CaptureReader
 
     counts = {}
     for f in (big, small):

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.capture import LiveCapture
-from lab.experiments.base import is_root, new_run_id
-from lab.resources import Ledger
+from lab.kernel.capture import LiveCapture
+from lab.run.context import is_root, new_run_id
+from lab.run.resources import Ledger
 
 OUT = Path(__file__).resolve().parent / "out" / "capture.json"
 RATES = (500, 1000, 2000, 5000, 10000, 20000, 40000)

@@ -35,7 +35,7 @@ setup(name="twlab-accel", ext_modules=mypycify(sys.argv[1:], opt_level="3", grou
 """
 
 _CHECK = """
-import sys, lab, lab.core.tracker as t, lab.fastdecode as f
+import sys, lab, lab.core.tracker as t, lab.pcap.fastdecode as f
 ok = lab.accel.active() and t.__file__.endswith(lab.accel.EXT_SUFFIX) and f.__file__.endswith(lab.accel.EXT_SUFFIX)
 sys.exit(0 if ok else 1)
 """

@@ -38,7 +38,7 @@ def cli() -> None:
 def doctor(cleanup: bool, as_json: bool) -> None:
     """Check privileges, tools and namespaces; list leftovers of crashed runs."""
     from lab import doctor as doc
-    from lab import resources
+    from lab.run import resources
 
     removed = resources.cleanup() if cleanup else []
     checks = doc.checks()
@@ -99,7 +99,8 @@ def list_cmd(as_json: bool) -> None:
               help="Experiments run at once (each in its own process and namespaces).")
 def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int) -> None:
     """Run experiments (or 'all') and say whether each claim holds on this kernel."""
-    from lab import experiments, runner
+    from lab import experiments
+    from lab.run import runner
 
     exps = experiments.get(list(names))
     out_root = out or runner.default_out_dir()
@@ -126,7 +127,7 @@ def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int) -> N
 
 
 def _run_serial(exp: Any, out_root: Path, as_json: bool) -> dict[str, Any]:
-    from lab import runner
+    from lab.run import runner
 
     if as_json:
         res = runner.run_one(exp, out_root)
@@ -146,7 +147,7 @@ def _run_serial(exp: Any, out_root: Path, as_json: bool) -> dict[str, Any]:
 
 
 def _run_parallel(exps: list[Any], out_root: Path, jobs: int, as_json: bool) -> list[dict[str, Any]]:
-    from lab.parallel import run_parallel
+    from lab.run.parallel import run_parallel
 
     if as_json:
         return run_parallel(exps, out_root, jobs,
@@ -242,7 +243,7 @@ def _check_file(path: Path) -> None:
 def _analyze_file(path: Path, profile: str, time_wait_s: float | None) -> tuple[Any, dict[str, Any]]:
     """The analyzer's Report for one file and its `analyze --json` object (contract in design.md)."""
     from lab.core.tracker import analyze
-    from lab.readers import CaptureReader
+    from lab.pcap.readers import CaptureReader
 
     _check_file(path)
     reader = CaptureReader(path)
@@ -284,8 +285,8 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: s
     line is printed once its file was read completely. Without --json: counts per close kind, TIME_WAIT
     side and finding kind, and the first 200 connections and findings.
     """
-    from lab import analyze_stream
-    from lab.runner import sigterm_as_interrupt
+    from lab.analysis import stream as analyze_stream
+    from lab.run.runner import sigterm_as_interrupt
 
     def work(path: Path) -> None:
         _check_file(path)
@@ -294,7 +295,7 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: s
             analyze_stream.write_json(path, sys.stdout.buffer, profile, time_wait_s, detail)
             return
         summary = analyze_stream.summarize(path, profile, time_wait_s)
-        from lab.analysis_view import summary_view
+        from lab.analysis.view import summary_view
         from lab.ui import console
 
         console().print(summary_view(summary))
@@ -312,10 +313,10 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: s
 @_profile_options
 def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_wait_s: float | None) -> None:
     """A ladder diagram of one connection: segments, M/N labels, both sides' states, the TIME_WAIT window."""
+    from lab.analysis.ladder import Step, ladder
     from lab.errors import UsageError
-    from lab.readers import read_segments
+    from lab.pcap.readers import read_segments
     from lab.ui import console
-    from lab.ui_ladder import Step, ladder
 
     report, doc = _analyze_file(file, profile, time_wait_s)
     conns = doc["connections"]
@@ -351,7 +352,7 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_
 @_profile_options
 def annotate_cmd(file: Path, out: Path, profile: str, time_wait_s: float | None) -> None:
     """Write a pcapng with a comment on every segment the analyzer has something to say about."""
-    from lab.annotate import write_annotated
+    from lab.pcap.annotate import write_annotated
 
     report, doc = _analyze_file(file, profile, time_wait_s)  # a bad FILE fails here, before OUT is touched
     notes = _notes(report, doc)
@@ -380,7 +381,7 @@ def _notes(report: Any, doc: dict[str, Any]) -> dict[int, list[str]]:
 @_profile_options
 def verify_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s: float | None) -> None:
     """Cross-check the analyzer against tshark: streams, FIN/RST, port reuse, FIN retransmissions."""
-    from lab import tshark
+    from lab.analysis import verify as tshark
 
     tshark.tshark_bin()  # missing tshark: exit 3 with the install hint before any work
     results: list[bool] = []
@@ -392,7 +393,7 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s
         if as_json:
             click.echo(json.dumps(res))
             return
-        from lab.analysis_view import verify_view
+        from lab.analysis.view import verify_view
         from lab.ui import console
 
         console().print(verify_view(res))
@@ -408,8 +409,9 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s
 @click.option("--differences", is_flag=True, help="Only the rows where this kernel differs from the BSD description.")
 def bind_matrix_cmd(as_json: bool, out: Path | None, differences: bool) -> None:
     """Measure the bind/listen conflict table of this kernel and print it (runs unprivileged, any OS)."""
-    from lab import experiments, runner
+    from lab import experiments
     from lab.experiments.bind_matrix import matrix_table
+    from lab.run import runner
 
     res = runner.run_one(experiments.get(["bind-matrix"])[0], out or runner.default_out_dir())
     if as_json:

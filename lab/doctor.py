@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 from lab import accel
-from lab.experiments.base import is_root, new_run_id
+from lab.run.context import is_root, new_run_id
 
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
@@ -69,7 +69,7 @@ def checks() -> list[Check]:
         _netns_usable(),
         Check("accelerator", *accel.doctor_check()),
     ]
-    from lab import resources
+    from lab.run import resources
 
     left = resources.leftovers()
     out.append(Check("leftovers", not left, ", ".join(left) if left else "no lab resources left behind",

@@ -16,7 +16,7 @@ MAX_BYTES = 512 * 1024  # keep the repository small: bigger captures are left ou
 def analyzer_summary(path: Path) -> dict[str, Any]:
     """What the verdicts rest on: close kind, initiator and TIME_WAIT sides per connection, and findings."""
     from lab.core.tracker import analyze
-    from lab.readers import read_segments
+    from lab.pcap.readers import read_segments
 
     report = analyze(read_segments(path)).to_dict()
     return {

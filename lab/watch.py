@@ -41,7 +41,7 @@ def snapshot_table(samples: Sequence[Any], title: str, limit: int = 40) -> Table
 def watch(ports: Sequence[int], netns: str | None, interval_s: float, once: bool, duration_s: float | None) -> None:
     from rich.live import Live
 
-    from lab.kernel import sockets
+    from lab.kernel.sockdiag import sockets
     from lab.ui import console
 
     where = f"netns {netns}" if netns else "this host"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.runner import open_context
+from lab.run.context import Experiment, Outcome, RunContext
+from lab.run.runner import open_context
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 if not CORPUS.is_dir():  # CI: shared/ sits beside the clone

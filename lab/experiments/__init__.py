@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from lab.errors import UsageError
-from lab.experiments.base import Experiment
+from lab.run.context import Experiment
 
 _ORDER = [
     "restart-eaddrinuse", "who-gets-time-wait", "four-way-close", "simultaneous-close",

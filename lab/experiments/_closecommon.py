@@ -1,4 +1,4 @@
-"""Shared parts of the close experiments: a client/server pair of lab namespaces, scripted endpoints (lab.agent)
+"""Shared parts of the close experiments: a client/server pair of lab namespaces, scripted endpoints (lab.kernel.agent)
 that connect, exchange a little data and then run a close script, sock_diag samplers on both hosts, the
 close segments found and labelled in the capture, and the kernel's TIME_WAIT set beside the analyzer's."""
 
@@ -10,15 +10,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lab import kernel
 from lab.core.model import Flags, Segment
-from lab.experiments.base import Outcome
-from lab.hosts.netns import NetnsPair
+from lab.kernel import sockdiag
+from lab.kernel.hosts.netns import NetnsPair
+from lab.run.context import Outcome
 
 if TYPE_CHECKING:
-    from lab.agent import Agent
-    from lab.experiments.base import RunContext
-    from lab.recording import Recording
+    from lab.kernel.agent import Agent
+    from lab.kernel.recording import Recording
+    from lab.run.context import RunContext
 
 PORT = 7000
 MOD = 1 << 32
@@ -34,7 +34,7 @@ def make_pair(ctx: RunContext, client_sysctls: Mapping[str, Any] | None = None,
 
 def recording(ctx: RunContext, pair: NetnsPair, ports: Sequence[int] = (PORT,)) -> Recording:
     """Capture on the client's veth inside its namespace: every segment of both directions, once."""
-    from lab.recording import Recording
+    from lab.kernel.recording import Recording
 
     return Recording(ctx, ports=list(ports), iface=str(pair.client.iface), netns=pair.client.name)
 
@@ -65,7 +65,7 @@ def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = P
                     exchange: bool = True) -> Endpoints:
     """Server listens on server:port and accepts as socket "c"; the client (socket "s") connects; both exchange
     one line; then each runs its tail (steps that usually wait on gates the experiment releases)."""
-    from lab.agent import Agent
+    from lab.kernel.agent import Agent
 
     srv_steps: list[dict[str, Any]] = [
         {"op": "socket", "sock": "l"},
@@ -109,19 +109,19 @@ def gate(name: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def watch(ctx: RunContext, pair: NetnsPair, ports: Sequence[int], interval_s: float = 0.02
-          ) -> Iterator[tuple[kernel.Sampler, kernel.Sampler]]:
+          ) -> Iterator[tuple[sockdiag.Sampler, sockdiag.Sampler]]:
     """sock_diag samplers on the client and the server host."""
-    with kernel.Sampler(ctx, netns=pair.client.name, ports=ports, interval_s=interval_s) as cs, \
-            kernel.Sampler(ctx, netns=pair.server.name, ports=ports, interval_s=interval_s) as ss:
+    with sockdiag.Sampler(ctx, netns=pair.client.name, ports=ports, interval_s=interval_s) as cs, \
+            sockdiag.Sampler(ctx, netns=pair.server.name, ports=ports, interval_s=interval_s) as ss:
         yield cs, ss
 
 
-def side_states(cs: kernel.Sampler, ss: kernel.Sampler, client_port: int) -> dict[str, list[str]]:
+def side_states(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int) -> dict[str, list[str]]:
     """The states each side of one connection was seen in (sock_diag, in order)."""
     return {"client": cs.states_of(local_port=client_port), "server": ss.states_of(remote_port=client_port)}
 
 
-def states_between(cs: kernel.Sampler, ss: kernel.Sampler, client_port: int, t_a: float, t_b: float
+def states_between(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int, t_a: float, t_b: float
                    ) -> dict[str, str] | None:
     """Each side's state as sock_diag reported it in a dump taken between capture times t_a and t_b."""
     out: dict[str, str] = {}
@@ -141,7 +141,7 @@ def time_wait_now(pair: NetnsPair, port: int, client_port: int) -> dict[str, Any
     """Which side holds TIME_WAIT for this connection right now, and its remaining timer."""
     out: dict[str, Any] = {"client": None, "server": None}
     for side, ns in (("client", pair.client.name), ("server", pair.server.name)):
-        for s in kernel.sockets(netns=ns, ports=[port]):
+        for s in sockdiag.sockets(netns=ns, ports=[port]):
             if client_port in (s.sport, s.dport) and s.state == "TIME_WAIT":
                 out[side] = {"expires_ms": s.expires_ms, "local": s.local, "remote": s.remote}
     return out
@@ -283,19 +283,19 @@ def label_close(rec: Recording, cs: CloseSegments, prefix: str = "") -> dict[str
     return labels
 
 
-def compare_with_analyzer(rec: Recording, samplers: Sequence[kernel.Sampler]) -> dict[str, Any]:
+def compare_with_analyzer(rec: Recording, samplers: Sequence[sockdiag.Sampler]) -> dict[str, Any]:
     """The kernel's TIME_WAIT sockets (sock_diag) beside the analyzer's TIME_WAIT windows."""
-    samples: list[kernel.SockSample] = []
+    samples: list[sockdiag.SockSample] = []
     for s in samplers:
         samples += s.samples
-    tws = kernel.time_wait_observations(samples)
+    tws = sockdiag.time_wait_observations(samples)
     out: dict[str, Any] = {"kernel_time_wait": [t.to_dict() for t in tws]}
     if rec.report is None:
         out["analyzer"] = None
         out["why"] = rec.skipped_reason or rec.analysis_error or "no analysis"
         out["agree"] = None
         return out
-    rows = kernel.compare_time_wait(tws, rec.connections())
+    rows = sockdiag.compare_time_wait(tws, rec.connections())
     out["rows"] = rows
     out["agree"] = all(r.get("agree") for r in rows) if rows else None
     return out

@@ -12,16 +12,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lab import kernel
 from lab.core.model import Flags
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.kernel import sockdiag
+from lab.run.context import Experiment, Outcome, RunContext
 
 COUNTERS = ("TcpExtTCPAbortOnData", "TcpExtTCPAbortOnClose", "TcpOutRsts", "TcpEstabResets")
 
 
 def _case_a(ctx: RunContext, pair: cc.NetnsPair) -> dict[str, Any]:
-    before = kernel.nstat(pair.client.name)
+    before = sockdiag.nstat(pair.client.name)
     ep = cc.open_connection(ctx, pair, "A",
                             client_tail=[cc.gate("close"),
                                          {"op": "setsockopt", "opt": "SO_LINGER", "value": [1, 0], "label": "linger"},
@@ -33,15 +33,15 @@ def _case_a(ctx: RunContext, pair: cc.NetnsPair) -> dict[str, Any]:
     peer = ep.server.wait("recv-after")
     cc.finish(ep.client, ep.server)
     time.sleep(0.05)
-    after = kernel.nstat(pair.client.name)
+    after = sockdiag.nstat(pair.client.name)
     return {"client_port": ep.client_port, "aborter": "client", "how": "SO_LINGER {1,0} then close()",
             "peer_errno": peer.get("errno"), "peer_result": peer.get("result"),
-            "counters": kernel.deltas(before, after, COUNTERS),
+            "counters": sockdiag.deltas(before, after, COUNTERS),
             "time_wait": cc.time_wait_now(pair, ep.port, ep.client_port)}
 
 
 def _case_b(ctx: RunContext, pair: cc.NetnsPair) -> dict[str, Any]:
-    before = kernel.nstat(pair.server.name)
+    before = sockdiag.nstat(pair.server.name)
     ep = cc.open_connection(ctx, pair, "B",
                             client_tail=[{"op": "send", "data": "data the server never reads\n", "label": "send-more"},
                                          {"op": "recv", "label": "recv-after", "timeout_s": 3,
@@ -54,10 +54,10 @@ def _case_b(ctx: RunContext, pair: cc.NetnsPair) -> dict[str, Any]:
     peer = ep.client.wait("recv-after")
     cc.finish(ep.client, ep.server)
     time.sleep(0.05)
-    after = kernel.nstat(pair.server.name)
+    after = sockdiag.nstat(pair.server.name)
     return {"client_port": ep.client_port, "aborter": "server", "how": "close() with unread data",
             "peer_errno": peer.get("errno"), "peer_result": peer.get("result"),
-            "counters": kernel.deltas(before, after, COUNTERS),
+            "counters": sockdiag.deltas(before, after, COUNTERS),
             "time_wait": cc.time_wait_now(pair, ep.port, ep.client_port)}
 
 

@@ -24,8 +24,8 @@ from lab.core.bindrules import (
     expected_bsd,
     expected_linux,
 )
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.sockopts import IS_LINUX, Calls, SetupFailed, detect_caps, measure_case
+from lab.kernel.sockopts import IS_LINUX, Calls, SetupFailed, detect_caps, measure_case
+from lab.run.context import Experiment, Outcome, RunContext
 
 
 def expected_here(case: BindCase) -> Verdict:

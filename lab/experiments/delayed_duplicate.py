@@ -1,11 +1,11 @@
 """delayed-duplicate: a data segment of incarnation 1 replayed into incarnation 2 of the same five-tuple.
 
-Topology: a lab namespace with a TUN device; the kernel server (lab.agent program) on 198.51.100.1, the
-scripted peer (lab.peer) as 198.51.100.2 playing the client, so both incarnations' ISNs and timestamps are
+Topology: a lab namespace with a TUN device; the kernel server (lab.kernel.agent program) on 198.51.100.1, the
+scripted peer (lab.kernel.peer) as 198.51.100.2 playing the client, so both incarnations' ISNs and timestamps are
 chosen. Incarnation 1: the peer sends b"OLD-DATA-1", the server reads it and closes first. Incarnation 2
 reuses the five-tuple with an ISN chosen so that the old segment's sequence numbers land below the new
 receive window, inside it (5 bytes ahead of rcv_nxt, so the old bytes are spliced in after the peer's next
-5 new bytes), or beyond it. The injector (lab.inject) then replays the old segment as it was sent, or with
+5 new bytes), or beyond it. The injector (lab.kernel.inject) then replays the old segment as it was sent, or with
 its timestamp option stripped, or with the new incarnation's ACK. net.ipv4.tcp_timestamps is switched per
 case in the namespace; cases without timestamps and with the old segment inside the window need the server
 to keep no TIME_WAIT (tcp_max_tw_buckets=0), since TIME_WAIT refuses a SYN below the old sequence space.
@@ -19,8 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.peer import (
+from lab.kernel.peer import (
     KERNEL_IP,
     TS_NEXT,
     close_after_kernel,
@@ -32,6 +31,7 @@ from lab.peer import (
     signed,
     time_wait_of,
 )
+from lab.run.context import Experiment, Outcome, RunContext
 
 PORT = 5000
 ISN1 = 2_000_000
@@ -73,8 +73,8 @@ CASES = (
 
 
 def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[str, Any]:
-    from lab import kernel
-    from lab.agent import Agent
+    from lab.kernel import sockdiag
+    from lab.kernel.agent import Agent
 
     ts = case.timestamps == 1
     ns.sysctl("net.ipv4.tcp_timestamps", case.timestamps)
@@ -96,7 +96,7 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
         obs["app_read_incarnation1"] = server.wait("recv1")["result"]["text"]
         server.wait("close1")
         time.sleep(0.05)
-        obs["time_wait_after_incarnation1"] = time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)
+        obs["time_wait_after_incarnation1"] = time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)
         isn2 = (ISN1 + ISN2[case.position]) % (1 << 32)
         two = conn.run(handshake(isn2, tsval=(conn.vars["peer.tsval"] + 1000) if ts else None, tag="i2:",
                                  mark="new-syn"))
@@ -107,7 +107,7 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
         server.wait("accept2")
         rcv_nxt2, snd_nxt2 = conn.vars["peer.nxt"], conn.vars["kernel.nxt"]
         window = conn.vars["kernel.window"]
-        before = kernel.nstat(netns=ns.name)
+        before = sockdiag.nstat(netns=ns.name)
         change: dict[str, Any] = {}
         if case.ack == "new":
             change["ack"] = snd_nxt2
@@ -116,7 +116,7 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
         rec = peer.injector().replay(old, label=f"replay {case.id}", mark="duplicate", delay_s=0.05, **change)
         offset = signed(rec["seq"] - rcv_nxt2)
         answers = conn.run([{"label": "answer", "collect": {"timeout_s": 0.3}}]).steps[0].collected
-        after_inject = kernel.nstat(netns=ns.name)
+        after_inject = sockdiag.nstat(netns=ns.name)
         fill = conn.run([{"label": "i2:data", "send": {"flags": "PA", "data": NEW, "ts": TS_NEXT if ts else None}},
                          {"label": "i2:data-ack", "expect": {"flags": "A", "ack_min": "peer.nxt", "skip_other": True,
                                                                "timeout_s": 2}}], stop_on_fail=False)
@@ -169,8 +169,8 @@ def _story(case: Case, o: dict[str, Any]) -> tuple[str, str]:
 
 
 def run(ctx: RunContext) -> Outcome:
-    from lab.inject import capture_check, check_outcome
-    from lab.recording import Recording
+    from lab.kernel.inject import capture_check, check_outcome
+    from lab.kernel.recording import Recording
 
     ns, peer = open_in_namespace(ctx, "k")
     results: list[dict[str, Any]] = []
@@ -180,7 +180,7 @@ def run(ctx: RunContext) -> Outcome:
             results.append(_case(ctx, ns, peer, case, 43000 + i))
     capture, analysis, check = capture_check(
         ctx, rec, {"delayed-duplicate": {"duplicate"}, "reuse-in-time-wait": {"new-syn"}, "time-wait-assassinated": ()},
-        notes={"duplicate": "incarnation 1's data segment replayed into incarnation 2 (lab.inject)"})
+        notes={"duplicate": "incarnation 1's data segment replayed into incarnation 2 (lab.kernel.inject)"})
     story = [_story(c, o) for c, o in zip(CASES, results, strict=True)]
     corrupted = [o["case"] for o in results if o.get("accepted")]
     all_expected = all(o.get("as_expected", False) for o in results)

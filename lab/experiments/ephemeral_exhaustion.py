@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lab import kernel
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.kernel import sockdiag
+from lab.run.context import Experiment, Outcome, RunContext
 
 RANGE = (40000, 40009)
 
@@ -42,7 +42,7 @@ CASES = (
 
 
 def _run_case(ctx: RunContext, pair: cc.NetnsPair, case: Case) -> dict[str, Any]:
-    from lab.agent import Agent
+    from lab.kernel.agent import Agent
 
     pair.client.sysctl("net.ipv4.tcp_tw_reuse", case.tw_reuse)
     pair.client.sysctl("net.ipv4.tcp_timestamps", case.timestamps)
@@ -79,7 +79,7 @@ def _run_case(ctx: RunContext, pair: cc.NetnsPair, case: Case) -> dict[str, Any]
                              "t_s": round(r["wall_s"] - t0, 3)})
     first_fail = next((a for a in attempts if not a["ok"]), None)
     ports = [a["port"] for a in attempts if a["port"] is not None]
-    tw = kernel.sockets(netns=pair.client.name, ports=[case.port], states=["TIME_WAIT"])
+    tw = sockdiag.sockets(netns=pair.client.name, ports=[case.port], states=["TIME_WAIT"])
     reused = sorted({p for p in ports if ports.count(p) > 1})
     return {
         "server_port": case.port, "tw_reuse": case.tw_reuse, "timestamps": case.timestamps, "gap_s": case.gap_s,

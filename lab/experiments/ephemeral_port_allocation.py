@@ -16,8 +16,8 @@ import socket
 from collections import Counter
 from typing import Any
 
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.sockopts import IS_LINUX, LINGER_RST, Calls, in_netns, make_netns, netns_read
+from lab.kernel.sockopts import IS_LINUX, LINGER_RST, Calls, in_netns, make_netns, netns_read
+from lab.run.context import Experiment, Outcome, RunContext
 
 N = 30
 NETNS_RANGE = (40000, 40999)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.run.context import Experiment, Outcome, RunContext
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lab import kernel
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.impair import drop_one
+from lab.kernel import sockdiag
+from lab.kernel.impair import drop_one
+from lab.run.context import Experiment, Outcome, RunContext
 
 
 def _findings(rec: Any, client_port: int) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ def run(ctx: RunContext) -> Outcome:
     t0 = close.second_fin.ts_s if close.second_fin else None
     retx = close.fin_retransmits[0] if close.fin_retransmits else None
     rto_ms = round((retx.ts_s - close.second_fin.ts_s) * 1000, 3) if retx and close.second_fin else None
-    tws = [t for t in kernel.time_wait_observations(cs.samples)
+    tws = [t for t in sockdiag.time_wait_observations(cs.samples)
            if t.local.endswith(f":{ep.client_port}")]
     restarts = list(tws[0].restarts) if tws else []
     server_timers = [(s.state, s.timer, s.expires_ms) for s in ss.samples if s.dport == ep.client_port

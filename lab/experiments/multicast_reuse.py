@@ -13,10 +13,10 @@ import socket
 import struct
 from typing import Any
 
-from lab.capture import LiveCapture, write_pcapng
 from lab.errors import EnvironmentProblem
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.sockopts import Calls, in_netns, make_netns, set_opt
+from lab.kernel.capture import LiveCapture, write_pcapng
+from lab.kernel.sockopts import Calls, in_netns, make_netns, set_opt
+from lab.run.context import Experiment, Outcome, RunContext
 
 GROUP = "239.1.2.3"
 DATAGRAMS = 20

@@ -1,6 +1,6 @@
 """restart-eaddrinuse: a server that closed first is restarted on the same port.
 
-Each case runs a real server program (lab.agent, its own process), a client program, lets the server
+Each case runs a real server program (lab.kernel.agent, its own process), a client program, lets the server
 process exit, asks sock_diag what is left on the port, and starts the server again on that port.
 """
 
@@ -10,10 +10,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from lab.agent import Agent
 from lab.core.model import Flags
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.recording import Recording
+from lab.kernel.agent import Agent
+from lab.kernel.recording import Recording
+from lab.run.context import Experiment, Outcome, RunContext
 
 HOST = "127.0.0.1"
 
@@ -51,7 +51,7 @@ def _free_port() -> int:
 def _time_wait(port: int) -> tuple[list[Any], str | None]:
     """TIME_WAIT sockets on `port` (either end) from sock_diag, or why they could not be read."""
     try:
-        from lab.kernel import sockets
+        from lab.kernel.sockdiag import sockets
     except ImportError as exc:
         return [], f"sock_diag reader not available: {exc}"
     try:

@@ -17,12 +17,21 @@ import select
 import socket
 from typing import Any
 
-from lab.agent import Agent
 from lab.core.bindrules import AddrKey, BindCase, expected_bsd, expected_linux
 from lab.core.model import Flags
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.recording import Recording
-from lab.sockopts import IS_LINUX, LINGER_RST, Calls, free_port, make_netns, measure_case, set_opt, tcp_states_on_port
+from lab.kernel.agent import Agent
+from lab.kernel.recording import Recording
+from lab.kernel.sockopts import (
+    IS_LINUX,
+    LINGER_RST,
+    Calls,
+    free_port,
+    make_netns,
+    measure_case,
+    set_opt,
+    tcp_states_on_port,
+)
+from lab.run.context import Experiment, Outcome, RunContext
 
 OPTNAME = {"none": "no option", "reuseaddr": "SO_REUSEADDR", "reuseport": "SO_REUSEPORT"}
 

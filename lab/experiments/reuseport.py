@@ -15,9 +15,9 @@ import select
 import socket
 from typing import Any
 
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.recording import Recording
-from lab.sockopts import LINGER_RST, SO_REUSEPORT, Calls, errno_name, free_port, set_opt
+from lab.kernel.recording import Recording
+from lab.kernel.sockopts import LINGER_RST, SO_REUSEPORT, Calls, errno_name, free_port, set_opt
+from lab.run.context import Experiment, Outcome, RunContext
 
 HOST = "127.0.0.1"
 NOBODY = 65534

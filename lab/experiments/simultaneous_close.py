@@ -15,8 +15,8 @@ from typing import Any
 
 from lab.errors import EnvironmentProblem
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.impair import Hold
+from lab.kernel.impair import Hold
+from lab.run.context import Experiment, Outcome, RunContext
 
 FIN_HOLD_MS = 60.0
 ACK_HOLD_MS = 100.0

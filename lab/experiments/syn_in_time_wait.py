@@ -1,7 +1,7 @@
 """syn-in-time-wait: a new SYN for a five-tuple the kernel server still holds in TIME_WAIT.
 
-The kernel server (a lab.agent program in a lab namespace, on 198.51.100.1) closes first, so the server
-holds TIME_WAIT. The scripted userspace peer (lab.peer, behind a TUN device, as 198.51.100.2) then sends a
+The kernel server (a lab.kernel.agent program in a lab namespace, on 198.51.100.1) closes first, so the server
+holds TIME_WAIT. The scripted userspace peer (lab.kernel.peer, behind a TUN device, as 198.51.100.2) then sends a
 new SYN from the same port, with its ISN below or above the old connection's sequence space and its
 timestamp older or newer than the last one the server saw (kernel-facts §10, RFC 6191). Per case: what the
 kernel answered (SYN-ACK, or the old connection's ACK), the new ISN relative to the old snd_nxt, the
@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.peer import (
+from lab.kernel.peer import (
     KERNEL_IP,
     TS_NEXT,
     close_after_kernel,
@@ -26,6 +25,7 @@ from lab.peer import (
     signed,
     time_wait_of,
 )
+from lab.run.context import Experiment, Outcome, RunContext
 
 PORT = 5000
 ISN = 1_000_000
@@ -59,8 +59,8 @@ CASES = (
 
 
 def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[str, Any]:
-    from lab import kernel
-    from lab.agent import Agent
+    from lab.kernel import sockdiag
+    from lab.kernel.agent import Agent
 
     server = Agent.start(ctx, server_steps(KERNEL_IP, PORT), netns=ns.name, name=f"server-{case.id}")
     server.wait("listen")
@@ -78,8 +78,8 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
     v = conn.vars
     old_rcv_nxt, old_snd_nxt = v["peer.nxt"], v["kernel.nxt"]
     old_tsval = v.get("peer.tsval")
-    tw_before = time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)
-    before = kernel.nstat(netns=ns.name)
+    tw_before = time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)
+    before = sockdiag.nstat(netns=ns.name)
     syn: dict[str, Any] = {"flags": "S", "seq": old_rcv_nxt + case.seq_delta, "mss": 1460, "mark": "new-syn"}
     if case.ts:
         syn["ts"] = [(old_tsval or 0) + (case.ts_delta or 0), 0]
@@ -88,8 +88,8 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
                       stop_on_fail=False)
     got = answer.by_label("answer").got
     accepted = bool(got and got["flags"] == "SA")
-    after = kernel.nstat(netns=ns.name)
-    tw_after = time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)
+    after = sockdiag.nstat(netns=ns.name)
+    tw_after = time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)
     obs.update({
         "old_rcv_nxt": old_rcv_nxt, "old_snd_nxt": old_snd_nxt, "old_tsval": old_tsval,
         "new_syn": answer.by_label(f"{case.id}:new-syn").got,
@@ -126,8 +126,8 @@ def _story(case: Case, o: dict[str, Any]) -> tuple[str, str]:
 
 
 def run(ctx: RunContext) -> Outcome:
-    from lab.inject import capture_check, check_outcome
-    from lab.recording import Recording
+    from lab.kernel.inject import capture_check, check_outcome
+    from lab.kernel.recording import Recording
 
     ns, peer = open_in_namespace(ctx, "k")
     results: list[dict[str, Any]] = []
@@ -137,7 +137,7 @@ def run(ctx: RunContext) -> Outcome:
             results.append(_case(ctx, ns, peer, case, 41000 + i))
     capture, analysis, check = capture_check(
         ctx, rec, {"reuse-in-time-wait": {"new-syn"}, "delayed-duplicate": (), "time-wait-assassinated": ()},
-        notes={"new-syn": "peer's new SYN into the server's TIME_WAIT (lab.peer)"})
+        notes={"new-syn": "peer's new SYN into the server's TIME_WAIT (lab.kernel.peer)"})
     story = [_story(c, o) for c, o in zip(CASES, results, strict=True)]
     gaps = [o.get("new_isn_minus_old_snd_nxt") for o in results if o.get("accepted")]
     paws = next((o["counters"].get("PAWSTimewait", 0) for o in results if o["case"] == "ts-isn-above-ts-older"

@@ -1,7 +1,7 @@
 """time-wait-assassination: an RST into the kernel's TIME_WAIT, with tcp_rfc1337 0 and 1; and the rate
 limit of the ACKs TIME_WAIT sends to out-of-window segments.
 
-The kernel server (lab.agent, in a lab namespace) closes first and holds TIME_WAIT; the scripted peer (TUN)
+The kernel server (lab.kernel.agent, in a lab namespace) closes first and holds TIME_WAIT; the scripted peer (TUN)
 then sends an RST with seq exactly the server's rcv_nxt, or one off, with and without a timestamp. sock_diag
 shows whether the TIME_WAIT socket survived (kernel-facts §11). Then the peer sends a burst of pure ACKs
 outside the window: TIME_WAIT answers them with its own ACK, at most one per net.ipv4.tcp_invalid_ratelimit
@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.peer import (
+from lab.kernel.peer import (
     KERNEL_IP,
     close_after_kernel,
     counter_deltas,
@@ -25,6 +24,7 @@ from lab.peer import (
     server_steps,
     time_wait_of,
 )
+from lab.run.context import Experiment, Outcome, RunContext
 
 PORT = 5000
 ISN = 3_000_000
@@ -53,7 +53,7 @@ CASES = (
 
 def _tw_connection(ctx: RunContext, ns: Any, peer: Any, sport: int, ts: bool, name: str) -> tuple[Any, Any, bool]:
     """One incarnation on (peer:sport, kernel:PORT) that ends with the server in TIME_WAIT."""
-    from lab.agent import Agent
+    from lab.kernel.agent import Agent
 
     server = Agent.start(ctx, server_steps(KERNEL_IP, PORT), netns=ns.name, name=name)
     server.wait("listen")
@@ -65,21 +65,21 @@ def _tw_connection(ctx: RunContext, ns: Any, peer: Any, sport: int, ts: bool, na
 
 
 def _rst_case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[str, Any]:
-    from lab import kernel
+    from lab.kernel import sockdiag
 
     ns.sysctl("net.ipv4.tcp_rfc1337", case.rfc1337)
     server, conn, ok = _tw_connection(ctx, ns, peer, sport, case.ts, f"server-rst{sport}")
     obs: dict[str, Any] = {"case": case.id, "peer_port": sport, "tcp_rfc1337": case.rfc1337,
                            "rst_seq_minus_rcv_nxt": case.seq_off, "timestamp": case.ts, "setup_ok": ok}
     if ok:
-        before = time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)
+        before = time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)
         rst: dict[str, Any] = {"flags": "R", "seq": f"peer.nxt{case.seq_off:+d}", "ack": 0, "window": 0,
                                "mark": "rst-exact" if case.seq_off == 0 else "rst-off"}
         if case.ts:
             rst["ts"] = ["peer.tsval+1", "kernel.tsval"]
         rep = conn.run([{"label": f"rst {case.id}", "send": rst},
                         {"label": "no-answer", "expect_none": {"timeout_s": 0.2}}], stop_on_fail=False)
-        after = time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)
+        after = time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)
         obs.update({"rst": rep.steps[0].got, "kernel_answered": rep.steps[1].got,
                     "time_wait_before": before, "time_wait_after": after, "survived": after is not None,
                     "expected_survive": case.survives,
@@ -90,14 +90,14 @@ def _rst_case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> di
 
 
 def _ratelimit(ctx: RunContext, ns: Any, peer: Any, ratelimit_ms: int, sport: int) -> dict[str, Any]:
-    from lab import kernel
+    from lab.kernel import sockdiag
 
     ns.sysctl("net.ipv4.tcp_rfc1337", 0)
     ns.sysctl("net.ipv4.tcp_invalid_ratelimit", ratelimit_ms)
     server, conn, ok = _tw_connection(ctx, ns, peer, sport, False, f"server-rl{sport}")
     obs: dict[str, Any] = {"tcp_invalid_ratelimit_ms": ratelimit_ms, "peer_port": sport, "setup_ok": ok}
     if ok:
-        before = kernel.nstat(netns=ns.name)
+        before = sockdiag.nstat(netns=ns.name)
         t0 = time.monotonic()
         steps: list[dict[str, Any]] = []
         for k in range(BURST):
@@ -110,20 +110,20 @@ def _ratelimit(ctx: RunContext, ns: Any, peer: Any, ratelimit_ms: int, sport: in
         conn.run(steps)
         span_s = time.monotonic() - t0 - 0.3
         replies = [d for d in conn.received[n0:] if d["flags"] == "A"]
-        after = kernel.nstat(netns=ns.name)
+        after = sockdiag.nstat(netns=ns.name)
         d = counter_deltas(before, after, ("TCPACKSkippedTimeWait",))
         obs.update({"sent": BURST, "span_s": round(span_s, 3), "acks_answered": len(replies),
                     "skipped_counter": d["TCPACKSkippedTimeWait"],
                     "answered_plus_skipped": len(replies) + d["TCPACKSkippedTimeWait"],
-                    "time_wait_after": time_wait_of(kernel.sockets(netns=ns.name, ports=[PORT]), sport)})
+                    "time_wait_after": time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)})
     server.release("end")
     server.finish()
     return obs
 
 
 def run(ctx: RunContext) -> Outcome:
-    from lab.inject import capture_check, check_outcome
-    from lab.recording import Recording
+    from lab.kernel.inject import capture_check, check_outcome
+    from lab.kernel.recording import Recording
 
     ns, peer = open_in_namespace(ctx, "k")
     results: list[dict[str, Any]] = []
@@ -137,9 +137,9 @@ def run(ctx: RunContext) -> Outcome:
             limits.append(_ratelimit(ctx, ns, peer, ms, 42100 + j))
     capture, analysis, check = capture_check(
         ctx, rec, {"time-wait-assassinated": {"rst-exact"}, "delayed-duplicate": (), "reuse-in-time-wait": ()},
-        notes={"rst-exact": "peer's RST with seq = TIME_WAIT's rcv_nxt (lab.peer)",
-               "rst-off": "peer's RST one off rcv_nxt: TIME_WAIT ignores it (lab.peer)",
-               "oow-ack": "peer's out-of-window ACK into TIME_WAIT (lab.peer)"})
+        notes={"rst-exact": "peer's RST with seq = TIME_WAIT's rcv_nxt (lab.kernel.peer)",
+               "rst-off": "peer's RST one off rcv_nxt: TIME_WAIT ignores it (lab.kernel.peer)",
+               "oow-ack": "peer's out-of-window ACK into TIME_WAIT (lab.kernel.peer)"})
     story = []
     for c, o in zip(CASES, results, strict=True):
         if not o.get("setup_ok"):

@@ -15,15 +15,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lab import kernel
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.kernel import sockdiag
+from lab.run.context import Experiment, Outcome, RunContext
 
 FIN_TIMEOUT_S = 5
 LIMIT_S = 75.0
 
 
-def _gone(samples: list[kernel.SockSample], local_port: int, state: str) -> tuple[float | None, float | None, int]:
+def _gone(samples: list[sockdiag.SockSample], local_port: int, state: str) -> tuple[float | None, float | None, int]:
     """(first seen in `state`, first dump without it afterwards, remaining ms at first sight) for one socket."""
     first = gone = None
     exp = 0

@@ -16,17 +16,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lab import kernel
 from lab.core.model import Flags
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.impair import drop_one
+from lab.kernel import sockdiag
+from lab.kernel.impair import drop_one
+from lab.run.context import Experiment, Outcome, RunContext
 
 COUNTERS = ("TcpExtTCPTimeWaitOverflow", "TcpOutRsts", "TcpExtTCPAbortOnClose", "TcpEstabResets")
 
 
-def _case_a(ctx: RunContext, pair: cc.NetnsPair, cs: kernel.Sampler, ss: kernel.Sampler) -> dict[str, Any]:
-    before = kernel.nstat(pair.client.name)
+def _case_a(ctx: RunContext, pair: cc.NetnsPair, cs: sockdiag.Sampler, ss: sockdiag.Sampler) -> dict[str, Any]:
+    before = sockdiag.nstat(pair.client.name)
     ep = cc.open_connection(ctx, pair, "A",
                             client_tail=[cc.gate("close"), {"op": "shutdown", "how": "WR", "label": "shutdown"},
                                          {"op": "recv_eof", "label": "eof", "timeout_s": 5},
@@ -43,15 +43,15 @@ def _case_a(ctx: RunContext, pair: cc.NetnsPair, cs: kernel.Sampler, ss: kernel.
     time.sleep(0.1)
     dropped = rule.packets()
     rule.remove()
-    after = kernel.nstat(pair.client.name)
+    after = sockdiag.nstat(pair.client.name)
     return {"client_port": ep.client_port, "dropped_acks": dropped,
-            "counters": kernel.deltas(before, after, COUNTERS),
+            "counters": sockdiag.deltas(before, after, COUNTERS),
             "time_wait": cc.time_wait_now(pair, ep.port, ep.client_port),
             "states_seen": cc.side_states(cs, ss, ep.client_port)}
 
 
-def _case_b(ctx: RunContext, pair: cc.NetnsPair, cs: kernel.Sampler, ss: kernel.Sampler) -> dict[str, Any]:
-    before = kernel.nstat(pair.client.name)
+def _case_b(ctx: RunContext, pair: cc.NetnsPair, cs: sockdiag.Sampler, ss: sockdiag.Sampler) -> dict[str, Any]:
+    before = sockdiag.nstat(pair.client.name)
     ep = cc.open_connection(ctx, pair, "B",
                             client_tail=[cc.gate("close"), {"op": "close", "label": "close"}],
                             server_tail=[{"op": "recv_eof", "label": "eof", "timeout_s": 5},
@@ -59,8 +59,8 @@ def _case_b(ctx: RunContext, pair: cc.NetnsPair, cs: kernel.Sampler, ss: kernel.
     ep.client.release("close")
     cc.finish(ep.client, ep.server)
     time.sleep(0.2)
-    after = kernel.nstat(pair.client.name)
-    return {"client_port": ep.client_port, "counters": kernel.deltas(before, after, COUNTERS),
+    after = sockdiag.nstat(pair.client.name)
+    return {"client_port": ep.client_port, "counters": sockdiag.deltas(before, after, COUNTERS),
             "time_wait": cc.time_wait_now(pair, ep.port, ep.client_port),
             "states_seen": cc.side_states(cs, ss, ep.client_port)}
 

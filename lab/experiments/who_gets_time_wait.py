@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from lab.experiments import _closecommon as cc
-from lab.experiments.base import Experiment, Outcome, RunContext
+from lab.run.context import Experiment, Outcome, RunContext
 
 
 def _one(ctx: RunContext, pair: cc.NetnsPair, first: str, samplers: tuple[Any, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from lab.agent import Agent, AgentError
-from lab.experiments.base import RunContext
+from lab.kernel.agent import Agent, AgentError
+from lab.run.context import RunContext
 
 
 def _free_port() -> int:

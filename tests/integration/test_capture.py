@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.capture import LiveCapture, write_pcapng
+from lab.kernel.capture import LiveCapture, write_pcapng
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _nobody
@@ -181,7 +181,7 @@ def test_pcapng_comments_are_listed_by_tshark(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_without_cap_net_raw_capture_is_refused_with_a_hint() -> None:
-    code = ("from lab.capture import LiveCapture\nfrom lab.errors import EnvironmentProblem\n"
+    code = ("from lab.kernel.capture import LiveCapture\nfrom lab.errors import EnvironmentProblem\n"
             "try:\n    LiveCapture('lo', 'tcp port 5000').start()\n"
             "except EnvironmentProblem as e:\n    print('ENV', e.one_line())\n")
     with _nobody.workdir() as d:
@@ -195,8 +195,8 @@ def test_recording_finds_the_close_segments_of_a_port(tmp_path: Path) -> None:
     from contextlib import ExitStack
 
     from lab.core.model import Flags, Segment
-    from lab.experiments.base import EventLog, Experiment, Outcome, RunContext
-    from lab.recording import Recording, port_filter
+    from lab.kernel.recording import Recording, port_filter
+    from lab.run.context import EventLog, Experiment, Outcome, RunContext
 
     exp = Experiment(id="rec-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
     with ExitStack() as stack:

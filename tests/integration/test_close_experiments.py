@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lab import experiments
-from lab.runner import run_one
+from lab.run.runner import run_one
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lab.experiments import get
-from lab.runner import run_one
+from lab.run.runner import run_one
 
 pytestmark = pytest.mark.root
 

@@ -17,9 +17,9 @@ import pytest
 from conftest import lab_netns_of
 
 from lab.errors import UsageError
-from lab.experiments.base import Experiment, Outcome, RunContext
-from lab.hosts.loopback import Loopback
-from lab.runner import open_context
+from lab.kernel.hosts.loopback import Loopback
+from lab.run.context import Experiment, Outcome, RunContext
+from lab.run.runner import open_context
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def _host(key: str) -> str:
 
 
 def test_namespace_sysctls_stay_inside_and_are_recorded(ctx: RunContext) -> None:
-    from lab.hosts.netns import Namespace
+    from lab.kernel.hosts.netns import Namespace
 
     host_before = _host("net.ipv4.tcp_max_tw_buckets")
     ns = Namespace.create(ctx, "k", sysctls={"net.ipv4.tcp_max_tw_buckets": 0,
@@ -51,7 +51,7 @@ def test_namespace_sysctls_stay_inside_and_are_recorded(ctx: RunContext) -> None
 
 
 def test_pair_addresses_no_default_route_and_quick_connects(ctx: RunContext) -> None:
-    from lab.hosts.netns import NetnsPair
+    from lab.kernel.hosts.netns import NetnsPair
 
     pair = NetnsPair.create(ctx)
     names = [pair.client.name, pair.server.name, pair.client.iface or "", pair.server.iface or ""]
@@ -76,7 +76,7 @@ def test_pair_addresses_no_default_route_and_quick_connects(ctx: RunContext) -> 
 
 
 def test_teardown_on_exception(tmp_path: Path) -> None:
-    from lab.hosts.netns import NetnsPair
+    from lab.kernel.hosts.netns import NetnsPair
 
     run_id = ""
     with pytest.raises(RuntimeError), ExitStack() as stack:
@@ -194,11 +194,11 @@ def test_two_runs_at_once_do_not_collide(tmp_path: Path) -> None:
 
 def test_impairments_refuse_a_namespace_that_is_not_this_runs(ctx: RunContext) -> None:
     from lab.errors import UnsafeTarget
-    from lab.impair import drop_one
+    from lab.kernel.impair import drop_one
 
     with pytest.raises(UnsafeTarget):
         drop_one(ctx, Loopback(), dport=7000)           # the host's own firewall
-    from lab.hosts.netns import Namespace
+    from lab.kernel.hosts.netns import Namespace
 
     ns = Namespace.create(ctx, "k")
     with pytest.raises(UnsafeTarget):
@@ -206,8 +206,8 @@ def test_impairments_refuse_a_namespace_that_is_not_this_runs(ctx: RunContext) -
 
 
 def test_drop_one_drops_exactly_one_and_is_removed(ctx: RunContext) -> None:
-    from lab.hosts.netns import NetnsPair
-    from lab.impair import drop_one
+    from lab.kernel.hosts.netns import NetnsPair
+    from lab.kernel.impair import drop_one
 
     pair = NetnsPair.create(ctx)
     with pair.server.entered():
@@ -231,8 +231,8 @@ def test_drop_one_drops_exactly_one_and_is_removed(ctx: RunContext) -> None:
 
 def test_nfqueue_hold_delays_the_chosen_packets(ctx: RunContext) -> None:
     pytest.importorskip("netfilterqueue")
-    from lab.hosts.netns import NetnsPair
-    from lab.impair import Hold
+    from lab.kernel.hosts.netns import NetnsPair
+    from lab.kernel.impair import Hold
 
     pair = NetnsPair.create(ctx)
     with pair.server.entered():

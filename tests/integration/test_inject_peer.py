@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lab.errors import UnsafeTarget
-from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, new_run_id
-from lab.resources import Ledger
+from lab.run.context import EventLog, Experiment, Outcome, RunContext, new_run_id
+from lab.run.resources import Ledger
 
 pytestmark = pytest.mark.root
 
@@ -21,9 +21,9 @@ def _ss(ns: str) -> str:
 
 
 def test_peer_handshake_with_chosen_isn_data_and_kernel_active_close(ctx: RunContext) -> None:
-    from lab import kernel
-    from lab.agent import Agent
-    from lab.peer import KERNEL_IP, close_after_kernel, handshake, open_in_namespace, send_data, server_steps
+    from lab.kernel import sockdiag
+    from lab.kernel.agent import Agent
+    from lab.kernel.peer import KERNEL_IP, close_after_kernel, handshake, open_in_namespace, send_data, server_steps
 
     ns, peer = open_in_namespace(ctx, "k")
     server = Agent.start(ctx, server_steps(KERNEL_IP, 5000), netns=ns.name, name="server")
@@ -35,7 +35,7 @@ def test_peer_handshake_with_chosen_isn_data_and_kernel_active_close(ctx: RunCon
     assert synack is not None and synack["ack"] == 1_000_001 and synack["tsecr"] == 1000
     assert server.wait("recv1")["result"]["text"] == "hello"
     assert rep.by_label("final-ack").got["ack"] == 1_000_000 + 1 + 5 + 1
-    tw = [s for s in kernel.sockets(netns=ns.name, ports=[5000]) if s.state == "TIME_WAIT"]
+    tw = [s for s in sockdiag.sockets(netns=ns.name, ports=[5000]) if s.state == "TIME_WAIT"]
     assert [(s.sport, s.dport) for s in tw] == [(5000, 40001)]
     server.release("end")
     assert server.finish()[-1]["ok"]
@@ -45,7 +45,7 @@ def test_peer_handshake_with_chosen_isn_data_and_kernel_active_close(ctx: RunCon
 
 
 def test_peer_reports_what_the_kernel_answered_when_it_differs(ctx: RunContext) -> None:
-    from lab.peer import open_in_namespace
+    from lab.kernel.peer import open_in_namespace
 
     _ns, peer = open_in_namespace(ctx, "k")
     conn = peer.connection(40002, 5999)  # nobody listens: the kernel answers RST
@@ -60,7 +60,7 @@ def test_peer_reports_what_the_kernel_answered_when_it_differs(ctx: RunContext) 
 
 
 def test_tun_device_is_ledgered_and_gone_after_teardown(tmp_path: Path) -> None:
-    from lab.peer import open_in_namespace
+    from lab.kernel.peer import open_in_namespace
 
     exp = Experiment(id="inject-test", claim="-", lore="-", run=lambda c: Outcome(True, {}))
     run_id = new_run_id()
@@ -81,10 +81,10 @@ def test_tun_device_is_ledgered_and_gone_after_teardown(tmp_path: Path) -> None:
 
 def test_raw_injector_on_namespace_loopback_puts_bytes_into_a_live_connection(ctx: RunContext) -> None:
     """kernel-facts §8: a crafted segment with the right seq/ack reaches the server application."""
-    from lab.agent import Agent
-    from lab.hosts.netns import Namespace
-    from lab.inject import Injector
-    from lab.recording import Recording
+    from lab.kernel.agent import Agent
+    from lab.kernel.hosts.netns import Namespace
+    from lab.kernel.inject import Injector
+    from lab.kernel.recording import Recording
 
     ns = Namespace.create(ctx, "k")
     port = 5001
@@ -119,8 +119,8 @@ def test_raw_injector_on_namespace_loopback_puts_bytes_into_a_live_connection(ct
 
 
 def test_injector_refuses_targets_outside_the_lab_and_sends_nothing(ctx: RunContext) -> None:
-    from lab.hosts.netns import Namespace
-    from lab.inject import Injector
+    from lab.kernel.hosts.netns import Namespace
+    from lab.kernel.inject import Injector
 
     inj = Injector.raw(ctx, None)
     for dst in ("192.0.2.1", "8.8.8.8", "198.51.100.1"):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lab.experiments.restart_eaddrinuse import EXPERIMENT
-from lab.runner import run_one
+from lab.run.runner import run_one
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _nobody

@@ -18,7 +18,7 @@ import pytest
 from lab import experiments
 from lab.core.bindrules import BindCase, expected_bsd, expected_linux
 from lab.experiments.bind_matrix import load_matrix
-from lab.runner import run_one
+from lab.run.runner import run_one
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules")
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from lab import analyze_stream
+from lab.analysis import stream as analyze_stream
 from lab.core.tracker import analyze
 from lab.errors import BadCapture
-from lab.readers import CaptureReader
+from lab.pcap.readers import CaptureReader
 
 HEAD_KEYS = ["file", "profile", "time_wait_s", "connections", "findings", "packets", "tcp_segments", "skipped",
              "segments"]

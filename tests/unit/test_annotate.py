@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import tshark
-from lab.annotate import PcapngWriter, write_annotated
+from lab.analysis import verify as tshark
 from lab.errors import BadCapture, LabError
-from lab.readers import iter_frames
+from lab.pcap.annotate import PcapngWriter, write_annotated
+from lab.pcap.readers import iter_frames
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed (apt-get install tshark)")
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, sys
 import lab, lab.accel as a
-import lab.core.tracker, lab.fastdecode, lab.core.model, lab.core.seqnum, lab.core.tcpstate, lab.core.profiles
+import lab.core.tracker, lab.pcap.fastdecode, lab.core.model, lab.core.seqnum, lab.core.tcpstate, lab.core.profiles
 import lab.core.report
 print(json.dumps({"active": a.active(), "status": a.status(), "shared_lib": any("__mypyc" in m for m in sys.modules),
                   "files": {m: sys.modules[m].__file__ for m in a.COMPILED}}))
@@ -97,7 +97,7 @@ def test_build_compiles_in_place_keeps_git_clean_and_never_goes_stale(tmp_path: 
                              text=True, check=True).stdout.split("\n")
     made = sorted(line[3:] for line in ignored if line.startswith("!! ") and "__pycache__" not in line)
     ext = accel.EXT_SUFFIX
-    want = {"lab/.accel-stamp", f"lab/_accel__mypyc{ext}", f"lab/fastdecode{ext}", "build/"} | {
+    want = {"lab/.accel-stamp", f"lab/_accel__mypyc{ext}", f"lab/pcap/fastdecode{ext}", "build/"} | {
         f"lab/core/{m.rsplit('.', 1)[1]}{ext}" for m in accel.COMPILED if m.startswith("lab.core.")}
     assert set(made) == want, made
 
@@ -146,13 +146,13 @@ def test_build_compiles_in_place_keeps_git_clean_and_never_goes_stale(tmp_path: 
     assert info["active"] is True and err == ""
 
     # a build that fails (a type error mypyc refuses) says so in one line and removes the stale build
-    fd = tree / "lab" / "fastdecode.py"
+    fd = tree / "lab" / "pcap" / "fastdecode.py"
     fd.write_text(fd.read_text() + "\n_BROKEN: int = 'not an int'\n")
     res = _run(tree, "-m", "lab.build", "--if-needed")
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("twlab: accelerator not built (mypyc failed: "), res.stderr
-    assert "lab/fastdecode.py" in lines[0]
+    assert "lab/pcap/fastdecode.py" in lines[0]
     assert _so_files(tree) == []
     info, err = _probe(tree)
     assert info["active"] is False and info["status"] == "not built" and err == ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import tshark
+from lab.analysis import verify as tshark
 
 CLOSE_KINDS = {"four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete"}
 FINDING_KINDS = {"fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",

@@ -11,7 +11,7 @@ import pytest
 from lab.core.model import Flags
 from lab.core.report import Report
 from lab.core.tracker import analyze
-from lab.readers import read_segments
+from lab.pcap.readers import read_segments
 
 # file: (streams, FIN, RST, FIN retx, reused-port frames (tshark), crossed FINs)  -- the README's table
 README = {

@@ -1,4 +1,4 @@
-"""feed_file (and its compiled walk, lab.fastdecode) gives exactly what CaptureReader + Analyzer give: the same
+"""feed_file (and its compiled walk, lab.pcap.fastdecode) gives exactly what CaptureReader + Analyzer give: the same
 Report, the same reader stats, the same BadCapture message, on the corpus, the lab's captures, synthetic
 files of every format/link type/option layout, and damaged files. Each comparison runs here (compiled when
 the accelerator is built, as in CI) and again in a subprocess with TWLAB_PURE=1 (the .py sources)."""
@@ -21,10 +21,12 @@ from scapy.layers.inet import GRE, ICMP, IP, UDP, IPOption_RR
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.packet import Raw, raw
 
-from lab import accel, readers
+from lab import accel
 from lab.core.tracker import Analyzer, analyze
 from lab.errors import BadCapture
-from lab.readers import CaptureReader, ReaderStats, feed_file
+from lab.pcap import feed
+from lab.pcap.feed import feed_file
+from lab.pcap.readers import CaptureReader, ReaderStats
 from tests.unit.test_readers import (
     A4,
     A6,
@@ -88,8 +90,8 @@ def mismatches(paths: list[str]) -> list[str]:
         want = _reference(path)
         ways: dict[str, Callable[[Analyzer], ReaderStats | None]] = {
             "feed_file": lambda a, p=path: feed_file(p, a),
-            "fastdecode": lambda a, p=path: readers._feed_file(p, a, None, True),
-            "plain": lambda a, p=path: readers._feed_file(p, a, None, False),
+            "fastdecode": lambda a, p=path: feed._feed_file(p, a, None, True),
+            "plain": lambda a, p=path: feed._feed_file(p, a, None, False),
         }
         if not accel.active():
             del ways["plain"]   # feed_file is the plain path then
@@ -129,7 +131,7 @@ def segment_rows_differ(paths: list[str]) -> list[str]:
             pass
         rec = Rec()
         try:
-            readers._feed_file(Path(name), rec, None, True)
+            feed._feed_file(Path(name), rec, None, True)
         except BadCapture:
             pass
         if [tuple(r) for r in rec.rows] != want:
@@ -384,7 +386,7 @@ def test_damaged_files_give_the_same_error_and_partial_report(damaged: list[Path
 
 
 def test_pure_sources_agree_too(corpus: Path, synth: list[Path], damaged: list[Path]) -> None:
-    """The same comparisons with TWLAB_PURE=1: lab.fastdecode and the tracker as interpreted Python."""
+    """The same comparisons with TWLAB_PURE=1: lab.pcap.fastdecode and the tracker as interpreted Python."""
     files = sorted(p for p in corpus.iterdir() if p.name != "README.md") + CAPTURES + synth + damaged[::3]
     assert _in_pure_subprocess(files) == []
 
@@ -409,7 +411,7 @@ def test_on_batch_is_called_per_chunk_and_at_the_end(synth: list[Path], fast: bo
     def on_batch() -> None:
         drained.append(len(a.drain()[0]))
 
-    stats = readers._feed_file(big, a, on_batch, fast)
+    stats = feed._feed_file(big, a, on_batch, fast)
     assert stats.packets == 20_001 and stats.tcp_segments == 20_001
     # fast: after each 1 MiB chunk (one of them holds the 3 MiB record); plain: every 8192 segments
     assert len(drained) >= (5 if fast else 3)
@@ -438,7 +440,7 @@ def test_bad_capture_message_names_file_and_frame(damaged: list[Path]) -> None:
 @pytest.mark.skipif(not accel.active(), reason="accelerator not built here (python -m lab.build); CI builds it")
 def test_compiled_modules_are_the_ones_in_use() -> None:
     import lab.core.tracker
-    import lab.fastdecode
+    import lab.pcap.fastdecode
 
     assert lab.core.tracker.__file__.endswith(accel.EXT_SUFFIX)
-    assert lab.fastdecode.__file__.endswith(accel.EXT_SUFFIX)
+    assert lab.pcap.fastdecode.__file__.endswith(accel.EXT_SUFFIX)

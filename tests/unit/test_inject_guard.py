@@ -8,7 +8,7 @@ import pytest
 
 from lab.core.model import Segment
 from lab.errors import UnsafeTarget
-from lab.inject import check_target, craft, describe, flags_value, match_frames, variant
+from lab.kernel.inject import check_target, craft, describe, flags_value, match_frames, variant
 
 RUN = "a1b2c3"
 NS = "twla1b2c3k"
@@ -80,7 +80,7 @@ def test_match_frames_maps_log_records_to_frames() -> None:
 
 
 def test_peer_expressions() -> None:
-    from lab.peer import PeerScriptError, evaluate
+    from lab.kernel.peer import PeerScriptError, evaluate
 
     v = {"peer.isn": 1000, "kernel.nxt": 5, "old.rcv_nxt": 0xFFFFFFFF}
     assert evaluate("peer.isn+1", v) == 1001
@@ -93,7 +93,7 @@ def test_peer_expressions() -> None:
 
 
 def test_verbatim_replay_maps_to_its_own_frame_not_the_original() -> None:
-    from lab.inject import analyzer_agreement
+    from lab.kernel.inject import analyzer_agreement
 
     raw = craft("198.51.100.2", 40000, "198.51.100.1", 5000, flags="PA", seq=100, ack=7, payload=b"x")
     original = {**describe(raw), "mark": None, "label": "i1:data"}
@@ -116,7 +116,7 @@ def test_captured_segment_from_a_file_replays_byte_for_byte(tmp_path: Path) -> N
     from scapy.utils import wrpcap
 
     from lab.errors import BadCapture
-    from lab.inject import captured_segment
+    from lab.kernel.inject import captured_segment
 
     raw = craft("198.51.100.2", 40000, "198.51.100.1", 5000, flags="PA", seq=9, ack=3, ts=(5, 6), payload=b"old")
     wrpcap(str(tmp_path / "raw.pcap"), [IP(raw), IP(raw)], linktype=101)

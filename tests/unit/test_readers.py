@@ -1,4 +1,4 @@
-"""lab.readers against real tshark: the corpus, byte-level synthetic files of every format and link type,
+"""lab.pcap.readers against real tshark: the corpus, byte-level synthetic files of every format and link type,
 and damaged input (which must give BadCapture naming the file, never another exception or a hang)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.packet import Raw, raw
 
-from lab import readers
 from lab.errors import BadCapture
-from lab.readers import CaptureReader, RawFrame, decode_frame, iter_frames, read_segments
+from lab.pcap import readers
+from lab.pcap.readers import CaptureReader, RawFrame, decode_frame, iter_frames, read_segments
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed (setup.sh installs it)")

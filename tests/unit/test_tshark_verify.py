@@ -1,4 +1,4 @@
-"""lab.tshark against real tshark: the one-pass scan reproduces the corpus README's counts (made with
+"""lab.analysis.verify against real tshark: the one-pass scan reproduces the corpus README's counts (made with
 tshark 4.0.17 by hand), a missing tshark is an EnvironmentProblem with the install hint, and verify()
 lists every disagreement between the analyzer and tshark with a reason."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import tshark
+from lab.analysis import verify as tshark
 from lab.core.tracker import analyze
 from lab.errors import BadCapture, EnvironmentProblem
-from lab.readers import read_segments
+from lab.pcap.readers import read_segments
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed (apt-get install tshark)")
 
@@ -143,7 +143,7 @@ def test_verify_catches_a_wrong_analysis(corpus: Path) -> None:
 
 
 def test_verify_reads_comments_with_tshark_and_pyshark(corpus: Path, tmp_path: Path) -> None:
-    from lab.annotate import write_annotated
+    from lab.pcap.annotate import write_annotated
 
     src = corpus / "zeek__tls__ocsp-revoked.pcap"
     out = tmp_path / "annotated.pcapng"

@@ -87,13 +87,13 @@ class PcapngWriter:
 
 
 def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) -> int:
-    """Copy `src` (any format lab.readers reads) to `dst` as pcapng, adding `notes[frame]` as comments.
+    """Copy `src` (any format lab.pcap.readers reads) to `dst` as pcapng, adding `notes[frame]` as comments.
 
     Existing comments are kept; a note equal to one the packet already carries is not repeated.
     Returns the number of packets written. Atomic: `dst` appears complete or not at all, and an existing
     `dst` is left untouched on any error; `dst == src` is allowed.
     """
-    from lab.readers import iter_frames
+    from lab.pcap.readers import iter_frames
 
     src, dst = Path(src), Path(dst)
     if dst.is_dir():

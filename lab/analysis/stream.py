@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections import Counter
@@ -31,8 +32,8 @@ from typing import IO, Any
 from lab.core.report import Connection, Finding, Report, TimeWaitWindow
 from lab.core.tcpstate import Input, TcpState
 from lab.core.tracker import Analyzer
-from lab.experiments.base import new_run_id
-from lab.readers import ReaderStats, feed_file
+from lab.pcap.feed import feed_file
+from lab.pcap.readers import ReaderStats
 
 try:
     from _json import make_encoder as _make_encoder  # json.dumps' C encoder
@@ -162,7 +163,7 @@ def finding_json(f: Finding) -> str:
 @contextmanager
 def _spool(role: str) -> Iterator[IO[bytes]]:
     """A temporary file in the system temp dir, named by the lab's rule (twl + run id + role), removed after."""
-    fd, name = tempfile.mkstemp(prefix=f"twl{new_run_id()}{role}-", suffix=".json")
+    fd, name = tempfile.mkstemp(prefix=f"twl{secrets.token_hex(3)}{role}-", suffix=".json")
     try:
         with os.fdopen(fd, "w+b") as f:
             yield f

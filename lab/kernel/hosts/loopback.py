@@ -1,5 +1,5 @@
 """The default host: this machine's loopback, with no namespace. The same minimal interface as
-lab.hosts.netns.Namespace where it makes sense; settings are refused (the host's sysctls are not the lab's)."""
+lab.kernel.hosts.netns.Namespace where it makes sense; settings are refused (the host's sysctls are not the lab's)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Loopback:
 
     def sysctl(self, key: str, value: Any) -> str:
         raise UsageError(f"refusing to set {key} on the host",
-                         "per-host settings live in lab namespaces: use lab.hosts.netns.Namespace")
+                         "per-host settings live in lab namespaces: use lab.kernel.hosts.netns.Namespace")
 
     def read_sysctl(self, key: str) -> str:
         with open("/proc/sys/" + key.replace(".", "/"), encoding="ascii") as fh:

@@ -20,12 +20,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from lab.capture import CaptureStats, LiveCapture, write_pcapng
 from lab.core.model import Flags, Segment
 from lab.errors import EnvironmentProblem
+from lab.kernel.capture import CaptureStats, LiveCapture, write_pcapng
 
 if TYPE_CHECKING:
-    from lab.experiments.base import RunContext
+    from lab.run.context import RunSpace
 
 
 def port_filter(ports: Iterable[int]) -> str:
@@ -36,7 +36,7 @@ def port_filter(ports: Iterable[int]) -> str:
 
 
 class Recording:
-    def __init__(self, ctx: RunContext, ports: Sequence[int], iface: str = "lo", netns: str | None = None,
+    def __init__(self, ctx: RunSpace, ports: Sequence[int], iface: str = "lo", netns: str | None = None,
                  filename: str = "capture.pcapng", settle_s: float = 0.05) -> None:
         self.ctx = ctx
         self.ports = list(ports)
@@ -87,7 +87,7 @@ class Recording:
     def _decode_and_analyze(self) -> None:
         assert self.capture is not None
         from lab.core.tracker import analyze
-        from lab.readers import decode_frame as decode
+        from lab.pcap.readers import decode_frame as decode
 
         lt = self.capture.linktype
         for frame, (ts_ns, data, _orig) in enumerate(self.capture.packets, start=1):

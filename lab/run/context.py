@@ -12,10 +12,10 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from lab.resources import Ledger
+    from lab.run.resources import Ledger
 
 Topology = Literal["none", "loopback", "netns"]
 
@@ -82,6 +82,20 @@ class EventLog:
         if self._fh:
             self._fh.close()
             self._fh = None
+
+
+class RunSpace(Protocol):
+    """The narrow part of a run that kernel adapters use (lab.kernel.*): names, the event log, the ledger of
+    what was created, the cleanup stack. RunContext provides it; adapters never see experiments."""
+
+    run_id: str
+    out_dir: Path
+    events: EventLog
+    stack: ExitStack
+    ledger: Ledger
+    root: bool
+
+    def name(self, role: str) -> str: ...
 
 
 @dataclass

@@ -1,13 +1,13 @@
-"""The compiled capture walk behind lab.readers.feed_file: pcap/pcapng records -> Analyzer.feed_fields.
+"""The compiled capture walk behind lab.pcap.feed.feed_file: pcap/pcapng records -> Analyzer.feed_fields.
 
 Written for mypyc (python -m lab.build): byte indexing on a `bytes` buffer, native ints, no generators or
 struct in the hot loop, one native call per TCP segment into the (compiled) Analyzer. It decodes the
 common packets itself: Ethernet (802.1Q/QinQ), SLL, SLL2, raw IP, BSD NULL/LOOP; IPv4 with or without
 options; IPv6 without extension headers; TCP with any options (the TS option is found by walking them).
 Every other packet (tunnels, IPv6 extension headers, fragments, packets cut short, non-TCP) goes to
-lab.readers' Python decoder, so frames, timestamps, segments, stats and BadCapture errors are exactly
+lab.pcap.readers' Python decoder, so frames, timestamps, segments, stats and BadCapture errors are exactly
 those of CaptureReader. Uncompiled this module still works (slower than the plain reader: the bytes
-indexing that is fast in C is slow in the interpreter); lab.readers uses it only when compiled.
+indexing that is fast in C is slow in the interpreter); lab.pcap.feed uses it only when compiled.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import socket
 import struct
 from collections.abc import Callable
 
-from lab import readers
 from lab.core.tracker import Analyzer
-from lab.readers import ReaderStats, _Source
+from lab.pcap import readers
+from lab.pcap.readers import ReaderStats, _Source
 
 _CACHE_MAX = 65_536   # bound the address caches on scans with many addresses
 

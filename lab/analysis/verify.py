@@ -315,7 +315,7 @@ def _flag_text(flags: int) -> str:
 
 def verify(path: Path, report: Any) -> VerifyResult:
     """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading."""
-    from lab.readers import read_segments
+    from lab.pcap.readers import read_segments
 
     path = Path(path)
     rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()

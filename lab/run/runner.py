@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import EnvironmentProblem, LabError
-from lab.experiments.base import EventLog, Experiment, Outcome, RunContext, is_root, new_run_id
-from lab.resources import Ledger
+from lab.run.context import EventLog, Experiment, Outcome, RunContext, is_root, new_run_id
+from lab.run.resources import Ledger
 
 
 def default_out_dir() -> Path:

@@ -299,8 +299,8 @@ class LiveCapture:
 def write_pcapng(path: Path, linktype: int, snaplen: int, packets: list[tuple[int, bytes, int]],
                  comments: Mapping[int, Sequence[str]] | None = None) -> Path:
     """pcapng (ns timestamps) with per-packet comments keyed by 1-based frame number, written atomically
-    with lab.annotate's writer. `tshark -r FILE -Y frame.comment` lists the commented packets."""
-    from lab.annotate import PcapngWriter
+    with lab.pcap.annotate's writer. `tshark -r FILE -Y frame.comment` lists the commented packets."""
+    from lab.pcap.annotate import PcapngWriter
 
     path = Path(path)
     comments = comments or {}

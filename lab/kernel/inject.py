@@ -32,14 +32,14 @@ from lab.errors import EnvironmentProblem, UnsafeTarget
 
 if TYPE_CHECKING:
     from lab.core.model import Segment
-    from lab.experiments.base import RunContext
+    from lab.run.context import RunSpace
 
 LAB_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"))
 FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
 
 
 class _Netns(Protocol):
-    """What the injector needs of lab.hosts.netns.Namespace."""
+    """What the injector needs of lab.kernel.hosts.netns.Namespace."""
 
     name: str
 
@@ -163,7 +163,7 @@ _LINK_HEADER = {101: 0, 228: 0, 229: 0, 12: 0, 14: 0, 1: 14, 113: 16, 276: 20, 0
 def captured_segment(path: str | Path, frame: int) -> bytes:
     """The IP packet of frame `frame` (1-based, tshark's frame.number) of a capture file, ready to replay."""
     from lab.errors import BadCapture
-    from lab.readers import iter_frames
+    from lab.pcap.readers import iter_frames
 
     for raw in iter_frames(path):
         if raw.frame != frame:
@@ -219,7 +219,7 @@ def _options_of(raw: bytes) -> dict[str, Any]:
 class Injector:
     """Sends crafted segments through `write(raw_bytes)`, guarded and logged."""
 
-    def __init__(self, ctx: RunContext, write: Callable[[bytes], None], *, netns: str | None = None,
+    def __init__(self, ctx: RunSpace, write: Callable[[bytes], None], *, netns: str | None = None,
                  via: str = "custom", by: str = "injector") -> None:
         self.ctx = ctx
         self._write = write
@@ -231,7 +231,7 @@ class Injector:
         self._lock = threading.Lock()
 
     @classmethod
-    def raw(cls, ctx: RunContext, ns: _Netns | None = None) -> Injector:
+    def raw(cls, ctx: RunSpace, ns: _Netns | None = None) -> Injector:
         """An IPPROTO_RAW socket (IPv4 and IPv6) opened inside `ns` (None: the host's loopback only)."""
         try:
             with ns.entered() if ns is not None else contextlib.nullcontext():
@@ -324,7 +324,7 @@ def match_frames(segments: Iterable[Segment], records: Sequence[Mapping[str, Any
     return out
 
 
-def injected(ctx: RunContext, mark: str | None = None) -> Iterator[dict[str, Any]]:
+def injected(ctx: RunSpace, mark: str | None = None) -> Iterator[dict[str, Any]]:
     """The run's inject records (optionally only those with `mark`)."""
     for rec in ctx.events.records:
         if rec.get("kind") == "inject" and (mark is None or rec.get("mark") == mark):
@@ -353,9 +353,9 @@ def analyzer_agreement(findings: Iterable[Mapping[str, Any]], segments: Iterable
             "not_in_capture": not_captured}
 
 
-def capture_check(ctx: RunContext, rec: Any, checks: Mapping[str, Iterable[str]],
+def capture_check(ctx: RunSpace, rec: Any, checks: Mapping[str, Iterable[str]],
                   notes: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
-    """After a lab.recording.Recording has stopped: annotate the injected frames, save the capture, and
+    """After a lab.kernel.recording.Recording has stopped: annotate the injected frames, save the capture, and
     compare the analyzer's findings with the injector's log.
 
     checks: finding kind -> marks of the logged segments that kind must flag (and nothing else).

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from lab.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
-    from lab.experiments.base import RunContext
+    from lab.run.context import RunSpace
 
 # include/net/tcp_states.h, with RFC 9293 names
 STATE_NAMES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECEIVED", 4: "FIN_WAIT_1", 5: "FIN_WAIT_2",
@@ -232,7 +232,7 @@ class Sampler:
     restart, gone) to ctx.events as kind "sock". `samples` keeps every dump's sockets (deduplicated per
     change, plus the TIME_WAIT timer readings needed to see restarts)."""
 
-    ctx: RunContext
+    ctx: RunSpace
     netns: str | None = None
     ports: Sequence[int] = ()
     interval_s: float = 0.05

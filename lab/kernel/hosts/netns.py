@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem
-from lab.kernel import in_netns
+from lab.kernel.sockdiag import in_netns
 
 if TYPE_CHECKING:
-    from lab.experiments.base import RunContext
+    from lab.run.context import RunSpace
 
 CLIENT_ADDR4, SERVER_ADDR4, PREFIX4 = "192.0.2.1", "192.0.2.2", 24
 CLIENT_ADDR6, SERVER_ADDR6, PREFIX6 = "2001:db8::1", "2001:db8::2", 64
@@ -61,7 +61,7 @@ def _value_text(value: Any) -> str:
 
 @dataclass
 class Namespace:
-    ctx: RunContext
+    ctx: RunSpace
     name: str
     role: str
     settings: dict[str, str] = field(default_factory=dict)
@@ -71,9 +71,9 @@ class Namespace:
     owner_pid: int = field(default_factory=os.getpid)
 
     @classmethod
-    def create(cls, ctx: RunContext, role: str, sysctls: Mapping[str, Any] | None = None) -> Namespace:
+    def create(cls, ctx: RunSpace, role: str, sysctls: Mapping[str, Any] | None = None) -> Namespace:
         if not ctx.root:
-            raise EnvironmentProblem("lab namespaces need root", f"run as root: sudo twlab run {ctx.experiment.id}")
+            raise EnvironmentProblem("lab namespaces need root", "run as root: sudo twlab run ...")
         name = ctx.name(role)
         ctx.ledger.add("netns", name)   # before creating: a crash in between still leaves a record
         # `ip netns add`, not pyroute2's netns.create/IPRoute(netns=...): those fork this Python process, and a
@@ -171,7 +171,7 @@ class NetnsPair:
     server: Namespace
 
     @classmethod
-    def create(cls, ctx: RunContext, client_sysctls: Mapping[str, Any] | None = None,
+    def create(cls, ctx: RunSpace, client_sysctls: Mapping[str, Any] | None = None,
                server_sysctls: Mapping[str, Any] | None = None) -> NetnsPair:
         client = Namespace.create(ctx, "c", client_sysctls)
         server = Namespace.create(ctx, "s", server_sysctls)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.experiments.base import Experiment, kernel_release
+from lab.run.context import Experiment, kernel_release
 
 
 @dataclass

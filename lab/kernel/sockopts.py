@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lab.core.bindrules import ADDRS, OK, BindCase, Verdict
 
 if TYPE_CHECKING:
-    from lab.experiments.base import EventLog, RunContext
+    from lab.run.context import EventLog, RunSpace
 
 SO_REUSEPORT: int | None = getattr(socket, "SO_REUSEPORT", None)
 IPV6_V6ONLY: int | None = getattr(socket, "IPV6_V6ONLY", None)
@@ -321,11 +321,11 @@ def measure_case(calls: Calls, case: BindCase, ipv6: bool,
 # a lab network namespace (for multicast and per-namespace sysctls)
 
 
-def make_netns(ctx: RunContext, role: str, multicast: bool = False,
+def make_netns(ctx: RunSpace, role: str, multicast: bool = False,
                sysctls: dict[str, Any] | None = None) -> str:
-    """A lab namespace twl<run><role> (lab.hosts.netns: ledger, teardown on ctx.stack) with lo up; for
+    """A lab namespace twl<run><role> (lab.kernel.hosts.netns: ledger, teardown on ctx.stack) with lo up; for
     multicast also `lo multicast on` and a 224.0.0.0/4 route on lo (kernel-facts §12). Returns its name."""
-    from lab.hosts.netns import Namespace
+    from lab.kernel.hosts.netns import Namespace
 
     ns = Namespace.create(ctx, role, sysctls=sysctls)
     if multicast:
@@ -341,7 +341,7 @@ def in_netns(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    from lab.kernel import in_netns as kernel_in_netns
+    from lab.kernel.sockdiag import in_netns as kernel_in_netns
 
     with kernel_in_netns(name):
         yield

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from lab.analyze_stream import Summary
+    from lab.analysis.stream import Summary
 
 _KIND_STYLE = {"four-way": "green", "three-way": "green", "simultaneous": "cyan", "half-close": "yellow",
                "rst": "red", "incomplete": "dim"}

@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lab.errors import EnvironmentProblem, UnsafeTarget
-from lab.kernel import in_netns
+from lab.kernel.sockdiag import in_netns
 
 if TYPE_CHECKING:
-    from lab.experiments.base import RunContext
+    from lab.run.context import RunSpace
 
 
 class _Host(Protocol):
@@ -35,11 +35,11 @@ class _Host(Protocol):
     def run(self, argv: Sequence[str], check: bool = True, **kw: Any) -> Any: ...
 
 
-def _lab_ns(ctx: RunContext, ns: _Host) -> str:
+def _lab_ns(ctx: RunSpace, ns: _Host) -> str:
     name = ns.name
     if not isinstance(name, str) or not name.startswith(f"twl{ctx.run_id}"):
         raise UnsafeTarget(f"refusing to change the firewall outside this run's lab namespaces (got {name!r})",
-                           "impairments live in a lab namespace (lab.hosts.netns)")
+                           "impairments live in a lab namespace (lab.kernel.hosts.netns)")
     return name
 
 
@@ -68,7 +68,7 @@ def _match(proto_args: Sequence[str], src: str | None, dst: str | None, sport: i
 class Rule:
     """One iptables rule in a lab namespace, with its packet counter."""
 
-    def __init__(self, ctx: RunContext, ns: _Host, chain: str, spec: list[str], comment: str) -> None:
+    def __init__(self, ctx: RunSpace, ns: _Host, chain: str, spec: list[str], comment: str) -> None:
         self.ctx, self.ns, self.chain, self.spec, self.comment = ctx, ns, chain, spec, comment
         self.netns = _lab_ns(ctx, ns)
         self.removed = False
@@ -97,7 +97,7 @@ class Rule:
                             ok=getattr(r, "returncode", 1) == 0)
 
 
-def drop_one(ctx: RunContext, ns: _Host, *, chain: str = "INPUT", src: str | None = None, dst: str | None = None,
+def drop_one(ctx: RunSpace, ns: _Host, *, chain: str = "INPUT", src: str | None = None, dst: str | None = None,
              sport: int | None = None, dport: int | None = None, tcp_flags: tuple[str, str] | None = PURE_ACK,
              role: str = "drop") -> Rule:
     """Drop exactly the next segment matching the run's ports/addresses and flags (default: a pure ACK).
@@ -115,7 +115,7 @@ class Hold:
     The queue is bound from a thread inside the namespace (netlink queues are per namespace). `--queue-bypass`
     lets packets through if the lab's listener is gone, so nothing is stranded."""
 
-    def __init__(self, ctx: RunContext, ns: _Host, *, chain: str = "OUTPUT", src: str | None = None,
+    def __init__(self, ctx: RunSpace, ns: _Host, *, chain: str = "OUTPUT", src: str | None = None,
                  dst: str | None = None, sport: int | None = None, dport: int | None = None,
                  tcp_flags: tuple[str, str] | None = None, holds_ms: Sequence[float] = (100.0,), queue_num: int = 7,
                  role: str = "hold") -> None:

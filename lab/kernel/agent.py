@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from lab.errors import LabError
 
 if TYPE_CHECKING:
-    from lab.experiments.base import RunContext
+    from lab.run.context import RunSpace
 
 HOW = {"WR": socket.SHUT_WR, "RD": socket.SHUT_RD, "RDWR": socket.SHUT_RDWR}
 FAMILY = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
@@ -166,7 +166,7 @@ class _Program:
 
 
 def program_main() -> int:
-    """Entry of `python -m lab.agent`: first stdin line is the JSON step list, later lines release gates."""
+    """Entry of `python -m lab.kernel.agent`: first stdin line is the JSON step list, later lines release gates."""
     steps = json.loads(sys.stdin.readline())
     prog = _Program(sys.stdin)
     ok_all = True
@@ -208,7 +208,7 @@ def program_main() -> int:
 class Agent:
     """Controller for one agent program."""
 
-    def __init__(self, ctx: RunContext, name: str, proc: subprocess.Popen[str], steps: list[dict[str, Any]]) -> None:
+    def __init__(self, ctx: RunSpace, name: str, proc: subprocess.Popen[str], steps: list[dict[str, Any]]) -> None:
         self.ctx = ctx
         self.name = name
         self.proc = proc
@@ -220,9 +220,9 @@ class Agent:
         self._reader.start()
 
     @classmethod
-    def start(cls, ctx: RunContext, steps: list[dict[str, Any]], netns: str | None = None, name: str = "agent",
+    def start(cls, ctx: RunSpace, steps: list[dict[str, Any]], netns: str | None = None, name: str = "agent",
               uid: int | None = None) -> Agent:
-        argv = [sys.executable, "-m", "lab.agent"]
+        argv = [sys.executable, "-m", "lab.kernel.agent"]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         env = dict(os.environ)

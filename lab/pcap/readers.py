@@ -17,12 +17,11 @@ Memory stays bounded: the file is read in 1 MiB chunks and no record may exceed 
 
 from __future__ import annotations
 
-import gc
 import gzip
 import socket
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
@@ -31,9 +30,9 @@ from lab.core.model import Segment
 from lab.errors import BadCapture
 
 if TYPE_CHECKING:
-    from lab.core.tracker import Analyzer
+    pass
 
-__all__ = ["SUPPORTED_LINKTYPES", "CaptureReader", "RawFrame", "ReaderStats", "decode_frame", "feed_file",
+__all__ = ["SUPPORTED_LINKTYPES", "CaptureReader", "RawFrame", "ReaderStats", "decode_frame",
            "iter_frames", "read_segments"]
 
 
@@ -770,69 +769,6 @@ class CaptureReader:
 def read_segments(path: str | Path) -> Iterator[Segment]:
     """The TCP segments of a capture file, in file order (frame numbers count every packet)."""
     return iter(CaptureReader(path))
-
-
-_BATCH = 8_192  # segments between on_batch() calls on the plain path (~1 MiB of a typical capture)
-
-
-def feed_file(path: str | Path, analyzer: Analyzer, on_batch: Callable[[], None] | None = None) -> ReaderStats:
-    """Feed every TCP segment of a capture file to `analyzer` in file order; returns the reader's stats.
-
-    on_batch() is called after every ~1 MiB of the file (and once at the end) so a streaming caller can
-    drain finished records. Same formats, frames, segments, stats and BadCapture errors as CaptureReader.
-    With the compiled accelerator (python -m lab.build) the walk runs in lab.fastdecode as native code.
-    """
-    from lab import accel
-    from lab.core.tracker import Analyzer
-
-    fast = accel.active() and type(analyzer) is Analyzer
-    return _feed_file(Path(path), analyzer, on_batch, fast)
-
-
-def _feed_file(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | None, fast: bool) -> ReaderStats:
-    # The cyclic GC would walk the growing report again and again (see tracker.analyze); nothing here needs it.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        stats = _feed_fast(path, analyzer, on_batch) if fast else _feed_plain(path, analyzer, on_batch)
-    finally:
-        if was_enabled:
-            gc.enable()
-    if on_batch is not None:
-        on_batch()
-    return stats
-
-
-def _feed_plain(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | None) -> ReaderStats:
-    reader = CaptureReader(path)
-    feed = analyzer.feed
-    n = 0
-    for seg in reader:
-        feed(seg)
-        n += 1
-        if n == _BATCH:
-            n = 0
-            if on_batch is not None:
-                on_batch()
-    return reader.stats
-
-
-def _feed_fast(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | None) -> ReaderStats:
-    from lab import fastdecode
-
-    stats = ReaderStats()
-    src = _Source(path)
-    try:
-        head, kind = _file_header(src)
-        if kind == "pcap":
-            hdr = _pcap_header(src, head)
-            _check_linktype(src, hdr.linktype, 1)
-            fastdecode.walk_pcap(src, hdr.endian == ">", hdr.ns, hdr.linktype, analyzer, on_batch, stats)
-        else:
-            fastdecode.walk_pcapng(src, head, analyzer, on_batch, stats)
-    finally:
-        src.close()
-    return stats
 
 
 def iter_frames(path: str | Path) -> Iterator[RawFrame]:

@@ -48,11 +48,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem, LabError
-from lab.inject import Injector, craft, describe, flags_value
+from lab.kernel.inject import Injector, craft, describe, flags_value
 
 if TYPE_CHECKING:
-    from lab.experiments.base import RunContext
-    from lab.inject import _Netns
+    from lab.kernel.inject import _Netns
+    from lab.run.context import RunSpace
 
 KERNEL_IP = "198.51.100.1"
 PEER_IP = "198.51.100.2"
@@ -156,7 +156,7 @@ def short(seg: Mapping[str, Any] | None) -> str:
 class TunPeer:
     """The TUN device and its reader; `connection()` gives a scripted endpoint for one port pair."""
 
-    def __init__(self, ctx: RunContext, ns: _Netns, fd: int, name: str, kernel_ip: str, peer_ip: str) -> None:
+    def __init__(self, ctx: RunSpace, ns: _Netns, fd: int, name: str, kernel_ip: str, peer_ip: str) -> None:
         self.ctx = ctx
         self.ns = ns
         self.fd = fd
@@ -172,7 +172,7 @@ class TunPeer:
         self.injector_ = Injector(ctx, self.write, netns=ns.name, via="tun", by="peer")
 
     @classmethod
-    def open(cls, ctx: RunContext, ns: _Netns, *, kernel_ip: str = KERNEL_IP, peer_ip: str = PEER_IP,
+    def open(cls, ctx: RunSpace, ns: _Netns, *, kernel_ip: str = KERNEL_IP, peer_ip: str = PEER_IP,
              role: str = "t") -> TunPeer:
         """Create the TUN device ctx.name(role) inside `ns`, give the kernel `kernel_ip`, bring it up."""
         name = ctx.name(role)
@@ -472,7 +472,7 @@ def close_after_kernel(*, ts: bool, tag: str = "", window: int = 65535) -> list[
 
 def server_steps(ip: str, port: int, *, second: bool = False,
                  recv_timeout_s: float = 0.6) -> list[dict[str, Any]]:
-    """A kernel server (lab.agent program): accept, read, close first; optionally accept the next incarnation
+    """A kernel server (lab.kernel.agent program): accept, read, close first; optionally accept the next incarnation
     and read from it once the controller releases 'recv2'. Ends at gate 'end'."""
     steps: list[dict[str, Any]] = [
         {"op": "socket", "sock": "l"},
@@ -493,12 +493,12 @@ def server_steps(ip: str, port: int, *, second: bool = False,
     return steps
 
 
-def open_in_namespace(ctx: RunContext, role: str = "k", sysctls: Mapping[str, Any] | None = None
+def open_in_namespace(ctx: RunSpace, role: str = "k", sysctls: Mapping[str, Any] | None = None
                       ) -> tuple[Any, TunPeer]:
-    """A lab namespace (lab.hosts.netns) with a TUN device: the kernel at KERNEL_IP, the peer at PEER_IP."""
+    """A lab namespace (lab.kernel.hosts.netns) with a TUN device: the kernel at KERNEL_IP, the peer at PEER_IP."""
     import pyroute2.config
 
-    from lab.hosts.netns import Namespace
+    from lab.kernel.hosts.netns import Namespace
 
     # pyroute2's IPRoute(netns=...) forks a helper and stops it with SIGTERM; without this the helper keeps the
     # runner's SIGTERM handler (KeyboardInterrupt) and unwinds the run's teardown stack in the child, deleting
@@ -532,7 +532,7 @@ def counter_deltas(before: Mapping[str, int], after: Mapping[str, int], names: S
 
 
 def time_wait_of(samples: Sequence[Any], peer_port: int) -> dict[str, Any] | None:
-    """The TIME_WAIT socket towards `peer_port` among sock_diag samples (lab.kernel.SockSample), or None."""
+    """The TIME_WAIT socket towards `peer_port` among sock_diag samples (lab.kernel.sockdiag.SockSample), or None."""
     for s in samples:
         if getattr(s, "state", None) == "TIME_WAIT" and int(getattr(s, "dport", -1)) == peer_port:
             return {"state": s.state, "expires_ms": getattr(s, "expires_ms", None)}

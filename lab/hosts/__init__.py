@@ -1,1 +1,0 @@
-"""Where the lab's endpoints live: the loopback host (default) or lab network namespaces (lab.hosts.netns)."""

@@ -1,0 +1,1 @@
+"""Capture files: reading pcap/pcapng (Python and compiled walk), writing annotated pcapng."""

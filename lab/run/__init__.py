@@ -1,0 +1,1 @@
+"""Run plumbing: the run context and its narrow protocol, runner, parallel runs, resource ledger."""
