@@ -8,7 +8,7 @@ only the end of the file gives (`packets`, `tcp_segments`, `skipped`, `segments`
 temporary spool files while the file is read; the object reaches the output only once the whole file was
 read, so a capture damaged in the middle leaves no half-written line.
 
-The serializers below write the contract's JSON text (design.md) straight from the records: on a churn
+The serializers below write the contract's JSON text (docs/design.md) straight from the records: on a churn
 capture with 100 k connections this is ~3x faster than Connection.to_dict() + json.dumps per record.
 tests/unit/test_analyze_stream.py checks that the text parses to exactly what to_dict() gives.
 """

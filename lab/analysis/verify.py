@@ -201,7 +201,7 @@ def comments_pyshark(path: Path) -> dict[int, list[str]]:
     """The same read-back through pyshark, the cross-check library the design fixes.
 
     JSON mode on purpose: in pyshark's default PDML mode the pkt_comment proto comes second and
-    pyshark takes it for the frame layer (kernel-facts §2)."""
+    pyshark takes it for the frame layer (docs/kernel-facts.md §2)."""
     tshark_bin()
     import pyshark
 

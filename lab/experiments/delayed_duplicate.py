@@ -10,7 +10,7 @@ its timestamp option stripped, or with the new incarnation's ACK. net.ipv4.tcp_t
 case in the namespace; cases without timestamps and with the old segment inside the window need the server
 to keep no TIME_WAIT (tcp_max_tw_buckets=0), since TIME_WAIT refuses a SYN below the old sequence space.
 Per case: did the kernel take it (the ACK after the peer's next data, and what the application read), and
-the counter deltas (PAWSEstab, TCPChallengeACK, ...). kernel-facts §8.
+the counter deltas (PAWSEstab, TCPChallengeACK, ...). docs/kernel-facts.md §8.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Case:
     position: str         # below | inside | beyond (key of ISN2)
     ack: str              # "old": as captured; "new": the new incarnation's snd_nxt
     strip_ts: bool        # remove the TS option from the replay
-    accept: bool          # expected (kernel-facts §8)
+    accept: bool          # expected (docs/kernel-facts.md §8)
     why: str              # the kernel rule that decides
 
 

@@ -1,6 +1,6 @@
 """ephemeral-exhaustion: a client that closes first keeps each local port in TIME_WAIT for 60 s; with a narrow
 ephemeral range, connect() to the same server runs out of ports and fails with EADDRNOTAVAIL. What tcp_tw_reuse
-and timestamps change (kernel-facts §13).
+and timestamps change (docs/kernel-facts.md §13).
 
 The client's namespace gets net.ipv4.ip_local_port_range = "40000 40009" (10 ports). Each case uses its own
 server port (exhaustion is per destination) and its own client settings:

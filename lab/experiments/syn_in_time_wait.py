@@ -3,7 +3,7 @@
 The kernel server (a lab.kernel.agent program in a lab namespace, on 198.51.100.1) closes first, so the server
 holds TIME_WAIT. The scripted userspace peer (lab.kernel.peer, behind a TUN device, as 198.51.100.2) then sends a
 new SYN from the same port, with its ISN below or above the old connection's sequence space and its
-timestamp older or newer than the last one the server saw (kernel-facts §10, RFC 6191). Per case: what the
+timestamp older or newer than the last one the server saw (docs/kernel-facts.md §10, RFC 6191). Per case: what the
 kernel answered (SYN-ACK, or the old connection's ACK), the new ISN relative to the old snd_nxt, the
 PAWSTimewait counter and the TIME_WAIT socket before and after (sock_diag).
 """
@@ -40,7 +40,7 @@ class Case:
     ts: bool
     seq_delta: int            # new ISN relative to the old rcv_nxt
     ts_delta: int | None      # new TSval relative to the last TSval the server saw
-    accept: bool              # RFC 6191 / kernel-facts §10: SYN-ACK expected
+    accept: bool              # RFC 6191 / docs/kernel-facts.md §10: SYN-ACK expected
 
     def text(self) -> str:
         seq = f"ISN = old rcv_nxt {'+' if self.seq_delta > 0 else '-'} {abs(self.seq_delta)}"

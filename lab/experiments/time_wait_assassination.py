@@ -3,7 +3,7 @@ limit of the ACKs TIME_WAIT sends to out-of-window segments.
 
 The kernel server (lab.kernel.agent, in a lab namespace) closes first and holds TIME_WAIT; the scripted peer (TUN)
 then sends an RST with seq exactly the server's rcv_nxt, or one off, with and without a timestamp. sock_diag
-shows whether the TIME_WAIT socket survived (kernel-facts §11). Then the peer sends a burst of pure ACKs
+shows whether the TIME_WAIT socket survived (docs/kernel-facts.md §11). Then the peer sends a burst of pure ACKs
 outside the window: TIME_WAIT answers them with its own ACK, at most one per net.ipv4.tcp_invalid_ratelimit
 (500 ms by default), counting the rest in TcpExtTCPACKSkippedTimeWait.
 """
@@ -38,7 +38,7 @@ class Case:
     rfc1337: int
     seq_off: int          # RST seq relative to the server's rcv_nxt
     ts: bool
-    survives: bool        # kernel-facts §11
+    survives: bool        # docs/kernel-facts.md §11
 
 
 CASES = (

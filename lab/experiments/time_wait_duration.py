@@ -7,7 +7,7 @@ Three connections, all at once:
   c3: the client closes first (tcp_fin_timeout=5) and the server never closes -> the client's orphaned
       FIN_WAIT_2, which is what tcp_fin_timeout limits.
 Linux's TIME_WAIT is TCP_TIMEWAIT_LEN = 60 s, hard-coded; the timer wheel lets it end up to ~2 s late
-(kernel-facts §5). The lore says 2*MSL = 1 to 4 minutes.
+(docs/kernel-facts.md §5). The lore says 2*MSL = 1 to 4 minutes.
 """
 
 from __future__ import annotations

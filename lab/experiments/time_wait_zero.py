@@ -5,10 +5,10 @@ orderly release.
 
 Case A (the lore's scenario): the client half-closes with shutdown(SHUT_WR), reads EOF and then closes, so its
 socket is not an orphan; iptables in the server's namespace drops exactly the final ACK; after the RTO the
-server retransmits its FIN and the client answers RST (kernel-facts §7).
+server retransmits its FIN and the client answers RST (docs/kernel-facts.md §7).
 Case B (not in the textbook): the client close()s (orphan) and the server closes 0.5 s later. With no
 TIME_WAIT buckets the orphaned FIN_WAIT_2 socket cannot be kept either, so the server's very first FIN is
-answered with RST (kernel-facts §4).
+answered with RST (docs/kernel-facts.md §4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Live capture to a file: a raw AF_PACKET socket with a kernel BPF filter and a big buffer.
 
 Why not scapy's sniffer: on `lo` it sees every packet twice (outgoing and incoming) and, because it
-dissects each packet while reading, loses most of them above ~1 k connections/s (kernel-facts §1).
+dissects each packet while reading, loses most of them above ~1 k connections/s (docs/kernel-facts.md §1).
 Here scapy only compiles the filter (libpcap syntax -> kernel BPF); a reader thread copies raw bytes and
 the kernel's nanosecond timestamp into a list, and nothing is dissected until the file is written.
 

@@ -8,11 +8,11 @@ capture can be matched against the log afterwards (`match_frames`).
 Two ways out:
 - `Injector.raw(ctx, ns)`: an IPPROTO_RAW socket opened inside the namespace (or on the host's lo). This is
   the socket scapy's send() picks on lo (L3RawSocket): the packet goes through the IP output path, so
-  netfilter OUTPUT applies (a DROP rule there makes the send fail with EPERM). kernel-facts §8.
+  netfilter OUTPUT applies (a DROP rule there makes the send fail with EPERM). docs/kernel-facts.md §8.
 - `Injector(ctx, tun_peer.write, netns=..)` / `TunPeer.injector()`: written into a TUN device, the kernel
-  receives it as if it came from the wire (kernel-facts §9).
+  receives it as if it came from the wire (docs/kernel-facts.md §9).
 Crafting uses scapy; the bytes are built once and written without scapy's route/iface tables, which go
-stale after setns (kernel-facts §1).
+stale after setns (docs/kernel-facts.md §1).
 """
 
 from __future__ import annotations

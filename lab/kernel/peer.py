@@ -1,4 +1,4 @@
-"""A scripted userspace TCP endpoint behind a TUN device in a lab namespace (kernel-facts §9).
+"""A scripted userspace TCP endpoint behind a TUN device in a lab namespace (docs/kernel-facts.md §9).
 
 The kernel side owns 198.51.100.1 on the TUN device; the peer plays 198.51.100.2, an address the
 kernel does not have, so the kernel never answers for it (no RSTs for the peer's port). The peer
@@ -462,7 +462,7 @@ def send_data(text: str, *, ts: bool, tag: str = "", window: int = 65535) -> lis
 
 def close_after_kernel(*, ts: bool, tag: str = "", window: int = 65535) -> list[dict[str, Any]]:
     """The kernel closes first: expect its FIN, answer FIN+ACK in one segment (so an orphaned kernel socket
-    goes FIN_WAIT_1 -> TIME_WAIT directly, kernel-facts §4), expect the final ACK."""
+    goes FIN_WAIT_1 -> TIME_WAIT directly, docs/kernel-facts.md §4), expect the final ACK."""
     return [
         {"label": f"{tag}kernel-fin", "expect": {"flags": "FA", "timeout_s": 3}},
         {"label": f"{tag}fin-ack", "send": {"flags": "FA", "window": window, "ts": TS_NEXT if ts else None}},

@@ -211,7 +211,7 @@ def _read_counters() -> dict[str, int]:
 def nstat(netns: str | None = None) -> dict[str, int]:
     """Absolute SNMP counters of `netns` with nstat's names (TcpOutSegs, TcpExtTCPTimeWaitOverflow, ...).
 
-    Read from /proc inside the namespace; no nstat history file is involved (kernel-facts §13)."""
+    Read from /proc inside the namespace; no nstat history file is involved (docs/kernel-facts.md §13)."""
     with in_netns(netns):
         return _read_counters()
 
@@ -416,12 +416,12 @@ def _norm(endpoint: str) -> str:
 
 def compare_time_wait(observations: Sequence[TimeWaitObservation], connections: Sequence[Mapping[str, Any]],
                       start_tolerance_s: float = 0.05, timer_tolerance_s: float = 2.5) -> list[dict[str, Any]]:
-    """Each kernel TIME_WAIT against the analyzer's window for the same side (design.md `analyze --json` shape).
+    """Each kernel TIME_WAIT against the analyzer's window for the same side (docs/design.md `analyze --json` shape).
 
     Agreement: the window is on the same side; the kernel first saw it no earlier than the window's start and
     the analyzer's start lies within `start_tolerance_s` before the first sighting plus the time the timer had
     already run (the sampler polls); the remaining time the kernel reported is consistent with the window's end
-    (the kernel's 60 s lands 0-2 s late on the timer wheel, kernel-facts §5)."""
+    (the kernel's 60 s lands 0-2 s late on the timer wheel, docs/kernel-facts.md §5)."""
     out = []
     for ob in observations:
         local, remote = _norm(ob.local), _norm(ob.remote)

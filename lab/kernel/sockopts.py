@@ -324,7 +324,7 @@ def measure_case(calls: Calls, case: BindCase, ipv6: bool,
 def make_netns(ctx: RunSpace, role: str, multicast: bool = False,
                sysctls: dict[str, Any] | None = None) -> str:
     """A lab namespace twl<run><role> (lab.kernel.hosts.netns: ledger, teardown on ctx.stack) with lo up; for
-    multicast also `lo multicast on` and a 224.0.0.0/4 route on lo (kernel-facts §12). Returns its name."""
+    multicast also `lo multicast on` and a 224.0.0.0/4 route on lo (docs/kernel-facts.md §12). Returns its name."""
     from lab.kernel.hosts.netns import Namespace
 
     ns = Namespace.create(ctx, role, sysctls=sysctls)

@@ -45,7 +45,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def result_dict(exp: Experiment, ctx: RunContext, outcome: Outcome | None, started: float,
                 error: str | None = None) -> dict[str, Any]:
-    """The `twlab run --json` contract (design.md); extend, never rename."""
+    """The `twlab run --json` contract (docs/design.md); extend, never rename."""
     return {
         "experiment": exp.id,
         "reproduced": bool(outcome and outcome.reproduced and not error),

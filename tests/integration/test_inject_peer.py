@@ -80,7 +80,7 @@ def test_tun_device_is_ledgered_and_gone_after_teardown(tmp_path: Path) -> None:
 
 
 def test_raw_injector_on_namespace_loopback_puts_bytes_into_a_live_connection(ctx: RunContext) -> None:
-    """kernel-facts §8: a crafted segment with the right seq/ack reaches the server application."""
+    """docs/kernel-facts.md §8: a crafted segment with the right seq/ack reaches the server application."""
     from lab.kernel.agent import Agent
     from lab.kernel.hosts.netns import Namespace
     from lab.kernel.inject import Injector

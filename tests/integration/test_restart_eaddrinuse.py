@@ -18,7 +18,7 @@ from lab.run.runner import run_one
 sys.path.insert(0, str(Path(__file__).parent))
 import _nobody
 
-EXPECTED = {  # documented Linux behaviour (kernel-facts §6): errno of the restart, side holding TIME_WAIT
+EXPECTED = {  # documented Linux behaviour (docs/kernel-facts.md §6): errno of the restart, side holding TIME_WAIT
     "A": ("EADDRINUSE", "server"),
     "B": (None, "server"),
     "C": ("EADDRINUSE", "server"),

@@ -41,7 +41,7 @@ def test_case_space() -> None:
     assert len({c.id for c in cs}) == len(cs)
 
 
-# --- Linux: points documented in kernel-facts §6/§12 and the kernel source ------------------------
+# --- Linux: points documented in docs/kernel-facts.md §6/§12 and the kernel source ------------------------
 
 def test_linux_restart_needs_reuseaddr_on_both_sockets() -> None:
     for state in ("connected", "time_wait"):
