@@ -18,13 +18,15 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lab.errors import EnvironmentProblem, UsageError
+from lab.pcap.writer import PCAP_NS_MAGIC, write_pcap_ns, write_pcapng
+
+__all__ = ["PCAP_NS_MAGIC", "CaptureStats", "LiveCapture", "write_pcap_ns", "write_pcapng"]
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -37,7 +39,6 @@ PACKET_OUTGOING = 4
 # ARPHRD_* (from getsockname of the bound socket) -> pcap LINKTYPE_*, and the DLT libpcap compiles for
 _LINKTYPES = {1: (1, 1), 772: (1, 1), 65534: (101, 12)}   # ether, loopback (ether header), none (tun: raw IP)
 
-PCAP_NS_MAGIC = 0xA1B23C4D
 
 
 @dataclass(frozen=True)
@@ -74,26 +75,6 @@ def _bpf_bytes(expr: str, dlt: int, snaplen: int) -> bytes:
     return bytes(out)
 
 
-def write_pcap_ns(path: Path, linktype: int, snaplen: int, packets: list[tuple[int, bytes, int]]) -> Path:
-    """Classic pcap with nanosecond timestamps, written atomically (tmp + os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pack = struct.Struct("<IIII").pack
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(struct.pack("<IHHiIII", PCAP_NS_MAGIC, 2, 4, 0, 0, snaplen, linktype))
-            for ts_ns, data, orig_len in packets:
-                sec, nsec = divmod(ts_ns, 1_000_000_000)
-                fh.write(pack(sec, nsec, len(data), orig_len))
-                fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return path
-
-
 class LiveCapture:
     """Capture packets on one interface (optionally inside a lab network namespace).
 
@@ -105,7 +86,8 @@ class LiveCapture:
     """
 
     def __init__(self, iface: str = "lo", bpf: str = "tcp port 5000", netns: str | None = None,
-                 buffer_bytes: int = 64 << 20, snaplen: int = 65535, path: Path | None = None) -> None:
+                 buffer_bytes: int = 64 << 20, snaplen: int = 65535, path: Path | None = None,
+                 keep: bool = True) -> None:
         self.iface = iface
         self.bpf = bpf
         self.netns = netns
@@ -113,6 +95,9 @@ class LiveCapture:
         self.snaplen = snaplen
         self.path = Path(path) if path else None
         self.packets: list[tuple[int, bytes, int]] = []   # (ts_ns, data, orig_len)
+        self.keep = keep            # False: take() hands packets over and forgets them (a long live analysis)
+        self._taken = 0             # packets take() returned (with keep, an index into self.packets)
+        self._taken_bytes = 0       # bytes of the packets take() forgot (keep=False)
         self.linktype = 1
         self.rcvbuf_bytes = 0
         self.stats: CaptureStats | None = None
@@ -166,10 +151,27 @@ class LiveCapture:
         written = None
         if self.path is not None:
             written = str(write_pcap_ns(self.path, self.linktype, self.snaplen, self.packets))
-        self.stats = CaptureStats(packets=len(self.packets), kernel_seen=self._seen, kernel_drops=self._drops,
-                                  bytes=sum(len(p[1]) for p in self.packets), rcvbuf_bytes=self.rcvbuf_bytes,
+        kept = len(self.packets)
+        self.stats = CaptureStats(packets=kept if self.keep else self._taken + kept, kernel_seen=self._seen,
+                                  kernel_drops=self._drops,
+                                  bytes=sum(len(p[1]) for p in self.packets) + self._taken_bytes,
+                                  rcvbuf_bytes=self.rcvbuf_bytes,
                                   path=written, duration_s=round(time.monotonic() - self._t0, 6))
         return self.stats
+
+    def take(self) -> list[tuple[int, bytes, int]]:
+        """The packets captured since the last take(), in capture order, while the capture runs (and after
+        stop(), the rest). With keep=False they are handed over and dropped here, so memory stays bounded."""
+        n = len(self.packets)   # the reader thread only appends: the first n stay where they are
+        if self.keep:
+            new = self.packets[self._taken:n]
+            self._taken = n
+            return new
+        new = self.packets[:n]
+        del self.packets[:n]
+        self._taken += n
+        self._taken_bytes += sum(len(p[1]) for p in new)
+        return new
 
     def write(self, path: Path) -> Path:
         """Write what was captured so far (after stop()) as a nanosecond pcap, atomically."""
@@ -293,26 +295,3 @@ class LiveCapture:
         finally:
             self._read_stats()
             sock.close()
-
-
-
-def write_pcapng(path: Path, linktype: int, snaplen: int, packets: list[tuple[int, bytes, int]],
-                 comments: Mapping[int, Sequence[str]] | None = None) -> Path:
-    """pcapng (ns timestamps) with per-packet comments keyed by 1-based frame number, written atomically
-    with lab.pcap.annotate's writer. `tshark -r FILE -Y frame.comment` lists the commented packets."""
-    from lab.pcap.annotate import PcapngWriter
-
-    path = Path(path)
-    comments = comments or {}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb", buffering=1 << 20) as fh:
-            w = PcapngWriter(fh, app="twlab live capture (raw AF_PACKET)")
-            for frame, (ts_ns, data, orig_len) in enumerate(packets, start=1):
-                w.write(ts_ns, data, orig_len, comments.get(frame, ()), linktype=linktype)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return path

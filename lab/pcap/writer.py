@@ -1,0 +1,144 @@
+"""Writing captures: ONE pcapng writer, the classic nanosecond pcap writer, and ONE atomic-write helper that
+every capture the lab writes goes through (annotate, live capture, recordings, `analyze -i ... -w FILE`).
+
+The pcapng writer is a few lines of struct packing (SHB, one IDB per interface and link type with
+if_tsresol=9, EPB with opt_comment options) because that is all Wireshark needs and it streams: memory
+stays constant however large the capture is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from lab.errors import UsageError
+
+__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "write_pcap_ns", "write_pcapng"]
+
+_SHB = 0x0A0D0D0A
+_IDB = 0x00000001
+_EPB = 0x00000006
+_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+_OPT_ENDOFOPT = 0
+_OPT_COMMENT = 1
+_IF_NAME = 2
+_IF_TSRESOL = 9
+_SHB_USERAPPL = 4
+_MAX_OPT = 0xFFFF - 3  # option length is 16 bits; keep the padded length representable
+PCAP_NS_MAGIC = 0xA1B23C4D
+_TMP_SUFFIX = ".twl-tmp"
+_BUFFER = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Open a temporary `.NAME.*.twl-tmp` next to `path` for writing; on a clean exit flush, fsync and
+    rename it over `path`; on any error (Ctrl-C included) remove it and leave an existing `path` untouched.
+
+    One clear UsageError when `path` is a folder or its folder does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", "give a file name for the capture to write, e.g. out.pcapng")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=_BUFFER) as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600; a capture is meant to be opened by the user's tools
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + _pad4(value)
+
+
+def _options(opts: Iterable[tuple[int, bytes]]) -> bytes:
+    body = b"".join(_option(c, v) for c, v in opts)
+    return body + struct.pack("<HH", _OPT_ENDOFOPT, 0) if body else b""
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
+
+
+def _comment_bytes(text: str) -> bytes:
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= _MAX_OPT:
+        return raw
+    # cut at a character boundary so Wireshark still sees valid UTF-8
+    return raw[:_MAX_OPT].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+class PcapngWriter:
+    """Streaming little-endian pcapng writer: section header, interfaces on first use, EPBs."""
+
+    def __init__(self, out: BinaryIO, app: str = "twlab") -> None:
+        self._out = out
+        self._ifaces: dict[tuple[int, int], int] = {}
+        shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _options([(_SHB_USERAPPL, app.encode())])
+        out.write(_block(_SHB, shb))
+
+    def _interface(self, interface: int, linktype: int) -> int:
+        key = (interface, linktype)
+        idx = self._ifaces.get(key)
+        if idx is None:
+            idx = len(self._ifaces)
+            self._ifaces[key] = idx
+            # snaplen 0 = no limit: packets keep whatever length the source file had
+            body = struct.pack("<HHI", linktype, 0, 0) + _options(
+                [(_IF_NAME, f"if{interface}".encode()), (_IF_TSRESOL, b"\x09")])
+            self._out.write(_block(_IDB, body))
+        return idx
+
+    def write(self, ts_ns: int, data: bytes, orig_len: int, comments: Sequence[str] = (), *,
+              interface: int = 0, linktype: int = 1) -> None:
+        idx = self._interface(interface, linktype)
+        body = struct.pack("<IIIII", idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, len(data),
+                           max(orig_len, len(data)))
+        body += _pad4(data) + _options((_OPT_COMMENT, _comment_bytes(c)) for c in comments)
+        self._out.write(_block(_EPB, body))
+
+
+def write_pcapng(path: Path, linktype: int, snaplen: int, packets: Iterable[tuple[int, bytes, int]],
+                 comments: Mapping[int, Sequence[str]] | None = None,
+                 app: str = "twlab live capture (raw AF_PACKET)") -> Path:
+    """(ts_ns, data, orig_len) packets as pcapng (ns timestamps) with per-packet comments keyed by 1-based
+    frame number, written atomically. `tshark -r FILE -Y frame.comment` lists the commented packets.
+    `snaplen` is accepted for symmetry with write_pcap_ns; the IDB says 0 (no limit)."""
+    comments = comments or {}
+    with atomic_write(path) as fh:
+        w = PcapngWriter(fh, app=app)
+        for frame, (ts_ns, data, orig_len) in enumerate(packets, start=1):
+            w.write(ts_ns, data, orig_len, comments.get(frame, ()), linktype=linktype)
+    return Path(path)
+
+
+def write_pcap_ns(path: Path, linktype: int, snaplen: int, packets: Iterable[tuple[int, bytes, int]]) -> Path:
+    """(ts_ns, data, orig_len) packets as classic pcap with nanosecond timestamps, written atomically."""
+    pack = struct.Struct("<IIII").pack
+    with atomic_write(path) as fh:
+        fh.write(struct.pack("<IHHiIII", PCAP_NS_MAGIC, 2, 4, 0, 0, snaplen, linktype))
+        for ts_ns, data, orig_len in packets:
+            sec, nsec = divmod(ts_ns, 1_000_000_000)
+            fh.write(pack(sec, nsec, len(data), orig_len))
+            fh.write(data)
+    return Path(path)
