@@ -1,0 +1,57 @@
+"""lab.kernel.tracepoints against a real loopback close in a lab namespace: the kernel's own transitions."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from lab.run.context import RunContext
+
+pytestmark = pytest.mark.root
+
+PORT = 47311
+
+
+def test_state_trace_reports_the_kernels_close_path_and_leaves_no_instance(ctx: RunContext) -> None:
+    from lab.kernel import sockdiag
+    from lab.kernel.hosts.netns import Namespace
+    from lab.kernel.tracepoints import StateTrace, parse_line
+
+    ns = Namespace.create(ctx, "k")
+    name = ctx.name("tr")
+    with StateTrace(name, ports=[PORT]) as tr:
+        with ns.entered():
+            lst = socket.socket()
+            cli = socket.socket()
+        lst.bind(("127.0.0.1", PORT))
+        lst.listen()
+        cli.connect(("127.0.0.1", PORT))
+        srv, _ = lst.accept()
+        cport = cli.getsockname()[1]
+        cli.close()
+        assert tr.wait_for(lambda e: e.sport == PORT and e.newstate == "CLOSE_WAIT") is not None
+        srv.close()
+        assert tr.wait_for(lambda e: e.sport == cport and e.oldstate == "FIN_WAIT_2") is not None
+        assert tr.wait_for(lambda e: e.sport == PORT and e.oldstate == "LAST_ACK") is not None
+        lst.close()
+    # CLOSED -> SYN_SENT is reported before the port is bound (sport 0), so the client's path starts at SYN_SENT
+    assert tr.path_of(cport, PORT) == ["SYN_SENT", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSED"]
+    assert tr.path_of(PORT, cport) == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
+    assert {e.family for e in tr.events} == {"inet"}
+    # the kernel emits no TIME_WAIT event (the mini-socket replaces the socket): sock_diag has it
+    tw = sockdiag.sockets(netns=ns.name, ports=[PORT], states=["TIME_WAIT"])
+    assert [(s.sport, s.dport) for s in tw] == [(cport, PORT)]
+    mounts = Path("/proc/self/mounts").read_text()
+    assert name not in mounts
+    for root in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
+        assert not (root / "instances" / name).exists()
+    assert parse_line("garbage") is None
+
+
+def test_state_trace_rejects_a_name_outside_the_lab_prefix() -> None:
+    from lab.kernel.tracepoints import StateTrace
+
+    with pytest.raises(ValueError):
+        StateTrace("global", ports=[1])
