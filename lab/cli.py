@@ -352,19 +352,21 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_
 @_profile_options
 def annotate_cmd(file: Path, out: Path, profile: str, time_wait_s: float | None) -> None:
     """Write a pcapng with a comment on every segment the analyzer has something to say about."""
-    from lab.pcap.annotate import write_annotated
+    from lab.pcap.annotate import capture_t0, write_annotated
 
     report, doc = _analyze_file(file, profile, time_wait_s)  # a bad FILE fails here, before OUT is touched
-    notes = _notes(report, doc)
+    notes = _notes(report, doc, capture_t0(file))
     n = write_annotated(file, out, notes)
     click.echo(f"wrote {out}: {n} packets, {len(notes)} annotated "
                f"({len(doc['connections'])} connections, {len(doc['findings'])} findings); "
                f"view: tshark -r {out} -Y frame.comment")
 
 
-def _notes(report: Any, doc: dict[str, Any]) -> dict[int, list[str]]:
+def _notes(report: Any, doc: dict[str, Any], t0: float) -> dict[int, list[str]]:
     """The analyzer's per-frame notes, plus one line per finding on each of its frames (unless already said)."""
-    notes: dict[int, list[str]] = {int(k): list(v) for k, v in report.frame_notes().items()}
+    from lab.core.narrate import frame_notes
+
+    notes: dict[int, list[str]] = {int(k): list(v) for k, v in frame_notes(report, t0).items()}
     for f in doc["findings"]:
         detail = f["detail"] if isinstance(f["detail"], str) else json.dumps(f["detail"])
         text = f"{f['kind']}: {detail}" if detail else f["kind"]

@@ -141,7 +141,7 @@ class Recording:
         return sorted(out, key=lambda s: s.frame)
 
     def connections(self) -> list[dict[str, Any]]:
-        """The analyzer's connections (design.md's `analyze --json` shape)."""
+        """The analyzer's connections (docs/design.md's `analyze --json` shape)."""
         if self.report is None:
             return []
         return list(self.report.to_dict().get("connections", []))
@@ -159,8 +159,11 @@ class Recording:
 
     def all_notes(self) -> dict[int, list[str]]:
         merged: dict[int, list[str]] = {}
-        if self.report is not None:
-            fn: Mapping[int, Sequence[str]] = self.report.frame_notes()
+        if self.report is not None and self.capture is not None and self.capture.packets:
+            from lab.core.narrate import frame_notes
+
+            t0 = self.capture.packets[0][0] / 1e9      # Wireshark's Time column counts from the first frame
+            fn: Mapping[int, Sequence[str]] = frame_notes(self.report, t0)
             for frame, texts in fn.items():
                 merged.setdefault(int(frame), []).extend(texts)
         for frame, texts in self.notes.items():

@@ -122,3 +122,12 @@ def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) ->
             tmp.unlink()
         raise
     return count
+
+
+def capture_t0(src: Path) -> float:
+    """The timestamp of the capture's first frame (s): the zero of Wireshark's Time column; 0.0 when empty."""
+    from lab.pcap.readers import iter_frames
+
+    with contextlib.closing(iter_frames(Path(src))) as frames:   # type: ignore[type-var]  # a generator
+        first = next(frames, None)
+    return 0.0 if first is None else first.ts_ns / 1e9

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.core.model import Flags
+from lab.core.narrate import frame_notes
 from lab.core.report import Report
 from lab.core.tracker import analyze
 from lab.pcap.readers import read_segments
@@ -100,13 +101,13 @@ def test_counts_match_the_readme(reports: dict[str, tuple[Report, list]], name: 
 
 
 def test_textbook_teardown_without_syn(reports: dict[str, tuple[Report, list]]) -> None:
-    r, _ = reports["chrissanders__tcp_teardown.pcapng"]
+    r, segs = reports["chrissanders__tcp_teardown.pcapng"]
     [c] = r.connections
     assert (c.client, c.server, c.mid_capture) == ("172.16.16.128:3363", "67.228.110.120:80", True)
     assert (c.close.kind, c.close.initiator, c.close.frames) == ("four-way", "server", (1, 2, 3, 4))
     [w] = c.time_wait
     assert (w.side, w.start_frame, w.end_ts - w.start_ts) == ("server", 4, pytest.approx(60.0))
-    notes = r.frame_notes()
+    notes = frame_notes(r, segs[0].ts_s)
     assert notes[1][0].startswith("FIN M") and "server active close: ESTABLISHED -> FIN_WAIT_1" in notes[1][0]
     assert notes[2][0] == "ACK M+1 — client: ESTABLISHED -> CLOSE_WAIT; server: FIN_WAIT_1 -> FIN_WAIT_2"
     assert "client: CLOSE_WAIT -> LAST_ACK" in notes[3][0]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lab.core.narrate import frame_notes
 from lab.core.tracker import analyze
 from tests.unit.synth import A, Capture, F, Flow
 
@@ -189,4 +190,4 @@ def test_any_segment_soup_gives_a_consistent_report(soup: list[tuple[int, int, i
         assert f.connection in ids and f.frames
     d = r.to_dict()
     assert Report.from_dict(d).to_dict() == d
-    r.frame_notes()
+    frame_notes(r, segs[0].ts_s if segs else 0.0)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lab.core.narrate import frame_notes
 from lab.core.profiles import PROFILES, get_profile
 from lab.core.report import Report
 from lab.core.tcpstate import TcpState
@@ -62,7 +63,7 @@ def test_four_way_close(first: str) -> None:
 def test_frame_notes_tell_the_textbook_story() -> None:
     cap, f = established()
     fin_m, ack_m, fin_n, ack_n = f.four_way("server")
-    notes = analyze(cap.segments).frame_notes()
+    notes = frame_notes(analyze(cap.segments), cap.segments[0].ts_s)
     assert notes[fin_m.frame][0].startswith("FIN M (seq 301 rel. to server ISN) — server active close: "
                                             "ESTABLISHED -> FIN_WAIT_1")
     assert notes[ack_m.frame][0] == "ACK M+1 — client: ESTABLISHED -> CLOSE_WAIT; server: FIN_WAIT_1 -> FIN_WAIT_2"
@@ -81,7 +82,7 @@ def test_three_way_close(first: str) -> None:
     assert (c.close.kind, c.close.initiator) == ("three-way", first)
     assert c.close.frames == (fin_m.frame, fin_n.frame, ack_n.frame)
     assert [(w.side, w.start_frame) for w in c.time_wait] == [(first, ack_n.frame)]
-    notes = r.frame_notes()
+    notes = frame_notes(r, cap.segments[0].ts_s)
     assert notes[fin_n.frame][0].startswith("FIN N (seq ")
     assert " + ACK M+1 — " in notes[fin_n.frame][0]
     assert f"— {Flow.other(first)}: ESTABLISHED -> CLOSE_WAIT -> LAST_ACK; {first}: FIN_WAIT_1 -> FIN_WAIT_2" \
@@ -187,7 +188,7 @@ def test_lost_final_ack_retransmitted_fin_restarts_time_wait() -> None:
     retx_ts = cap.segments[fr["retx"] - 1].ts_s
     assert w.restarts == (fr["retx"],)           # Linux: the FIN's arrival reschedules TIME_WAIT
     assert w.end_ts == pytest.approx(retx_ts + 60.0)
-    notes = r.frame_notes()
+    notes = frame_notes(r, cap.segments[0].ts_s)
     assert any("re-ACK" in n for n in notes[fr["reack"]])
     assert any("final-ack-lost" in n for n in notes[fr["retx"]])
 
@@ -503,7 +504,7 @@ def test_mid_capture_teardown_server_first() -> None:
     assert (c.client, c.server, c.mid_capture) == ("172.16.16.128:3363", "67.228.110.120:80", True)
     assert (c.close.kind, c.close.initiator) == ("four-way", "server")
     assert [w.side for w in c.time_wait] == ["server"]
-    assert sorted(r.frame_notes()) == [1, 2, 3, 4]
+    assert sorted(frame_notes(r, cap.segments[0].ts_s)) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("kind", ["four_way", "three_way", "simultaneous"])
@@ -544,7 +545,7 @@ def test_report_round_trips_through_json() -> None:
     d = r.to_dict()
     again = Report.from_dict(json.loads(json.dumps(d)))
     assert again.to_dict() == d
-    assert again.frame_notes() == r.frame_notes()
+    assert frame_notes(again, 0.0) == frame_notes(r, 0.0)
     c = d["connections"][0]
     assert {"id", "client", "server", "incarnation", "first_frame", "last_frame", "close", "time_wait"} <= set(c)
     assert {"kind", "initiator", "frames"} == set(c["close"])
@@ -610,8 +611,8 @@ def test_streaming_equals_batch_and_finish_is_idempotent() -> None:
 
 
 def test_findings_appear_in_frame_notes() -> None:
-    r, fr, _cap = lost_final_ack()
-    notes = r.frame_notes()
+    r, fr, cap = lost_final_ack()
+    notes = frame_notes(r, cap.segments[0].ts_s)
     assert any(n.startswith("fin-retransmitted:") for n in notes[fr["retx"]])
     assert any("client's TIME_WAIT restarts" in n for n in notes[fr["retx"]])
     last = [t for t in r.connections[0].transitions if t.side == "server"][-1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.analysis import verify as tshark
+from lab.core.narrate import frame_notes
 from lab.core.tracker import analyze
 from lab.errors import BadCapture, EnvironmentProblem
 from lab.pcap.readers import read_segments
@@ -143,16 +144,17 @@ def test_verify_catches_a_wrong_analysis(corpus: Path) -> None:
 
 
 def test_verify_reads_comments_with_tshark_and_pyshark(corpus: Path, tmp_path: Path) -> None:
-    from lab.pcap.annotate import write_annotated
+    from lab.pcap.annotate import capture_t0, write_annotated
 
     src = corpus / "zeek__tls__ocsp-revoked.pcap"
     out = tmp_path / "annotated.pcapng"
     report = analyze(read_segments(src))
-    write_annotated(src, out, report.frame_notes())
+    notes = frame_notes(report, capture_t0(src))
+    write_annotated(src, out, notes)
     res = tshark.verify(out, analyze(read_segments(out)))
     checks = {c.name: c for c in res.checks}
     assert checks["comments"].agree and checks["comments-pyshark"].agree
-    assert checks["comments"].tshark == len(report.frame_notes()) > 0
+    assert checks["comments"].tshark == len(notes) > 0
     assert res.ok
 
 
