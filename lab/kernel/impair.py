@@ -1,4 +1,4 @@
-"""Impairments inside lab namespaces (netem is not in this kernel, kernel-facts §4).
+"""Impairments inside lab namespaces (netem is not in this kernel, docs/kernel-facts.md §4).
 
     rule = drop_one(ctx, ns, chain="INPUT", dport=P)   # drops exactly the next matching segment
     ...
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import select
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lab.errors import EnvironmentProblem, UnsafeTarget
+from lab.kernel import nsid
 from lab.kernel.sockdiag import in_netns
 
 if TYPE_CHECKING:
@@ -36,11 +38,23 @@ class _Host(Protocol):
 
 
 def _lab_ns(ctx: RunSpace, ns: _Host) -> str:
+    """The namespace's name once the kernel confirms it is one this run's ledger created (lab.kernel.nsid):
+    a name, or an object carrying one, is not enough."""
     name = ns.name
     if not isinstance(name, str) or not name.startswith(f"twl{ctx.run_id}"):
         raise UnsafeTarget(f"refusing to change the firewall outside this run's lab namespaces (got {name!r})",
                            "impairments live in a lab namespace (lab.kernel.hosts.netns)")
-    return name
+    return nsid.verified_name(name, ctx.run_id)
+
+
+def _iptables(netns: str, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """iptables inside the verified namespace, run here (not through the caller's object, which may lie)."""
+    r = subprocess.run(["ip", "netns", "exec", netns, "iptables", *argv], capture_output=True, text=True,
+                       timeout=30)
+    if check and r.returncode != 0:
+        raise EnvironmentProblem(f"iptables {' '.join(argv)} in {netns} failed: {r.stderr.strip()[:200]}",
+                                 "see the run's events.jsonl; twlab doctor checks the tools")
+    return r
 
 
 PURE_ACK = ("ALL", "ACK")        # iptables --tcp-flags MASK COMP: exactly ACK among all flags
@@ -73,14 +87,14 @@ class Rule:
         self.netns = _lab_ns(ctx, ns)
         self.removed = False
         self.final_packets: int | None = None
-        ns.run(["iptables", "-w", "-I", chain, "1", *spec])
+        _iptables(self.netns, ["-w", "-I", chain, "1", *spec])
         ctx.events.log("iptables", action="insert", netns=self.netns, chain=chain, rule=" ".join(spec))
         ctx.stack.callback(self.remove)
 
     def packets(self) -> int:
         if self.removed and self.final_packets is not None:
             return self.final_packets
-        out = self.ns.run(["iptables", "-w", "-L", self.chain, "-n", "-v", "-x"]).stdout
+        out = _iptables(self.netns, ["-w", "-L", self.chain, "-n", "-v", "-x"]).stdout
         for line in out.splitlines():
             if f"/* {self.comment} */" in line:
                 return int(line.split()[0])
@@ -92,7 +106,7 @@ class Rule:
         with contextlib.suppress(Exception):
             self.final_packets = self.packets()
         self.removed = True
-        r = self.ns.run(["iptables", "-w", "-D", self.chain, *self.spec], check=False)
+        r = _iptables(self.netns, ["-w", "-D", self.chain, *self.spec], check=False)
         self.ctx.events.log("iptables", action="delete", netns=self.netns, chain=self.chain, packets=self.final_packets,
                             ok=getattr(r, "returncode", 1) == 0)
 
@@ -102,7 +116,8 @@ def drop_one(ctx: RunSpace, ns: _Host, *, chain: str = "INPUT", src: str | None 
              role: str = "drop") -> Rule:
     """Drop exactly the next segment matching the run's ports/addresses and flags (default: a pure ACK).
 
-    `--mode nth --every 1000 --packet 0` matches the first packet and then only every 1000th (kernel-facts §7)."""
+    `--mode nth --every 1000 --packet 0` matches the first packet and then only every 1000th
+    (docs/kernel-facts.md §7)."""
     comment = ctx.name(role)
     spec = [*_match([], src, dst, sport, dport, tcp_flags), "-m", "statistic", "--mode", "nth", "--every", "1000",
             "--packet", "0", "-m", "comment", "--comment", comment, "-j", "DROP"]

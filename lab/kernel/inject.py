@@ -1,7 +1,9 @@
 """Craft and send TCP segments into a live five-tuple: replays of old segments, RSTs, SYNs.
 
 Every destination passes `check_target` first: loopback, or an address configured inside this run's
-own namespace ('twl' + run id), nothing else (lab.errors.UnsafeTarget). Every segment sent is logged to
+own namespace ('twl' + run id), nothing else (lab.errors.UnsafeTarget). Which namespace a packet leaves from
+is asked of the kernel at send time (the sending socket's or TUN device's namespace, lab.kernel.nsid), never
+taken from a name the caller passes. Every segment sent is logged to
 ctx.events as kind "inject" (time, five-tuple, seq, ack, flags, TSval, payload) so that the frames of a
 capture can be matched against the log afterwards (`match_frames`).
 
@@ -9,7 +11,7 @@ Two ways out:
 - `Injector.raw(ctx, ns)`: an IPPROTO_RAW socket opened inside the namespace (or on the host's lo). This is
   the socket scapy's send() picks on lo (L3RawSocket): the packet goes through the IP output path, so
   netfilter OUTPUT applies (a DROP rule there makes the send fail with EPERM). docs/kernel-facts.md §8.
-- `Injector(ctx, tun_peer.write, netns=..)` / `TunPeer.injector()`: written into a TUN device, the kernel
+- `Injector.tun(ctx, fd, netns=..)` / `TunPeer.injector()`: written into a TUN device, the kernel
   receives it as if it came from the wire (docs/kernel-facts.md §9).
 Crafting uses scapy; the bytes are built once and written without scapy's route/iface tables, which go
 stale after setns (docs/kernel-facts.md §1).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -29,12 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lab.errors import EnvironmentProblem, UnsafeTarget
+from lab.kernel import nsid
 
 if TYPE_CHECKING:
     from lab.core.model import Segment
     from lab.run.context import RunSpace
 
-LAB_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"))
+LAB_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+                                                   "2001:db8::/32"))
 FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
 
 
@@ -47,54 +52,80 @@ class _Netns(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# the guard (pure)
+# the guard
 
 
-def check_target(dst: str, *, run_id: str, netns: str | None = None, netns_addrs: Iterable[str] = ()) -> str:
-    """Allow `dst` or raise UnsafeTarget; returns why it is allowed.
+def _configured(netns_addrs: Iterable[str]) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    out = []
+    for a in netns_addrs:
+        with contextlib.suppress(ValueError):
+            out.append(ipaddress.ip_interface(a))
+    return out
 
-    Allowed: loopback (127.0.0.0/8, ::1), on the host or in this run's namespace; or, when `netns` is
-    this run's own namespace ('twl' + run_id + role), an address from the lab's documentation ranges
-    that is configured in that namespace (`netns_addrs`, as listed by the caller).
+
+def check_target(dst: str, *, run_id: str, netns: str | None = None, netns_addrs: Iterable[str] = (),
+                 routes_out: bool = True) -> str:
+    """Allow `dst` or raise UnsafeTarget; returns why it is allowed. Pure: the caller says where the packet
+    leaves (`netns`: None for the host, else the name of this run's namespace, verified by lab.kernel.nsid).
+
+    Allowed: loopback (127.0.0.0/8, ::1), on the host or in this run's namespace; or, from this run's own
+    namespace ('twl' + run_id + role), an address from the lab's documentation ranges that is configured in
+    that namespace (`netns_addrs`, "addr" or "addr/prefix"), or that lies in the connected prefix of such an
+    address when the namespace has no route out (`routes_out` False: no default route).
     """
     try:
         addr = ipaddress.ip_address(dst.split("%", 1)[0])
     except ValueError:
-        raise UnsafeTarget(f"refusing to inject to {dst!r}: not an IP address",
+        raise UnsafeTarget(f"refusing to send to {dst!r}: not an IP address",
                            "give a loopback address or one configured in this run's lab namespace") from None
     if netns is not None:
         own = f"twl{run_id}"
         if len(run_id) != 6 or not netns.startswith(own) or len(netns) > 15:
-            raise UnsafeTarget(f"refusing to inject into namespace {netns!r}: not this run's own ({own}*)",
+            raise UnsafeTarget(f"refusing to send into namespace {netns!r}: not this run's own ({own}*)",
                                "inject only into a namespace this run created")
     if addr.is_loopback:
         return f"{addr} is loopback" + (f" in {netns}" if netns else "")
     if netns is None:
-        raise UnsafeTarget(f"refusing to inject to {addr}: not loopback and no lab namespace given",
-                           "use 127.0.0.1/::1, or an address inside this run's lab namespace")
-    if not any(addr in net for net in LAB_NETS):
-        raise UnsafeTarget(f"refusing to inject to {addr}: outside the lab ranges 192.0.2.0/24, "
-                           "198.51.100.0/24, 2001:db8::/32", "lab namespaces use documentation addresses only")
-    configured = set()
-    for a in netns_addrs:
-        with contextlib.suppress(ValueError):
-            configured.add(ipaddress.ip_address(a.split("/", 1)[0]))
-    if addr not in configured:
-        raise UnsafeTarget(f"refusing to inject to {addr}: not configured in namespace {netns}",
-                           "the target must be an address of a lab host in that namespace")
-    return f"{addr} is configured in {netns}"
+        raise UnsafeTarget(f"refusing to send to {addr}: not loopback, and the packet would leave from the "
+                           "host's namespace", "use 127.0.0.1/::1, or send from inside this run's lab namespace")
+    if not _in_lab_ranges(addr):
+        raise UnsafeTarget(f"refusing to send to {addr}: outside the lab ranges "
+                           f"{', '.join(str(n) for n in LAB_NETS)}", "lab namespaces use documentation addresses only")
+    configured = _configured(netns_addrs)
+    if any(addr == c.ip for c in configured):
+        return f"{addr} is configured in {netns}"
+    if not routes_out and any(addr in c.network and c.network.prefixlen > 0 and _in_lab_ranges(c.ip)
+                              for c in configured):
+        return f"{addr} is on a connected lab prefix of {netns}, which has no route out"
+    raise UnsafeTarget(f"refusing to send to {addr}: not configured in namespace {netns}",
+                       "the target must be an address of a lab host in that namespace")
+
+
+def _in_lab_ranges(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return any(addr in net for net in LAB_NETS)
 
 
 def namespace_addresses(netns: str) -> set[str]:
-    """Addresses configured in a namespace, for the guard.
+    """Addresses configured in a namespace ("addr/prefix"), for the guard.
 
     `ip -j -n` rather than pyroute2's IPRoute(netns=...), which forks a helper process: under the runner's
     SIGTERM handler that fork can unwind the parent's teardown stack in the child."""
     out = subprocess.run(["ip", "-j", "-n", netns, "addr", "show"], capture_output=True, text=True, timeout=10)
     if out.returncode != 0:
-        raise UnsafeTarget(f"refusing to inject into namespace {netns!r}: cannot list its addresses",
+        raise UnsafeTarget(f"refusing to send into namespace {netns!r}: cannot list its addresses",
                            out.stderr.strip() or "does the namespace exist?")
-    return {a["local"] for link in json.loads(out.stdout or "[]") for a in link.get("addr_info", []) if "local" in a}
+    return {f"{a['local']}/{a.get('prefixlen', 128 if ':' in a['local'] else 32)}"
+            for link in json.loads(out.stdout or "[]") for a in link.get("addr_info", []) if "local" in a}
+
+
+def namespace_routes_out(netns: str) -> bool:
+    """Does the namespace have a default route (IPv4 or IPv6)? Lab namespaces have none."""
+    for family in ("-4", "-6"):
+        out = subprocess.run(["ip", family, "-j", "-n", netns, "route", "show", "default"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode != 0 or json.loads(out.stdout or "[]"):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,17 +248,23 @@ def _options_of(raw: bytes) -> dict[str, Any]:
 
 
 class Injector:
-    """Sends crafted segments through `write(raw_bytes)`, guarded and logged."""
+    """Sends crafted segments through `write(raw_bytes)`, guarded and logged.
+
+    `origin` tells the guard where a written packet really enters the network stack: a callable giving the
+    kernel identity of the sending socket's or TUN device's namespace (lab.kernel.nsid), asked at every send.
+    Without it the packet is taken to leave from the host's namespace (loopback only). `netns`, a name, is what
+    the caller claims; it must agree with the identity, never replaces it."""
 
     def __init__(self, ctx: RunSpace, write: Callable[[bytes], None], *, netns: str | None = None,
-                 via: str = "custom", by: str = "injector") -> None:
+                 via: str = "custom", by: str = "injector", origin: Callable[[], nsid.NsId] | None = None) -> None:
         self.ctx = ctx
         self._write = write
         self.netns = netns
         self.via = via
         self.by = by
+        self._origin = origin
         self.sent: list[dict[str, Any]] = []
-        self._addrs: set[str] | None = None
+        self._addrs: dict[str, tuple[set[str], bool]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -246,12 +283,45 @@ class Injector:
             d = describe(raw)
             (s6 if ":" in d["dst"] else s4).sendto(raw, (d["dst"], 0))
 
-        return cls(ctx, write, netns=ns.name if ns is not None else None, via="raw")
+        def origin() -> nsid.NsId:
+            ids = {nsid.of_socket(s4), nsid.of_socket(s6)}
+            if len(ids) != 1:
+                raise UnsafeTarget("refusing to send: the injector's sockets are in different namespaces",
+                                   "open the injector inside one lab namespace")
+            return ids.pop()
+
+        return cls(ctx, write, netns=ns.name if ns is not None else None, via="raw", origin=origin)
+
+    @classmethod
+    def tun(cls, ctx: RunSpace, fd: int, *, netns: str | None = None, by: str = "peer") -> Injector:
+        """Writes into an open TUN device: the namespace the device lives in receives the packets."""
+
+        def write(raw: bytes) -> None:
+            os.write(fd, raw)
+
+        return cls(ctx, write, netns=netns, via="tun", by=by, origin=lambda: nsid.of_tun(fd))
+
+    def _leaving(self) -> str | None:
+        """The run namespace the next packet leaves from (None: the host), by kernel identity."""
+        if self.netns is not None:
+            check_target("127.0.0.1", run_id=self.ctx.run_id, netns=self.netns)  # a foreign claim: refuse early
+        if self._origin is None:
+            return None
+        where = nsid.leaving_from(self._origin(), self.ctx.run_id)
+        if self.netns is not None and where != self.netns:
+            raise UnsafeTarget(f"refusing to send: packets would leave from {where or 'the host namespace'}, "
+                               f"not from {self.netns}", "open the injector inside the namespace it names")
+        return where
 
     def allowed(self, dst: str) -> str:
-        if self.netns is not None and self._addrs is None and not ipaddress.ip_address(dst).is_loopback:
-            self._addrs = namespace_addresses(self.netns)
-        return check_target(dst, run_id=self.ctx.run_id, netns=self.netns, netns_addrs=self._addrs or ())
+        where = self._leaving()
+        addrs: set[str] = set()
+        routes_out = True
+        if where is not None and not ipaddress.ip_address(dst.split("%", 1)[0]).is_loopback:
+            if where not in self._addrs:
+                self._addrs[where] = (namespace_addresses(where), namespace_routes_out(where))
+            addrs, routes_out = self._addrs[where]
+        return check_target(dst, run_id=self.ctx.run_id, netns=where, netns_addrs=addrs, routes_out=routes_out)
 
     def send(self, raw: bytes, *, label: str = "", mark: str | None = None, delay_s: float = 0.0,
              **extra: Any) -> dict[str, Any]:

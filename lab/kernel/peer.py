@@ -169,7 +169,7 @@ class TunPeer:
         self._closed = False
         self._reader = threading.Thread(target=self._read_loop, name=f"tun-{name}", daemon=True)
         self._reader.start()
-        self.injector_ = Injector(ctx, self.write, netns=ns.name, via="tun", by="peer")
+        self.injector_ = Injector.tun(ctx, fd, netns=ns.name, by="peer")  # guarded by the TUN's namespace
 
     @classmethod
     def open(cls, ctx: RunSpace, ns: _Netns, *, kernel_ip: str = KERNEL_IP, peer_ip: str = PEER_IP,

@@ -3,6 +3,7 @@ success, exception, SIGINT, SIGTERM; `twlab doctor --cleanup` after SIGKILL; two
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -56,8 +57,13 @@ def test_pair_addresses_no_default_route_and_quick_connects(ctx: RunContext) -> 
     pair = NetnsPair.create(ctx)
     names = [pair.client.name, pair.server.name, pair.client.iface or "", pair.server.iface or ""]
     assert all(n.startswith(f"twl{ctx.run_id}") and len(n) <= 15 for n in names)
-    assert (pair.client.addr4, pair.server.addr4) == ("192.0.2.1", "192.0.2.2")
-    assert (pair.client.addr6, pair.server.addr6) == ("2001:db8::1", "2001:db8::2")
+    from lab.run import addrplan
+
+    plan = addrplan.current()  # a documentation /24 the host does not use (not 192.0.2.0/24 where eth0 is in it)
+    assert (pair.client.addr4, pair.server.addr4) == (plan.client4(), plan.server4())
+    assert (pair.client.addr6, pair.server.addr6) == (plan.client6(), plan.server6())
+    host = addrplan.host_networks()
+    assert not any(ipaddress.ip_address(a) in h for a in (pair.client.addr4, pair.server.addr4) for h in host)
     for ns in (pair.client, pair.server):
         assert ns.run(["ip", "route", "show", "default"]).stdout.strip() == ""
         assert ns.run(["ip", "-6", "route", "show", "default"]).stdout.strip() == ""

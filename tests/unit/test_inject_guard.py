@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +131,118 @@ def test_captured_segment_from_a_file_replays_byte_for_byte(tmp_path: Path) -> N
     assert captured_segment(tmp_path / "eth.pcap", 1) == raw
     with pytest.raises(BadCapture, match="no frame 3"):
         captured_segment(tmp_path / "raw.pcap", 3)
+
+
+# --- where packets really leave (root: namespaces, raw sockets) ----------------------------------------------
+
+
+class _LookAlike:
+    """Carries a real lab namespace's name but lives in the host's namespace."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[list[str]] = []
+
+    def entered(self) -> Any:
+        return contextlib.nullcontext()
+
+    def run(self, argv: Any, check: bool = True, **kw: Any) -> Any:
+        self.calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+HOST_GATEWAY_LIKE = "192.0.2.1"  # a lab address that is the real default gateway on some hosts
+
+
+def _no_inject(ctx: Any) -> None:
+    assert not [r for r in ctx.events.records if r["kind"] == "inject"]
+
+
+@pytest.mark.root
+def test_injector_named_after_a_lab_namespace_but_sending_from_the_host_is_refused(ctx: Any) -> None:
+    from lab.kernel.hosts.netns import Namespace
+    from lab.kernel.inject import Injector
+
+    ns = Namespace.create(ctx, "k")
+    subprocess.run(["ip", "-n", ns.name, "addr", "add", "192.0.2.1/24", "dev", "lo"], check=True)
+    sent: list[bytes] = []
+    bare = Injector(ctx, sent.append, netns=ns.name)          # a bare writer: no proof of where it sends
+    with pytest.raises(UnsafeTarget):
+        bare.rst("192.0.2.9", 1, HOST_GATEWAY_LIKE, 2, seq=1)
+    fake = Injector.raw(ctx, _LookAlike(ns.name))             # the socket is opened in the host namespace
+    with pytest.raises(UnsafeTarget, match="host namespace"):
+        fake.rst("192.0.2.9", 1, HOST_GATEWAY_LIKE, 2, seq=1)
+    real = Injector.raw(ctx, ns)                              # inside the namespace the address is the lab's
+    assert real.allowed(HOST_GATEWAY_LIKE).endswith(f"configured in {ns.name}")
+    assert not sent
+    _no_inject(ctx)
+
+
+@pytest.mark.root
+def test_namespace_with_this_runs_name_but_not_in_its_ledger_is_refused(ctx: Any) -> None:
+    from lab.kernel import impair
+    from lab.kernel.inject import Injector
+
+    name = ctx.name("zz")
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        class Named:
+            def __init__(self) -> None:
+                self.name = name
+
+            def entered(self) -> Any:
+                from lab.kernel.sockdiag import in_netns
+                return in_netns(name)
+
+        inj = Injector.raw(ctx, Named())
+        with pytest.raises(UnsafeTarget, match="not one this run created"):
+            inj.rst("127.0.0.1", 1, "127.0.0.1", 2, seq=1)
+        look = _LookAlike(name)
+        with pytest.raises(UnsafeTarget, match="ledger did not create"):
+            impair.drop_one(ctx, look, dport=5000)
+        assert not look.calls
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+    _no_inject(ctx)
+
+
+@pytest.mark.root
+def test_impair_runs_iptables_itself_never_through_the_callers_object(ctx: Any) -> None:
+    from lab.kernel import impair
+    from lab.kernel.hosts.netns import Namespace
+
+    ns = Namespace.create(ctx, "k")
+    look = _LookAlike(ns.name)
+    rule = impair.drop_one(ctx, look, dport=5000)
+    assert not look.calls
+    listing = subprocess.run(["ip", "netns", "exec", ns.name, "iptables", "-S", "INPUT"], capture_output=True,
+                             text=True, check=True).stdout
+    assert rule.comment in listing
+    rule.remove()
+
+
+@pytest.mark.root
+def test_agent_refuses_targets_outside_the_lab_before_starting(ctx: Any) -> None:
+    from lab.kernel.agent import Agent
+    from lab.kernel.hosts.netns import NetnsPair
+
+    steps = [{"op": "socket", "sock": "s"}, {"op": "connect", "sock": "s", "addr": [HOST_GATEWAY_LIKE, 80]}]
+    with pytest.raises(UnsafeTarget):
+        Agent.start(ctx, steps)                                  # from the host: only loopback
+    with pytest.raises(UnsafeTarget, match="not this run's"):
+        Agent.start(ctx, steps, netns="perfns")
+    assert not [i for i in ctx.ledger.items if i["kind"] == "pid"]
+    pair = NetnsPair.create(ctx)
+    ok = Agent.start(ctx, [{"op": "socket", "sock": "s"},
+                           {"op": "connect", "sock": "s", "addr": [pair.server.addr4, 9], "timeout_s": 1,
+                            "label": "c"}], netns=pair.client.name)
+    assert ok.wait("c")["errno"] == "ECONNREFUSED"           # allowed: reachable only inside the pair
+
+
+def test_agent_program_connects_only_where_the_controller_checked() -> None:
+    steps = [{"op": "socket", "sock": "s"}, {"op": "connect", "sock": "s", "addr": ["8.8.8.8", 53], "label": "c"}]
+    env = {k: v for k, v in os.environ.items() if k != "TWLAB_AGENT_ALLOW"}
+    out = subprocess.run([sys.executable, "-m", "lab.kernel.agent"], input=json.dumps(steps) + "\n",
+                         capture_output=True, text=True, timeout=20, env=env)
+    rec = json.loads(out.stdout.splitlines()[1])
+    assert not rec["ok"] and "refusing to connect to 8.8.8.8" in rec["error"]

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem
+from lab.run import addrplan
 from lab.kernel.sockdiag import in_netns
 
 if TYPE_CHECKING:
     from lab.run.context import RunSpace
 
-CLIENT_ADDR4, SERVER_ADDR4, PREFIX4 = "192.0.2.1", "192.0.2.2", 24
-CLIENT_ADDR6, SERVER_ADDR6, PREFIX6 = "2001:db8::1", "2001:db8::2", 64
+PREFIX4, PREFIX6 = 24, 64   # the pair's subnets: lab.run.addrplan
 
 
 @contextlib.contextmanager
@@ -164,8 +164,9 @@ def _wait_ready(netns: str, ifname: str, timeout_s: float = 3.0) -> float:
 
 @dataclass
 class NetnsPair:
-    """Client and server namespaces joined by one veth, 192.0.2.1/24 <-> 192.0.2.2/24, 2001:db8::1/64 <-> ::2/64,
-    no default route (nothing else is reachable)."""
+    """Client and server namespaces joined by one veth, .1 <-> .2 of a documentation /24 and /64 that overlaps
+    none of the host's own networks (lab.run.addrplan: 192.0.2.0/24 unless the host uses it, then
+    203.0.113.0/24), no default route (nothing else is reachable)."""
 
     client: Namespace
     server: Namespace
@@ -185,7 +186,9 @@ class NetnsPair:
         with _iproute(client.name) as ipr:
             ipr.link("add", ifname=vc, kind="veth", peer={"ifname": vs, "net_ns_fd": server.name})
         ctx.events.log("link", action="add", name=vc, peer=vs, netns=client.name, peer_netns=server.name)
-        for ns, ifname, a4, a6 in ((client, vc, CLIENT_ADDR4, CLIENT_ADDR6), (server, vs, SERVER_ADDR4, SERVER_ADDR6)):
+        plan = addrplan.current()   # documentation subnets that overlap none of the host's own (recorded in the run)
+        for ns, ifname, a4, a6 in ((client, vc, plan.client4(), plan.client6()),
+                                   (server, vs, plan.server4(), plan.server6())):
             with _iproute(ns.name) as ipr:
                 idx = ipr.link_lookup(ifname=ifname)[0]
                 ipr.addr("add", index=idx, address=a4, prefixlen=PREFIX4)
