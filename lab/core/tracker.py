@@ -580,157 +580,208 @@ class Analyzer:
 
     def _segment(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int, win: int,
                  plen: int, tsval: int, wscale: int) -> None:
+        """One segment from side s, by what it does: an RST ends here; otherwise its SYN (or first sight of a
+        sender without one), what its ACK field proves, its FIN, and the sequence space it covers."""
         side = conn.sides[s]
-        p = s ^ 1
-        peer = conn.sides[p]
-        detail = self.detail
         if conn.incarnation and (plen or flags & _FIN) and not flags & (_SYN | _RST) and conn.prev is not None \
-                and not conn.mid:
-            lo = side.base
-            hi = side.snd_max
-            plain = (lo >= 0 and hi >= 0 and ((seq - lo) & _M32) <= ((hi - lo) & _M32)
-                     and (tsval < 0 or side.ts_first < 0 or ((tsval - side.ts_first) & _M32) < _HALF))
-            if not plain and self._duplicate(conn, s, frame, seq, ack, flags, plen, tsval):
-                return
-        seg_len = plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
-        end = (seq + seg_len) & _M32
+                and not conn.mid and self._from_previous_incarnation(conn, s, frame, seq, ack, flags, plen, tsval):
+            return
         prev_last = side.last_frame
         side.last_frame = frame
-
         if flags & _RST:
             self._rst(conn, s, frame, ts, seq, ack, flags, prev_last)
             return
-
         if flags & _SYN:
-            role = ""
-            if side.syn_frame and seq == side.isn:
-                role = "SYN-ACK retransmission" if flags & _ACK else "SYN retransmission"
-            else:
-                side.isn = seq
-                side.base = seq
-                side.syn_frame = frame
-                side.syn_ts = ts
-                side.ws = wscale
-                if peer.syn_frame:
-                    # RFC 7323: windows are scaled only when both SYNs offered it (a shift above 14 means 14)
-                    on = side.ws >= 0 and peer.ws >= 0
-                    side.shift = min(side.ws, 14) if on else 0
-                    peer.shift = min(peer.ws, 14) if on else 0
-                    conn.ws_known = True
-                if flags & _ACK:
-                    side.syn_ack = ack
-                    r = conn.reuse
-                    if r is not None and r.verdict == "refused" and r.old is not None and not r.old.done:
-                        # answered although TIME_WAIT should have refused it: no TIME_WAIT was there
-                        for i in r.holder_sides:
-                            self._tw_end(r.old.sides[i], "syn", r.syn_frame, r.syn_ts)
-                    if peer.syn_frame:
-                        self._rtt(side, ts - peer.syn_ts)
-                    if side.state == LISTEN or side.state == SYN_SENT:
-                        self._go(conn, s, RCV_SYN, frame, ts, False)
-                    if detail:
-                        role = f"SYN-ACK (ISN {seq})"
-                else:
-                    self._go(conn, s, SEND_SYN, frame, ts, False)
-                    if detail:
-                        role = f"SYN (ISN {seq})"
-            if role:
-                conn.roles.append((frame, s, role))
+            self._syn(conn, s, frame, ts, seq, ack, flags, wscale)
         else:
-            if side.base < 0:
-                side.base = (seq - 1) & _M32
-            if side.state == LISTEN and flags & _ACK:
-                # a "listener" that sends ACKs/data holds a connection the capture never saw open
-                for inp in _LISTEN_TO_EST:
-                    self._go(conn, s, inp, frame, ts, True)
-
+            self._sent_without_syn(conn, s, frame, ts, seq, flags)
         # what this side proves it received (its ACK field), then what the peer receives from it
         if flags & _ACK:
-            # an ACK of data the peer never sent acknowledges nothing (e.g. a forged or broken ACK)
-            ack_ok = peer.snd_max < 0 or _d(ack, peer.snd_max) <= 0
-            fin_acked = ack_ok and peer.fin_seq >= 0 and _d(ack, peer.fin_seq) >= 1
-            if fin_acked:
-                side.acked_peer_fin = frame
-                side.acked_peer_fin_ts = ts
-            if side.state == SYN_SENT and peer.syn_frame and peer.isn >= 0 and ack_ok \
-                    and _d(ack, peer.isn) >= 1 and not flags & _SYN:
-                self._go(conn, s, RCV_SYNACK, frame, ts, False)
-                self._rtt(side, ts - peer.syn_ts)
-                if detail:
-                    conn.roles.append((frame, s, "ACK — handshake complete"))
-            if fin_acked and not side.got_fin_frame:
-                side.got_fin_frame = frame
-                self._rtt(side, ts - peer.fin_ts)
-                if not side.got_fin:
-                    side.got_fin = True
-                    self._go(conn, s, RCV_FIN, frame, ts, False)
-                if detail:
-                    name = "M" if conn.nfin and conn.fin_first == p else "N"
-                    conn.roles.append((frame, s, f"ACK {name}+1"))
-            elif side.reack_pending and peer.fin_seq >= 0 and ack == (peer.fin_seq + 1) & _M32:
-                side.reack_pending = False
-                if detail:
-                    conn.roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
-                if not self._any_ack_restarts:
-                    self._tw_restart(side, frame, ts)
-            if peer.state == SYN_RECEIVED and peer.isn >= 0 and ack_ok and _d(ack, peer.isn) >= 1:
-                self._go(conn, p, RCV_ACK_OF_SYN, frame, ts, False)
-            if fin_acked and not peer.fin_acked_frame:
-                peer.fin_acked_frame = frame
-                if not peer.fin_ack_wire:
-                    peer.fin_ack_wire = frame
-                self._flush_fin(conn, s, frame, ts)
-                self._go(conn, p, RCV_ACK_OF_FIN, frame, ts, False)
-            elif peer.state == TIME_WAIT and self._any_ack_restarts:
-                tw = peer.tw
-                if tw is not None and frame != tw.start_frame:
-                    # Linux: any ACK-bearing segment reaching TIME_WAIT restarts its 60 s timer
-                    self._tw_restart(peer, frame, ts)
-
+            self._ack(conn, s, frame, ts, ack, flags)
         if flags & _FIN:
-            fseq = (seq + plen) & _M32
-            ack_val = ack if flags & _ACK else NONE
-            if side.fin_seq < 0:
-                side.fin_seq = fseq
-                side.fin_frame = frame
-                side.fin_ts = ts
-                side.fin_ack_val = ack_val
-                side.last_fin_frame = frame
-                name = "N" if conn.nfin else "M"
-                if not conn.nfin:
-                    conn.fin_first = s
-                conn.nfin += 1
-                if detail:
-                    base = side.base
-                    rel = f" (seq {(fseq - base) & _M32} rel. to {_name(s)} ISN)" if base >= 0 else ""
-                    conn.roles.append((frame, s, f"FIN {name}{rel}"))
-                self._go(conn, s, SEND_FIN, frame, ts, False)
-            elif fseq == side.fin_seq:
-                side.fin_retx += (frame,)
-                prev_fin = side.last_fin_frame
-                side.last_fin_frame = frame
-                name = "M" if conn.fin_first == s else "N"
-                if detail:
-                    conn.roles.append((frame, s, f"FIN {name} retransmission"))
-                lost = peer.acked_peer_fin
-                same_ack = side.fin_ack_val == ack_val
-                side.fin_ack_val = ack_val
-                # a lost ACK: the retransmission acknowledges nothing new (else it only carries a fresher ACK,
-                # as in a crossed close), and it comes later than the ACK could have reached the sender
-                if lost and lost > prev_fin and same_ack and (side.rtt < 0 or
-                                                              ts - peer.acked_peer_fin_ts > side.rtt):
-                    # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
-                    conn.close_extra += ((
-                        "final-ack-lost", (lost, frame),
-                        f"{_name(s)} retransmitted FIN {name} after {_name(p)}'s ACK in frame {lost}: "
-                        f"that ACK was lost between the capture point and {_name(s)}",
-                        {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
-                    if side.fin_acked_frame and side.fin_acked_frame < frame:
-                        self._unreceive_fin_ack(conn, s)
-                if peer.state == TIME_WAIT:
-                    peer.reack_pending = True
+            self._fin(conn, s, frame, ts, seq, ack, flags, plen)
+        self._advance(conn, s, frame, seq, flags, win, plen, tsval)
 
-        # sequence space and half-close evidence
+    def _from_previous_incarnation(self, conn: _Conn, s: int, frame: int, seq: int, ack: int, flags: int,
+                                   plen: int, tsval: int) -> bool:
+        """A data/FIN segment outside this incarnation's own sequence space or clock that is a delayed
+        duplicate of the previous one (handled and recorded by _duplicate)."""
+        side = conn.sides[s]
+        lo = side.base
+        hi = side.snd_max
+        plain = (lo >= 0 and hi >= 0 and ((seq - lo) & _M32) <= ((hi - lo) & _M32)
+                 and (tsval < 0 or side.ts_first < 0 or ((tsval - side.ts_first) & _M32) < _HALF))
+        return not plain and self._duplicate(conn, s, frame, seq, ack, flags, plen, tsval)
+
+    def _syn(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int,
+             wscale: int) -> None:
+        """A SYN or SYN-ACK: a retransmission (same ISN) or this side's ISN."""
+        side = conn.sides[s]
+        if side.syn_frame and seq == side.isn:
+            role = "SYN-ACK retransmission" if flags & _ACK else "SYN retransmission"
+        else:
+            self._take_isn(conn, s, frame, ts, seq, wscale)
+            if flags & _ACK:
+                self._syn_ack(conn, s, frame, ts, ack)
+                role = f"SYN-ACK (ISN {seq})"
+            else:
+                self._go(conn, s, SEND_SYN, frame, ts, False)
+                role = f"SYN (ISN {seq})"
+        if self.detail:
+            conn.roles.append((frame, s, role))
+
+    @staticmethod
+    def _take_isn(conn: _Conn, s: int, frame: int, ts: float, seq: int, wscale: int) -> None:
+        side = conn.sides[s]
+        peer = conn.sides[s ^ 1]
+        side.isn = seq
+        side.base = seq
+        side.syn_frame = frame
+        side.syn_ts = ts
+        side.ws = wscale
+        if peer.syn_frame:
+            # RFC 7323: windows are scaled only when both SYNs offered it (a shift above 14 means 14)
+            on = side.ws >= 0 and peer.ws >= 0
+            side.shift = min(side.ws, 14) if on else 0
+            peer.shift = min(peer.ws, 14) if on else 0
+            conn.ws_known = True
+
+    def _syn_ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int) -> None:
+        """Side s answers the peer's SYN: it has received that SYN."""
+        side = conn.sides[s]
+        peer = conn.sides[s ^ 1]
+        side.syn_ack = ack
+        r = conn.reuse
+        if r is not None and r.verdict == "refused" and r.old is not None and not r.old.done:
+            # answered although TIME_WAIT should have refused it: no TIME_WAIT was there
+            for i in r.holder_sides:
+                self._tw_end(r.old.sides[i], "syn", r.syn_frame, r.syn_ts)
+        if peer.syn_frame:
+            self._rtt(side, ts - peer.syn_ts)
+        if side.state == LISTEN or side.state == SYN_SENT:
+            self._go(conn, s, RCV_SYN, frame, ts, False)
+
+    def _sent_without_syn(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, flags: int) -> None:
+        side = conn.sides[s]
+        if side.base < 0:
+            side.base = (seq - 1) & _M32
+        if side.state == LISTEN and flags & _ACK:
+            # a "listener" that sends ACKs/data holds a connection the capture never saw open
+            for inp in _LISTEN_TO_EST:
+                self._go(conn, s, inp, frame, ts, True)
+
+    def _ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int, flags: int) -> None:
+        """Side s's ACK field: what it has received of the peer's SYN and FIN; the peer receives the ACK."""
+        side = conn.sides[s]
+        p = s ^ 1
+        peer = conn.sides[p]
+        # an ACK of data the peer never sent acknowledges nothing (e.g. a forged or broken ACK)
+        ack_ok = peer.snd_max < 0 or _d(ack, peer.snd_max) <= 0
+        fin_acked = ack_ok and peer.fin_seq >= 0 and _d(ack, peer.fin_seq) >= 1
+        if fin_acked:
+            side.acked_peer_fin = frame
+            side.acked_peer_fin_ts = ts
+        if side.state == SYN_SENT and peer.syn_frame and peer.isn >= 0 and ack_ok \
+                and _d(ack, peer.isn) >= 1 and not flags & _SYN:
+            self._go(conn, s, RCV_SYNACK, frame, ts, False)
+            self._rtt(side, ts - peer.syn_ts)
+            if self.detail:
+                conn.roles.append((frame, s, "ACK — handshake complete"))
+        if fin_acked and not side.got_fin_frame:
+            self._acks_peer_fin(conn, s, frame, ts)
+        elif side.reack_pending and peer.fin_seq >= 0 and ack == (peer.fin_seq + 1) & _M32:
+            side.reack_pending = False
+            if self.detail:
+                conn.roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
+            if not self._any_ack_restarts:
+                self._tw_restart(side, frame, ts)
+        if peer.state == SYN_RECEIVED and peer.isn >= 0 and ack_ok and _d(ack, peer.isn) >= 1:
+            self._go(conn, p, RCV_ACK_OF_SYN, frame, ts, False)
+        if fin_acked and not peer.fin_acked_frame:
+            peer.fin_acked_frame = frame
+            if not peer.fin_ack_wire:
+                peer.fin_ack_wire = frame
+            self._flush_fin(conn, s, frame, ts)
+            self._go(conn, p, RCV_ACK_OF_FIN, frame, ts, False)
+        elif peer.state == TIME_WAIT and self._any_ack_restarts:
+            tw = peer.tw
+            if tw is not None and frame != tw.start_frame:
+                # Linux: any ACK-bearing segment reaching TIME_WAIT restarts its 60 s timer
+                self._tw_restart(peer, frame, ts)
+
+    def _acks_peer_fin(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
+        """Side s's first segment that acknowledges the peer's FIN: it has received that FIN."""
+        side = conn.sides[s]
+        p = s ^ 1
+        side.got_fin_frame = frame
+        self._rtt(side, ts - conn.sides[p].fin_ts)
+        if not side.got_fin:
+            side.got_fin = True
+            self._go(conn, s, RCV_FIN, frame, ts, False)
+        if self.detail:
+            name = "M" if conn.nfin and conn.fin_first == p else "N"
+            conn.roles.append((frame, s, f"ACK {name}+1"))
+
+    def _fin(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int,
+             plen: int) -> None:
+        side = conn.sides[s]
+        fseq = (seq + plen) & _M32
+        ack_val = ack if flags & _ACK else NONE
+        if side.fin_seq < 0:
+            self._first_fin(conn, s, frame, ts, fseq, ack_val)
+        elif fseq == side.fin_seq:
+            self._fin_retransmitted(conn, s, frame, ts, ack_val)
+
+    def _first_fin(self, conn: _Conn, s: int, frame: int, ts: float, fseq: int, ack_val: int) -> None:
+        side = conn.sides[s]
+        side.fin_seq = fseq
+        side.fin_frame = frame
+        side.fin_ts = ts
+        side.fin_ack_val = ack_val
+        side.last_fin_frame = frame
+        name = "N" if conn.nfin else "M"
+        if not conn.nfin:
+            conn.fin_first = s
+        conn.nfin += 1
+        if self.detail:
+            base = side.base
+            rel = f" (seq {(fseq - base) & _M32} rel. to {_name(s)} ISN)" if base >= 0 else ""
+            conn.roles.append((frame, s, f"FIN {name}{rel}"))
+        self._go(conn, s, SEND_FIN, frame, ts, False)
+
+    def _fin_retransmitted(self, conn: _Conn, s: int, frame: int, ts: float, ack_val: int) -> None:
+        side = conn.sides[s]
+        p = s ^ 1
+        peer = conn.sides[p]
+        side.fin_retx += (frame,)
+        prev_fin = side.last_fin_frame
+        side.last_fin_frame = frame
+        name = "M" if conn.fin_first == s else "N"
+        if self.detail:
+            conn.roles.append((frame, s, f"FIN {name} retransmission"))
+        lost = peer.acked_peer_fin
+        same_ack = side.fin_ack_val == ack_val
+        side.fin_ack_val = ack_val
+        # a lost ACK: the retransmission acknowledges nothing new (else it only carries a fresher ACK,
+        # as in a crossed close), and it comes later than the ACK could have reached the sender
+        if lost and lost > prev_fin and same_ack and (side.rtt < 0 or ts - peer.acked_peer_fin_ts > side.rtt):
+            # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
+            conn.close_extra += ((
+                "final-ack-lost", (lost, frame),
+                f"{_name(s)} retransmitted FIN {name} after {_name(p)}'s ACK in frame {lost}: "
+                f"that ACK was lost between the capture point and {_name(s)}",
+                {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
+            if side.fin_acked_frame and side.fin_acked_frame < frame:
+                self._unreceive_fin_ack(conn, s)
+        if peer.state == TIME_WAIT:
+            peer.reack_pending = True
+
+    @staticmethod
+    def _advance(conn: _Conn, s: int, frame: int, seq: int, flags: int, win: int, plen: int, tsval: int) -> None:
+        """The sender's sequence space, clock and window after this segment; data after it received the
+        peer's FIN proves a half-close."""
+        side = conn.sides[s]
+        end = (seq + plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _M32
         if side.snd_max < 0 or _d(end, side.snd_max) > 0:
             if plen and 0 < side.got_fin_frame < frame and not conn.half_close_frame and side.snd_max >= 0:
                 conn.half_close_frame = frame
