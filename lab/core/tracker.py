@@ -40,7 +40,8 @@ _HALF: Final = 1 << 31
 _SWEEP_EVERY: Final = 4096
 NONE: Final = -1          # "not seen" for sequence numbers, ISNs, timestamps (all are >= 0)
 
-# state and input codes: positions in the enums (checked below)
+# state and input codes: positions in the enums. Literal ints so that mypyc inlines them; every one is checked
+# against the enums at import (a reordered or added member fails the import, not a verdict).
 CLOSED: Final = 0
 LISTEN: Final = 1
 SYN_SENT: Final = 2
@@ -64,15 +65,32 @@ RCV_ACK_OF_FIN: Final = 7
 SEND_RST: Final = 8
 RCV_RST: Final = 9
 TIMEOUT_2MSL: Final = 10
+ACK_OF_FIN_LOST: Final = 11
 
 STATES: Final = tuple(TcpState)
 INPUTS: Final = tuple(Input)
 _NS: Final = 11
-_NI: Final = 11
-if (len(STATES), len(INPUTS)) != (_NS, _NI) or STATES[TIME_WAIT] is not TcpState.TIME_WAIT \
-        or STATES[ESTABLISHED] is not TcpState.ESTABLISHED or INPUTS[RCV_ACK_OF_FIN] is not Input.RCV_ACK_OF_FIN \
-        or INPUTS[TIMEOUT_2MSL] is not Input.TIMEOUT_2MSL or STATES[LAST_ACK] is not TcpState.LAST_ACK:
-    raise ImportError("tracker's state/input codes no longer match lab.core.tcpstate")
+_NI: Final = 12
+_STATE_CODES: Final = (
+    (TcpState.CLOSED, CLOSED), (TcpState.LISTEN, LISTEN), (TcpState.SYN_SENT, SYN_SENT),
+    (TcpState.SYN_RECEIVED, SYN_RECEIVED), (TcpState.ESTABLISHED, ESTABLISHED), (TcpState.FIN_WAIT_1, FIN_WAIT_1),
+    (TcpState.FIN_WAIT_2, FIN_WAIT_2), (TcpState.CLOSE_WAIT, CLOSE_WAIT), (TcpState.CLOSING, CLOSING),
+    (TcpState.LAST_ACK, LAST_ACK), (TcpState.TIME_WAIT, TIME_WAIT))
+_INPUT_CODES: Final = (
+    (Input.SEND_SYN, SEND_SYN), (Input.RCV_SYN, RCV_SYN), (Input.SEND_SYNACK, SEND_SYNACK),
+    (Input.RCV_SYNACK, RCV_SYNACK), (Input.RCV_ACK_OF_SYN, RCV_ACK_OF_SYN), (Input.SEND_FIN, SEND_FIN),
+    (Input.RCV_FIN, RCV_FIN), (Input.RCV_ACK_OF_FIN, RCV_ACK_OF_FIN), (Input.SEND_RST, SEND_RST),
+    (Input.RCV_RST, RCV_RST), (Input.TIMEOUT_2MSL, TIMEOUT_2MSL), (Input.ACK_OF_FIN_LOST, ACK_OF_FIN_LOST))
+
+
+def _codes_match(members: tuple[Any, ...], codes: tuple[tuple[Any, int], ...]) -> bool:
+    """Every enum member listed once, in enum order, at its position."""
+    return len(codes) == len(members) and all(members[i] is m and c == i for i, (m, c) in enumerate(codes))
+
+
+if not (_codes_match(STATES, _STATE_CODES) and _codes_match(INPUTS, _INPUT_CODES)
+        and (len(STATES), len(INPUTS)) == (_NS, _NI)):
+    raise ImportError("tracker's state/input codes no longer match lab.core.tcpstate's enums")
 
 
 def _next_table() -> list[int]:
@@ -130,6 +148,7 @@ class _Side:
         "acked_peer_fin_ts",
         "base",
         "ep",
+        "fin_ack_applied",
         "fin_ack_val",
         "fin_ack_wire",
         "fin_acked_frame",
@@ -142,7 +161,6 @@ class _Side:
         "isn",
         "last_fin_frame",
         "last_frame",
-        "pre_fin_ack",
         "reack_pending",
         "rst_frame",
         "rtt",
@@ -171,7 +189,7 @@ class _Side:
         self.fin_frame = 0
         self.last_fin_frame = 0
         self.fin_retx: tuple[int, ...] = ()
-        self.pre_fin_ack = NONE               # its state before the ACK of its FIN (undone if that ACK was lost)
+        self.fin_ack_applied = False          # the receipt of the ACK of its FIN is applied (taken back if lost)
         self.fin_acked_frame = 0              # the peer's ACK of this side's FIN that this side received
         self.fin_ack_wire = 0                 # the first ACK of it on the wire (received or not)
         self.got_fin = False                  # this side has received the peer's FIN
@@ -544,6 +562,8 @@ class Analyzer:
     # -- state machine ---------------------------------------------------------------------------------
 
     def _go(self, conn: _Conn, s: int, inp: int, frame: int, ts: float, inferred: bool) -> bool:
+        """The one place a side's state changes: the arc of TRANSITIONS for (state, input), after bridging
+        inputs the capture did not show (tcpstate.bridge); False when there is no arc."""
         side = conn.sides[s]
         st = side.state
         nxt = _NEXT[st * _NI + inp]
@@ -556,10 +576,17 @@ class Analyzer:
             st = side.state
             nxt = _NEXT[st * _NI + inp]
         side.state = nxt
+        if inp == ACK_OF_FIN_LOST:
+            side.fin_ack_applied = False
+            if st == TIME_WAIT:
+                side.tw = None
+            if self.detail:
+                _drop_last_receipt_of_fin_ack(conn.trans, s)
+            return True
         if self.detail:
             conn.trans.append((frame, s, st, nxt, inferred, inp))
         if inp == RCV_ACK_OF_FIN:
-            side.pre_fin_ack = st
+            side.fin_ack_applied = True
         if nxt == TIME_WAIT:
             side.tw = _TW(ts, frame, ts + self.tw_s)
         return True
@@ -772,7 +799,7 @@ class Analyzer:
                 f"that ACK was lost between the capture point and {_name(s)}",
                 {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
             if side.fin_acked_frame and side.fin_acked_frame < frame:
-                self._unreceive_fin_ack(conn, s)
+                self._unreceive_fin_ack(conn, s, frame, ts)
         if peer.state == TIME_WAIT:
             peer.reack_pending = True
 
@@ -800,24 +827,14 @@ class Analyzer:
         if dt >= 0 and (side.rtt < 0 or dt < side.rtt):
             side.rtt = dt
 
-    def _unreceive_fin_ack(self, conn: _Conn, s: int) -> None:
-        """Side s retransmitted its FIN after the peer's ACK of it: that ACK never arrived, so undo the
-        transition it drove (LAST_ACK -> CLOSED, CLOSING -> TIME_WAIT); the next ACK of the FIN redoes it."""
+    def _unreceive_fin_ack(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
+        """Side s retransmitted its FIN after the peer's ACK of it: that ACK never arrived, so its receipt is
+        taken back (tcpstate's ACK_OF_FIN_LOST arcs: CLOSED -> LAST_ACK, TIME_WAIT -> CLOSING, FIN_WAIT_2 ->
+        FIN_WAIT_1); the next ACK of the FIN applies it again."""
         side = conn.sides[s]
-        before = side.pre_fin_ack
         side.fin_acked_frame = 0
-        if before < 0:
-            return
-        side.pre_fin_ack = NONE
-        if self.detail:
-            for k in range(len(conn.trans) - 1, -1, -1):
-                t = conn.trans[k]
-                if t[1] == s and t[5] == RCV_ACK_OF_FIN:
-                    del conn.trans[k]
-                    break
-        if _NEXT[before * _NI + RCV_ACK_OF_FIN] == TIME_WAIT:
-            side.tw = None
-        side.state = before
+        if side.fin_ack_applied and _NEXT[side.state * _NI + ACK_OF_FIN_LOST] >= 0:
+            self._go(conn, s, ACK_OF_FIN_LOST, frame, ts, False)
 
     def _flush_fin(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
         """Before the peer of side s acts on s's segment, it has received s's earlier FIN (in-order)."""
@@ -1096,6 +1113,15 @@ class Analyzer:
         findings = tuple(sorted(self._findings, key=_finding_order))
         self._finished = Report(conns, findings, self.profile.name, self.tw_s, self._segments, self._max_frame)
         return self._finished
+
+
+def _drop_last_receipt_of_fin_ack(trans: list[tuple[int, int, int, int, bool, int]], s: int) -> None:
+    """The record of side s's latest RCV_ACK_OF_FIN: it never happened (see Analyzer._unreceive_fin_ack)."""
+    for k in range(len(trans) - 1, -1, -1):
+        t = trans[k]
+        if t[1] == s and t[5] == RCV_ACK_OF_FIN:
+            del trans[k]
+            return
 
 
 def _tw_open(side: _Side, now: float) -> bool:

@@ -56,8 +56,29 @@ def test_every_state_is_reachable_and_time_wait_only_via_closing_or_fin_wait_2()
                 grew = True
     assert reach == set(TcpState)
     assert {src for (src, _i), dst in TRANSITIONS.items() if dst is S.TIME_WAIT} == {S.FIN_WAIT_2, S.CLOSING}
-    # out of TIME_WAIT only by the 2MSL timer or an RST (received: assassination; sent: it had none)
-    assert {i for (src, i) in TRANSITIONS if src is S.TIME_WAIT} == {I.TIMEOUT_2MSL, I.RCV_RST, I.SEND_RST}
+    # out of TIME_WAIT only by the 2MSL timer or an RST (received: assassination; sent: it had none), or when
+    # the ACK that put it there proves lost (taken back: CLOSING again)
+    assert {i for (src, i) in TRANSITIONS if src is S.TIME_WAIT} == {I.TIMEOUT_2MSL, I.RCV_RST, I.SEND_RST,
+                                                                    I.ACK_OF_FIN_LOST}
+
+
+def test_a_lost_ack_of_fin_takes_back_exactly_its_receipt() -> None:
+    for (src, inp), dst in TRANSITIONS.items():
+        if inp is I.RCV_ACK_OF_FIN:
+            assert step(dst, I.ACK_OF_FIN_LOST) is src
+    assert {src for (src, i) in TRANSITIONS if i is I.ACK_OF_FIN_LOST} == \
+        {dst for (_s, i), dst in TRANSITIONS.items() if i is I.RCV_ACK_OF_FIN}
+
+
+def test_the_trackers_int_codes_are_checked_against_every_enum_member() -> None:
+    from lab.core import tracker
+
+    assert tracker._codes_match(tracker.STATES, tracker._STATE_CODES)
+    assert tracker._codes_match(tracker.INPUTS, tracker._INPUT_CODES)
+    swapped = list(tracker._STATE_CODES)
+    swapped[2], swapped[3] = (S.SYN_RECEIVED, 2), (S.SYN_SENT, 3)     # SYN_SENT <-> SYN_RECEIVED
+    assert not tracker._codes_match(tracker.STATES, tuple(swapped))
+    assert not tracker._codes_match(tracker.INPUTS, tracker._INPUT_CODES[:-1])   # a member without a code
 
 
 def test_retransmissions_change_nothing() -> None:
