@@ -4,6 +4,7 @@
 #   bash setup.sh test    set up, then run the test suite
 #   bash setup.sh bench   set up, then run the benchmarks (benchmarks/README.md)
 #   bash setup.sh install set up only
+#   bash setup.sh kernels [VER...]  set up, then install user-mode Linux kernels (default 6.1 6.12; also 5.10, 7.2)
 set -euo pipefail
 cd "$(dirname "$0")"
 mode="${1:-install}"
@@ -25,6 +26,12 @@ python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sy
   2>/dev/null || missing+=(python3-dev)
 # the test suite validates the Vagrantfile; without Recommends vagrant is 53 small packages, no hypervisor
 if [ "$mode" = test ]; then command -v vagrant >/dev/null || missing+=(vagrant); fi
+# --- user-mode Linux kernels (helper E2): modprobe for the guests' modules, patchelf for kernels needing a newer glibc
+if [ "$mode" = kernels ] || [ "$mode" = test ]; then
+  command -v modprobe >/dev/null || [ -x /usr/sbin/modprobe ] || missing+=(kmod)
+  command -v patchelf >/dev/null || missing+=(patchelf)
+fi
+# --- end user-mode Linux kernels
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing Debian packages: ${missing[*]}; run this script as root (sudo bash setup.sh $mode)"
@@ -53,10 +60,74 @@ fi
 # without a compiler it says so in one line and the pure-Python modules are used
 .venv/bin/python -m lab.build --if-needed || true
 
+# --- user-mode Linux kernels (helper E2) -----------------------------------------------------------------
+# Each kernel is Debian's user-mode-linux package of one suite, fetched BY NAME into a private apt state
+# (own sources.list, lists, cache and an empty dpkg status under $kernels_dir/.apt/SUITE; the host's apt
+# sources and dpkg database are untouched) and unpacked with dpkg-deb into $kernels_dir/VER. A kernel built
+# against a newer glibc than the host's gets that suite's libc6 beside it and a patchelf'd interpreter.
+kernels_dir="${TWLAB_KERNELS:-/var/lib/twlab/kernels}"
+kernel_suite() {
+  case "$1" in 5.10) echo bullseye ;; 6.1) echo bookworm ;; 6.12) echo trixie ;; 7.2) echo sid ;; *) return 1 ;; esac
+}
+install_kernel() {
+  local ver="$1" suite dest apt work opts need have
+  suite="$(kernel_suite "$ver")" || { log "unknown kernel '$ver': use 5.10, 6.1, 6.12 or 7.2"; exit 2; }
+  dest="$kernels_dir/$ver"
+  if [ -x "$dest/linux" ] && [ -f "$dest/package" ]; then log "kernel $ver: installed ($(cat "$dest/package"))"; return 0; fi
+  apt="$kernels_dir/.apt/$suite"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+  : > "$apt/status"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
+    > "$apt/sources.list"
+  opts=(-q -o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null/none
+        -o "Dir::State::Lists=$apt/lists" -o "Dir::State::status=$apt/status" -o "Dir::Cache=$apt/cache"
+        -o Dir::Etc::Preferences=/dev/null/none -o Dir::Etc::PreferencesParts=/dev/null/none
+        -o APT::Sandbox::User=root)
+  log "kernel $ver: fetching user-mode-linux from Debian $suite (private apt state in $apt)"
+  apt-get "${opts[@]}" update >/dev/null || { log "kernel $ver: apt-get update for $suite failed"; exit 3; }
+  work="$(mktemp -d "$kernels_dir/.twl-$ver.XXXXXX")"
+  kernel_work="$work"
+  (cd "$work" && apt-get "${opts[@]}" download user-mode-linux >/dev/null) \
+    || { log "kernel $ver: apt-get download user-mode-linux ($suite) failed"; exit 3; }
+  mkdir -p "$work/root"
+  dpkg-deb -x "$work"/user-mode-linux_*.deb "$work/root"
+  dpkg-deb -f "$work"/user-mode-linux_*.deb Version > "$work/root/package.version"
+  need="$(dpkg-deb -f "$work"/user-mode-linux_*.deb Depends | sed -n 's/.*libc6 (>= \([^)]*\)).*/\1/p')"
+  have="$(dpkg-query -W -f '${Version}' libc6 2>/dev/null || echo 0)"
+  if [ -n "$need" ] && ! dpkg --compare-versions "$have" ge "$need"; then
+    log "kernel $ver: needs glibc >= $need (host has $have): adding $suite's libc6 and a patchelf'd interpreter"
+    (cd "$work" && apt-get "${opts[@]}" download libc6 >/dev/null) || { log "kernel $ver: libc6 download failed"; exit 3; }
+    dpkg-deb -x "$work"/libc6_*.deb "$work/root"
+    cp "$work/root/usr/bin/linux.uml" "$work/root/linux"
+    patchelf --set-interpreter "$dest/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+      --set-rpath "$dest/usr/lib/x86_64-linux-gnu" "$work/root/linux"
+  else
+    ln -s usr/bin/linux.uml "$work/root/linux"
+  fi
+  # modprobe -d ROOT looks in ROOT/lib/modules/RELEASE: the guest's modules without touching the host's /lib
+  mkdir -p "$work/root/lib"
+  ln -s ../usr/lib/uml/modules "$work/root/lib/modules"
+  echo "user-mode-linux $(cat "$work/root/package.version") ($suite)" > "$work/root/package"
+  rm -rf "$dest"
+  mv "$work/root" "$dest"
+  rm -rf "$work"
+  log "kernel $ver: installed in $dest ($(cat "$dest/package"))"
+}
+install_kernels() {
+  [ "$(id -u)" -eq 0 ] || { log "installing kernels needs root (sudo bash setup.sh kernels)"; exit 3; }
+  mkdir -p "$kernels_dir"
+  kernel_work=""
+  trap 'rm -rf "${kernel_work:-/nonexistent}"' EXIT  # a failed download leaves no half-unpacked kernel
+  local v
+  for v in "$@"; do install_kernel "$v"; done
+}
+# --- end user-mode Linux kernels
+
 case "$mode" in
   install) log "ready: .venv/bin/twlab doctor" ;;
   run) exec .venv/bin/twlab run all "$@" ;;
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  test) install_kernels 6.1; exec .venv/bin/python -m pytest "$@" ;;  # the 6.1 UML kernel: tests/integration/test_guests.py
   bench) exec .venv/bin/python -m benchmarks "$@" ;;
-  *) log "unknown mode '$mode': use run, test, bench or install"; exit 2 ;;
+  kernels) if [ "$#" -eq 0 ]; then set -- 6.1 6.12; fi; install_kernels "$@"; exec .venv/bin/twlab kernels ;;
+  *) log "unknown mode '$mode': use run, test, bench, kernels or install"; exit 2 ;;
 esac

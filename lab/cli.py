@@ -97,13 +97,18 @@ def list_cmd(as_json: bool) -> None:
               help="Run folder (default runs/<timestamp>).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 32), default=6, show_default=True,
               help="Experiments run at once (each in its own process and namespaces).")
-def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int) -> None:
+@click.option("--kernel", "kernels", multiple=True, metavar="VER",
+              help="Run inside a user-mode Linux guest of this kernel (5.10, 6.1, 6.12, 7.2 or a linux.uml path); "
+                   "repeatable. 'twlab kernels' lists them.")
+def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kernels: tuple[str, ...]) -> None:
     """Run experiments (or 'all') and say whether each claim holds on this kernel."""
     from lab import experiments
     from lab.run import runner
 
     exps = experiments.get(list(names))
     out_root = out or runner.default_out_dir()
+    if kernels:
+        _run_in_guests(exps, kernels, out_root, jobs, as_json)
     if len(exps) > 1 and jobs > 1:
         results = _run_parallel(exps, out_root, jobs, as_json)
     else:
@@ -161,6 +166,84 @@ def _run_parallel(exps: list[Any], out_root: Path, jobs: int, as_json: bool) -> 
         results = run_parallel(exps, out_root, jobs, on_update=lambda js: live.update(jobs_table(js)),
                                on_result=lambda r: live.console.print(result_panel(r)))
     return results
+
+
+# --- other kernels: user-mode Linux guests (helper E2) ---------------------------------------------------
+
+
+def _run_in_guests(exps: list[Any], specs: tuple[str, ...], out_root: Path, jobs: int, as_json: bool) -> None:
+    """Each kernel boots once and runs all `exps` into out_root/kernel-<VER>/; exits like `twlab run`."""
+    from lab import claims
+    from lab.run import guests
+
+    kernels = [guests.resolve(s) for s in dict.fromkeys(specs)]  # every spec checked before the first boot
+    if len({guests.folder_name(k) for k in kernels}) < len(kernels):
+        from lab.errors import UsageError
+
+        raise UsageError("two --kernel values share a folder name", "give each kernel once")
+    results: list[dict[str, Any]] = []
+    codes: list[int] = []
+    con = None
+    if not as_json:
+        from lab.ui import console
+
+        con = console()
+    for kernel in kernels:
+        kdir = out_root / guests.folder_name(kernel)
+
+        def say(text: str) -> None:
+            if con is not None:
+                con.print(f"[dim]{text}[/]")
+
+        gr = guests.boot(kernel, exps, kdir, jobs=min(jobs, 2), on_event=say)
+        got = gr.results + guests.missing_results(gr, exps)
+        codes.append(gr.exit_code)
+        results += got
+        if got:
+            claims.write_markdown(claims.judge_all(got), kdir / "claims.md", got)
+        for res in got:
+            if as_json:
+                click.echo(json.dumps(res, default=str))
+        if con is not None:
+            from lab.ui import result_panel, summary_table
+
+            for res in got:
+                con.print(result_panel(res))
+            con.print(summary_table(got))
+            con.print(f"kernel {guests.kernel_seen(gr)} (HZ {gr.info.get('hz')}, {gr.info.get('cpus')} CPU): "
+                      f"boot {gr.boot_s} s, run {gr.wall_s} s, folder {kdir}")
+        if gr.error:
+            click.echo(f"twlab: {gr.error}", err=True)
+    sys.exit(3 if 3 in codes else 0 if all(r.get("reproduced") for r in results) else 1)
+
+
+@cli.command("kernels")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per known kernel.")
+def kernels_cmd(as_json: bool) -> None:
+    """User-mode Linux kernels for 'twlab run --kernel VER': installed ones, and how to get the rest."""
+    from lab.run import guests
+
+    rows = guests.listing()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    from rich.table import Table
+
+    from lab.ui import console
+
+    t = Table(title=f"user-mode Linux kernels ({guests.kernels_dir()})")
+    for col in ("version", "Debian suite", "installed", "uname -r", "HZ", "package / how to get it"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["version"], r["suite"], "[green]yes[/]" if r["installed"] else "no", r["release"] or "",
+                  str(r["hz"] or ""), r["package"] if r["installed"] else r["install"])
+    con = console()
+    con.print(t)
+    con.print("run: twlab run NAME... --kernel VER [--kernel VER...]  (or --kernel /path/to/linux.uml)")
+
+
+# --- end other kernels
 
 
 @cli.command("claims")
@@ -313,8 +396,9 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: s
 @_profile_options
 def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_wait_s: float | None) -> None:
     """A ladder diagram of one connection: segments, M/N labels, both sides' states, the TIME_WAIT window."""
-    from lab.analysis.ladder import Step, ladder
+    from lab.analysis.ladder import ladder
     from lab.errors import UsageError
+    from lab.pcap.annotate import capture_t0
     from lab.pcap.readers import read_segments
     from lab.ui import console
 
@@ -331,18 +415,14 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_
                              f"ids are {conns[0]['id']}..{conns[-1]['id']}; 'twlab analyze {file}' lists them")
         chosen = found[0]
     obj = next(c for c in report.connections if c.id == chosen["id"])
-    ends = {chosen["client"], chosen["server"]}
-
-    def ep(ip: str, port: int) -> str:
-        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-    segs = [s for s in read_segments(file)
-            if chosen["first_frame"] <= s.frame <= chosen["last_frame"]
-            and {ep(s.src_ip, s.sport), ep(s.dst_ip, s.dport)} == ends]
-    steps = [Step(t.frame, t.side, t.from_state, t.to_state, bool(getattr(t, "inferred", False)))
-             for t in getattr(obj, "transitions", ())]
-    console().print(ladder(chosen, segs, steps, max_rows=max_rows, title=str(file), findings=doc["findings"],
-                           time_wait_s=doc.get("time_wait_s")))
+    ends = {obj.client, obj.server}
+    segs, capture_end = [], None
+    for s in read_segments(file):
+        capture_end = s.ts_s
+        if obj.first_frame <= s.frame <= obj.last_frame and {str(s.src), str(s.dst)} == ends:
+            segs.append(s)
+    console().print(ladder(obj, segs, capture_t0(file), capture_end=capture_end, max_rows=max_rows,
+                           title=str(file), findings=report.findings))
 
 
 @cli.command("annotate")
@@ -375,6 +455,52 @@ def _notes(report: Any, doc: dict[str, Any], t0: float) -> dict[int, list[str]]:
             if not any(f["kind"] in t for t in have):
                 have.append(text)
     return notes
+
+
+# --- report: one self-contained HTML file (lab.analysis.html) ------------------------------------------
+
+@cli.command("report")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR | CAPTURE...")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="The HTML file to write (atomically; nothing is written when an input is bad).")
+@_profile_options
+def report_cmd(inputs: tuple[Path, ...], out: Path, profile: str, time_wait_s: float | None) -> None:
+    """One self-contained HTML file (no network requests) of a run folder or of capture files.
+
+    A run: the claims ledger per kernel, each experiment's story and capture, the ladder of each connection
+    of interest. Captures: TIME_WAIT and connection-rate charts, close kinds, findings linked to ladders."""
+    from importlib.metadata import version
+
+    from lab.analysis import html
+    from lab.errors import UsageError
+
+    html.check_output(out)
+    if any(p.is_dir() for p in inputs):
+        if len(inputs) > 1:
+            raise UsageError("give one run folder, or capture files", "twlab report RUN_DIR -o report.html")
+        run_dir = inputs[0]
+        results, ledgers = _run_ledgers(run_dir)
+        text = html.run_report(results, ledgers, out, run_dir, profile, time_wait_s, version("twlab"))
+    else:
+        for p in inputs:
+            _check_file(p)
+        text = html.capture_report(list(inputs), out, profile, time_wait_s, version("twlab"))
+    html.write_report(text, out)
+    click.echo(f"wrote {out} ({len(text.encode('utf-8')) // 1024} KiB)")
+
+
+def _run_ledgers(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """A run folder's results and, per kernel they were measured on, its claims ledger."""
+    from lab import claims
+    from lab.errors import UsageError
+
+    results = claims.load_results(run_dir)
+    if not results:
+        raise UsageError(f"no result.json under {run_dir}", "pass the folder a 'twlab run' wrote")
+    kernels = sorted({str(r.get("kernel") or "unknown") for r in results})
+    ledgers = {k: claims.ledger_dicts(claims.judge_all([r for r in results if str(r.get("kernel") or "unknown")
+                                                        == k])) for k in kernels}
+    return results, ledgers
 
 
 @cli.command("verify")

@@ -1,27 +1,100 @@
-"""The one narrator: every human sentence about TCP states is rendered here, from the analyzer's records.
+"""The one narrator: every human sentence about TCP states is rendered here, from the analyzer's records
+(`Connection.steps`, `.roles`, `.time_wait`, the report's findings). Pure: records in, text out.
 
-    frame_notes(report, t0) -> {frame: [comment, ...]}
+Clock. `t0` is the timestamp of the capture's first frame: Wireshark's Time column counts from it. Every time
+this module writes is on that clock ("t=+150.512 s": 150.512 s after the capture's first frame) or says what it
+is relative to ("60 s from this frame"). JSON keeps absolute timestamps; only text is relative.
 
-`t0` is the timestamp of the capture's first frame (Wireshark's Time column counts from it): every time in a
-comment is on that clock ("t=+150.512 s") or says what it is relative to.
+TIME_WAIT convention (the tracker's, RFC 9293's diagram): a side's state changes at the segment that shows it.
+The active closer leaves FIN_WAIT_2 for TIME_WAIT at the ACK of the peer's FIN that it sends (ACK N+1); from
+CLOSING it enters TIME_WAIT at the peer's ACK of its own FIN. A FIN received in FIN_WAIT_1 together with the
+ACK of our FIN (FIN N + ACK M+1) moves FIN_WAIT_1 -> FIN_WAIT_2 at that segment and FIN_WAIT_2 -> TIME_WAIT
+at our ACK of it.
+
+API
+    frame_notes(report, t0, capture_end=None) -> {frame: [comment, ...]}
+        per-frame pcapng comments for the whole capture: each segment's role (FIN M, ACK M+1, FIN N,
+        ACK N+1, ...), one state chain per side ("server: CLOSE_WAIT -> LAST_ACK"), TIME_WAIT windows
+        ("60 s, until t=+60.352 s"; "open at capture end, 58.9 s left" when `capture_end`, the last frame's
+        timestamp, is before the window's end), TIME_WAIT restarts and early ends, findings.
+    connection_notes(conn, t0, capture_end=None) -> {frame: [comment, ...]}   the same for one connection.
+    side_chain(conn, side, since_frame=0) -> str      "client: ESTABLISHED -> FIN_WAIT_1 -> ... -> TIME_WAIT"
+    final_states(conn) -> {side: state}                each side's last state the capture shows
+    window_text(w, t0, capture_end=None) -> str        "60 s, until t=+60.352 s" (one TIME_WAIT window)
+
+    ladder_rows(conn, segments, t0, findings=()) -> [LadderRow]   one row per segment of the connection
+    ladder_start(conn) -> (client_state, server_state)               each side's state before the first row
+    ladder_windows(conn, t0, capture_end=None) -> [TimeWaitBar]      the TIME_WAIT bars under the ladder
+    ladder_footnote(conn, segments) -> str                           "M: client's FIN (relative seq 7); ..."
+
+`LadderRow` fields: frame, t (capture clock, s), sender ("client" | "server"), flags (tcpdump letters, "F."),
+label (seq/ack labels: "FIN M", "ACK M+1", "data 1:7 (6 B)", "ack 1", relative to each side's ISN), role (the
+analyzer's role(s) of the segment, "" if none), client/server (each side's state after the segment),
+client_passed/server_passed (the states a side entered at this segment, in order; "*" marks one the capture
+point could not see directly), notes (findings on this frame, retransmissions, duplicates).
 """
 
 from __future__ import annotations
 
-from lab.core.report import Connection, Report, Transition
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, NamedTuple
+
+from lab.core.model import Flags, Segment
+from lab.core.report import Connection, Report, TimeWaitWindow, Transition
+from lab.core.seqnum import MOD
 from lab.core.tcpstate import TcpState
 
-_SIDES = ("client", "server")
+Side = Literal["client", "server"]
+SIDES: tuple[Side, Side] = ("client", "server")
+INFERRED_MARK = "*"
+_M32 = MOD - 1
+_LADDER_NOTE_WORDS = ("retrans", "duplicate", "lost", "challenge", "ignored", "refuses")
 
 
-def frame_notes(report: Report, t0: float) -> dict[int, list[str]]:
-    """Per-frame annotation text: each interesting segment's role, the state changes it shows, and findings.
+def other(side: str) -> Side:
+    return "server" if side == "client" else "client"
 
-    e.g. "FIN M — server active close: ESTABLISHED -> FIN_WAIT_1"."""
+
+def at(ts: float, t0: float) -> str:
+    """A time on the capture's clock: seconds since its first frame, as Wireshark's Time column shows."""
+    return f"t=+{ts - t0:.3f} s"
+
+
+# -- TIME_WAIT windows --------------------------------------------------------------------------------------
+
+
+def _seen_to_end(w: TimeWaitWindow, capture_end: float | None) -> bool:
+    ended = getattr(w, "ended_by", "timeout")
+    if ended == "capture-end":
+        return False
+    return ended != "timeout" or capture_end is None or capture_end >= w.end_ts
+
+
+def window_text(w: TimeWaitWindow, t0: float, capture_end: float | None = None) -> str:
+    """One TIME_WAIT window in a few words: its length, restarts, and how it ended (or that it had not)."""
+    length = f"{w.length_s:g} s" if w.length_s else "2MSL"
+    if w.ended_by in ("rst", "syn"):
+        how = "an RST" if w.ended_by == "rst" else "a new SYN"
+        return f"{length}; ended early by {how} in frame {w.end_frame}, {at(w.end_ts, t0)}"
+    restarted = f", restarted {len(w.restarts)}x" if w.restarts else ""
+    text = f"{length}{restarted}, until {at(w.end_ts, t0)}"
+    if not _seen_to_end(w, capture_end):
+        left = w.end_ts - capture_end if capture_end is not None else w.end_ts - w.start_ts
+        text += f"; open at capture end, {max(left, 0.0):.1f} s left"
+    return text
+
+
+# -- per-frame comments -------------------------------------------------------------------------------------
+
+
+def frame_notes(report: Report, t0: float, capture_end: float | None = None) -> dict[int, list[str]]:
+    """Per-frame annotation text for a whole capture: each connection's notes, then the findings.
+
+    e.g. "FIN M (seq 7 rel. to client ISN) — client active close: ESTABLISHED -> FIN_WAIT_1"."""
     notes: dict[int, list[str]] = {}
-    later: dict[int, list[str]] = {}     # TIME_WAIT restarts/ends: after the segment's own role
+    later: dict[int, list[str]] = {}     # TIME_WAIT restarts/ends: after the frame's own segment notes
     for c in report.connections:
-        _connection_notes(c, t0, notes, later)
+        _connection_notes(c, t0, capture_end, notes, later)
     for frame, texts in later.items():
         notes.setdefault(frame, []).extend(texts)
     for f in report.findings:
@@ -30,65 +103,268 @@ def frame_notes(report: Report, t0: float) -> dict[int, list[str]]:
     return notes
 
 
-def _fmt_ts(ts: float, t0: float) -> str:
-    return f"t=+{ts - t0:.3f} s"
+def connection_notes(conn: Connection, t0: float, capture_end: float | None = None) -> dict[int, list[str]]:
+    """frame_notes for one connection (no findings)."""
+    notes: dict[int, list[str]] = {}
+    later: dict[int, list[str]] = {}
+    _connection_notes(conn, t0, capture_end, notes, later)
+    for frame, texts in later.items():
+        notes.setdefault(frame, []).extend(texts)
+    return notes
 
 
-def _connection_notes(c: Connection, t0: float, notes: dict[int, list[str]], later: dict[int, list[str]]) -> None:
-    """One line per frame of interest: "<roles> — <sender>[ active close]: <its transitions>; <peer>: <...>"."""
-    by_frame: dict[int, list[Transition]] = {}
-    for t in c.transitions:  # built once per connection here
-        by_frame.setdefault(t.frame, []).append(t)
-    roles: dict[int, tuple[str, list[str]]] = {}
-    for frame, i, role in c.roles:
-        entry = roles.setdefault(frame, (_SIDES[i], []))
+def _by_frame(conn: Connection) -> dict[int, list[Transition]]:
+    out: dict[int, list[Transition]] = {}
+    for t in conn.transitions:
+        out.setdefault(t.frame, []).append(t)
+    return out
+
+
+def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
+    """frame -> (sender, its roles) with FINs first: "FIN N + ACK M+1"."""
+    roles: dict[int, tuple[Side, list[str]]] = {}
+    for frame, i, role in conn.roles:
+        entry = roles.setdefault(frame, (SIDES[i], []))
         if role not in entry[1]:
             entry[1].append(role)
-    first_close = c.close.frames[0] if c.close.frames and c.close.kind not in ("rst", "incomplete") else None
+    for _sender, names in roles.values():
+        names.sort(key=lambda n: not n.startswith("FIN"))
+    return roles
+
+
+def _chain(ts: Sequence[Transition], conn: Connection, t0: float, capture_end: float | None) -> str:
+    """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)"."""
+    states = [ts[0].from_state.value]
+    for t in ts:
+        states.append(t.to_state.value + (" (inferred)" if t.inferred else ""))
+    text = " -> ".join(states)
+    last = ts[-1]
+    if last.to_state is TcpState.TIME_WAIT:
+        w = next((w for w in conn.time_wait if w.side == last.side and w.start_frame == last.frame), None)
+        if w is not None:
+            text += f" ({window_text(w, t0, capture_end)})"
+    return text
+
+
+def _head(conn: Connection, frame: int, sender: str, names: list[str]) -> tuple[str, str]:
+    """The frame's roles and who sent it: ("FIN M (...)", "client active close")."""
+    head = " + ".join(names) if names else "segment"
+    if not sender:
+        return head, ""
+    first_close = conn.close.frames[0] if conn.close.frames and conn.close.kind not in ("rst", "incomplete") \
+        else None
+    who = sender
+    if frame == first_close and any(n.startswith("FIN") for n in names):
+        who += " active close" if conn.close.initiator != "both" else " closes first (the FINs cross)"
+    return head, who
+
+
+def _connection_notes(conn: Connection, t0: float, capture_end: float | None, notes: dict[int, list[str]],
+                      later: dict[int, list[str]]) -> None:
+    """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>"."""
+    by_frame = _by_frame(conn)
+    roles = _roles_by_frame(conn)
     for frame in sorted(set(by_frame) | set(roles)):
         sender, names = roles.get(frame, ("", []))
-        own: list[tuple[str, str]] = []
-        other: list[tuple[str, str]] = []
+        per_side: dict[str, list[Transition]] = {}
         for t in by_frame.get(frame, ()):
-            txt = f"{t.from_state.value} -> {t.to_state.value}"
-            if t.inferred:
-                txt += " (inferred)"
-            if t.to_state is TcpState.TIME_WAIT:
-                w = next((w for w in c.time_wait if w.side == t.side and w.start_frame == frame), None)
-                if w is not None:
-                    length = f"{w.length_s:g} s" if w.length_s else "2MSL"
-                    if w.ended_by != "timeout":
-                        txt += f" ({length}; ended early by {'an RST' if w.ended_by == 'rst' else 'a new SYN'} " \
-                               f"in frame {w.end_frame})"
-                    elif w.restarts:
-                        txt += f" ({length}, restarted {len(w.restarts)}x, until {_fmt_ts(w.end_ts, t0)})"
-                    else:
-                        txt += f" ({length}, until {_fmt_ts(w.end_ts, t0)})"
-            (own if t.side == sender else other).append((t.side, txt))
-        names = sorted(names, key=lambda n: not n.startswith("FIN"))   # "FIN N + ACK M+1"
-        head = " + ".join(names) if names else "segment"
-        if sender:
-            who = sender
-            if frame == first_close and any(n.startswith("FIN") for n in names):
-                who += " active close" if c.close.initiator != "both" else " closes first (the FINs cross)"
-            head += f" — {who}"
-        parts = []
+            per_side.setdefault(t.side, []).append(t)
+        head, who = _head(conn, frame, sender, names)
+        own = per_side.pop(sender, None) if sender else None
+        peers = [f"{side}: {_chain(ts, conn, t0, capture_end)}" for side, ts in per_side.items()]
         if own:
-            parts.append(" -> ".join([own[0][1].split(" -> ")[0]] + [o[1].split(" -> ", 1)[1] for o in own])
-                         if len(own) > 1 else own[0][1])
-        seen_sides: dict[str, list[str]] = {}
-        for side, txt in other:
-            seen_sides.setdefault(side, []).append(txt)
-        for side, txts in seen_sides.items():
-            chain = txts[0] if len(txts) == 1 else " -> ".join([txts[0].split(" -> ")[0]] +
-                                                                [x.split(" -> ", 1)[1] for x in txts])
-            parts.append(f"{side}: {chain}")
-        sep = ": " if own else "; "
-        text = head + (sep + "; ".join(parts) if parts else "")
+            text = f"{head} — {who}: " + "; ".join([_chain(own, conn, t0, capture_end), *peers])
+        elif sender:
+            text = f"{head} from the {sender}" + ("; " + "; ".join(peers) if peers else "")
+        else:
+            text = head + (" — " + "; ".join(peers) if peers else "")
         notes.setdefault(frame, []).append(text)
-    for w in c.time_wait:
+    for w in conn.time_wait:
+        length = f"{w.length_s:g} s" if w.length_s else "2MSL"
         for fr in w.restarts:
-            later.setdefault(fr, []).append(f"{w.side}'s TIME_WAIT restarts: 2MSL from here")
-        if w.ended_by != "timeout" and w.end_frame is not None:
+            later.setdefault(fr, []).append(f"{w.side}'s TIME_WAIT restarts: {length} from this frame")
+        if w.ended_by in ("rst", "syn") and w.end_frame is not None:
             why = "the new connection takes the four-tuple" if w.ended_by == "syn" else "assassinated by RST"
-            later.setdefault(w.end_frame, []).append(f"{w.side}'s TIME_WAIT (connection {c.id}) ends here: {why}")
+            later.setdefault(w.end_frame, []).append(f"{w.side}'s TIME_WAIT (connection {conn.id}) ends here: {why}")
+
+
+# -- whole-connection sentences (experiment panels, claims evidence) -----------------------------------------
+
+
+def side_chain(conn: Connection, side: str, since_frame: int = 0) -> str:
+    """Every state `side` passed through (from frame `since_frame` on): "client: ESTABLISHED -> ... -> TIME_WAIT"."""
+    ts = [t for t in conn.transitions if t.side == side and t.frame >= since_frame]
+    if not ts:
+        return f"{side}: no state change seen"
+    return f"{side}: " + " -> ".join([ts[0].from_state.value, *(t.to_state.value for t in ts)])
+
+
+def final_states(conn: Connection) -> dict[str, str]:
+    """Each side's last state the capture shows (sides without transitions are left out)."""
+    out: dict[str, str] = {}
+    for t in conn.transitions:
+        out[t.side] = t.to_state.value
+    return out
+
+
+# -- the ladder -----------------------------------------------------------------------------------------------
+
+
+class LadderRow(NamedTuple):
+    frame: int
+    t: float                          # seconds on the capture's clock (Wireshark's Time column)
+    sender: Side
+    flags: str                        # tcpdump letters, e.g. "F." (model.Flags.text)
+    label: str                        # "FIN M", "ACK M+1", "data 1:7 (6 B), ack 8", ...
+    role: str                         # the analyzer's role(s), e.g. "FIN N + ACK M+1"; "" if none
+    client: str                       # each side's state after this segment ("" while unknown)
+    server: str
+    client_passed: tuple[str, ...]    # states the client entered at this segment ("*": inferred)
+    server_passed: tuple[str, ...]
+    notes: tuple[str, ...]            # findings on this frame, retransmissions, duplicates
+
+    def state(self, side: str) -> str:
+        return self.client if side == "client" else self.server
+
+    def passed(self, side: str) -> tuple[str, ...]:
+        return self.client_passed if side == "client" else self.server_passed
+
+
+class TimeWaitBar(NamedTuple):
+    side: Side
+    start_frame: int
+    start_t: float                    # capture clock, s
+    end_t: float                      # capture clock, s: 2MSL after the last (re)start, or the early end
+    length_s: float
+    ended_by: str                     # timeout | rst | syn | capture-end
+    end_frame: int | None
+    restarts: tuple[int, ...]
+    text: str                         # "frame 11 t=+0.352 s → t=+60.352 s, restarted by frame 14"
+
+
+class _Labeller:
+    """Names seq/ack values: FIN M / ACK M+1 / FIN N / ACK N+1 (M: the first FIN on the wire), else numbers
+    relative to each side's ISN (or, without its SYN, to its first sequence number minus one, as Wireshark)."""
+
+    def __init__(self, segs: Iterable[Segment], client: str) -> None:
+        self.client = client
+        self.isn: dict[str, int] = {}
+        self.from_syn: set[str] = set()
+        self.fin_seq: dict[str, int] = {}     # side -> the sequence number its FIN occupies
+        self.fin_name: dict[str, str] = {}
+        for s in segs:
+            side = self.side(s)
+            if s.flags & Flags.SYN and side not in self.from_syn:
+                self.isn[side] = s.seq
+                self.from_syn.add(side)
+            elif side not in self.isn:
+                self.isn[side] = (s.seq - 1) & _M32
+            if s.flags & Flags.FIN and side not in self.fin_seq:
+                self.fin_seq[side] = (s.seq + s.payload_len) & _M32
+                self.fin_name[side] = "N" if self.fin_name else "M"
+
+    def side(self, s: Segment) -> Side:
+        return "client" if str(s.src) == self.client else "server"
+
+    def rel(self, side: str, value: int) -> int:
+        isn = self.isn.get(side)
+        return value if isn is None else (value - isn) & _M32   # raw when that side never sent
+
+    def label(self, s: Segment) -> str:
+        side = self.side(s)
+        f = s.flags
+        parts: list[str] = []
+        if f & Flags.SYN:
+            parts.append(("SYN-ACK" if f & Flags.ACK else "SYN") + f" {self.rel(side, s.seq)}")
+        if f & Flags.RST:
+            parts.append(f"RST seq {self.rel(side, s.seq)}")
+        if f & Flags.FIN:
+            fin = (s.seq + s.payload_len) & _M32
+            parts.append(f"FIN {self.fin_name[side]}" if fin == self.fin_seq.get(side)
+                         else f"FIN seq {self.rel(side, fin)}")
+        if s.payload_len:
+            start = self.rel(side, s.seq)
+            parts.append(f"data {start}:{(start + s.payload_len) & _M32} ({s.payload_len} B)")
+        if f & Flags.ACK:
+            peer = other(side)
+            pfin = self.fin_seq.get(peer)
+            parts.append(f"ACK {self.fin_name[peer]}+1" if pfin is not None and s.ack == (pfin + 1) & _M32
+                         else f"ack {self.rel(peer, s.ack)}")
+        return ", ".join(parts) or Flags.text(f)
+
+
+def ladder_start(conn: Connection) -> tuple[str, str]:
+    """Each side's state before its first transition ("" for a side without any)."""
+    first: dict[str, str] = {}
+    for t in conn.transitions:
+        first.setdefault(t.side, t.from_state.value)
+    return first.get("client", ""), first.get("server", "")
+
+
+def _row_notes(conn: Connection, findings: Iterable[Any]) -> dict[int, list[str]]:
+    """Findings on this connection, and the roles that say more than the arrow (retransmissions, duplicates)."""
+    out: dict[int, list[str]] = {}
+    for f in findings:
+        kind, cid, frames = (f.kind, f.connection, f.frames) if hasattr(f, "kind") else \
+            (f["kind"], f.get("connection"), f["frames"])
+        if cid == conn.id:
+            for n in frames:
+                out.setdefault(int(n), []).append(kind)
+    for frame, _side, role in conn.roles:
+        if any(w in role.lower() for w in _LADDER_NOTE_WORDS) and frame not in out:
+            out.setdefault(frame, []).append(role)
+    return out
+
+
+def ladder_rows(conn: Connection, segments: Iterable[Segment], t0: float,
+                findings: Iterable[Any] = ()) -> list[LadderRow]:
+    """One row per segment of `conn` (give its segments in capture order), with both sides' states after it.
+
+    `findings`: Finding records or their JSON dicts; those of this connection are noted on their frames."""
+    segs = list(segments)
+    lab = _Labeller(segs, conn.client)
+    by_frame = _by_frame(conn)
+    roles = _roles_by_frame(conn)
+    notes = _row_notes(conn, findings)
+    state: dict[str, str] = dict(zip(SIDES, ladder_start(conn), strict=True))
+    rows: list[LadderRow] = []
+    for s in segs:
+        passed: dict[str, list[str]] = {"client": [], "server": []}
+        for t in by_frame.get(s.frame, ()):
+            state[t.side] = t.to_state.value
+            passed[t.side].append(t.to_state.value + (INFERRED_MARK if t.inferred else ""))
+        rows.append(LadderRow(s.frame, s.ts_s - t0, lab.side(s), Flags.text(s.flags), lab.label(s),
+                              " + ".join(roles.get(s.frame, ("", []))[1]), state["client"], state["server"],
+                              tuple(passed["client"]), tuple(passed["server"]), tuple(notes.get(s.frame, ()))))
+    return rows
+
+
+def ladder_windows(conn: Connection, t0: float, capture_end: float | None = None) -> list[TimeWaitBar]:
+    """The connection's TIME_WAIT windows as bars on the capture's clock."""
+    bars = []
+    for w in conn.time_wait:
+        text = f"frame {w.start_frame} {at(w.start_ts, t0)} → {at(w.end_ts, t0)}"
+        if w.ended_by == "rst":
+            text += f", killed by the RST in frame {w.end_frame}"
+        elif w.ended_by == "syn":
+            text += f", ended by the new SYN in frame {w.end_frame}"
+        elif not _seen_to_end(w, capture_end):
+            left = w.end_ts - capture_end if capture_end is not None else w.end_ts - w.start_ts
+            text += f", open at capture end ({max(left, 0.0):.1f} s left)"
+        if w.restarts:
+            text += ", restarted by frame " + ", ".join(str(n) for n in w.restarts)
+        side: Side = "client" if w.side == "client" else "server"
+        bars.append(TimeWaitBar(side, w.start_frame, w.start_ts - t0, w.end_ts - t0, w.length_s, w.ended_by,
+                                w.end_frame, tuple(w.restarts), text))
+    return bars
+
+
+def ladder_footnote(conn: Connection, segments: Iterable[Segment]) -> str:
+    """What M and N stand for, and what '*' means when a state was inferred; parts joined by '; '."""
+    lab = _Labeller(segments, conn.client)
+    parts = [f"{lab.fin_name[side]}: {side}'s FIN (relative seq {lab.rel(side, v)})"
+             for side, v in lab.fin_seq.items()]
+    if any(t.inferred for t in conn.transitions):
+        parts.append(f"{INFERRED_MARK} state inferred, not visible at the capture point")
+    return "; ".join(parts)
+

@@ -1,0 +1,420 @@
+"""User-mode Linux guests: other kernels for the same experiments.
+
+A guest is Debian's `user-mode-linux` kernel of one suite (installed by `bash setup.sh kernels VER` into
+kernels_dir()/VER) booted as an ordinary host process: the host's root read-only through hostfs, the run
+folder mounted writable at the same path, tmpfs for /tmp, /run and /var/tmp, the kernel's own modules
+(TUN, veth, IPv6, netfilter) loaded with `modprobe -d`, iptables-legacy where the kernel has no nftables.
+Its init (a generated shell script in the run folder) runs `python -m lab run NAMES --json` and powers the
+guest off; results, captures and events land in the host's run folder like those of a host run.
+
+The guest never outlives its run: a boot deadline and a run deadline (both scaled), every process of the
+guest recorded in the run's ledger by pid (UML's helper threads are processes of their own and survive the
+main one, so the whole process group is swept by exact pid), and a sweep on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import EnvironmentProblem, UsageError
+from lab.run.context import Experiment, new_run_id, scaled
+from lab.run.resources import Ledger
+
+KERNELS_ENV = "TWLAB_KERNELS"
+DEFAULT_KERNELS_DIR = Path("/var/lib/twlab/kernels")
+SUITES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie", "7.2": "sid"}   # Debian's user-mode-linux
+DEFAULT_INSTALL = ("6.1", "6.12")
+GUEST_MEMORY = "768M"
+BOOT_DEADLINE_S = 30.0          # boot to init's first mark: ~2 s here; scaled
+GUEST_SLOWDOWN = 4.0            # an experiment in a UML guest vs on the host (every syscall is ptraced)
+RUN_MARGIN_S = 60.0             # python start-up, module loading, power-off
+POLL_S = 0.1
+GUEST_MODULES = ("tun", "veth", "ipv6", "configs", "ip_tables", "ip6_tables", "iptable_filter", "ip6table_filter",
+                 "iptable_mangle", "iptable_raw", "nfnetlink_queue", "xt_NFQUEUE", "xt_tcpudp", "xt_multiport",
+                 "xt_comment", "xt_u32", "xt_length", "xt_statistic", "sch_netem", "bridge")
+CONTROL = "guest"               # the folder (inside the run folder) with the guest's init, marks and console
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One user-mode Linux kernel: a version label (or the path the user gave) and its files."""
+
+    label: str
+    binary: Path
+    modules: Path | None        # the folder holding <release>/modules.dep
+    package: str = ""           # "user-mode-linux 6.1um4+b13 (bookworm)" for kernels setup.sh installed
+
+    @property
+    def release(self) -> str | None:
+        """The guest's `uname -r` as its module folder names it (None without modules)."""
+        if self.modules is None:
+            return None
+        names = sorted(p.name for p in self.modules.iterdir() if (p / "modules.dep").exists())
+        return names[0] if names else None
+
+    @property
+    def config_hz(self) -> int | None:
+        """CONFIG_HZ from the package's config (the guest reports its own; this is for `twlab kernels`)."""
+        usr = self.modules.parents[2] if self.modules is not None else self.binary.resolve().parent.parent
+        cfg = usr / "share/doc/user-mode-linux/config.gz"
+        with contextlib.suppress(OSError, EOFError):
+            m = re.search(rb"^CONFIG_HZ=(\d+)$", gzip.decompress(cfg.read_bytes()), re.M)
+            return int(m.group(1)) if m else None
+        return None
+
+
+def kernels_dir() -> Path:
+    return Path(os.environ.get(KERNELS_ENV) or DEFAULT_KERNELS_DIR)
+
+
+def install_command(version: str) -> str:
+    return f"bash setup.sh kernels {version}"
+
+
+def _installed_kernel(version: str) -> Kernel | None:
+    folder = kernels_dir() / version
+    binary = folder / "linux"
+    if not (binary.exists() and os.access(binary, os.X_OK)):
+        return None
+    package = (folder / "package").read_text().strip() if (folder / "package").exists() else ""
+    modules = folder / "usr/lib/uml/modules"
+    return Kernel(version, binary, modules if modules.is_dir() else None, package)
+
+
+def installed() -> list[Kernel]:
+    """The kernels `bash setup.sh kernels` installed, in version order."""
+    return [k for v in SUITES if (k := _installed_kernel(v)) is not None]
+
+
+def _kernel_from_path(path: Path) -> Kernel:
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise UsageError(f"kernel {str(path)!r}: not an executable file", "give a linux.uml binary or a version "
+                         f"({', '.join(SUITES)})")
+    # Debian's layout: /usr/bin/linux.uml beside /usr/lib/uml/modules
+    modules = path.resolve().parent.parent / "lib/uml/modules"
+    return Kernel(str(path), path.resolve(), modules if modules.is_dir() else None)
+
+
+def resolve(spec: str) -> Kernel:
+    """A `--kernel` value: a known version (installed, else an EnvironmentProblem naming the set-up command) or
+    a path to a linux.uml binary."""
+    if spec in SUITES:
+        kernel = _installed_kernel(spec)
+        if kernel is None:
+            raise EnvironmentProblem(f"user-mode Linux kernel {spec} is not installed in {kernels_dir()}",
+                                     f"install it: sudo {install_command(spec)}")
+        return kernel
+    if "/" in spec or Path(spec).exists():
+        return _kernel_from_path(Path(spec))
+    raise UsageError(f"unknown kernel {spec!r}", f"use one of {', '.join(SUITES)} or a path to a linux.uml binary")
+
+
+def listing() -> list[dict[str, Any]]:
+    """One row per known version (installed or not) plus nothing else: what `twlab kernels` shows."""
+    rows = []
+    for version, suite in SUITES.items():
+        k = _installed_kernel(version)
+        rows.append({"version": version, "suite": suite, "installed": k is not None,
+                     "binary": str(k.binary) if k else None, "release": k.release if k else None,
+                     "package": k.package if k else None, "hz": k.config_hz if k else None,
+                     "install": None if k else f"sudo {install_command(version)}"})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest's init: generated per boot, kept in the run folder
+
+
+def _sh(value: str | Path) -> str:
+    return shlex.quote(str(value))
+
+
+def init_script(kernel: Kernel, share: Path, lab_argv: list[str], workdir: Path, env: dict[str, str]) -> str:
+    """The guest's PID 1: mounts, modules, iptables flavour, a record of the guest, the lab run, power-off."""
+    ctl = share / CONTROL
+    exports = "".join(f"export {k}={_sh(v)}\n" for k, v in sorted(env.items()))
+    modules = ""
+    if kernel.modules is not None:
+        modules = f"""mkdir -p /run/twlab/mods/lib/modules
+mount -t hostfs none /run/twlab/mods/lib/modules -o {_sh(kernel.modules)}
+printf '#!/bin/sh\\nexec /usr/sbin/modprobe -d /run/twlab/mods "$@"\\n' > /run/twlab/modprobe
+chmod +x /run/twlab/modprobe
+echo /run/twlab/modprobe > /proc/sys/kernel/modprobe
+for m in {' '.join(GUEST_MODULES)}; do /run/twlab/modprobe -q "$m" 2>/dev/null; done
+"""
+    return f"""#!/bin/sh
+# twlab guest init (generated by lab/run/guests.py): the host's root read-only, this run folder writable
+PATH=/run/twlab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
+{exports}mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null || mount -t tmpfs dev /dev
+mkdir -p /dev/pts /dev/shm /dev/net
+mount -t devpts devpts /dev/pts
+mount -t tmpfs shm /dev/shm
+for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs "$d"; done
+mkdir -p {_sh(share)} /run/twlab/bin
+mount -t hostfs none {_sh(share)} -o {_sh(share)} || {{ echo "twlab guest: cannot mount the run folder"; \
+echo o > /proc/sysrq-trigger; }}
+{modules}[ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
+ip link set lo up
+iptables_kind=nft
+if ! iptables-nft -w -L -n >/dev/null 2>&1; then
+  iptables_kind=legacy
+  for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -sf "/usr/sbin/${{t%%-*}}-legacy${{t#${{t%%-*}}}}" "/run/twlab/bin/$t"
+  done
+fi
+hz=$(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')
+printf '{{"uname": "%s", "cpus": %s, "hz": %s, "iptables": "%s"}}\\n' "$(uname -r)" "$(nproc)" "${{hz:-null}}" \
+"$iptables_kind" > {_sh(ctl / "guest.json")}
+cd {_sh(workdir)}
+{' '.join(_sh(a) for a in lab_argv)} > {_sh(ctl / "stdout.jsonl")} 2> {_sh(ctl / "stderr.txt")}
+echo $? > {_sh(ctl / "rc.tmp")} && mv {_sh(ctl / "rc.tmp")} {_sh(ctl / "rc")}
+sync
+echo o > /proc/sysrq-trigger
+poweroff -f
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# one guest run
+
+
+@dataclass
+class GuestRun:
+    """What one guest did: its record (uname, cpus, hz), the results its lab run printed, its exit code."""
+
+    kernel: Kernel
+    out_dir: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    exit_code: int = 3
+    error: str | None = None
+    boot_s: float | None = None
+    wall_s: float = 0.0
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Every live process in a process group (read from /proc: exact pids, nothing matched by name)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _sweep(pgid: int, ledger: Ledger) -> None:
+    """SIGKILL every process of the guest's group (UML's helpers outlive the main process), then forget them."""
+    for pid in _group_pids(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for item in list(ledger.items):
+        if item["kind"] == "pid":
+            ledger.discard("pid", item["name"])
+
+
+def _record_group(pgid: int, ledger: Ledger) -> None:
+    """Put the guest's processes in the ledger by pid (and start time), for teardown and `doctor --cleanup`."""
+    known = {i["name"] for i in ledger.items if i["kind"] == "pid"}
+    for pid in _group_pids(pgid):
+        if str(pid) not in known:
+            ledger.add("pid", str(pid), what="uml guest")
+
+
+def run_deadline_s(exps: list[Experiment]) -> float:
+    return scaled(RUN_MARGIN_S + GUEST_SLOWDOWN * sum(e.duration_hint_s for e in exps))
+
+
+def _lab_argv(names: list[str], out_dir: Path, jobs: int) -> list[str]:
+    return [sys.executable, "-m", "lab", "run", *names, "--json", "--out", str(out_dir), "--jobs", str(jobs)]
+
+
+def _guest_env() -> dict[str, str]:
+    """What the guest's lab run inherits from ours: an explicit timeout scale, the pure-Python switch."""
+    return {k: v for k, v in os.environ.items() if k in ("TWLAB_TIMEOUT_SCALE", "TWLAB_PURE")}
+
+
+def _kernel_argv(kernel: Kernel, init: Path, umid: str, uml_dir: Path) -> list[str]:
+    return [str(kernel.binary), f"mem={GUEST_MEMORY}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
+            f"init={init}", "con=null", "con0=null,fd:1", f"umid={umid}", f"uml_dir={uml_dir}"]
+
+
+def _check_share(path: Path) -> None:
+    if any(c in str(path) for c in ",\n \t"):
+        raise UsageError(f"run folder {str(path)!r}: a guest cannot mount a path with commas or spaces",
+                         "pass --out with a plain path")
+
+
+@contextmanager
+def _uml_dir(run_id: str) -> Iterator[Path]:
+    """UML's own folder (mconsole socket, pid file); short, since a socket path has 108 bytes."""
+    d = Path(tempfile.mkdtemp(prefix=f"twl{run_id}-uml-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
+         on_event: Callable[[str], None] | None = None) -> GuestRun:
+    """Boot `kernel`, run `exps` in it into out_dir (host path, mounted at the same path), power it off.
+
+    Never hangs: boot deadline (BOOT_DEADLINE_S scaled), run deadline (run_deadline_s), SIGTERM/Ctrl-C unwind
+    through the sweep; every guest process is in the ledger by pid until it is gone."""
+    say = on_event or (lambda text: None)
+    out_dir = out_dir.resolve()
+    _check_share(out_dir)
+    ctl = out_dir / CONTROL
+    ctl.mkdir(parents=True, exist_ok=True)
+    for stale in ("guest.json", "stdout.jsonl", "stderr.txt", "rc"):
+        with contextlib.suppress(FileNotFoundError):
+            (ctl / stale).unlink()
+    run = GuestRun(kernel, out_dir)
+    run_id = new_run_id()
+    init = ctl / "init.sh"
+    init.write_text(init_script(kernel, out_dir, _lab_argv([e.id for e in exps], out_dir, jobs),
+                                Path(__file__).resolve().parent.parent.parent, _guest_env()))
+    init.chmod(0o755)
+    ledger = Ledger(run_id)
+    t0 = time.monotonic()
+    try:
+        with _uml_dir(run_id) as uml_dir, (ctl / "console.log").open("wb") as console:
+            proc = subprocess.Popen(_kernel_argv(kernel, init, f"twl{run_id}", uml_dir), stdin=subprocess.DEVNULL,
+                                    stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+            pgid = proc.pid
+            ledger.add("pid", str(proc.pid), what="uml guest", kernel=kernel.label)
+            try:
+                _wait_guest(run, proc, pgid, ledger, t0, run_deadline_s(exps), say)
+            finally:
+                if proc.poll() is None:
+                    say(f"kernel {kernel.label}: stopping the guest (pid {proc.pid})")
+                _sweep(pgid, ledger)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+    finally:
+        ledger.close()
+        run.wall_s = round(time.monotonic() - t0, 3)
+    _collect(run)
+    return run
+
+
+def _wait_guest(run: GuestRun, proc: subprocess.Popen[bytes], pgid: int, ledger: Ledger, t0: float,
+                deadline_s: float, say: Callable[[str], None]) -> None:
+    ctl = run.out_dir / CONTROL
+    boot_deadline = scaled(BOOT_DEADLINE_S)
+    label = run.kernel.label
+    say(f"kernel {label}: booting {run.kernel.binary}")
+    while proc.poll() is None:
+        elapsed = time.monotonic() - t0
+        if run.boot_s is None and (ctl / "guest.json").exists():
+            run.boot_s = round(elapsed, 3)
+            _record_group(pgid, ledger)
+            say(f"kernel {label}: guest up in {run.boot_s:.1f} s, running the experiments")
+        if run.boot_s is None and elapsed > boot_deadline:
+            run.error = f"kernel {label}: the guest did not boot within {boot_deadline:.0f} s"
+            return
+        if elapsed > deadline_s:
+            run.error = f"kernel {label}: the guest's run passed its deadline of {deadline_s:.0f} s"
+            return
+        if (ctl / "rc").exists():
+            proc_deadline = time.monotonic() + scaled(10.0)     # power-off after the last mark
+            while proc.poll() is None and time.monotonic() < proc_deadline:
+                time.sleep(POLL_S)
+            return
+        time.sleep(POLL_S)
+    if not (ctl / "rc").exists():
+        tail = _tail(ctl / "console.log")
+        run.error = f"kernel {label}: the guest stopped (exit {proc.returncode}) before its run ended" + (
+            f"; console: {tail}" if tail else "")
+
+
+def _tail(path: Path, lines: int = 1) -> str:
+    with contextlib.suppress(OSError):
+        text = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(text[-lines:])[:300]
+    return ""
+
+
+def _collect(run: GuestRun) -> None:
+    """Read the guest's record and results; each result gets the guest's facts, also in its result.json."""
+    ctl = run.out_dir / CONTROL
+    with contextlib.suppress(OSError, ValueError):
+        run.info = json.loads((ctl / "guest.json").read_text())
+    with contextlib.suppress(OSError, ValueError):
+        run.exit_code = int((ctl / "rc").read_text().strip())
+    if run.error is None and not (ctl / "rc").exists():
+        run.error = f"kernel {run.kernel.label}: the guest left no exit code"
+    if run.error is not None:
+        run.exit_code = 3
+    with contextlib.suppress(OSError):
+        for line in (ctl / "stdout.jsonl").read_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    run.results.append(json.loads(line))
+    if run.exit_code == 3 and run.error is None:
+        err = _tail(ctl / "stderr.txt")
+        run.error = err or f"kernel {run.kernel.label}: the guest's run exited 3"
+    for res in run.results:
+        res.update(guest_fields(run))
+        _rewrite_result(res)
+
+
+def guest_fields(run: GuestRun) -> dict[str, Any]:
+    """What a result run in a guest carries beyond the host contract: HZ, CPUs and where the kernel came from."""
+    return {"kernel_hz": run.info.get("hz"), "guest_cpus": run.info.get("cpus"),
+            "guest": {"kernel": run.kernel.label, "binary": str(run.kernel.binary), "package": run.kernel.package,
+                      "iptables": run.info.get("iptables"), "boot_s": run.boot_s, "wall_s": run.wall_s}}
+
+
+def _rewrite_result(res: dict[str, Any]) -> None:
+    folder = res.get("folder")
+    if not folder:
+        return
+    path = Path(folder) / "result.json"
+    if path.exists():
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+
+def missing_results(run: GuestRun, exps: list[Experiment]) -> list[dict[str, Any]]:
+    """A result for each experiment the guest did not report (it did not boot, or passed its deadline)."""
+    have = {r.get("experiment") for r in run.results}
+    why = run.error or f"kernel {run.kernel.label}: no result"
+    return [{"experiment": e.id, "reproduced": False, "claim": e.claim, "observations": {}, "capture": None,
+             "kernel": run.info.get("uname") or run.kernel.release, "error": why, "exit_code": 3,
+             "could_not_run": why, "folder": str(run.out_dir / e.id), "story": [], "notes": [], "skipped": [],
+             "lore": e.lore, **guest_fields(run)} for e in exps if e.id not in have]
+
+
+def folder_name(kernel: Kernel) -> str:
+    """The kernel's folder inside a run folder: kernel-6.1, or kernel-<binary name> for a path."""
+    label = kernel.label if kernel.label in SUITES else re.sub(r"[^A-Za-z0-9._-]+", "_", kernel.binary.name)
+    return f"kernel-{label}"
+
+
+def kernel_seen(run: GuestRun) -> str:
+    """The guest's uname -r (or what we expected, if it never said)."""
+    return str(run.info.get("uname") or run.kernel.release or run.kernel.label)
+
