@@ -1,0 +1,724 @@
+"""Real-kernel scenarios for the classes of issue 12, each with the kernel's own account of what happened.
+
+Every scenario returns a `Judged`: the packets captured (on the TUN device of lab.kernel.peer, or on a veth of
+a lab namespace pair), the kernel truth (inet_sock_set_state path of the kernel socket, sock_diag after the
+close, the errno the application got) and the expectation for the analyzer derived from that truth. The
+kernel truth holds nothing run-specific (no ISNs, no times), so a re-run can be compared with the stored one.
+
+Sides: the analyzer calls the SYN sender "client". With the TUN peer the kernel side is at 198.51.100.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.core.model import Flags, Segment
+from lab.kernel import sockdiag
+from lab.kernel.capture import LiveCapture
+from lab.kernel.peer import KERNEL_IP, PEER_IP, PeerConnection, TunPeer, open_in_namespace
+from lab.kernel.tracepoints import StateTrace
+from lab.pcap.readers import decode_frame
+from lab.pcap.writer import PcapngWriter, atomic_write, write_pcap_ns
+from lab.run.context import RunContext
+
+LINKTYPE_RAW = 101
+MSG_FASTOPEN = 0x20000000
+SETTLE_S = 0.05          # the last segment the kernel sends (from softirq) reaches the capture socket
+Packet = tuple[int, bytes, int, int]      # ts_ns, data, orig_len, interface
+
+
+@dataclass
+class Judged:
+    id: str
+    klass: int
+    family: str
+    scenario: str
+    packets: list[Packet]
+    linktypes: dict[int, int]
+    kernel: dict[str, Any]
+    expect: dict[str, Any]
+    peer: dict[str, Any] = field(default_factory=dict)   # the scripted side's state machine, where it matters
+
+    @property
+    def suffix(self) -> str:
+        return ".pcapng" if len(self.linktypes) > 1 else ".pcap"
+
+    def write(self, path: Path) -> Path:
+        """The capture as classic ns pcap (one interface) or pcapng with one IDB per interface."""
+        if len(self.linktypes) == 1:
+            (lt,) = self.linktypes.values()
+            return write_pcap_ns(path, lt, 65535, [(t, d, n) for t, d, n, _i in self.packets])
+        with atomic_write(path) as fh:
+            w = PcapngWriter(fh, app="twlab judges")
+            for t, d, n, i in self.packets:
+                w.write(t, d, n, interface=i, linktype=self.linktypes[i])
+        return path
+
+    def segments(self) -> list[Segment]:
+        out = []
+        for frame, (t, d, _n, i) in enumerate(self.packets, start=1):
+            seg = decode_frame(self.linktypes[i], d, frame, t)
+            if seg is not None:
+                out.append(seg)
+        return out
+
+    def frame_of(self, pred: Callable[[Segment], bool], nth: int = 0) -> int:
+        hits = [s.frame for s in self.segments() if pred(s)]
+        if len(hits) <= nth:
+            raise AssertionError(f"{self.id}: the capture has no such segment (#{nth})")
+        return hits[nth]
+
+    def truth(self) -> dict[str, Any]:
+        return {"id": self.id, "class": self.klass, "family": self.family, "scenario": self.scenario,
+                "kernel": self.kernel, "peer": self.peer, "expect": self.expect}
+
+
+def errno_name(exc: OSError | int | None) -> str | None:
+    num = exc.errno if isinstance(exc, OSError) else exc
+    return errno.errorcode.get(num, str(num)) if num else None
+
+
+def _flags(seg: Segment, want: int) -> bool:
+    return seg.flags & (Flags.SYN | Flags.FIN | Flags.RST | Flags.ACK) == want
+
+
+# ---------------------------------------------------------------------------------------------
+# the TUN peer against one kernel socket
+
+
+class PeerLab:
+    """A lab namespace with the scripted peer, a capture on its TUN device and the state trace on `kport`."""
+
+    def __init__(self, ctx: RunContext, kport: int, pport: int, sysctls: dict[str, Any] | None = None) -> None:
+        self.ctx, self.kport, self.pport = ctx, kport, pport
+        self.ns, self.peer = open_in_namespace(ctx, "k", sysctls)
+        self.trace = StateTrace(ctx.name("tr"), [kport])
+        ctx.stack.callback(self.trace.close)
+        self.trace.__enter__()
+        self.cap = LiveCapture(self.peer.name, f"tcp port {kport}", netns=self.ns.name)
+        self.cap.start()
+        ctx.stack.callback(self._stop)
+        self.conn: PeerConnection = self.peer.connection(pport, kport)
+
+    @property
+    def tun(self) -> TunPeer:
+        return self.peer
+
+    def _stop(self) -> None:
+        if self.cap.stats is None:
+            self.cap.stop()
+
+    def kernel_socket(self) -> socket.socket:
+        """A kernel socket in the lab namespace, bound to KERNEL_IP:kport."""
+        with self.ns.entered():
+            s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((KERNEL_IP, self.kport))
+        return s
+
+    def listener(self) -> socket.socket:
+        s = self.kernel_socket()
+        s.listen(4)
+        s.settimeout(3)
+        return s
+
+    def run(self, steps: list[dict[str, Any]]) -> None:
+        rep = self.conn.run(steps)
+        if not rep.ok:
+            raise AssertionError(f"peer script: {rep.failures()}")
+
+    def wait_state(self, newstate: str, oldstate: str | None = None, timeout_s: float = 3.0) -> None:
+        ev = self.trace.wait_for(lambda e: e.sport == self.kport and e.dport == self.pport and e.newstate == newstate
+                                 and (oldstate is None or e.oldstate == oldstate), timeout_s)
+        if ev is None:
+            raise AssertionError(f"the kernel socket never went to {newstate}: {self.path()}")
+
+    def path(self) -> list[str]:
+        return self.trace.path_of(self.kport, self.pport)
+
+    def diag_states(self) -> list[str]:
+        return sorted(s.state for s in sockdiag.sockets(netns=self.ns.name, ports=[self.kport])
+                      if s.dport == self.pport)
+
+    def finish(self) -> list[Packet]:
+        time.sleep(SETTLE_S)
+        self._stop()
+        return [(t, d, n, 0) for t, d, n in self.cap.packets]
+
+    def judged(self, id_: str, klass: int, scenario: str, kernel: dict[str, Any], peer: dict[str, Any] | None = None
+               ) -> Judged:
+        return Judged(id_, klass, "inet", scenario, self.finish(), {0: LINKTYPE_RAW}, kernel, {}, peer or {})
+
+
+def _handshake(isn: int = 1_000_000) -> list[dict[str, Any]]:
+    return [{"label": "syn", "send": {"flags": "S", "seq": isn, "mss": 1460}},
+            {"label": "syn-ack", "expect": {"flags": "SA", "ack": "peer.isn+1", "timeout_s": 2}},
+            {"label": "ack", "send": {"flags": "A"}}]
+
+
+def _accept(lab: PeerLab, lst: socket.socket) -> socket.socket:
+    s, _ = lst.accept()
+    s.settimeout(3)
+    return s
+
+
+def _recv_errno(s: socket.socket) -> str | None:
+    try:
+        s.recv(100)
+    except OSError as exc:
+        return errno_name(exc)
+    return None
+
+
+def _send_errno(s: socket.socket) -> str | None:
+    try:
+        s.send(b"late")
+    except OSError as exc:
+        return errno_name(exc)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# class 1: a TFO SYN with data answered by RST ack ISN+11
+
+
+def class_01_tfo_rst(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47401, 47501, sysctls={"net.ipv4.tcp_fastopen": 5})   # client on, no cookie needed
+    s = lab.kernel_socket()
+    s.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        s.sendto(b"0123456789", MSG_FASTOPEN, (PEER_IP, lab.pport))
+    lab.run([{"label": "tfo-syn", "expect": {"flags": "S", "len": 10, "timeout_s": 2}},
+             {"label": "rst", "send": {"flags": "RA", "seq": 0, "ack": "kernel.nxt"}}])
+    lab.wait_state("CLOSED", "SYN_SENT")
+    s.setblocking(True)
+    err = _recv_errno(s)
+    kernel = {"socket": "client", "path": lab.path(), "errno_recv": err, "sockdiag_after": lab.diag_states()}
+    j = lab.judged("01_tfo_rst", 1, "kernel client sends a TFO SYN with 10 bytes (tcp_fastopen=5); the peer "
+                   "answers RST+ACK with ack = ISN+11 (acking SYN and data); the kernel accepts it in SYN_SENT",
+                   kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": ["rst", "refused"], "initiator": "server", "time_wait": [],
+                                             "close_frame": rst}]}
+    s.close()
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 2: FINs that never arrived, then an RST at the FIN's sequence number
+
+
+def class_02_rst_after_lost_fins(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47402, 47502)
+    lst = lab.listener()
+    # the capture (AF_PACKET on the TUN device) sees the peer's FINs; netfilter drops them before TCP does
+    lab.ns.run(["iptables", "-A", "INPUT", "-p", "tcp", "-s", PEER_IP, "--sport", str(lab.pport),
+                "--tcp-flags", "FIN", "FIN", "-j", "DROP"])
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    steps: list[dict[str, Any]] = [{"label": "fin", "send": {"flags": "FA"}},
+                                   {"set": {"fin.seq": "peer.nxt-1"}}]
+    lab.run(steps)
+    srv.send(b"data")     # its ACK field shows the FIN never arrived
+    lab.run([{"label": "kernel-data", "expect": {"flags": "PA", "ack": "fin.seq", "timeout_s": 2}},
+             {"label": "ack-data", "send": {"flags": "A"}}]
+            + [{"label": f"fin-rtx{i}", "send": {"flags": "FA", "seq": "fin.seq"}} for i in range(1, 5)]
+            + [{"label": "rst", "send": {"flags": "R", "seq": "fin.seq", "ack": 0}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "errno_recv": _recv_errno(srv),
+              "sockdiag_after": lab.diag_states()}
+    j = lab.judged("02_rst_after_lost_fins", 2, "peer (client) sends FIN, dropped by netfilter after the capture "
+                   "point, 4 times; the kernel's data still acks the FIN's seq; the peer's RST with seq = FIN seq "
+                   "is exactly the kernel's rcv_nxt: ESTABLISHED -> CLOSED, recv gets ECONNRESET", kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [],
+                                             "close_frame": rst, "no_state": ["CLOSE_WAIT", "LAST_ACK"]}]}
+    srv.close()
+    lst.close()
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 3: crossed FINs, the peer's ACK (seq past its FIN) delivered before its FIN
+
+
+def class_03_crossed_fins_reordered(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47403, 47503)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             # the peer had sent FIN(seq P, ack K) before the kernel's FIN arrived, then ACKed that FIN with
+             # seq P+1: the ACK overtakes the FIN
+             {"label": "ack-past-fin", "send": {"flags": "A", "seq": "peer.nxt+1", "ack": "kernel.nxt"}},
+             {"label": "late-fin", "send": {"flags": "FA", "seq": "peer.nxt-1", "ack": "kernel.nxt-1"}},
+             {"label": "kernel-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2, "skip_other": True}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    peer = {"path": ["ESTABLISHED", "FIN_WAIT_1", "CLOSING", "TIME_WAIT"],
+            "why": "its FIN was sent before the kernel's FIN arrived (ack = K), the kernel's FIN then took it "
+                   "to CLOSING and the kernel's ACK of its FIN to TIME_WAIT"}
+    j = lab.judged("03_crossed_fins_reordered", 3, "kernel server closes; the peer's FIN (ack = kernel's FIN seq, "
+                   "not acking it) arrives after the peer's ACK of the kernel FIN whose seq is already past the "
+                   "peer's FIN", kernel, peer)
+    j.expect = {"connections": 1, "conns": [{"kind": "simultaneous", "initiator": "both",
+                                             "time_wait": ["client", "server"]}]}
+    lst.close()
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 4: an unacceptable SYN-ACK, the client's RST, then the right SYN-ACK with the same ISN
+
+
+def class_04_synack_bad_ack_then_good(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47404, 47504)
+    s = lab.kernel_socket()
+    s.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        s.connect((PEER_IP, lab.pport))
+    lab.run([{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
+             {"label": "bad-synack", "send": {"flags": "SA", "seq": 7_000_000, "ack": "kernel.isn+1001",
+                                              "mss": 1460}},
+             {"label": "rst", "expect": {"flags": "R", "seq": "kernel.isn+1001", "timeout_s": 2}},
+             {"label": "good-synack", "send": {"flags": "SA", "seq": 7_000_000, "ack": "kernel.isn+1",
+                                               "mss": 1460}},
+             {"label": "ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("ESTABLISHED", "SYN_SENT")
+    s.setblocking(True)
+    s.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             {"label": "fin-ack", "send": {"flags": "FA"}},
+             {"label": "final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "client", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("04_synack_bad_ack_then_good", 4, "kernel client; the peer's SYN-ACK acks ISN+1001: the kernel "
+                   "answers RST (seq = that ack) and stays SYN_SENT; the right SYN-ACK with the same ISN completes "
+                   "the connection, which the kernel then closes (three-way)", kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "client", "time_wait": ["client"],
+                                             "not_close_frame": rst}]}
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 5: a stale peer's segment (ack of an old incarnation) answering a new SYN
+
+
+def _client_connect(lab: PeerLab) -> socket.socket:
+    s = lab.kernel_socket()
+    s.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        s.connect((PEER_IP, lab.pport))
+    return s
+
+
+def _peer_accepts(isn: int) -> list[dict[str, Any]]:
+    return [{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
+            {"label": "syn-ack", "send": {"flags": "SA", "seq": isn, "ack": "kernel.isn+1", "mss": 1460}},
+            {"label": "ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}]
+
+
+def _kernel_closes_three_way() -> list[dict[str, Any]]:
+    return [{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2, "skip_other": True}},
+            {"label": "fin-ack", "send": {"flags": "FA"}},
+            {"label": "final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}]
+
+
+def class_05_stale_peer_ack(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47405, 47505)
+    old = _client_connect(lab)
+    lab.run(_peer_accepts(3_000_000))
+    lab.wait_state("ESTABLISHED", "SYN_SENT")
+    old.setblocking(True)
+    old.send(b"old")
+    lab.run([{"label": "old-data", "expect": {"flags": "PA", "timeout_s": 2}},
+             {"label": "old-ack", "send": {"flags": "A"}},
+             {"set": {"old.peer": "peer.nxt", "old.kernel": "kernel.nxt"}},
+             {"label": "old-rst", "send": {"flags": "R", "ack": 0}}])
+    lab.wait_state("CLOSED", "ESTABLISHED")
+    old_errno = _recv_errno(old)
+    old.close()
+    new = _client_connect(lab)
+    lab.run([{"label": "new-syn", "expect": {"flags": "S", "timeout_s": 2}},
+             {"label": "stale", "send": {"flags": "PA", "seq": "old.peer", "ack": "old.kernel", "data": "stale"}},
+             {"label": "kernel-rst", "expect": {"flags": "R", "seq": "old.kernel", "timeout_s": 2}},
+             {"label": "syn-ack", "send": {"flags": "SA", "seq": 5_000_000, "ack": "kernel.isn+1", "mss": 1460}},
+             {"label": "ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("ESTABLISHED", "SYN_SENT")
+    path_new = lab.path()
+    new.close()
+    lab.run(_kernel_closes_three_way())
+    lab.wait_state("CLOSED", "FIN_WAIT_2")
+    kernel = {"socket": "client", "path": lab.path(), "old_errno_recv": old_errno,
+              "sockdiag_after": lab.diag_states(),
+              "new_path_until_established": path_new[path_new.index("CLOSED", 2):]}
+    j = lab.judged("05_stale_peer_ack", 5, "kernel client; an old incarnation ends by the peer's RST; the new SYN "
+                   "on the same ports is answered by a PSH/ACK of the old connection (its seq/ack): the kernel "
+                   "answers RST (seq = that ack) and stays SYN_SENT; the real SYN-ACK then completes it", kernel)
+    stale = j.frame_of(lambda g: g.payload_len == 5 and g.sport == lab.pport)
+    krst = j.frame_of(lambda g: bool(g.flags & Flags.RST) and g.sport == lab.kport)
+    j.expect = {"connections": 2,
+                "conns": [{"kind": "rst", "initiator": "server", "time_wait": []},
+                          {"kind": "three-way", "initiator": "client", "time_wait": ["client"],
+                           "no_transition_at": stale, "not_close_frame": krst}],
+                "findings_present": ["stale-peer-ack"]}
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 6: simultaneous open
+
+
+def class_06_simultaneous_open(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47406, 47506)
+    s = _client_connect(lab)
+    lab.run([{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
+             {"label": "peer-syn", "send": {"flags": "S", "seq": 9_000_000, "mss": 1460}},
+             {"label": "kernel-synack", "expect": {"flags": "SA", "ack": "peer.isn+1", "timeout_s": 2}},
+             {"label": "peer-synack", "send": {"flags": "SA", "seq": "peer.isn", "ack": "kernel.isn+1",
+                                               "mss": 1460}}])
+    lab.wait_state("ESTABLISHED", "SYN_RECEIVED")
+    s.setblocking(True)
+    s.close()
+    lab.run(_kernel_closes_three_way())
+    lab.wait_state("CLOSED", "FIN_WAIT_2")
+    kernel = {"socket": "client", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("06_simultaneous_open", 6, "kernel client's SYN crosses the peer's SYN: SYN_SENT -> "
+                   "SYN_RECEIVED (sends SYN-ACK) -> ESTABLISHED on the peer's SYN-ACK; the kernel then closes",
+                   kernel)
+    j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "client", "time_wait": ["client"],
+                                             "no_state": ["LISTEN"], "no_role": "retransmission"}]}
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 7: SYN answered by RST
+
+
+def class_07_refused_v4(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47407, 47507)
+    s = _client_connect(lab)
+    lab.run([{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
+             {"label": "rst", "send": {"flags": "RA", "seq": 0, "ack": "kernel.isn+1"}}])
+    lab.wait_state("CLOSED", "SYN_SENT")
+    kernel = {"socket": "client", "path": lab.path(),
+              "errno_connect": errno_name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)),
+              "sockdiag_after": lab.diag_states()}
+    s.close()
+    j = lab.judged("07_refused_v4", 7, "kernel client's SYN answered by RST+ACK ack ISN+1 (a closed port): "
+                   "connect fails with ECONNREFUSED", kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "refused", "initiator": "server", "time_wait": [],
+                                             "close_frame": rst}]}
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 8: an RST at rcv_nxt - 1 after the peer's FIN (tcp_reset_check)
+
+
+def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47408, 47508)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    lab.run([{"label": "fin", "send": {"flags": "FA"}},
+             {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSE_WAIT")
+    lab.run([{"label": "rst", "send": {"flags": "R", "seq": "peer.nxt-1", "ack": 0}}])
+    lab.wait_state("CLOSED", "CLOSE_WAIT")
+    kernel = {"socket": "server", "path": lab.path(), "errno_send": _send_errno(srv),
+              "sockdiag_after": lab.diag_states()}
+    j = lab.judged("08_rst_below_rcv_nxt_close_wait", 8, "peer (client) sends FIN, the kernel ACKs (CLOSE_WAIT); "
+                   "the peer's RST carries its FIN's seq = rcv_nxt - 1: Linux accepts it (tcp_reset_check), "
+                   "the socket goes to CLOSED and send() fails with EPIPE", kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [],
+                                             "close_frame": rst, "closed_at": {"server": rst}}]}
+    srv.close()
+    lst.close()
+    return j
+
+
+def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47418, 47518)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    lab.run([{"label": "fin", "send": {"flags": "FA"}},
+             {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSE_WAIT")
+    srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             {"label": "rst", "send": {"flags": "R", "seq": "peer.nxt-1", "ack": 0}}])
+    lab.wait_state("CLOSED", "LAST_ACK")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("08_rst_below_rcv_nxt_last_ack", 8, "peer (client) sends FIN, the kernel ACKs and closes "
+                   "(LAST_ACK); instead of the final ACK the peer sends RST with its FIN's seq = rcv_nxt - 1: "
+                   "Linux accepts it in LAST_ACK and the socket is gone", kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"initiator": "client", "time_wait": [], "close_frame": rst,
+                                             "closed_at": {"server": rst}}]}
+    lst.close()
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 10: the peer's FIN again ~1 ms after the final ACK (the ACK was in flight, not lost)
+
+
+def class_10_fin_again_after_final_ack(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47410, 47510)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             {"label": "fin-ack", "send": {"flags": "FA"}},
+             {"label": "final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"sleep": 0.001},
+             {"label": "fin-again", "send": {"flags": "FA", "seq": "peer.nxt-1"}},
+             {"label": "tw-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states(),
+              "answer_to_second_fin": "ACK from TIME_WAIT"}
+    j = lab.judged("10_fin_again_after_final_ack", 10, "kernel server closes; the peer's FIN+ACK, the kernel's "
+                   "final ACK, and the same FIN again 1 ms later (sent while the ACK was in flight: Linux's RTO is "
+                   "at least 200 ms); the kernel holds TIME_WAIT and re-ACKs", kernel)
+    j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "server", "time_wait": ["server"]}],
+                "findings_absent": ["final-ack-lost"]}
+    lst.close()
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# class 11: the same frame twice in the capture
+
+
+def _peer_four_way(ctx: RunContext, kport: int, pport: int) -> tuple[PeerLab, list[Packet], dict[str, Any]]:
+    lab = PeerLab(ctx, kport, pport)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    lab.run([{"label": "data", "send": {"flags": "PA", "data": "hello"}},
+             {"label": "data-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"label": "fin", "send": {"flags": "FA"}},
+             {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSE_WAIT")
+    assert srv.recv(100) == b"hello"     # unread data would turn the close into an RST
+    srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             {"label": "final-ack", "send": {"flags": "A"}}])
+    lab.wait_state("CLOSED", "LAST_ACK")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    lst.close()
+    return lab, lab.finish(), kernel
+
+
+def duplicate(packets: list[Packet], index: int, after_ns: int = 1000) -> list[Packet]:
+    """The capture with packet `index` (0-based) seen twice: same bytes, `after_ns` later."""
+    t, d, n, i = packets[index]
+    return [*packets[:index + 1], (t + after_ns, d, n, i), *packets[index + 1:]]
+
+
+def _first(packets: list[Packet], linktype: int, pred: Callable[[Segment], bool]) -> int:
+    for k, (t, d, _n, _i) in enumerate(packets):
+        seg = decode_frame(linktype, d, k + 1, t)
+        if seg is not None and pred(seg):
+            return k
+    raise AssertionError("no such packet in the capture")
+
+
+def class_11_capture_duplicate_v4(ctx: RunContext) -> Judged:
+    lab, packets, kernel = _peer_four_way(ctx, 47411, 47511)
+    fin = _first(packets, LINKTYPE_RAW, lambda g: bool(g.flags & Flags.FIN) and g.sport == lab.pport)
+    kernel["fins_received"] = 1
+    j = Judged("11_capture_duplicate_v4", 11, "inet", "peer (client) closes first, four-way; the capture then "
+               "holds the peer's FIN twice (identical bytes, 1 us apart) as a capture seeing one packet twice; the "
+               "kernel received one FIN", duplicate(packets, fin), {0: LINKTYPE_RAW}, kernel, {},
+               {"path": ["ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT"]})
+    j.expect = {"connections": 1, "conns": [{"kind": "four-way", "initiator": "client", "time_wait": ["client"]}],
+                "findings_absent": ["fin-retransmitted"]}
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+# two lab namespaces (IPv4 and IPv6): refused, capture duplicates, the same packets on two interfaces
+
+
+def _stopper(cap: LiveCapture) -> Callable[[], None]:
+    def stop() -> None:
+        if cap.stats is None:
+            cap.stop()
+    return stop
+
+
+class PairLab:
+    """Client and server namespaces joined by a veth (lab.kernel.hosts.netns.NetnsPair), the state trace on
+    `port`, captures on the chosen veth ends (interface 0 = client end, 1 = server end)."""
+
+    def __init__(self, ctx: RunContext, port: int, family: str, ends: tuple[str, ...] = ("client",)) -> None:
+        from lab.kernel.hosts.netns import NetnsPair
+
+        self.ctx, self.port, self.family = ctx, port, family
+        self.pair = NetnsPair.create(ctx)
+        self.trace = StateTrace(ctx.name("tr"), [port])
+        ctx.stack.callback(self.trace.close)
+        self.trace.__enter__()
+        self.caps: list[LiveCapture] = []
+        for end in ends:
+            ns = self.pair.client if end == "client" else self.pair.server
+            cap = LiveCapture(str(ns.iface), f"tcp port {port}", netns=ns.name)
+            cap.start()
+            ctx.stack.callback(_stopper(cap))
+            self.caps.append(cap)
+
+    @property
+    def af(self) -> int:
+        return socket.AF_INET6 if self.family == "inet6" else socket.AF_INET
+
+    def server_addr(self) -> str:
+        return str(self.pair.server.addr6 if self.family == "inet6" else self.pair.server.addr4)
+
+    def sock(self, end: str) -> socket.socket:
+        ns = self.pair.client if end == "client" else self.pair.server
+        with ns.entered():
+            s = socket.socket(self.af)
+        s.settimeout(3)
+        return s
+
+    def wait(self, pred: Callable[[Any], bool], what: str) -> None:
+        if self.trace.wait_for(pred, 3.0) is None:
+            raise AssertionError(f"the kernel never showed {what}: {self.trace.snapshot()}")
+
+    def finish(self) -> tuple[list[Packet], dict[int, int]]:
+        time.sleep(SETTLE_S)
+        packets: list[Packet] = []
+        linktypes = {}
+        for i, cap in enumerate(self.caps):
+            if cap.stats is None:
+                cap.stop()
+            packets += [(t, d, n, i) for t, d, n in cap.packets]
+            linktypes[i] = cap.linktype
+        packets.sort(key=lambda p: (p[0], p[3]))
+        return packets, linktypes
+
+    def diag(self, end: str) -> list[str]:
+        ns = self.pair.client if end == "client" else self.pair.server
+        return sorted(s.state for s in sockdiag.sockets(netns=ns.name, ports=[self.port]))
+
+
+def class_07_refused_v6(ctx: RunContext) -> Judged:
+    lab = PairLab(ctx, 47417, "inet6")
+    c = lab.sock("client")
+    try:
+        c.connect((lab.server_addr(), lab.port))
+        err = None
+    except OSError as exc:
+        err = errno_name(exc)
+    lab.wait(lambda e: e.dport == lab.port and e.oldstate == "SYN_SENT", "the client leaving SYN_SENT")
+    cport = next(e.sport for e in lab.trace.snapshot() if e.dport == lab.port and e.sport)
+    kernel = {"socket": "client", "path": ["SYN_SENT"] + [e.newstate for e in lab.trace.snapshot()
+                                                           if e.sport == cport and e.dport == lab.port],
+              "errno_connect": err, "sockdiag_after": lab.diag("client")}
+    c.close()
+    packets, lts = lab.finish()
+    j = Judged("07_refused_v6", 7, "inet6", "client namespace connects to a port nobody listens on in the server "
+               "namespace (IPv6): the server kernel answers RST, connect fails with ECONNREFUSED", packets, lts,
+               kernel, {})
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "refused", "initiator": "server", "time_wait": [],
+                                             "close_frame": rst}]}
+    return j
+
+
+def _pair_four_way(lab: PairLab) -> dict[str, Any]:
+    """Client closes first; the server closes once the client is in FIN_WAIT_2 (a four-way close, gated on the
+    kernel's transitions); returns the kernel truth."""
+    lst = lab.sock("server")
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind((lab.server_addr(), lab.port))
+    lst.listen(4)
+    c = lab.sock("client")
+    c.connect((lab.server_addr(), lab.port))
+    srv, _ = lst.accept()
+    c.send(b"hello")
+    assert srv.recv(100) == b"hello"
+    cport = c.getsockname()[1]
+    c.close()
+    lab.wait(lambda e: e.sport == cport and e.newstate == "FIN_WAIT_2", "the client in FIN_WAIT_2")
+    assert srv.recv(100) == b""
+    srv.close()
+    lab.wait(lambda e: e.sport == lab.port and e.dport == cport and e.oldstate == "LAST_ACK", "LAST_ACK ending")
+    lst.close()
+    tr = lab.trace
+    return {"client_path": tr.path_of(cport, lab.port), "server_path": tr.path_of(lab.port, cport),
+            "client_sockdiag_after": lab.diag("client"), "server_sockdiag_after": lab.diag("server")}
+
+
+def _capture_duplicate_pair(ctx: RunContext, family: str, port: int) -> Judged:
+    lab = PairLab(ctx, port, family)
+    kernel = _pair_four_way(lab)
+    packets, lts = lab.finish()
+    fin = _first(packets, lts[0], lambda g: bool(g.flags & Flags.FIN) and g.dport == port)
+    kernel["fins_sent_by_client"] = 1
+    v = "v6" if family == "inet6" else "v4"
+    j = Judged(f"11_capture_duplicate_{v}_pair", 11, family, "two namespaces, client closes first (four-way); the "
+               "capture then holds the client's FIN twice (identical bytes, 1 us apart)", duplicate(packets, fin),
+               lts, kernel, {})
+    j.expect = {"connections": 1, "conns": [{"kind": "four-way", "initiator": "client", "time_wait": ["client"]}],
+                "findings_absent": ["fin-retransmitted"]}
+    return j
+
+
+def class_11_capture_duplicate_v6(ctx: RunContext) -> Judged:
+    return _capture_duplicate_pair(ctx, "inet6", 47421)
+
+
+def _two_interfaces(ctx: RunContext, family: str, port: int) -> Judged:
+    lab = PairLab(ctx, port, family, ends=("client", "server"))
+    kernel = _pair_four_way(lab)
+    packets, lts = lab.finish()
+    v = "v6" if family == "inet6" else "v4"
+    j = Judged(f"13_two_interfaces_{v}", 13, family, "two namespaces, client closes first (four-way), captured on "
+               "both ends of the veth into one pcapng (two interfaces): every segment appears twice, once per "
+               "interface", packets, lts, kernel, {})
+    j.expect = {"connections": 1, "conns": [{"kind": "four-way", "initiator": "client", "time_wait": ["client"]}],
+                "findings_absent": ["fin-retransmitted"]}
+    return j
+
+
+def class_13_two_interfaces_v4(ctx: RunContext) -> Judged:
+    return _two_interfaces(ctx, "inet", 47413)
+
+
+def class_13_two_interfaces_v6(ctx: RunContext) -> Judged:
+    return _two_interfaces(ctx, "inet6", 47423)
+
+
+SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
+    "01_tfo_rst": class_01_tfo_rst,
+    "02_rst_after_lost_fins": class_02_rst_after_lost_fins,
+    "03_crossed_fins_reordered": class_03_crossed_fins_reordered,
+    "04_synack_bad_ack_then_good": class_04_synack_bad_ack_then_good,
+    "05_stale_peer_ack": class_05_stale_peer_ack,
+    "06_simultaneous_open": class_06_simultaneous_open,
+    "07_refused_v4": class_07_refused_v4,
+    "07_refused_v6": class_07_refused_v6,
+    "08_rst_below_rcv_nxt_close_wait": class_08_rst_below_rcv_nxt_close_wait,
+    "08_rst_below_rcv_nxt_last_ack": class_08_rst_below_rcv_nxt_last_ack,
+    "10_fin_again_after_final_ack": class_10_fin_again_after_final_ack,
+    "11_capture_duplicate_v4": class_11_capture_duplicate_v4,
+    "11_capture_duplicate_v6_pair": class_11_capture_duplicate_v6,
+    "13_two_interfaces_v4": class_13_two_interfaces_v4,
+    "13_two_interfaces_v6": class_13_two_interfaces_v6,
+}

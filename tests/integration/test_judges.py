@@ -1,0 +1,132 @@
+"""The analyzer against the kernel's own account (issue 12): one test per class, on captures of real-kernel
+scenarios (tests/integration/judges, fixtures in tests/data/judges, re-made by `python -m
+tests.integration.judges.make`).
+
+test_class_NN_*: the analyzer's verdict on the stored capture must equal the expectation derived from the
+kernel truth (inet_sock_set_state path, sock_diag, errno). Classes the analyzer still gets wrong are strict
+xfails naming the mechanism: when the fix lands they pass, the xfail turns into a failure, and the marker goes.
+test_kernel_*: as root, every scenario runs again against this kernel; what the kernel did must still be
+what the fixture says, and the analyzer must read the live capture as it reads the stored one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.judges.scenarios import SCENARIOS
+from tests.integration.judges.verdict import analyze_file, differences, summary
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "judges"
+MAX_FIXTURE_BYTES = 8 * 1024
+
+
+def _truth(sid: str) -> dict[str, Any]:
+    truth: dict[str, Any] = json.loads((DATA / f"{sid}.json").read_text())
+    return truth
+
+
+def _check(sid: str) -> None:
+    truth = _truth(sid)
+    report = analyze_file(DATA / truth["capture"])
+    assert differences(report, truth["expect"]) == [], truth["scenario"]
+
+
+def _wrong(klass: int, mechanism: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"issue 12 class {klass}: {mechanism}")
+
+
+def _cases(klass: int, mechanism: str | None) -> list[Any]:
+    ids = [sid for sid in SCENARIOS if sid.startswith(f"{klass:02d}_")]
+    marks = [_wrong(klass, mechanism)] if mechanism else []
+    return [pytest.param(sid, id=sid, marks=marks) for sid in ids]
+
+
+def test_every_class_but_reach_has_a_fixture() -> None:
+    classes = {int(sid[:2]) for sid in SCENARIOS}
+    assert classes >= {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13}
+    for sid in SCENARIOS:
+        truth = _truth(sid)
+        cap = DATA / truth["capture"]
+        assert cap.stat().st_size <= MAX_FIXTURE_BYTES, f"{cap.name} is not small"
+        assert truth["kernel"] and truth["expect"], sid
+
+
+@pytest.mark.parametrize("sid", _cases(1, "RST acceptability in SYN_SENT takes only ack == ISN+1, not the SYN's data"))
+def test_class_01_tfo_rst(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(2, "RST acceptability assumes the receiver got FINs its own ACKs show "
+                                          "it never got"))
+def test_class_02_rst_after_lost_fins(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(3, "crossing judged by arrival order, not by what each FIN acknowledges"))
+def test_class_03_crossed_fins_reordered(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(4, "an RST from SYN_SENT answering a bad SYN-ACK closes the client and "
+                                          "splits the connection"))
+def test_class_04_synack_bad_ack(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(5, "a stale peer's segment answering a new SYN is read as the handshake"))
+def test_class_05_stale_peer(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(6, "simultaneous open: SYN-ACKs labelled retransmissions, LISTEN -> "
+                                          "SYN_SENT"))
+def test_class_06_simultaneous_open(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(7, "a SYN answered by RST is an 'rst' close, no 'refused' kind"))
+def test_class_07_refused(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(8, "an RST at rcv_nxt - 1 in CLOSE_WAIT/LAST_ACK is called ignored "
+                                          "(Linux tcp_reset_check accepts it)"))
+def test_class_08_rst_below_rcv_nxt(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(10, "a FIN 1 ms after the final ACK is called final-ack-lost (RTO >= 200 ms)"))
+def test_class_10_fin_after_final_ack(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(11, "a frame seen twice by the capture is called a retransmission"))
+def test_class_11_capture_duplicate(sid: str) -> None:
+    _check(sid)
+
+
+@pytest.mark.parametrize("sid", _cases(13, "the same segments on two interfaces read as FIN retransmissions"))
+def test_class_13_two_interfaces(sid: str) -> None:
+    _check(sid)
+
+
+def _verdict_without_frames(path: Path) -> dict[str, Any]:
+    s = summary(analyze_file(path))
+    for c in s["connections"]:
+        del c["close_frames"], c["first_frame"]
+    return s
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sid", list(SCENARIOS))
+def test_kernel_still_does_what_the_fixture_says(sid: str, tmp_path: Path) -> None:
+    from tests.integration.judges.make import run_live
+
+    judged, path = run_live(sid, tmp_path)
+    truth = _truth(sid)
+    assert judged.kernel == truth["kernel"], "the kernel behaves differently now: re-make the fixture and re-judge"
+    assert _verdict_without_frames(path) == _verdict_without_frames(DATA / truth["capture"])
