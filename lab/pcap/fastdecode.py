@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from lab.core.tracker import Analyzer
 from lab.pcap import readers
+from lab.pcap.filters import FILTERED, SegmentFilter
 from lab.pcap.readers import ReaderStats, _Source
 
 _CACHE_MAX = 65_536   # bound the address caches on scans with many addresses
@@ -39,9 +40,12 @@ class _If:
 class _Dec:
     """Decoder state shared by the walks: address caches and the fallback's skip counts."""
 
-    def __init__(self, a: Analyzer, skipped: dict[str, int]) -> None:
+    def __init__(self, a: Analyzer, skipped: dict[str, int], filt: SegmentFilter | None) -> None:
         self.a = a
         self.skipped = skipped
+        self.filt = filt            # --port/--host/--since/--until; None: every segment
+        self.filtered = 0
+        self.first_ts = -1.0
         self.v4: dict[int, str] = {}
         self.v6: dict[bytes, str] = {}
         self.tcp = 0
@@ -74,6 +78,11 @@ class _Dec:
 
     def packet(self, lt: int, buf: bytes, off: int, end: int, frame: int, ts: float) -> None:
         """One captured packet at buf[off:end]: fed natively when common, else by readers' decoder."""
+        filt = self.filt
+        if frame == 1:
+            self.first_ts = ts
+            if filt is not None:
+                filt.first(ts)
         if not self.fast(lt, buf, off, end, frame, ts):
             try:
                 r = readers._decode(lt, buf, off, end, frame, ts, ())
@@ -83,7 +92,18 @@ class _Dec:
                 self.skipped[r] = self.skipped.get(r, 0) + 1
             else:
                 self.tcp += 1
+                if filt is not None and not filt.keep(r.src_ip, r.sport, r.dst_ip, r.dport, r.ts_s):
+                    self.filtered += 1
+                    return
                 self.a.feed(r)
+
+    def done(self, stats: ReaderStats, frame: int) -> None:
+        stats.packets = frame
+        stats.tcp_segments = self.tcp
+        if frame:
+            stats.first_ts = self.first_ts
+        if self.filtered:
+            stats.skipped[FILTERED] = self.filtered
 
     def fast(self, lt: int, buf: bytes, off: int, end: int, frame: int, ts: float) -> bool:
         """Decode and feed the common case; False (nothing fed) for anything else."""
@@ -183,6 +203,11 @@ class _Dec:
         if plen < 0:
             plen = 0
         self.tcp += 1
+        filt = self.filt
+        if filt is not None and not filt.keep(src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
+                                              ts):
+            self.filtered += 1
+            return True
         self.a.feed_fields(frame, ts, src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
                            (buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7],
                            (buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11],
@@ -203,12 +228,12 @@ def _u16(buf: bytes, p: int, big: bool) -> int:
 
 
 def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch: Callable[[], None] | None,
-              stats: ReaderStats) -> None:
+              stats: ReaderStats, filt: SegmentFilter | None = None) -> None:
     """readers._pcap_segments' record walk (same reads, same errors), feeding `a`."""
     scale = 1e-9 if ns else 1e-6
     chunk: int = readers._CHUNK
     max_record: int = readers.MAX_RECORD
-    dec = _Dec(a, stats.skipped)
+    dec = _Dec(a, stats.skipped, filt)
     buf = b""
     pos = 0
     blen = 0
@@ -253,17 +278,16 @@ def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch:
             pos = end
             dec.packet(lt, buf, start, end, frame, sec + frac * scale)
     finally:
-        stats.packets = frame
-        stats.tcp_segments = dec.tcp
+        dec.done(stats, frame)
 
 
 def walk_pcapng(src: _Source, head: bytes, a: Analyzer, on_batch: Callable[[], None] | None,
-                stats: ReaderStats) -> None:
+                stats: ReaderStats, filt: SegmentFilter | None = None) -> None:
     """readers._pcapng_walk (same reads, same errors), feeding `a`. Packet comments are not read: the
     Analyzer does not use them."""
     chunk: int = readers._CHUNK
     max_record: int = readers.MAX_RECORD
-    dec = _Dec(a, stats.skipped)
+    dec = _Dec(a, stats.skipped, filt)
     buf = head
     pos = 0
     frame = 0
@@ -370,5 +394,4 @@ def walk_pcapng(src: _Source, head: bytes, a: Analyzer, on_batch: Callable[[], N
                     raise src.fail(f"unsupported pcapng version {major}", frame + 1)
             # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
     finally:
-        stats.packets = frame
-        stats.tcp_segments = dec.tcp
+        dec.done(stats, frame)

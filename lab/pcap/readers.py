@@ -20,8 +20,9 @@ from __future__ import annotations
 import gzip
 import socket
 import struct
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
@@ -32,8 +33,8 @@ from lab.errors import BadCapture
 if TYPE_CHECKING:
     pass
 
-__all__ = ["SUPPORTED_LINKTYPES", "CaptureReader", "RawFrame", "ReaderStats", "decode_frame",
-           "iter_frames", "read_segments"]
+__all__ = ["STDIN", "SUPPORTED_LINKTYPES", "CaptureReader", "CutShort", "RawFrame", "ReaderStats", "decode_frame",
+           "iter_frames", "lenient", "read_segments"]
 
 
 class RawFrame(NamedTuple):
@@ -55,6 +56,19 @@ class ReaderStats:
     packets: int = 0
     tcp_segments: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    cut: str | None = None        # lenient reads of a capture cut short: the one warning line
+    first_ts: float | None = None  # the capture's first frame (any protocol): the zero of Wireshark's Time column
+
+
+def lenient(stats: ReaderStats, read: Callable[[], Any]) -> Any:
+    """Run read(); a capture cut short (CutShort) ends it with `stats.cut` set and the frames counted up to
+    the last complete one, instead of an error. Other damage still raises BadCapture."""
+    try:
+        return read()
+    except CutShort as exc:
+        stats.cut = exc.warning()
+        stats.packets = exc.last_good
+        return None
 
 
 # --- limits and constants ---------------------------------------------------------------------------------
@@ -356,37 +370,66 @@ def decode_frame(linktype: int, data: bytes, frame: int, ts_ns: int) -> Segment 
 
 # --- file access -----------------------------------------------------------------------------------------
 
+STDIN = "-"   # the file name that means standard input (a pipe: `tcpdump -w - | twlab analyze -`)
+
+
+class CutShort(BadCapture):
+    """The capture ends inside a record (a file still being written, a pipe closed mid-packet, a gzip stream
+    cut off). Everything before `last_good` was read; lenient readers stop there with a warning."""
+
+    def __init__(self, message: str, hint: str, last_good: int) -> None:
+        super().__init__(message, hint)
+        self.last_good = last_good
+
+    def warning(self) -> str:
+        """The one warning line, as tshark says it: what was analyzed and why the rest was not."""
+        return f"{self.message}; analyzed up to frame {self.last_good}, the last complete one"
+
+
 def _open(path: Path) -> BinaryIO:
+    """The capture's byte stream: a file, FIFO, /dev/stdin, /dev/fd/N (process substitution) or `-`.
+    Nothing is seeked, so pipes read exactly like files; gzip is recognised by its magic."""
+    if str(path) == STDIN:
+        f: BinaryIO = sys.stdin.buffer
+    else:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (closed by the caller's finally)
+        except FileNotFoundError:
+            raise BadCapture(f"{path}: no such file", "check the path") from None
+        except IsADirectoryError:
+            raise BadCapture(f"{path}: is a directory", "give a pcap, pcapng or .gz capture file") from None
+        except OSError as exc:
+            raise BadCapture(f"{path}: cannot open: {exc.strerror}", "check the path and its permissions") from None
     try:
-        f: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by the caller's finally)
-    except FileNotFoundError:
-        raise BadCapture(f"{path}: no such file", "check the path") from None
-    except IsADirectoryError:
-        raise BadCapture(f"{path}: is a directory", "give a pcap, pcapng or .gz capture file") from None
+        head = f.peek(2)[:2]  # type: ignore[attr-defined]  # a BufferedReader: no seek needed (pipes)
     except OSError as exc:
-        raise BadCapture(f"{path}: cannot open: {exc.strerror}", "check the path and its permissions") from None
-    if f.read(2) == _GZIP_MAGIC:
-        f.seek(0)
+        f.close()
+        raise BadCapture(f"{path}: cannot read: {exc.strerror}", "check the path and its permissions") from None
+    if head == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    f.seek(0)
     return f
 
 
 class _Source:
-    """Chunked reads with the file's name and the frame in every error."""
+    """Chunked reads with the file's name and the frame in every error; `nread` counts the bytes read."""
 
-    __slots__ = ("f", "path")
+    __slots__ = ("f", "nread", "path")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.f = _open(path)
+        self.nread = 0
 
     def read(self, n: int, frame: int) -> bytes:
         try:
-            return self.f.read(n)
-        except (OSError, EOFError, zlib.error) as exc:
+            data = self.f.read(n)
+        except EOFError as exc:   # gzip: "Compressed file ended before the end-of-stream marker was reached"
+            raise self.fail(f"compressed stream cut short: {exc}", frame, _HINT_TRUNC) from None
+        except (OSError, zlib.error) as exc:
             raise BadCapture(f"{self.path}: cannot read at frame {frame}: {exc}",
                              "the (compressed) file is damaged or cut short; re-copy or re-capture it") from None
+        self.nread += len(data)
+        return data
 
     def close(self) -> None:
         try:
@@ -395,6 +438,8 @@ class _Source:
             pass
 
     def fail(self, what: str, frame: int, hint: str = _HINT_GARBAGE) -> BadCapture:
+        if hint == _HINT_TRUNC and frame > 1:   # the capture was cut short after some complete frames
+            return CutShort(f"{self.path}: {what} (frame {frame})", hint, frame - 1)
         return BadCapture(f"{self.path}: {what} (frame {frame})", hint)
 
 
@@ -512,6 +557,9 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                     return
                 if blen < 16:
                     raise src.fail("record header cut short at end of file", frame + 1, _HINT_TRUNC)
+                if frame == 0:
+                    sec, frac = unpack(buf, 0)[:2]
+                    stats.first_ts = sec + frac * scale
             sec, frac, incl, _orig = unpack(buf, pos)
             frame += 1
             if incl > MAX_RECORD:
@@ -694,6 +742,8 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
                     ts_ns = ((((hi << 32) | lo) * mul) >> shift) + offset_ns
                 else:
                     ts_ns = ((hi << 32) | lo) * mul // div + offset_ns
+                if frame == 1 and stats is not None:
+                    stats.first_ts = ts_ns / 1e9
                 opt_start = data + ((incl + 3) & ~3)
                 comments: tuple[str, ...] = ()
                 if btype != 3 and opt_start + 4 <= bend:
@@ -741,26 +791,37 @@ class CaptureReader:
     Each iteration re-reads the file from the start (and resets the stats).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lenient: bool = False) -> None:
         self.path = Path(path)
+        self.lenient = lenient     # a capture cut short ends the iteration with stats.cut set (no error)
         self.stats = ReaderStats()
         self.linktypes: list[int] = []
+        self.source: _Source | None = None   # the byte source of the current iteration (bytes read so far)
 
     def __iter__(self) -> Iterator[Segment]:
         self.stats = ReaderStats()
         self.linktypes = []
-        src = _Source(self.path)
+        src = self.source = _Source(self.path)
         try:  # the file header is read here; the generators close the file when they end
             head, kind = _file_header(src)
             if kind == "pcap":
                 hdr = _pcap_header(src, head)
                 self.linktypes.append(hdr.linktype)
                 _check_linktype(src, hdr.linktype, 1)
-                return _pcap_segments(src, hdr, self.stats)
-            return self._pcapng(src, head)
+                segs = _pcap_segments(src, hdr, self.stats)
+            else:
+                segs = self._pcapng(src, head)
         except BaseException:
             src.close()
             raise
+        return self._until_cut(segs) if self.lenient else segs
+
+    def _until_cut(self, segs: Iterator[Segment]) -> Iterator[Segment]:
+        try:
+            yield from segs
+        except CutShort as exc:
+            self.stats.cut = exc.warning()
+            self.stats.packets = exc.last_good
 
     def _pcapng(self, src: _Source, head: bytes) -> Iterator[Segment]:
         return _pcapng_walk(src, head, self.linktypes, self.stats)
@@ -771,20 +832,39 @@ def read_segments(path: str | Path) -> Iterator[Segment]:
     return iter(CaptureReader(path))
 
 
-def iter_frames(path: str | Path) -> Iterator[RawFrame]:
-    """Every packet of a capture file as stored (any link type), for copying packets verbatim."""
+def iter_frames(path: str | Path, stats: ReaderStats | None = None) -> Iterator[RawFrame]:
+    """Every packet of a capture file as stored (any link type), for copying packets verbatim. With `stats`
+    a capture cut short ends the iteration with stats.cut set (see lenient) instead of raising CutShort."""
     p = Path(path)
     src = _Source(p)
     try:
-        head, kind = _file_header(src)
-        if kind == "pcap":
-            hdr = _pcap_header(src, head)
-            lt = hdr.linktype
-            mul = 1 if hdr.ns else 1000
-            for frame, sec, frac, buf, off, end, orig in _pcap_records(src, hdr):
-                yield RawFrame(frame, sec * 1_000_000_000 + frac * mul, lt, buf[off:end], orig, (), 0)
+        if stats is not None:
+            yield from _frames_until_cut(src, stats)
         else:
-            for frame, ts_ns, lt, buf, off, end, orig, comments, iface in _pcapng_walk(src, head, [], None):
-                yield RawFrame(frame, ts_ns, lt, buf[off:end], orig, comments, iface)
+            yield from _frames(src)
     finally:
         src.close()
+
+
+def _frames_until_cut(src: _Source, stats: ReaderStats) -> Iterator[RawFrame]:
+    n = 0
+    try:
+        for fr in _frames(src):
+            n += 1
+            yield fr
+    except CutShort as exc:
+        stats.cut = exc.warning()
+    stats.packets = n
+
+
+def _frames(src: _Source) -> Iterator[RawFrame]:
+    head, kind = _file_header(src)
+    if kind == "pcap":
+        hdr = _pcap_header(src, head)
+        lt = hdr.linktype
+        mul = 1 if hdr.ns else 1000
+        for frame, sec, frac, buf, off, end, orig in _pcap_records(src, hdr):
+            yield RawFrame(frame, sec * 1_000_000_000 + frac * mul, lt, buf[off:end], orig, (), 0)
+    else:
+        for frame, ts_ns, lt, buf, off, end, orig, comments, iface in _pcapng_walk(src, head, [], None):
+            yield RawFrame(frame, ts_ns, lt, buf[off:end], orig, comments, iface)
