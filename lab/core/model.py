@@ -1,27 +1,42 @@
-"""Records the analyzers work on: endpoints, four-tuples and TCP segments."""
+"""Records the analyzers work on: TCP flag bits, endpoints and TCP segments."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+# TCP header flag bits, the one home: plain ints for hot paths (mypyc inlines Final ints), Flags names them
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
+
+
+def endpoint_text(ip: str, port: int) -> str:
+    """'ip:port', with the IPv6 address in brackets: how every record and text names an endpoint."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class Flags(enum.IntFlag):
-    FIN = 0x01
-    SYN = 0x02
-    RST = 0x04
-    PSH = 0x08
-    ACK = 0x10
-    URG = 0x20
-    ECE = 0x40
-    CWR = 0x80
+    FIN = FIN
+    SYN = SYN
+    RST = RST
+    PSH = PSH
+    ACK = ACK
+    URG = URG
+    ECE = ECE
+    CWR = CWR
 
     @staticmethod
     def text(flags: int) -> str:
         """tcpdump-style flag letters, e.g. 'F.' for FIN+ACK, 'S' for SYN."""
         out = "".join(ch for bit, ch in _LETTERS if flags & bit)
-        if flags & Flags.ACK:
+        if flags & ACK:
             out += "."
         return out or "none"
 
@@ -36,22 +51,7 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class FourTuple:
-    """A direction-free connection key: the two endpoints in sorted order."""
-
-    a: Endpoint
-    b: Endpoint
-
-    @staticmethod
-    def of(src: Endpoint, dst: Endpoint) -> FourTuple:
-        return FourTuple(src, dst) if src <= dst else FourTuple(dst, src)
-
-    def __str__(self) -> str:
-        return f"{self.a} <-> {self.b}"
+        return endpoint_text(self.ip, self.port)
 
 
 class Segment(NamedTuple):
@@ -89,7 +89,4 @@ class Segment(NamedTuple):
     @property
     def seg_len(self) -> int:
         """Sequence space the segment occupies: payload plus one each for SYN and FIN."""
-        return self.payload_len + (1 if self.flags & Flags.SYN else 0) + (1 if self.flags & Flags.FIN else 0)
-
-    def has(self, flag: int) -> bool:
-        return bool(self.flags & flag)
+        return self.payload_len + (1 if self.flags & SYN else 0) + (1 if self.flags & FIN else 0)

@@ -1,19 +1,39 @@
-"""The analyzer's result as frozen records, and their JSON shape (`twlab analyze --json`, design.md)."""
+"""The analyzer's result as frozen records, and their JSON shape (`twlab analyze --json`, docs/design.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
 from lab.core.tcpstate import Input, TcpState
 
-_SIDES = ("client", "server")
+Side = Literal["client", "server"]
+Initiator = Literal["client", "server", "both"]
+CloseKind = Literal["four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete"]
+FindingKind = Literal["fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
+                      "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated"]
+# how a TIME_WAIT window ended: its 2*MSL ran out, an RST assassinated it, a new SYN took the four-tuple over
+EndedBy = Literal["timeout", "rst", "syn"]
+ReuseVerdict = Literal["acceptable", "refused", "dangerous"]          # a new SYN against a TIME_WAIT
+DuplicateVerdict = Literal["PAWS would reject", "rejected by window", "rejected by ACK check", "could be accepted"]
+
+SIDES: Final[tuple[Side, ...]] = get_args(Side)
+CLOSE_KINDS: Final[tuple[CloseKind, ...]] = get_args(CloseKind)
+FINDING_KINDS: Final[tuple[FindingKind, ...]] = get_args(FindingKind)
+ENDED_BY: Final[tuple[EndedBy, ...]] = get_args(EndedBy)
+_SIDES = SIDES
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
-CLOSE_KINDS = ("four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete")
-FINDING_KINDS = ("fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
-                 "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated")
+_K = TypeVar("_K", bound=str)
+
+
+def _one_of(value: object, kinds: tuple[_K, ...], what: str) -> _K:
+    """A JSON value checked against a Literal's members (from_dict of a foreign file)."""
+    for k in kinds:
+        if value == k:
+            return k
+    raise ValueError(f"{what} {value!r} is not one of {', '.join(kinds)}")
 
 
 class Transition(NamedTuple):
@@ -23,7 +43,7 @@ class Transition(NamedTuple):
     frozen dataclass costs several times more to build (same reason as model.Segment)."""
 
     frame: int
-    side: str                # "client" | "server"
+    side: Side
     from_state: TcpState
     to_state: TcpState
     inferred: bool = False
@@ -35,7 +55,7 @@ class Transition(NamedTuple):
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Transition:
-        return Transition(int(d["frame"]), str(d["side"]), TcpState(d["from"]), TcpState(d["to"]),
+        return Transition(int(d["frame"]), _one_of(d["side"], SIDES, "side"), TcpState(d["from"]), TcpState(d["to"]),
                           bool(d.get("inferred", False)), str(d.get("cause", "")))
 
 
@@ -43,12 +63,12 @@ class TimeWaitWindow(NamedTuple):
     """Where one side holds TIME_WAIT, in capture time. `end_ts` is the last (re)start + 2*MSL unless the
     window ended early: `ended_by` "rst" (assassinated) or "syn" (a new incarnation took the four-tuple over)."""
 
-    side: str
+    side: Side
     start_ts: float
     end_ts: float
     start_frame: int
     restarts: tuple[int, ...] = ()       # frames that restarted the 2*MSL timer
-    ended_by: str = "timeout"            # timeout | rst | syn
+    ended_by: EndedBy = "timeout"
     end_frame: int | None = None         # the RST or SYN frame when ended_by is not "timeout"
     length_s: float = 0.0                # the profile's 2*MSL that was applied
 
@@ -59,15 +79,16 @@ class TimeWaitWindow(NamedTuple):
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> TimeWaitWindow:
-        return TimeWaitWindow(str(d["side"]), float(d["start_ts"]), float(d["end_ts"]), int(d["start_frame"]),
-                              tuple(int(x) for x in d.get("restarts", ())), str(d.get("ended_by", "timeout")),
+        return TimeWaitWindow(_one_of(d["side"], SIDES, "side"), float(d["start_ts"]), float(d["end_ts"]),
+                              int(d["start_frame"]), tuple(int(x) for x in d.get("restarts", ())),
+                              _one_of(d.get("ended_by", "timeout"), ENDED_BY, "ended_by"),
                               None if d.get("end_frame") is None else int(d["end_frame"]),
                               float(d.get("length_s", 0.0)))
 
 
 class Close(NamedTuple):
-    kind: str                        # one of CLOSE_KINDS
-    initiator: str | None            # client | server | both | None
+    kind: CloseKind
+    initiator: Initiator | None
     frames: tuple[int, ...] = ()     # the closing segments (first FINs, their first ACKs, RSTs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,7 +96,10 @@ class Close(NamedTuple):
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Close:
-        return Close(str(d["kind"]), d.get("initiator"), tuple(int(x) for x in d.get("frames", ())))
+        who = d.get("initiator")
+        return Close(_one_of(d["kind"], CLOSE_KINDS, "close kind"),
+                     None if who is None else _one_of(who, get_args(Initiator), "initiator"),
+                     tuple(int(x) for x in d.get("frames", ())))
 
 
 class Connection(NamedTuple):
@@ -136,12 +160,9 @@ class Connection(NamedTuple):
     def transitions(self) -> tuple[Transition, ...]:
         return tuple([Transition(f, _SIDES[i], a, b, inf, inp.value) for f, i, a, b, inf, inp in self.steps])
 
-    def side_endpoint(self, side: str) -> str:
-        return self.client if side == "client" else self.server
-
 
 class Finding(NamedTuple):
-    kind: str                        # one of FINDING_KINDS
+    kind: FindingKind
     connection: int | None
     frames: tuple[int, ...]
     detail: str
@@ -157,7 +178,8 @@ class Finding(NamedTuple):
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Finding:
         extra = {k: v for k, v in d.items() if k not in ("kind", "connection", "frames", "detail")}
-        return Finding(str(d["kind"]), d.get("connection"), tuple(int(x) for x in d["frames"]), str(d["detail"]),
+        return Finding(_one_of(d["kind"], FINDING_KINDS, "finding kind"), d.get("connection"),
+                       tuple(int(x) for x in d["frames"]), str(d["detail"]),
                        extra)
 
 

@@ -101,10 +101,6 @@ TRANSITIONS: dict[tuple[TcpState, Input], TcpState] = {
 # Inputs the capture point may have missed (a lost or unseen segment), used to bridge gaps.
 UNSEEN_OK = frozenset({I.RCV_SYNACK, I.RCV_ACK_OF_SYN, I.RCV_SYN, I.RCV_ACK_OF_FIN, I.RCV_FIN, I.SEND_SYNACK})
 
-# Derived views of the table.
-STATES_AFTER_FIN_SENT = frozenset({S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSING, S.LAST_ACK, S.TIME_WAIT})
-SYNCHRONIZED = frozenset(s for (s, _i) in TRANSITIONS if s not in (S.CLOSED, S.LISTEN, S.SYN_SENT))
-
 
 def step(state: TcpState, inp: Input) -> TcpState | None:
     """The next state, or None when the table has no arc (the input changes nothing)."""

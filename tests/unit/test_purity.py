@@ -1,4 +1,5 @@
-"""lab.core must stay pure: no scapy, rich, sockets, subprocess or clocks (design principle 2)."""
+"""lab.core must stay pure: no scapy, rich, sockets, subprocess, clocks or interpreter toggles such as the
+cyclic GC (its callers decide that) (design principle 2)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import lab.core
 
 FORBIDDEN = {"scapy", "rich", "pyshark", "pyroute2", "socket", "subprocess", "time", "datetime", "select",
-             "threading", "os", "io", "random", "click", "multiprocessing", "asyncio"}
+             "threading", "os", "io", "random", "click", "multiprocessing", "asyncio", "gc"}
 
 PROBE = (
     "import sys\n"
