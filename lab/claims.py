@@ -1,18 +1,34 @@
 """The ledger of the lore's claims: each claim, the experiment that tests it, the verdict on this
-kernel (holds / differs / not testable here / not run) and the measured evidence."""
+kernel (holds / differs / needs root / not testable here / not run) and the measured evidence.
+
+Judging reads typed observations (`Observed`: only keys the experiments write); the ledger is a list of typed
+`Entry` records, rendered as a table, as claims.md and as JSON (claims.json and `twlab claims --json` have the
+same shape: {"run", "kernels", "claims": [...], "not_run"}). Looking the ledger up never writes; `twlab run`
+writes claims.md/claims.json into its run folder, `twlab claims --write` rewrites them.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from lab.errors import EnvironmentProblem
 
 Results = dict[str, dict[str, Any]]
-Verdict = tuple[str, str]  # (verdict, evidence)
+VerdictKind = Literal["holds", "differs", "needs root", "not testable here", "not run"]
+Verdict = tuple[VerdictKind, str]  # (verdict, evidence)
 
-HOLDS, DIFFERS, NOT_TESTABLE, NOT_RUN = "holds", "differs", "not testable here", "not run"
+HOLDS: VerdictKind = "holds"
+DIFFERS: VerdictKind = "differs"
+NEEDS_ROOT: VerdictKind = "needs root"
+NOT_TESTABLE: VerdictKind = "not testable here"
+NOT_RUN: VerdictKind = "not run"
+EVIDENCE_CHARS = 400        # evidence is cut at a word boundary below this, with "…"
+TABLE_EVIDENCE_CHARS = 240  # the terminal table is shorter; claims.md has the full evidence
 
 
 @dataclass(frozen=True)
@@ -24,8 +40,32 @@ class Claim:
     judge: Callable[[Results], Verdict]
 
 
-def _obs(results: Results, exp: str) -> dict[str, Any]:
-    return dict(results.get(exp, {}).get("observations") or {})
+@dataclass(frozen=True)
+class Observed:
+    """What the claims read of one experiment's result, typed; keys nothing writes are not read."""
+
+    reproduced: bool
+    lore_holds: bool | None
+    time_wait_s: float | None
+    time_wait_with_fin_timeout_s: float | None
+    fin_wait_2_s: float | None
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Observed:
+        obs = result.get("observations") or {}
+
+        def num(key: str) -> float | None:
+            v = obs.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        lore = obs.get("lore_holds")
+        return cls(reproduced=bool(result.get("reproduced")), lore_holds=lore if isinstance(lore, bool) else None,
+                   time_wait_s=num("time_wait_s"), time_wait_with_fin_timeout_s=num("time_wait_with_fin_timeout_s"),
+                   fin_wait_2_s=num("fin_wait_2_s"))
+
+
+def _needs_root(result: dict[str, Any]) -> bool:
+    return result.get("root") is not True and "needs root" in str(result.get("error") or "")
 
 
 def _unavailable(results: Results, exps: tuple[str, ...]) -> Verdict | None:
@@ -35,6 +75,8 @@ def _unavailable(results: Results, exps: tuple[str, ...]) -> Verdict | None:
         return NOT_RUN, f"run: twlab run {' '.join(missing)}"
     for e in exps:
         r = results[e]
+        if _needs_root(r):
+            return NEEDS_ROOT, f"{e} needs root: sudo twlab run {e}"
         if r.get("error") or r.get("exit_code") == 3:
             return NOT_TESTABLE, f"{e}: {r.get('error') or 'environment problem'}"
     return None
@@ -45,40 +87,61 @@ def _by_lore_holds(exp: str, if_missing: str = "") -> Callable[[Results], Verdic
 
     def judge(results: Results) -> Verdict:
         r = results[exp]
-        obs = _obs(results, exp)
+        seen = Observed.of(r)
         evidence = _evidence(r)
-        if "lore_holds" in obs:
-            return (HOLDS if obs["lore_holds"] else DIFFERS), evidence
-        if not r.get("reproduced"):
+        if seen.lore_holds is not None:
+            return (HOLDS if seen.lore_holds else DIFFERS), evidence
+        if not seen.reproduced:
             return DIFFERS, evidence or "the documented behaviour was not observed"
         return HOLDS, evidence or if_missing
 
     return judge
 
 
-def _evidence(result: dict[str, Any]) -> str:
-    """A short summary: the experiment's first notes, else its scalar observations."""
-    notes = result.get("notes") or []
-    obs = result.get("observations") or {}
-    scalars = {k: v for k, v in obs.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    parts = [f"{k}={v}" for k, v in list(scalars.items())[:6]]
-    text = "; ".join(parts)
-    if notes:
-        text = (notes[0] + (" | " + text if text else ""))
-    return text[:400]
+def shorten(text: str, limit: int = EVIDENCE_CHARS) -> str:
+    """At most `limit` characters, cut after a whole word (never mid-word), with "…" when cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ;,|") + "…"
 
 
-def _time_wait_seconds(results: Results) -> float | None:
-    obs = _obs(results, "time-wait-duration")
-    for key in ("time_wait_s", "measured_s", "duration_s", "time_wait_measured_s"):
-        val = obs.get(key)
-        if isinstance(val, (int, float)):
-            return float(val)
+def _scalar_text(value: Any) -> str | None:
+    """A scalar observation for people: None (nothing measured) is left out, never shown as Python's None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (int, str)):
+        return str(value)
     return None
 
 
+def _evidence(result: dict[str, Any]) -> str:
+    """A short summary: the experiment's first note, then its measured scalar observations."""
+    notes = [n for n in (result.get("notes") or []) if isinstance(n, str) and n.strip()]
+    obs = result.get("observations") or {}
+    parts = []
+    for k, v in obs.items():
+        text = _scalar_text(v)
+        if text is not None and k != "lore_holds":
+            parts.append(f"{k}={text}")
+        if len(parts) == 6:
+            break
+    text = "; ".join(parts)
+    if notes:
+        text = notes[0] + (" | " + text if text else "")
+    return shorten(text)
+
+
 def _judge_2msl_range(results: Results) -> Verdict:
-    tw = _time_wait_seconds(results)
+    tw = Observed.of(results["time-wait-duration"]).time_wait_s
     if tw is None:
         return _by_lore_holds("time-wait-duration")(results)
     verdict = HOLDS if 60 <= tw <= 240 else DIFFERS
@@ -86,12 +149,12 @@ def _judge_2msl_range(results: Results) -> Verdict:
 
 
 def _judge_linux_60(results: Results) -> Verdict:
-    tw = _time_wait_seconds(results)
+    seen = Observed.of(results["time-wait-duration"])
+    tw = seen.time_wait_s
     if tw is None:
         return _by_lore_holds("time-wait-duration")(results)
-    obs = _obs(results, "time-wait-duration")
-    fin = obs.get("time_wait_with_fin_timeout_s") or obs.get("fin_timeout_time_wait_s")
-    extra = f"; with tcp_fin_timeout lowered: {fin:.1f} s" if isinstance(fin, (int, float)) else ""
+    fin = seen.time_wait_with_fin_timeout_s
+    extra = f"; with tcp_fin_timeout lowered: {fin:.1f} s" if fin is not None else ""
     verdict = HOLDS if 59 <= tw <= 63 else DIFFERS
     return verdict, f"measured {tw:.1f} s (TCP_TIMEWAIT_LEN 60 s; timer wheel granularity adds up to ~2 s){extra}"
 
@@ -149,9 +212,19 @@ CLAIMS: tuple[Claim, ...] = (
 
 @dataclass(frozen=True)
 class Entry:
+    """One row of the ledger. (A `kernel` dimension can be added here: per-kernel verdicts are rows too.)"""
+
     claim: Claim
-    verdict: str
+    verdict: VerdictKind
     evidence: str
+
+    @property
+    def tested(self) -> bool:
+        return self.verdict != NOT_RUN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim.id, "lore": self.claim.lore, "source": self.claim.source,
+                "experiments": list(self.claim.experiments), "verdict": self.verdict, "evidence": self.evidence}
 
 
 def judge_all(results: list[dict[str, Any]]) -> list[Entry]:
@@ -160,58 +233,151 @@ def judge_all(results: list[dict[str, Any]]) -> list[Entry]:
     for c in CLAIMS:
         unavailable = _unavailable(by_id, c.experiments) if c.experiments else None
         verdict, evidence = unavailable or c.judge(by_id)
-        out.append(Entry(c, verdict, evidence))
+        out.append(Entry(c, verdict, shorten(evidence)))
     return out
 
 
 def ledger_dicts(entries: list[Entry]) -> list[dict[str, Any]]:
-    return [{"claim": e.claim.id, "lore": e.claim.lore, "source": e.claim.source,
-             "experiments": list(e.claim.experiments), "verdict": e.verdict, "evidence": e.evidence}
-            for e in entries]
+    return [e.to_dict() for e in entries]
 
 
-def write_markdown(entries: list[Entry], path: Path, results: list[dict[str, Any]]) -> None:
-    kernels = sorted({str(r.get("kernel")) for r in results if r.get("kernel")})
-    lines = ["# twlab claims ledger", "", f"Kernel: {', '.join(kernels) or 'unknown'}", "",
+def kernels_of(results: list[dict[str, Any]]) -> list[str]:
+    return sorted({str(r.get("kernel")) for r in results if r.get("kernel")})
+
+
+def ledger_document(entries: list[Entry], run_dir: Path | None, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """claims.json and `twlab claims --json`: one shape."""
+    return {"run": str(run_dir) if run_dir is not None else None, "kernels": kernels_of(results),
+            "claims": ledger_dicts(entries), "not_run": sum(1 for e in entries if not e.tested)}
+
+
+def render_markdown(entries: list[Entry], results: list[dict[str, Any]]) -> str:
+    lines = ["# twlab claims ledger", "", f"Kernel: {', '.join(kernels_of(results)) or 'unknown'}", "",
              "| claim | source | experiment | verdict | evidence |", "|---|---|---|---|---|"]
     for e in entries:
         cell = e.evidence.replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {e.claim.lore} | {e.claim.source} | {', '.join(e.claim.experiments) or '-'} "
                      f"| **{e.verdict}** | {cell} |")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    jtmp = path.with_name("claims.json.tmp")
-    jtmp.write_text(json.dumps(ledger_dicts(entries), indent=2) + "\n", encoding="utf-8")
-    jtmp.replace(path.with_name("claims.json"))
+    return "\n".join(lines) + "\n"
+
+
+def write_ledger(entries: list[Entry], run_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
+    """claims.md and claims.json in `run_dir`, each atomically (temp files named twl*.tmp, never left behind);
+    an unwritable folder is one line (OutputError)."""
+    md = run_dir / "claims.md"
+    js = run_dir / "claims.json"
+    write_text_atomic(md, render_markdown(entries, results))
+    write_text_atomic(js, json.dumps(ledger_document(entries, run_dir, results), indent=2) + "\n")
+    return [md, js]
+
+
+def write_markdown(entries: list[Entry], path: Path, results: list[dict[str, Any]]) -> None:
+    """claims.md at `path` and claims.json beside it (kept for callers of the old name)."""
+    write_ledger(entries, path.parent, results)
+
+
+class OutputError(EnvironmentProblem):
+    """An output file that cannot be written (read-only or full filesystem, no permission)."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"twl-{os.getpid()}-{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {_printable(path)}: {exc.strerror or exc}",
+                          "choose a folder you can write to") from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _printable(path: Path) -> str:
+    return str(path).encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def load_results(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     for p in sorted(run_dir.glob("*/result.json")):
         try:
-            out.append(json.loads(p.read_text(encoding="utf-8")))
+            res = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
+        if isinstance(res, dict) and "experiment" in res:
+            out.append(res)
     return out
 
 
+# --- finding the run to judge ---------------------------------------------------------------------------
+
+RUNS_ENV = "TWLAB_RUNS"
+
+
+def last_run_file() -> Path:
+    """Where `twlab run` records its folder: $XDG_STATE_HOME/twlab/last-run (default ~/.local/state)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "twlab" / "last-run"
+
+
+def record_last_run(run_dir: Path) -> None:
+    """Best effort: a lookup later (`twlab claims` from any directory) finds this run."""
+    try:
+        f = last_run_file()
+        f.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(f, str(run_dir.resolve()) + "\n")
+    except (OSError, EnvironmentProblem):
+        pass
+
+
+def _is_run(d: Path) -> bool:
+    return d.is_dir() and any(d.glob("*/result.json"))
+
+
 def latest_run(runs: Path = Path("runs")) -> Path | None:
-    dirs = [d for d in runs.glob("*") if d.is_dir() and any(d.glob("*/result.json"))]
+    try:
+        dirs = [d for d in runs.glob("*") if _is_run(d)]
+    except OSError:
+        return None
     return max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None
 
 
-def ledger_table(entries: list[Entry]) -> Any:
+def find_run() -> tuple[Path | None, str]:
+    """The run to judge when none is given, and where it was looked for: $TWLAB_RUNS (a run folder or a folder
+    of runs), the last run recorded by `twlab run`, ./runs."""
+    looked = []
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        p = Path(env)
+        looked.append(f"${RUNS_ENV}={env}")
+        return (p if _is_run(p) else latest_run(p)), ", ".join(looked)
+    try:
+        recorded = Path(last_run_file().read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        recorded = None
+    looked.append(str(last_run_file()))
+    if recorded is not None and _is_run(recorded):
+        return recorded, ", ".join(looked)
+    looked.append("./runs")
+    return latest_run(), ", ".join(looked)
+
+
+def ledger_table(entries: list[Entry], only_tested: bool = True) -> Any:
+    """The ledger for people: the claims this run tested, and a count of the others (claims.md lists all)."""
     from rich.table import Table
 
-    style = {HOLDS: "green", DIFFERS: "magenta", NOT_TESTABLE: "yellow", NOT_RUN: "dim"}
-    t = Table(title="claims ledger: the lore on this kernel", show_lines=True, expand=True)
+    style = {HOLDS: "green", DIFFERS: "magenta", NEEDS_ROOT: "yellow", NOT_TESTABLE: "yellow", NOT_RUN: "dim"}
+    shown = [e for e in entries if e.tested] if only_tested else entries
+    hidden = len(entries) - len(shown)
+    caption = f"{hidden} more claims not run here (twlab run all tests every claim)" if hidden else None
+    t = Table(title="claims ledger: the lore on this kernel", caption=caption, show_lines=True, expand=True)
     t.add_column("claim", ratio=3)
     t.add_column("experiment", ratio=1)
     t.add_column("verdict", no_wrap=True)
     t.add_column("evidence", ratio=3)
-    for e in entries:
+    for e in shown:
         t.add_row(e.claim.lore, ", ".join(e.claim.experiments) or "-",
-                  f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]",
-                  e.evidence if len(e.evidence) <= 240 else e.evidence[:239] + "…")  # full text in claims.md
+                  f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]", shorten(e.evidence, TABLE_EVIDENCE_CHARS))
     return t

@@ -39,3 +39,15 @@ class UnsafeTarget(LabError):
     """An injection or traffic target outside loopback and the lab's own namespaces."""
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwind (teardown runs), then exit 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -4,7 +4,9 @@ test can re-analyze the committed files and notice when an analyzer change alter
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,33 +42,67 @@ def frames_to_look_at(summary: dict[str, Any], limit: int = 12) -> list[int]:
     return sorted(set(frames))[:limit]
 
 
-def build(run_dir: Path, gallery: Path = GALLERY) -> list[dict[str, Any]]:
-    """Copy each experiment's annotated capture from a run folder into the gallery and index it."""
-    gallery.mkdir(parents=True, exist_ok=True)
-    entries: list[dict[str, Any]] = []
-    for result_path in sorted(run_dir.glob("*/result.json")):
-        result = json.loads(result_path.read_text(encoding="utf-8"))
-        cap = result.get("capture")
-        entry: dict[str, Any] = {"experiment": result["experiment"], "claim": result["claim"],
-                                 "kernel": result["kernel"], "reproduced": result["reproduced"], "file": None}
-        if cap and Path(cap).is_file():
-            size = Path(cap).stat().st_size
-            if size > MAX_BYTES:
-                entry["note"] = f"capture is {size // 1024} KiB, above the gallery's {MAX_BYTES // 1024} KiB limit"
-            else:
-                name = f"{result['experiment']}.pcapng"
-                tmp = gallery / f".{name}.tmp"
-                shutil.copyfile(cap, tmp)
-                tmp.replace(gallery / name)
-                entry["file"] = name
-                entry["summary"] = analyzer_summary(gallery / name)
-                entry["frames"] = frames_to_look_at(entry["summary"])
+def _run_results(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's result.json files; UsageError (one line, exit 2) when `run_dir` is not a run folder."""
+    from lab.errors import UsageError
+
+    name = str(run_dir).encode("unicode_escape").decode("ascii")
+    if not run_dir.is_dir():
+        raise UsageError(f"{name}: not a folder", "pass the folder a 'twlab run' wrote (runs/<timestamp>)")
+    results = []
+    for p in sorted(run_dir.glob("*/result.json")):
+        try:
+            res = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(res, dict) and {"experiment", "claim", "kernel", "reproduced"} <= res.keys():
+            results.append(res)
+    if not results:
+        raise UsageError(f"{name}: no experiment results (*/result.json) in this folder",
+                         "pass the folder a 'twlab run' wrote (runs/<timestamp>)")
+    return results
+
+
+def read_index(gallery: Path) -> list[dict[str, Any]]:
+    """The gallery's current entries (none if there is no readable index yet)."""
+    try:
+        data = json.loads((gallery / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [e for e in data if isinstance(e, dict) and "experiment" in e] if isinstance(data, list) else []
+
+
+def _entry(result: dict[str, Any], gallery: Path) -> dict[str, Any]:
+    cap = result.get("capture")
+    entry: dict[str, Any] = {"experiment": result["experiment"], "claim": result["claim"],
+                             "kernel": result["kernel"], "reproduced": result["reproduced"], "file": None}
+    if cap and Path(cap).is_file():
+        size = Path(cap).stat().st_size
+        if size > MAX_BYTES:
+            entry["note"] = f"capture is {size // 1024} KiB, above the gallery's {MAX_BYTES // 1024} KiB limit"
         else:
-            entry["note"] = "no capture (the experiment moves no TCP traffic, or capture was skipped)"
-        entries.append(entry)
+            name = f"{result['experiment']}.pcapng"
+            _copy(Path(cap), gallery / name)
+            entry["file"] = name
+            entry["summary"] = analyzer_summary(gallery / name)
+            entry["frames"] = frames_to_look_at(entry["summary"])
+    else:
+        entry["note"] = "no capture (the experiment moves no TCP traffic, or capture was skipped)"
+    return entry
+
+
+def build(run_dir: Path, gallery: Path = GALLERY) -> list[dict[str, Any]]:
+    """Copy each experiment's annotated capture from a run folder into the gallery and merge it into the index:
+    the run's experiments replace their entries, the others stay. Returns the entries of this run."""
+    results = _run_results(run_dir)
+    gallery.mkdir(parents=True, exist_ok=True)
+    fresh = [_entry(r, gallery) for r in results]
+    merged = {e["experiment"]: e for e in read_index(gallery)}
+    merged.update({e["experiment"]: e for e in fresh})
+    entries = [merged[k] for k in sorted(merged)]
     _write(gallery / "index.json", json.dumps(entries, indent=2) + "\n")
     _write(gallery / "README.md", render_readme(entries))
-    return entries
+    return fresh
 
 
 def render_readme(entries: list[dict[str, Any]]) -> str:
@@ -91,6 +127,20 @@ def render_readme(entries: list[dict[str, Any]]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f"twl-{os.getpid()}-{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f"twl-{os.getpid()}-{dst.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

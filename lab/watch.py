@@ -38,12 +38,29 @@ def snapshot_table(samples: Sequence[Any], title: str, limit: int = 40) -> Table
     return t
 
 
+def check_netns(name: str) -> None:
+    """A namespace that does not exist: one line that lists the ones that do (a typo is the usual cause)."""
+    from pathlib import Path
+
+    from lab.errors import UsageError
+
+    root = Path("/run/netns")
+    if "/" not in name and (root / name).exists():
+        return
+    existing = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    shown = ", ".join(existing[:12]) + (f" and {len(existing) - 12} more" if len(existing) > 12 else "")
+    raise UsageError(f"no network namespace {name!r}",
+                     f"existing: {shown}" if existing else "there are none ('ip netns list' shows them)")
+
+
 def watch(ports: Sequence[int], netns: str | None, interval_s: float, once: bool, duration_s: float | None) -> None:
     from rich.live import Live
 
     from lab.kernel.sockdiag import sockets
     from lab.ui import console
 
+    if netns is not None:
+        check_netns(netns)
     where = f"netns {netns}" if netns else "this host"
     title = f"TCP sockets on {where}" + (f", ports {', '.join(map(str, ports))}" if ports else "")
     con = console()

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.run.context import Experiment, kernel_release
+from lab.run.context import Experiment
+from lab.run.result import RunResult
+from lab.run.runner import SignalGate
 
 
 @dataclass
@@ -61,6 +63,17 @@ def _poll_progress(job: Job, out_root: Path) -> None:
         pass
 
 
+def _child_result(job: Job, out: str, out_root: Path) -> dict[str, Any]:
+    """The child's own JSON line (RunResult), else a record of why there is none; exit_code as the child's."""
+    for line in reversed(out.splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                res = RunResult.from_dict(json.loads(line))
+                res.exit_code = _exit_code(job.exit_code)
+                return res.to_dict()
+    return _failed_result(job, out_root)
+
+
 def _read_back(job: Job) -> tuple[str, str]:
     texts = []
     for fh in (job.out_file, job.err_file):
@@ -71,11 +84,63 @@ def _read_back(job: Job) -> tuple[str, str]:
 
 
 def _failed_result(job: Job, out_root: Path) -> dict[str, Any]:
-    reason = job.stderr.strip().splitlines()[-1] if job.stderr.strip() else f"exit {job.exit_code}"
-    return {"experiment": job.exp.id, "reproduced": False, "claim": job.exp.claim, "observations": {},
-            "capture": None, "kernel": kernel_release(), "error": reason, "exit_code": job.exit_code,
-            "folder": str(out_root / job.exp.id), "duration_s": round(job.ended_s - job.started_s, 3),
-            "story": [], "notes": [], "skipped": [], "lore": job.exp.lore}
+    """The record of a child that printed no result line (it died, or could not run the experiment)."""
+    lines = [ln for ln in job.stderr.strip().splitlines() if ln.strip()]
+    code = job.exit_code
+    if lines:
+        reason = lines[-1].removeprefix("twlab: ")
+    elif code is not None and code < 0:
+        reason = f"killed by signal {-code}"
+    else:
+        reason = f"exit {code}"
+    return RunResult.not_run(job.exp, out_root / job.exp.id, reason, _exit_code(code),
+                             duration_s=job.ended_s - job.started_s).to_dict()
+
+
+def _exit_code(code: int | None) -> int:
+    """A child's status as an exit code: killed by signal N -> 128 + N."""
+    if code is None:
+        return 1
+    return 128 - code if code < 0 else code
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: in the child, before exec, ask for SIGTERM when the parent dies (even by SIGKILL), so the
+    child unwinds its namespaces instead of running on as an orphan (prctl PR_SET_PDEATHSIG). libc is loaded
+    here, in the parent: after fork (the live display has a thread) the child only calls it."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(128 + int(signal.SIGTERM))
+
+    return preexec
+
+
+def _stop_children(running: list[Job]) -> None:
+    """SIGTERM to every child still running; wait for their teardown (bounded), then SIGKILL."""
+    for job in running:
+        if job.proc and job.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                job.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + CHILD_TEARDOWN_S
+    for job in running:
+        if job.proc:
+            try:
+                job.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+                job.proc.wait()
+
+
+CHILD_TEARDOWN_S = 30.0
 
 
 def run_parallel(exps: list[Experiment], out_root: Path, jobs: int = 4,
@@ -90,49 +155,43 @@ def run_parallel(exps: list[Experiment], out_root: Path, jobs: int = 4,
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        while queue or running:
-            while queue and len(running) < max(1, jobs):
-                job = queue.pop(0)
-                # output goes to files: a pipe would block a child whose JSON line exceeds the pipe buffer
-                (out_root / job.exp.id).mkdir(parents=True, exist_ok=True)
-                job.out_file = (out_root / job.exp.id / "stdout.jsonl").open("w+", encoding="utf-8")
-                job.err_file = (out_root / job.exp.id / "stderr.txt").open("w+", encoding="utf-8")
-                job.proc = subprocess.Popen(_child_argv(job.exp.id, out_root), stdout=job.out_file,
-                                            stderr=job.err_file, stdin=subprocess.DEVNULL, text=True, env=env)
-                job.started_s = time.monotonic()
-                job.progress = "starting"
-                running.append(job)
-            for job in list(running):
-                assert job.proc is not None
-                _poll_progress(job, out_root)
-                if job.proc.poll() is None:
-                    continue
-                out, err = _read_back(job)
-                job.exit_code = job.proc.returncode
-                job.ended_s = time.monotonic()
-                job.stderr = err
-                lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-                job.result = json.loads(lines[-1]) if lines else _failed_result(job, out_root)
-                job.result["exit_code"] = job.exit_code
-                job.progress = "reproduced" if job.result.get("reproduced") else (
-                    job.result.get("error") or "not reproduced")
-                running.remove(job)
-                if on_result:
-                    on_result(job.result)
-            if on_update:
-                on_update(all_jobs)
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        for job in running:
-            if job.proc and job.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    job.proc.send_signal(signal.SIGTERM)
-        for job in running:
-            if job.proc:
-                try:
-                    job.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    job.proc.kill()
-        raise
+    preexec = _die_with_parent()
+    with SignalGate() as gate:
+        try:
+            while queue or running:
+                while queue and len(running) < max(1, jobs):
+                    job = queue.pop(0)
+                    # output goes to files: a pipe would block a child whose JSON line exceeds the pipe buffer
+                    (out_root / job.exp.id).mkdir(parents=True, exist_ok=True)
+                    job.out_file = (out_root / job.exp.id / "stdout.jsonl").open("w+", encoding="utf-8")
+                    job.err_file = (out_root / job.exp.id / "stderr.txt").open("w+", encoding="utf-8")
+                    job.proc = subprocess.Popen(_child_argv(job.exp.id, out_root), stdout=job.out_file,
+                                                stderr=job.err_file, stdin=subprocess.DEVNULL, text=True, env=env,
+                                                preexec_fn=preexec)
+                    job.started_s = time.monotonic()
+                    job.progress = "starting"
+                    running.append(job)
+                for job in list(running):
+                    assert job.proc is not None
+                    _poll_progress(job, out_root)
+                    if job.proc.poll() is None:
+                        continue
+                    out, err = _read_back(job)
+                    job.exit_code = job.proc.returncode
+                    job.ended_s = time.monotonic()
+                    job.stderr = err
+                    job.result = _child_result(job, out, out_root)
+                    job.progress = "reproduced" if job.result.get("reproduced") else (
+                        job.result.get("error") or "not reproduced")
+                    running.remove(job)
+                    if on_result:
+                        on_result(job.result)
+                if on_update:
+                    on_update(all_jobs)
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            gate.defer()
+            _stop_children(running)
+            raise
+        gate.raise_if_received()
     return [j.result for j in all_jobs if j.result is not None]

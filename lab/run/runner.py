@@ -1,7 +1,8 @@
-"""run(experiment) -> result: owns the run folder, the event log and teardown order."""
+"""run(experiment) -> result: owns the run folder, the event log, teardown order and signals during a run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,58 +13,78 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from lab.errors import EnvironmentProblem, LabError
+from lab.errors import EnvironmentProblem, Interrupted, LabError
+from lab.run import addrplan
 from lab.run.context import EventLog, Experiment, Outcome, RunContext, is_root, new_run_id
 from lab.run.resources import Ledger
+from lab.run.result import RunResult
 
 
 def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every ExitStack callback (netns, rules, pids) runs."""
+class SignalGate:
+    """SIGINT and SIGTERM while the lab holds resources: the first one interrupts the work (raises Interrupted,
+    so every ExitStack callback runs); from teardown on (`defer`) signals are only recorded, so cleanup always
+    finishes; afterwards a recorded signal is raised again and the CLI exits 128 + signal (130, 143). A signal
+    that something swallowed is still raised at the end: never exit 0 after an interrupt."""
 
-    owner = os.getpid()
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def handler(signum: int, frame: object) -> None:
-        if os.getpid() != owner:  # a forked helper (e.g. pyroute2's) must not unwind our teardown
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferring = False
+        self._owner = os.getpid()
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._owner:  # a forked helper (e.g. pyroute2's) must not unwind our teardown
             os._exit(128 + signum)
-        raise KeyboardInterrupt(f"signal {signum}")
+        first = self.received is None
+        if first:
+            self.received = signum
+        if first and not self.deferring:
+            raise Interrupted(signum)
 
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    def __enter__(self) -> SignalGate:
+        try:
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # not the main thread: signals are handled elsewhere
+            self._old.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def defer(self) -> None:
+        """From now on (teardown) signals are recorded, not raised."""
+        self.deferring = True
+
+    def raise_if_received(self) -> None:
+        if self.received is not None:
+            raise Interrupted(self.received)
 
 
-def result_dict(exp: Experiment, ctx: RunContext, outcome: Outcome | None, started: float,
-                error: str | None = None) -> dict[str, Any]:
-    """The `twlab run --json` contract (docs/design.md); extend, never rename."""
-    return {
-        "experiment": exp.id,
-        "reproduced": bool(outcome and outcome.reproduced and not error),
-        "claim": exp.claim,
-        "observations": outcome.observations if outcome else {},
-        "capture": str(outcome.capture) if outcome and outcome.capture else None,
-        "kernel": ctx.kernel,
-        "run_id": ctx.run_id,
-        "root": ctx.root,
-        "lore": exp.lore,
-        "story": [list(s) for s in outcome.story] if outcome else [],
-        "notes": outcome.notes if outcome else [],
-        "skipped": outcome.skipped if outcome else [],
-        "folder": str(ctx.out_dir),
-        "started_wall_s": started,
-        "duration_s": round(time.time() - started, 3),
-        "error": error,
-    }
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[SignalGate]:
+    """SIGINT/SIGTERM unwind like Ctrl-C (Interrupted, a KeyboardInterrupt) around a block whose cleanup is in
+    `finally` clauses (e.g. analyze's spool files); a swallowed signal is raised at the end."""
+    with SignalGate() as gate:
+        yield gate
+        gate.raise_if_received()
+
+
+def record_subnets(exp: Experiment, ctx: RunContext) -> dict[str, Any] | None:
+    """The documentation subnets the run's namespaces use, chosen against the host's own (lab.run.addrplan)."""
+    if exp.topology != "netns" or not ctx.root:
+        return None
+    plan = addrplan.current().to_dict()
+    ctx.events.log("addr-plan", **plan)
+    return plan
 
 
 def open_context(exp: Experiment, out_dir: Path, stack: ExitStack,
@@ -80,12 +101,38 @@ def open_context(exp: Experiment, out_dir: Path, stack: ExitStack,
                       progress=progress or (lambda t, f: None), options=dict(options or {}))
 
 
+def _run_in(exp: Experiment, ctx: RunContext, gate: SignalGate, started: float) -> RunResult:
+    """The experiment itself; teardown (the caller's ExitStack) starts deferred whatever happens here."""
+    outcome: Outcome | None = None
+    error: str | None = None
+    subnets: dict[str, Any] | None = None
+    events = ctx.events
+    events.log("run-start", experiment=exp.id, run_id=ctx.run_id, kernel=ctx.kernel, root=ctx.root)
+    try:
+        subnets = record_subnets(exp, ctx)
+        outcome = exp.run(ctx)
+    except LabError as exc:
+        events.log("run-error", error=exc.one_line())
+        raise
+    except KeyboardInterrupt as exc:
+        events.log("run-interrupted", signal=getattr(exc, "signum", int(signal.SIGINT)))
+        raise
+    except Exception as exc:  # a bug in the lab: keep the run folder, report it
+        error = f"{type(exc).__name__}: {exc}"
+        events.log("run-error", error=error, traceback=traceback.format_exc())
+    finally:
+        gate.defer()
+    result = RunResult.of_run(exp, ctx, outcome, started, error, lab_subnets=subnets)
+    events.log("run-end", reproduced=result.reproduced)
+    return result
+
+
 def run_one(exp: Experiment, out_root: Path, progress: Callable[[str, float | None], None] | None = None,
             options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one experiment into out_root/<id>/ and return its result dict.
+    """Run one experiment into out_root/<id>/ and return its result dict (lab.run.result.RunResult).
 
     LabError (environment, usage) propagates after teardown; the caller maps it to an exit code.
-    KeyboardInterrupt propagates after teardown too.
+    SIGINT/SIGTERM: teardown finishes (signals are held off meanwhile), then Interrupted propagates.
     """
     if exp.needs_root and not is_root():
         raise EnvironmentProblem(f"{exp.id} needs root (network namespaces, raw sockets)",
@@ -93,27 +140,24 @@ def run_one(exp: Experiment, out_root: Path, progress: Callable[[str, float | No
     out_dir = out_root / exp.id
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    outcome: Outcome | None = None
-    error: str | None = None
-    with ExitStack() as stack:
-        ctx = open_context(exp, out_dir, stack, progress=progress, options=options)
-        events = ctx.events
-        events.log("run-start", experiment=exp.id, run_id=ctx.run_id, kernel=ctx.kernel, root=ctx.root)
+    with SignalGate() as gate:
         try:
-            with sigterm_as_interrupt():
-                outcome = exp.run(ctx)
-        except LabError:
-            events.log("run-error", error="lab error")
-            raise
-        except KeyboardInterrupt:
-            events.log("run-interrupted")
-            raise
-        except Exception as exc:  # a bug in the lab: keep the run folder, report it
-            error = f"{type(exc).__name__}: {exc}"
-            events.log("run-error", error=error, traceback=traceback.format_exc())
-        result = result_dict(exp, ctx, outcome, started, error)
-        events.log("run-end", reproduced=result["reproduced"])
-    tmp = out_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / "result.json")
-    return result
+            with ExitStack() as stack:
+                ctx = open_context(exp, out_dir, stack, progress=progress, options=options)
+                result = _run_in(exp, ctx, gate, started)
+        finally:
+            gate.defer()
+        gate.raise_if_received()
+        write_result(out_dir, result)
+    return result.to_dict()
+
+
+def write_result(out_dir: Path, result: RunResult) -> None:
+    """result.json, atomically; the temp file is named for doctor (twl*.tmp) and never left behind."""
+    tmp = out_dir / "twl-result.json.tmp"
+    try:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(out_dir / "result.json")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
