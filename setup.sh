@@ -26,6 +26,8 @@ python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sy
   2>/dev/null || missing+=(python3-dev)
 # the test suite validates the Vagrantfile; without Recommends vagrant is 53 small packages, no hypervisor
 if [ "$mode" = test ]; then command -v vagrant >/dev/null || missing+=(vagrant); fi
+# the report's browser test (tests/integration/test_report_browser.py) opens it in headless chromium
+if [ "$mode" = test ]; then command -v chromium >/dev/null || missing+=(chromium); fi
 # --- user-mode Linux kernels (helper E2): modprobe for the guests' modules, patchelf for kernels needing a newer glibc
 if [ "$mode" = kernels ] || [ "$mode" = test ]; then
   command -v modprobe >/dev/null || [ -x /usr/sbin/modprobe ] || missing+=(kmod)

@@ -1,0 +1,265 @@
+"""`twlab report`: one self-contained HTML file of a run or of capture files.
+
+    capture_report(paths, out, profile, time_wait_s) -> str
+    run_report(results, ledgers, out, profile, time_wait_s) -> str
+    write_report(html, out)                                    atomic: no partial file on any error
+
+Everything is inline (CSS, the ladders' SVG, the charts' SVG): the file makes no request when opened.
+The ladders are drawn by lab.analysis.svg from the narrator's rows; the charts by matplotlib (Agg,
+SVG); the page by the jinja2 templates in lab/analysis/templates. Links to captures are relative to
+the report's folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.analysis import svg
+from lab.core.model import Segment
+from lab.core.report import Connection, Finding, Report
+from lab.errors import UsageError
+
+MAX_LADDERS_PER_CAPTURE = 12
+MAX_TABLE_ROWS = 200
+MAX_LADDER_ROWS = 80
+TOP_DESTINATIONS = 5
+# Linux's default net.ipv4.ip_local_port_range (32768-60999): the client ports one destination can take
+LINUX_EPHEMERAL_PORTS = 60999 - 32768 + 1
+_TEMPLATES = Path(__file__).with_name("templates")
+
+
+# --- what the page shows ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """One connection's ladder."""
+
+    anchor: str
+    title: str
+    svg: str
+
+
+@dataclass(slots=True)
+class CaptureSection:
+    name: str
+    link: str
+    anchor: str
+    packets: int
+    segments: int
+    profile: str
+    time_wait_s: float
+    connections: int
+    closes: list[tuple[str, dict[str, int], int]]      # kind, {initiator: n}, total
+    findings: list[dict[str, Any]]                    # kind, connection, anchor (or ""), frames, detail
+    findings_total: int
+    charts: list[tuple[str, str]] = field(default_factory=list)   # caption, svg
+    ladders: list[Picture] = field(default_factory=list)
+    not_drawn: int = 0
+
+
+@dataclass(slots=True)
+class ExperimentSection:
+    result: Mapping[str, Any]
+    anchor: str
+    capture: CaptureSection | None
+
+
+# --- analysis of one capture -----------------------------------------------------------------------------
+
+def _analyze(path: Path, profile: str, time_wait_s: float | None) -> tuple[Report, int, float]:
+    """The Report, the number of packets and the timestamp of the capture's first frame (t0: the zero of
+    Wireshark's Time column, as the narrator's times)."""
+    from lab.core.tracker import analyze
+    from lab.pcap.annotate import capture_t0
+    from lab.pcap.readers import CaptureReader
+
+    reader = CaptureReader(path)
+    report = analyze(reader, profile=profile, time_wait_s=time_wait_s)
+    return report, reader.stats.packets, capture_t0(path)
+
+
+def connections_of_interest(report: Report, main: Iterable[int] = ()) -> list[Connection]:
+    """Closes with findings, reused four-tuples and the experiment's main connections, in that order;
+    a capture without any of them: its first connection that closed."""
+    by_id = {c.id: c for c in report.connections}
+    order: list[int] = [f.connection for f in report.findings if f.connection is not None]
+    order += [c.id for c in report.connections if c.incarnation > 0]
+    order += [i for i in main if i in by_id]
+    if not order:
+        order = [c.id for c in report.connections if c.close.kind != "incomplete"][:1] or \
+                [c.id for c in report.connections][:1]
+    seen: dict[int, None] = {}
+    for i in order:
+        if i in by_id:
+            seen.setdefault(i, None)
+    return [by_id[i] for i in seen]
+
+
+def _segments_of(path: Path, conns: Sequence[Connection]) -> dict[int, list[Segment]]:
+    """Each chosen connection's segments, in one pass over the file (only those are kept)."""
+    from lab.pcap.readers import read_segments
+
+    want: dict[frozenset[str], list[Connection]] = {}
+    for c in conns:
+        want.setdefault(frozenset((c.client, c.server)), []).append(c)
+    out: dict[int, list[Segment]] = {c.id: [] for c in conns}
+    for s in read_segments(path):
+        key = frozenset((_endpoint(s.src_ip, s.sport), _endpoint(s.dst_ip, s.dport)))
+        for c in want.get(key, ()):
+            if c.first_frame <= s.frame <= c.last_frame:
+                out[c.id].append(s)
+    return out
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _anchor(prefix: str, cid: int) -> str:
+    return f"{prefix}-conn-{cid}"
+
+
+def _closes(report: Report) -> list[tuple[str, dict[str, int], int]]:
+    counts = Counter((c.close.kind, c.close.initiator or "none") for c in report.connections)
+    kinds = sorted({k for k, _ in counts})
+    return [(k, {who: counts.get((k, who), 0) for who in ("client", "server", "both", "none")},
+             sum(n for (kk, _), n in counts.items() if kk == k)) for k in kinds]
+
+
+def _finding_row(f: Finding, drawn: Mapping[int, str]) -> dict[str, Any]:
+    frames = list(f.frames[:8])
+    return {"kind": f.kind, "connection": f.connection, "anchor": drawn.get(f.connection, "")
+            if f.connection is not None else "", "frames": ", ".join(map(str, frames))
+            + (" …" if len(f.frames) > 8 else ""), "detail": f.detail}
+
+
+def capture_section(path: Path, out: Path, prefix: str, profile: str, time_wait_s: float | None,
+                    main: Iterable[int] = (), charts: bool = True, label: str = "") -> CaptureSection:
+    """Everything the report says about one capture file (`label` names it in the ladders' titles)."""
+    report, packets, t0 = _analyze(path, profile, time_wait_s)
+    chosen = connections_of_interest(report, main)
+    drawn = chosen[:MAX_LADDERS_PER_CAPTURE]
+    segs = _segments_of(path, drawn)
+    end = max((c.last_ts for c in report.connections), default=t0)   # the last TCP segment's time
+    findings_by_conn: dict[int, list[Finding]] = {}
+    for f in report.findings:
+        if f.connection is not None:
+            findings_by_conn.setdefault(f.connection, []).append(f)
+    ladders = []
+    for c in drawn:
+        anchor = _anchor(prefix, c.id)
+        lines, head = svg.connection_ladder(c, segs[c.id], t0, findings_by_conn.get(c.id, ()), anchor,
+                                            f"{label or path.name}: connection {c.id}", MAX_LADDER_ROWS, end)
+        ladders.append(Picture(anchor, head.title, svg.svg_ladder(lines, head)))
+    anchors = {c.id: _anchor(prefix, c.id) for c in drawn}
+    section = CaptureSection(
+        name=path.name, link=_relative_link(path, out), anchor=prefix, packets=packets,
+        segments=report.segments, profile=report.profile, time_wait_s=report.time_wait_s,
+        connections=len(report.connections), closes=_closes(report),
+        findings=[_finding_row(f, anchors) for f in report.findings[:MAX_TABLE_ROWS]],
+        findings_total=len(report.findings), ladders=ladders, not_drawn=len(chosen) - len(drawn))
+    if charts and report.connections:
+        from lab.analysis import charts as ch
+
+        section.charts = ch.census_charts(report, t0, LINUX_EPHEMERAL_PORTS, TOP_DESTINATIONS, prefix)
+    return section
+
+
+def _relative_link(path: Path, out: Path) -> str:
+    from urllib.parse import quote
+
+    rel = os.path.relpath(path.resolve(), out.resolve().parent)
+    return quote(Path(rel).as_posix())
+
+
+# --- the two reports -------------------------------------------------------------------------------------
+
+def _render(template: str, **context: Any) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["safe_svg"] = lambda s: jinja2.utils.markupsafe.Markup(s)
+    return env.get_template(template).render(**context)
+
+
+def capture_report(paths: Sequence[Path], out: Path, profile: str = "linux", time_wait_s: float | None = None,
+                   version: str = "") -> str:
+    sections = [capture_section(p, out, f"c{i}", profile, time_wait_s) for i, p in enumerate(paths)]
+    title = "twlab report: " + ", ".join(p.name for p in paths)
+    return _render("capture.html.j2", title=title, sections=sections, version=version)
+
+
+def main_connections(result: Mapping[str, Any]) -> list[int]:
+    """The connection ids an experiment names as its own (observations' "analyzer": {"id": N}, at any depth)."""
+    ids: list[int] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            a = node.get("analyzer")
+            if isinstance(a, Mapping) and isinstance(a.get("id"), int):
+                ids.append(a["id"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(result.get("observations") or {})
+    return list(dict.fromkeys(ids))
+
+
+def run_report(results: Sequence[Mapping[str, Any]], ledgers: Mapping[str, Sequence[Mapping[str, Any]]],
+               out: Path, run_dir: Path, profile: str = "linux", time_wait_s: float | None = None,
+               version: str = "") -> str:
+    """`ledgers`: kernel -> the claims ledger of that kernel's results (lab.claims.ledger_dicts)."""
+    experiments = []
+    for r in results:
+        cap = r.get("capture")
+        section = None
+        if cap and Path(cap).is_file():
+            section = capture_section(Path(cap), out, _slug(r["experiment"]), profile, time_wait_s,
+                                      main=main_connections(r), charts=False, label=r["experiment"])
+        experiments.append(ExperimentSection(r, "exp-" + _slug(r["experiment"]), section))
+    return _render("run.html.j2", title=f"twlab run {run_dir.name}", run_dir=str(run_dir), ledgers=ledgers,
+                   experiments=experiments, version=version)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def check_output(out: Path) -> None:
+    """Before any work: the output must be an .html file in an existing folder."""
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{out}: the report is HTML", "give an output name ending in .html")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory", "give a file name, e.g. report.html")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UsageError(f"folder {out.parent} does not exist", "create it first or choose another output path")
+
+
+def write_report(html: str, out: Path) -> None:
+    """Atomically: a reader never sees half a report, an error leaves no file behind."""
+    from lab.pcap.writer import atomic_write
+
+    check_output(out)
+    with atomic_write(out) as f:
+        f.write(html.encode("utf-8"))
+
+
+def svg_text(fig: Any) -> str:
+    """A matplotlib figure as an inline <svg> element (no XML prolog, no metadata)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None,
+                                                                  "Type": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
