@@ -48,6 +48,13 @@ POLL_S = 0.1
 GUEST_MODULES = ("tun", "veth", "ipv6", "configs", "ip_tables", "ip6_tables", "iptable_filter", "ip6table_filter",
                  "iptable_mangle", "iptable_raw", "nfnetlink_queue", "xt_NFQUEUE", "xt_tcpudp", "xt_multiport",
                  "xt_comment", "xt_u32", "xt_length", "xt_statistic", "sch_netem", "bridge")
+# 5.10's UML has no credited entropy source: getrandom() would block Python's start-up forever. The host hands the
+# guest a seed from its own CSPRNG, credited with RNDADDENTROPY before anything else starts.
+SEED_BYTES = 64
+RNDADDENTROPY = 0x40085203
+CREDIT_SEED = ("import fcntl, os, struct, sys; d = open(sys.argv[1], 'rb').read(); "
+               f"fcntl.ioctl(os.open('/dev/random', os.O_WRONLY), {RNDADDENTROPY}, "
+               "struct.pack('ii', 8 * len(d), len(d)) + d)")
 CONTROL = "guest"               # the folder (inside the run folder) with the guest's init, marks and console
 
 
@@ -164,7 +171,7 @@ PATH=/run/twlab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 {exports}mount -t proc proc /proc
 mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null || mount -t tmpfs dev /dev
+[ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev   # the kernel mounts it itself (DEVTMPFS_MOUNT)
 mkdir -p /dev/pts /dev/shm /dev/net
 mount -t devpts devpts /dev/pts
 mount -t tmpfs shm /dev/shm
@@ -173,6 +180,8 @@ mkdir -p {_sh(share)} /run/twlab/bin
 mount -t hostfs none {_sh(share)} -o {_sh(share)} || {{ echo "twlab guest: cannot mount the run folder"; \
 echo o > /proc/sysrq-trigger; }}
 {modules}[ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
+PYTHONHASHSEED=0 {_sh(sys.executable)} -c {_sh(CREDIT_SEED)} {_sh(ctl / "seed")}
+rm -f {_sh(ctl / "seed")}
 ip link set lo up
 iptables_kind=nft
 if ! iptables-nft -w -L -n >/dev/null 2>&1; then
@@ -296,6 +305,9 @@ def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
     init.write_text(init_script(kernel, out_dir, _lab_argv([e.id for e in exps], out_dir, jobs),
                                 Path(__file__).resolve().parent.parent.parent, _guest_env()))
     init.chmod(0o755)
+    seed = ctl / "seed"
+    seed.touch(mode=0o600)
+    seed.write_bytes(os.urandom(SEED_BYTES))
     ledger = Ledger(run_id)
     t0 = time.monotonic()
     try:
@@ -314,6 +326,7 @@ def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
                     proc.wait(timeout=5)
     finally:
         ledger.close()
+        seed.unlink(missing_ok=True)
         run.wall_s = round(time.monotonic() - t0, 3)
     _collect(run)
     return run
@@ -372,9 +385,10 @@ def _collect(run: GuestRun) -> None:
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     run.results.append(json.loads(line))
-    if run.exit_code == 3 and run.error is None:
-        err = _tail(ctl / "stderr.txt")
-        run.error = err or f"kernel {run.kernel.label}: the guest's run exited 3"
+    if run.error is None and (run.exit_code == 3 or not run.results):
+        err = _tail(ctl / "stderr.txt", lines=2)
+        run.error = f"kernel {run.kernel.label}: " + (err or f"the guest's run exited {run.exit_code}")
+        run.exit_code = 3
     for res in run.results:
         res.update(guest_fields(run))
         _rewrite_result(res)
