@@ -174,8 +174,9 @@ def _connection_notes(conn: Connection, t0: float, capture_end: float | None, no
         peers = [f"{side}: {_chain(ts, conn, t0, capture_end)}" for side, ts in per_side.items()]
         if own:
             text = f"{head} — {who}: " + "; ".join([_chain(own, conn, t0, capture_end), *peers])
-        elif sender:
-            text = f"{head} from the {sender}" + ("; " + "; ".join(peers) if peers else "")
+        elif sender:   # "FIN N retransmission from the server"; a role that already says "from": "sent by"
+            text = head + (f", sent by the {sender}" if " from " in head else f" from the {sender}")
+            text += "; " + "; ".join(peers) if peers else ""
         else:
             text = head + (" — " + "; ".join(peers) if peers else "")
         notes.setdefault(frame, []).append(text)

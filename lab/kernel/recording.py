@@ -5,8 +5,10 @@
     rec.report            # the analyzer's Report of what was captured (None if capture was skipped)
     rec.skipped_reason    # e.g. "not root: capture skipped ..." (None when captured)
     rec.segments          # decoded TCP segments (frame numbers = tshark frame.number)
-    rec.note(frame, text) # the experiment's own per-packet comments
-    rec.save()            # ctx.out_dir/capture.pcapng, atomically: analyzer notes + experiment notes
+    rec.note(frame, text) # the experiment's own per-packet facts (what it did, sock_diag readings); never states:
+                          # every sentence about TCP states comes from the narrator (lab.core.narrate)
+    rec.narration()       # the narrator's comments on the capture's clock (t0 = the first frame)
+    rec.save()            # ctx.out_dir/capture.pcapng, atomically: narrator notes + experiment notes
 
 Without CAP_NET_RAW nothing is captured and the experiment still runs its socket cases.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from lab.errors import EnvironmentProblem
 from lab.kernel.capture import CaptureStats, LiveCapture, write_pcapng
 
 if TYPE_CHECKING:
+    from lab.core.report import Connection
     from lab.run.context import RunSpace
 
 
@@ -157,15 +160,40 @@ class Recording:
             out["capture_stats"] = {k: v for k, v in self.stats.to_dict().items() if k != "path"}
         return out
 
-    def all_notes(self) -> dict[int, list[str]]:
-        merged: dict[int, list[str]] = {}
-        if self.report is not None and self.capture is not None and self.capture.packets:
-            from lab.core.narrate import frame_notes
+    @property
+    def t0(self) -> float:
+        """The capture's first frame's timestamp: the zero of Wireshark's Time column (0.0 without packets)."""
+        return self.capture.packets[0][0] / 1e9 if self.capture is not None and self.capture.packets else 0.0
 
-            t0 = self.capture.packets[0][0] / 1e9      # Wireshark's Time column counts from the first frame
-            fn: Mapping[int, Sequence[str]] = frame_notes(self.report, t0)
-            for frame, texts in fn.items():
-                merged.setdefault(int(frame), []).extend(texts)
+    @property
+    def end_ts(self) -> float | None:
+        """The capture's last frame's timestamp (None without packets)."""
+        return self.capture.packets[-1][0] / 1e9 if self.capture is not None and self.capture.packets else None
+
+    def connection(self, port_a: int, port_b: int, frame: int | None = None) -> Connection | None:
+        """The analyzer's connection between these two ports that holds `frame` (default: the last one);
+        None without a report or such a connection."""
+        found = None
+        if self.report is not None:
+            for c in self.report.connections:
+                ports = {c.client.rsplit(":", 1)[-1], c.server.rsplit(":", 1)[-1]}
+                if ports == {str(port_a), str(port_b)} and (frame is None or c.first_frame <= frame <= c.last_frame):
+                    found = c
+        return found
+
+    def narration(self) -> dict[int, list[str]]:
+        """The narrator's per-frame comments (lab.core.narrate) on this capture's clock."""
+        if self.report is None:
+            return {}
+        from lab.core.narrate import frame_notes
+
+        return frame_notes(self.report, self.t0, self.end_ts)
+
+    def all_notes(self) -> dict[int, list[str]]:
+        """The narrator's comments, then the experiment's own facts (rec.note), per frame."""
+        merged: dict[int, list[str]] = {}
+        for frame, texts in self.narration().items():
+            merged.setdefault(int(frame), []).extend(texts)
         for frame, texts in self.notes.items():
             merged.setdefault(frame, []).extend(texts)
         return merged
@@ -175,10 +203,11 @@ class Recording:
         if self.capture is None or self.stats is None:
             return None
         path = self.ctx.out_dir / self.filename
-        write_pcapng(path, self.capture.linktype, self.capture.snaplen, self.capture.packets, self.all_notes())
+        notes = self.all_notes()
+        write_pcapng(path, self.capture.linktype, self.capture.snaplen, self.capture.packets, notes)
         self.path = path
         self.ctx.events.log("capture-saved", path=str(path), packets=self.stats.packets,
-                            notes=sum(len(v) for v in self.all_notes().values()))
+                            notes=sum(len(v) for v in notes.values()))
         return path
 
     def summary(self) -> dict[str, Any]:
