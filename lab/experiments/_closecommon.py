@@ -5,6 +5,7 @@ close segments found and labelled in the capture, and the kernel's TIME_WAIT set
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lab.core.model import Flags, Segment
 from lab.kernel import sockdiag
 from lab.kernel.hosts.netns import NetnsPair
-from lab.run.context import Outcome
+from lab.run.context import CouldNotRun, Outcome, scaled
 
 if TYPE_CHECKING:
     from lab.kernel.agent import Agent
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
 
 PORT = 7000
 MOD = 1 << 32
+# Deadlines of blocking agent steps on an idle machine (Agent.start stretches them by the timeout scale). A step
+# that waits for the peer starts waiting before the controller has finished its own set-up (starting the other
+# program, opening more connections), so these are safety nets far above the idle times, never sleeps.
+ACCEPT_S = 30.0      # a server's accept(): the client program still has to start
+PASSIVE_S = 30.0     # a passive closer's recv_eof(): the experiment releases the active close later
+SETTLE_S = 5.0       # until a closed connection's sockets reach their final states
+FINAL_STATES = ("TIME_WAIT",)
 
 
 def make_pair(ctx: RunContext, client_sysctls: Mapping[str, Any] | None = None,
@@ -72,14 +80,14 @@ def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = P
         {"op": "setsockopt", "sock": "l", "opt": "SO_REUSEADDR", "value": 1},
         {"op": "bind", "sock": "l", "addr": [pair.server.addr4, port]},
         {"op": "listen", "sock": "l", "label": "listen"},
-        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": 5},
+        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": ACCEPT_S},
         {"op": "close", "sock": "l", "label": "close-listener"},
         *[{**o, "sock": "c"} for o in server_opts],
     ]
     cli_steps: list[dict[str, Any]] = [
         {"op": "socket", "sock": "s"},
         *[{**o, "sock": "s"} for o in client_opts],
-        {"op": "connect", "sock": "s", "addr": [pair.server.addr4, port], "label": "connect", "timeout_s": 5},
+        {"op": "connect", "sock": "s", "addr": [pair.server.addr4, port], "label": "connect"},
     ]
     if exchange:
         srv_steps += [{"op": "recv", "sock": "c", "label": "recv-hello"},
@@ -89,7 +97,7 @@ def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = P
     srv_steps += [{"sock": "c", **st} for st in server_tail]
     cli_steps += [{"sock": "s", **st} for st in client_tail]
     server = Agent.start(ctx, srv_steps, netns=pair.server.name, name=f"server-{tag}")
-    _ok(server.wait("listen"), server)
+    _ok(server.wait("listen"), server)   # the event that gates the client: the server's listen() returned
     client = Agent.start(ctx, cli_steps, netns=pair.client.name, name=f"client-{tag}")
     conn = _ok(client.wait("connect"), client)
     if exchange:
@@ -98,9 +106,16 @@ def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = P
 
 
 def _ok(rec: dict[str, Any], agent: Agent) -> dict[str, Any]:
+    """A set-up step that failed means the case could not be set up here (an environment verdict)."""
     if not rec.get("ok"):
-        raise RuntimeError(f"{agent.name}: {rec['label']} failed with {rec.get('errno') or rec.get('error')}")
+        raise CouldNotRun(f"{agent.name}: set-up step {rec['label']} failed with "
+                          f"{rec.get('errno') or rec.get('error')}")
     return rec
+
+
+def passive_eof() -> dict[str, Any]:
+    """The passive closer's wait for the peer's FIN (a safety-net deadline, see PASSIVE_S)."""
+    return {"op": "recv_eof", "label": "eof", "timeout_s": PASSIVE_S}
 
 
 def gate(name: str) -> dict[str, Any]:
@@ -228,35 +243,58 @@ def seg_dict(s: Segment | None, t0: float | None = None) -> dict[str, Any] | Non
 
 
 def label_close(rec: Recording, cs: CloseSegments, prefix: str = "") -> dict[str, str]:
-    """Mark this case's close in the capture and return what the narrator says about each close segment.
-
-    The experiment adds only its own facts to the comments: which case this close is, and the absolute M and N
-    (the FINs' sequence numbers). Roles and state changes (FIN M / ACK M+1 / FIN N / ACK N+1, both sides'
-    states, TIME_WAIT) are the narrator's, rendered from the analyzer's records (lab.core.narrate); the returned
-    labels ({"fin_m": ..., "ack_m1": ..., "fin_n": ..., "ack_n1": ...}) are those same sentences."""
+    """Textbook labels on the close segments (FIN M / ACK M+1 / FIN N / ACK N+1) with both sides' states."""
     if cs.first_fin is None:
         return {}
+    x = cs.first_side or "client"
+    y = "server" if x == "client" else "client"
     p = f"{prefix}: " if prefix else ""
-    rec.note(cs.first_fin.frame, f"{p}M = {cs.first_fin.seq + cs.first_fin.payload_len} (this FIN's sequence number)")
-    if cs.second_fin is not None:
-        rec.note(cs.second_fin.frame, f"{p}N = {cs.second_fin.seq + cs.second_fin.payload_len} "
-                                      "(this FIN's sequence number)")
-    return narrated_close(rec, cs)
-
-
-def narrated_close(rec: Recording, cs: CloseSegments) -> dict[str, str]:
-    """The narrator's sentence for each of the close's segments that the capture holds (key -> text)."""
-    if cs.first_fin is None:
-        return {}
-    from lab.core.narrate import connection_notes
-
-    conn = rec.connection(cs.first_fin.sport, cs.first_fin.dport, cs.first_fin.frame)
-    said = connection_notes(conn, rec.t0, rec.end_ts) if conn is not None else {}
+    m = cs.first_fin.seq
     labels: dict[str, str] = {}
-    for key, seg in (("fin_m", cs.first_fin), ("ack_m1", cs.ack_of_first), ("fin_n", cs.second_fin),
-                     ("ack_n1", cs.ack_of_second)):
-        if seg is not None and said.get(seg.frame):
-            labels[key] = said[seg.frame][0]
+
+    def put(seg: Segment | None, key: str, text: str) -> None:
+        if seg is not None:
+            rec.note(seg.frame, p + text)
+            labels[key] = text
+
+    if cs.crossed:
+        n = cs.second_fin.seq if cs.second_fin else 0
+        put(cs.first_fin, "fin_m", f"FIN M (M={m}) — {x} closes: ESTABLISHED -> FIN_WAIT_1")
+        put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} closes too, before {x}'s FIN arrived (crossed FINs): "
+                                    f"ESTABLISHED -> FIN_WAIT_1; each side then gets the other's FIN in "
+                                    f"FIN_WAIT_1: -> CLOSING")
+        put(cs.ack_of_first, "ack_m1", f"ACK M+1 — {y} acknowledges {x}'s FIN from CLOSING; {x}: CLOSING -> "
+                                       "TIME_WAIT")
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges {y}'s FIN from CLOSING; {y}: CLOSING -> "
+                                        "TIME_WAIT")
+        return labels
+    put(cs.first_fin, "fin_m", f"FIN M (M={m}) — {x} active close: ESTABLISHED -> FIN_WAIT_1")
+    put(cs.ack_of_first, "ack_m1", f"ACK M+1 — {y} acknowledges the FIN: ESTABLISHED -> CLOSE_WAIT; "
+                                   f"{x}: FIN_WAIT_1 -> FIN_WAIT_2")
+    if cs.second_fin is not None:
+        n = cs.second_fin.seq
+        if cs.three_segment:
+            put(cs.second_fin, "fin_n", f"FIN N (N={n}) + ACK M+1 — {y} closes at once, the ACK rides on its FIN "
+                                        f"(three-segment close): {y} CLOSE_WAIT -> LAST_ACK; "
+                                        f"{x}: FIN_WAIT_1 -> TIME_WAIT")
+        else:
+            put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} passive close: CLOSE_WAIT -> LAST_ACK")
+    if cs.ack_of_second is not None and cs.fin_retransmits and cs.ack_of_second.frame < cs.fin_retransmits[0].frame:
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN and is in TIME_WAIT; this ACK never "
+                                        f"reaches the {y}, which stays in LAST_ACK")
+    elif cs.three_segment:
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} (already in TIME_WAIT) acknowledges the FIN; "
+                                        f"{y}: LAST_ACK -> CLOSED")
+    else:
+        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN: FIN_WAIT_2 -> TIME_WAIT; "
+                                        f"{y}: LAST_ACK -> CLOSED")
+    for r in cs.fin_retransmits:
+        rec.note(r.frame, p + f"FIN N retransmitted by the {'server' if r.sport == PORT else 'client'} "
+                              "(its FIN was not acknowledged)")
+    for a in cs.acks_after:
+        rec.note(a.frame, p + "ACK N+1 again — TIME_WAIT answers the retransmitted FIN (and restarts its timer)")
+    for r in cs.rsts:
+        rec.note(r.frame, p + f"RST from the {'server' if r.sport == PORT else 'client'}")
     return labels
 
 
@@ -288,7 +326,8 @@ def analyzer_close(rec: Recording, client_port: int, port: int = PORT) -> dict[s
 
 
 def wait_until(pred: Any, timeout_s: float, step_s: float = 0.01) -> bool:
-    end = time.monotonic() + timeout_s
+    """Poll `pred` until it holds or the scaled `timeout_s` passed; whether it held."""
+    end = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < end:
         if pred():
             return True
@@ -299,6 +338,78 @@ def wait_until(pred: Any, timeout_s: float, step_s: float = 0.01) -> bool:
 def finish(*agents: Agent, timeout_s: float = 10.0) -> None:
     for a in agents:
         a.finish(timeout_s)
+
+
+def wait_sampled(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int, state: str,
+                 timeout_s: float = SETTLE_S) -> None:
+    """Wait until both hosts' samplers have recorded the connection in `state` (so a later state sequence starts
+    there); CouldNotRun if they never do within the scaled deadline."""
+    cs, ss = samplers
+
+    def seen() -> bool:
+        return state in cs.states_of(local_port=client_port) and state in ss.states_of(remote_port=client_port)
+
+    if not wait_until(seen, timeout_s):
+        raise CouldNotRun(f"the sock_diag samplers did not see the connection from port {client_port} in {state} "
+                          f"within {scaled(timeout_s):g} s")
+
+
+def fresh_dump(sampler: sockdiag.Sampler, timeout_s: float = SETTLE_S) -> None:
+    """Wait until the sampler's own thread has taken a whole dump that began after this call."""
+    start = sampler.dumps
+    if not wait_until(lambda: sampler.dumps >= start + 2, timeout_s):
+        raise CouldNotRun(f"the sock_diag sampler took no dump within {scaled(timeout_s):g} s")
+
+
+def connection_states(pair: NetnsPair, port: int, client_port: int) -> dict[str, str | None]:
+    """Each side's socket state for one connection right now (None: no socket)."""
+    out: dict[str, str | None] = {"client": None, "server": None}
+    for side, ns in (("client", pair.client.name), ("server", pair.server.name)):
+        for s in sockdiag.sockets(netns=ns, ports=[port]):
+            if client_port in (s.sport, s.dport) and s.sport != s.dport:
+                out[side] = s.state
+    return out
+
+
+def settle(pair: NetnsPair, port: int, client_port: int, timeout_s: float = SETTLE_S) -> dict[str, str | None]:
+    """Wait until both sides of a closed connection are in a final state (TIME_WAIT or gone): the event after which
+    "who holds TIME_WAIT" can be judged. Raises CouldNotRun if they never get there within the scaled deadline."""
+    states: dict[str, str | None] = {}
+
+    def final() -> bool:
+        states.update(connection_states(pair, port, client_port))
+        return all(v is None or v in FINAL_STATES for v in states.values())
+
+    if not wait_until(final, timeout_s, 0.005):
+        raise CouldNotRun(f"the connection from port {client_port} did not finish closing within "
+                          f"{scaled(timeout_s):g} s (states {states})")
+    return states
+
+
+def socket_queues(ns_name: str, port: int, client_port: int) -> tuple[int, int] | None:
+    """(Recv-Q, Send-Q) of the one socket of a connection in a namespace (ss), or None if there is none."""
+    res = subprocess.run(["ip", "netns", "exec", ns_name, "ss", "-Htna", f"( sport = :{port} or dport = :{port} )"],
+                         capture_output=True, text=True, timeout=scaled(10))
+    for line in res.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and any(c.endswith(f":{client_port}") for c in cols[3:5]):
+            return int(cols[1]), int(cols[2])
+    return None
+
+
+def wait_queues(ns_name: str, port: int, client_port: int, pred: Any, what: str, timeout_s: float = SETTLE_S
+                ) -> tuple[int, int]:
+    """Wait until the socket's (Recv-Q, Send-Q) satisfies `pred` (e.g. data arrived unread; all sent data acked)."""
+    got: list[tuple[int, int] | None] = [None]
+
+    def ready() -> bool:
+        got[0] = socket_queues(ns_name, port, client_port)
+        return got[0] is not None and bool(pred(*got[0]))
+
+    if not wait_until(ready, timeout_s, 0.005):
+        raise CouldNotRun(f"{what} did not happen within {scaled(timeout_s):g} s (queues {got[0]})")
+    assert got[0] is not None
+    return got[0]
 
 
 def outcome(reproduced: bool, obs: dict[str, Any], story: list[tuple[str, str]], notes: list[str],

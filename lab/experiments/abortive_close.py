@@ -9,7 +9,6 @@ sock_diag on both hosts shows no TIME_WAIT; the namespace counters show which ab
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from lab.core.model import Flags
@@ -26,14 +25,13 @@ def _case_a(ctx: RunContext, pair: cc.NetnsPair) -> dict[str, Any]:
                             client_tail=[cc.gate("close"),
                                          {"op": "setsockopt", "opt": "SO_LINGER", "value": [1, 0], "label": "linger"},
                                          {"op": "close", "label": "close"}],
-                            server_tail=[{"op": "recv", "label": "recv-after", "timeout_s": 3,
+                            server_tail=[{"op": "recv", "label": "recv-after", "timeout_s": cc.PASSIVE_S,
                                           "on_error": "continue"},
                                          {"op": "close", "label": "close"}])
     ep.client.release("close")
-    peer = ep.server.wait("recv-after")
+    peer = ep.server.wait("recv-after", cc.PASSIVE_S)
     cc.finish(ep.client, ep.server)
-    time.sleep(0.05)
-    after = sockdiag.nstat(pair.client.name)
+    after = sockdiag.nstat(pair.client.name)   # the RST was counted when close() sent it
     return {"client_port": ep.client_port, "aborter": "client", "how": "SO_LINGER {1,0} then close()",
             "peer_errno": peer.get("errno"), "peer_result": peer.get("result"),
             "counters": sockdiag.deltas(before, after, COUNTERS),
@@ -44,17 +42,18 @@ def _case_b(ctx: RunContext, pair: cc.NetnsPair) -> dict[str, Any]:
     before = sockdiag.nstat(pair.server.name)
     ep = cc.open_connection(ctx, pair, "B",
                             client_tail=[{"op": "send", "data": "data the server never reads\n", "label": "send-more"},
-                                         {"op": "recv", "label": "recv-after", "timeout_s": 3,
+                                         {"op": "recv", "label": "recv-after", "timeout_s": cc.PASSIVE_S,
                                           "on_error": "continue"},
                                          {"op": "close", "label": "close"}],
                             server_tail=[cc.gate("close"), {"op": "close", "label": "close"}])
     ep.client.wait("send-more")
-    time.sleep(0.1)    # the bytes sit in the server's receive queue, unread
+    # the event that makes this case: the bytes sit in the server's receive queue, unread
+    cc.wait_queues(pair.server.name, ep.port, ep.client_port, lambda recv_q, send_q: recv_q > 0,
+                   "the client's last bytes reaching the server's receive queue")
     ep.server.release("close")
-    peer = ep.client.wait("recv-after")
+    peer = ep.client.wait("recv-after", cc.PASSIVE_S)
     cc.finish(ep.client, ep.server)
-    time.sleep(0.05)
-    after = sockdiag.nstat(pair.server.name)
+    after = sockdiag.nstat(pair.server.name)   # counted when close() sent the RST
     return {"client_port": ep.client_port, "aborter": "server", "how": "close() with unread data",
             "peer_errno": peer.get("errno"), "peer_result": peer.get("result"),
             "counters": sockdiag.deltas(before, after, COUNTERS),

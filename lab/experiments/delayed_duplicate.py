@@ -15,7 +15,6 @@ the counter deltas (PAWSEstab, TCPChallengeACK, ...). docs/kernel-facts.md §8.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +93,7 @@ def _case(ctx: RunContext, ns: Any, peer: Any, case: Case, sport: int) -> dict[s
             return obs
         old = conn.sent["i1:data"]
         obs["app_read_incarnation1"] = server.wait("recv1")["result"]["text"]
-        server.wait("close1")
-        time.sleep(0.05)
+        server.wait("close1")   # the peer already saw the kernel's FIN and sent the final ACK: TIME_WAIT is there
         obs["time_wait_after_incarnation1"] = time_wait_of(sockdiag.sockets(netns=ns.name, ports=[PORT]), sport)
         isn2 = (ISN1 + ISN2[case.position]) % (1 << 32)
         two = conn.run(handshake(isn2, tsval=(conn.vars["peer.tsval"] + 1000) if ts else None, tag="i2:",

@@ -18,7 +18,7 @@ from typing import Any
 
 from lab.experiments import _closecommon as cc
 from lab.kernel import sockdiag
-from lab.run.context import Experiment, Outcome, RunContext
+from lab.run.context import CouldNotRun, Experiment, Outcome, RunContext
 
 RANGE = (40000, 40009)
 
@@ -52,31 +52,42 @@ def _run_case(ctx: RunContext, pair: cc.NetnsPair, case: Case) -> dict[str, Any]
         {"op": "bind", "sock": "l", "addr": [pair.server.addr4, case.port]},
         {"op": "listen", "sock": "l", "backlog": 64, "label": "listen"},
     ]
+    # the server serves every connection that comes (accept, read to EOF, close); the ones the client never makes
+    # are not waited for: once the client is done and the server has closed every connection made, it is stopped
     for i in range(case.attempts):
-        srv += [{"op": "accept", "sock": "l", "as": "c", "timeout_s": 1.0, "label": f"accept{i}"},
-                {"op": "recv_eof", "sock": "c", "timeout_s": 2, "label": f"eof{i}"},
+        srv += [{"op": "accept", "sock": "l", "as": "c", "timeout_s": cc.ACCEPT_S, "label": f"accept{i}"},
+                {"op": "recv_eof", "sock": "c", "timeout_s": cc.PASSIVE_S, "label": f"eof{i}"},
                 {"op": "close", "sock": "c", "label": f"close{i}"}]
     cli: list[dict[str, Any]] = []
     for i in range(case.attempts):
         s = f"s{i}"
         cli += [{"op": "socket", "sock": s},
-                {"op": "connect", "sock": s, "addr": [pair.server.addr4, case.port], "timeout_s": 2,
+                {"op": "connect", "sock": s, "addr": [pair.server.addr4, case.port],
                  "label": f"connect{i}", "on_error": "continue"},
                 {"op": "close", "sock": s, "label": f"close{i}", "on_error": "continue"}]
         if case.gap_s:
             cli.append({"op": "sleep", "s": case.gap_s})
     server = Agent.start(ctx, srv, netns=pair.server.name, name=f"server-{case.key}")
-    server.wait("listen")
+    listening = server.wait("listen")   # the event that gates the client
+    if not listening.get("ok"):
+        raise CouldNotRun(f"case {case.key}: the server could not listen on port {case.port}: "
+                          f"{listening.get('errno') or listening.get('error')}")
     t0 = time.time()
     client = Agent.start(ctx, cli, netns=pair.client.name, name=f"client-{case.key}")
-    recs = client.finish(timeout_s=case.attempts * (case.gap_s + 2) + 5)
-    server.finish(timeout_s=case.attempts * 3 + 5)
+    recs = client.finish(timeout_s=case.attempts * (case.gap_s + 2) + 10)
+    made = sum(1 for r in recs if r["op"] == "connect" and r["ok"])
+    if made:
+        server.wait(f"close{made - 1}", cc.PASSIVE_S)   # it has served every connection the client made
+    server.kill()
     attempts: list[dict[str, Any]] = []
     for r in recs:
         if r["op"] == "connect":
             attempts.append({"n": len(attempts) + 1, "ok": r["ok"], "errno": r["errno"],
                              "port": r["result"]["local"][1] if r["ok"] else None,
                              "t_s": round(r["wall_s"] - t0, 3)})
+    odd = next((a for a in attempts if not a["ok"] and a["errno"] != "EADDRNOTAVAIL"), None)
+    if odd is not None:   # a refused or timed-out connect says nothing about the port range
+        raise CouldNotRun(f"case {case.key}: connect #{odd['n']} to the lab server failed with {odd['errno']}")
     first_fail = next((a for a in attempts if not a["ok"]), None)
     ports = [a["port"] for a in attempts if a["port"] is not None]
     tw = sockdiag.sockets(netns=pair.client.name, ports=[case.port], states=["TIME_WAIT"])

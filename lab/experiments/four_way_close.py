@@ -11,7 +11,6 @@ Both hosts' states come from sock_diag samples taken every 10 ms.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +40,18 @@ def _one(ctx: RunContext, pair: cc.NetnsPair, case: Case, samplers: tuple[Any, A
     server_tail: list[dict[str, Any]] = []
     if case.quickack:
         server_tail.append({"op": "setsockopt", "opt": "TCP_QUICKACK", "value": 1, "label": "quickack"})
-    server_tail += [{"op": "recv_eof", "label": "eof", "timeout_s": 5}]
+    server_tail += [cc.passive_eof()]
     if case.delay_s:
         server_tail.append({"op": "sleep", "s": case.delay_s})
     server_tail.append({"op": "close", "label": "close"})
     ep = cc.open_connection(ctx, pair, case.key,
                             client_tail=[cc.gate("close"), {"op": "close", "label": "close"}],
                             server_tail=server_tail)
-    time.sleep(0.05)   # the samplers see ESTABLISHED on both sides first
+    cc.wait_sampled(samplers, ep.client_port, "ESTABLISHED")   # the states seen start with ESTABLISHED
     ep.client.release("close")
     ep.server.wait("close")
     cc.finish(ep.client, ep.server)
-    time.sleep(0.1)
+    cc.settle(pair, ep.port, ep.client_port)
     return {"title": case.title, "client_port": ep.client_port, "server_close_delay_s": case.delay_s,
             "quickack": case.quickack,
             "states_seen": cc.side_states(samplers[0], samplers[1], ep.client_port),

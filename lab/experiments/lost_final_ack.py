@@ -11,7 +11,6 @@ back up when the FIN is answered.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from lab.experiments import _closecommon as cc
@@ -34,7 +33,7 @@ def run(ctx: RunContext) -> Outcome:
     with cc.recording(ctx, pair) as rec, cc.watch(ctx, pair, [cc.PORT], interval_s=0.01) as (cs, ss):
         ep = cc.open_connection(ctx, pair, "laf",
                                 client_tail=[cc.gate("close"), {"op": "close", "label": "close"}],
-                                server_tail=[{"op": "recv_eof", "label": "eof", "timeout_s": 5}, cc.gate("close"),
+                                server_tail=[cc.passive_eof(), cc.gate("close"),
                                              {"op": "close", "label": "close"}])
         ctx.say("the client closes; its FIN reaches the server", 0.2)
         ep.client.release("close")
@@ -45,8 +44,9 @@ def run(ctx: RunContext) -> Outcome:
         ep.server.release("close")
         s_close = ep.server.wait("close")
         cc.finish(ep.client, ep.server)
-        cc.wait_until(lambda: not [s for s in ss.sample_now() if s.dport == ep.client_port], 2.0, 0.02)
-        time.sleep(0.1)
+        # the server's socket goes when the client's TIME_WAIT answers its retransmitted FIN
+        cc.wait_until(lambda: not [s for s in ss.sample_now() if s.dport == ep.client_port], cc.SETTLE_S, 0.02)
+        cc.fresh_dump(cs)   # the sampler's record has the client's TIME_WAIT timer as it is after that answer
         dropped = rule.packets()
         rule.remove()
         tw = cc.time_wait_now(pair, ep.port, ep.client_port)

@@ -13,9 +13,10 @@ from typing import Any
 from lab.core.model import Flags
 from lab.kernel.agent import Agent
 from lab.kernel.recording import Recording
-from lab.run.context import Experiment, Outcome, RunContext
+from lab.run.context import CouldNotRun, Experiment, Outcome, RunContext
 
 HOST = "127.0.0.1"
+ACCEPT_S = 30.0   # the server's accept() waits while the client program starts (a safety net; scaled by the agent)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _server_steps(case: Case, port: int, reuse: bool) -> list[dict[str, Any]]:
     steps += [
         {"op": "bind", "sock": "l", "addr": [HOST, port], "label": "bind"},
         {"op": "listen", "sock": "l", "label": "listen"},
-        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": 5},
+        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": ACCEPT_S},
         {"op": "recv", "sock": "c", "label": "recv"},
         {"op": "send", "sock": "c", "data": "hello from the server\n"},
     ]
@@ -115,13 +116,16 @@ def run_case(ctx: RunContext, case: Case, port: int) -> tuple[dict[str, Any], li
     story: list[tuple[str, str]] = []
     ctx.say(f"case {case.key}: {case.title} (port {port})")
     server = Agent.start(ctx, _server_steps(case, port, case.old_reuse), name=f"server-{case.key}")
-    server.wait("listen")
+    listening = server.wait("listen")   # the event that gates the client
+    if not listening.get("ok"):
+        raise CouldNotRun(f"case {case.key}: the first server could not listen on {HOST}:{port}: "
+                          f"{listening.get('errno') or listening.get('error')}")
     client = Agent.start(ctx, _client_steps(case, port), name=f"client-{case.key}")
     srv_recs, cli_recs = server.finish(), client.finish()
     if not (srv_recs[-1].get("ok") and cli_recs[-1].get("ok")):
         bad = next(r for r in srv_recs + cli_recs if not r.get("ok"))
-        raise RuntimeError(f"case {case.key}: the first server/client exchange failed at {bad['label']}: "
-                           f"{bad.get('errno') or bad.get('error')}")
+        raise CouldNotRun(f"case {case.key}: the first server/client exchange failed at {bad['label']}: "
+                          f"{bad.get('errno') or bad.get('error')}")
     client_port = next(r["result"]["local"][1] for r in cli_recs if r["label"] == "connect")
     first = "server" if case.server_closes_first else "client"
     did = (f"case {case.key} ({case.title}): a server {_opt(case.old_reuse)} on {HOST}:{port} accepted a client "

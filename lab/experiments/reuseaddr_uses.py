@@ -31,9 +31,11 @@ from lab.kernel.sockopts import (
     set_opt,
     tcp_states_on_port,
 )
-from lab.run.context import Experiment, Outcome, RunContext
+from lab.run.context import CouldNotRun, Experiment, Outcome, RunContext, scaled
 
 OPTNAME = {"none": "no option", "reuseaddr": "SO_REUSEADDR", "reuseport": "SO_REUSEPORT"}
+ACCEPT_S = 30.0     # deadlines on an idle machine (scaled): an instance's accept once released,
+ASK_S = 3.0         # a client's connect and answer, a select() for a datagram or a connection
 
 
 def _verdict(measured: str, expected: str, stevens: str) -> str:
@@ -78,7 +80,7 @@ def _use_a(ctx: RunContext, calls: Calls, ports: list[int], rec_notes: list[tupl
             c.do("close", ls.close, sock="old-listener", note="the old server's listener goes away")
             if state == "time_wait":
                 c.do("close", child.close, sock="old-child", note="server closes first")
-                cl.settimeout(2)
+                cl.settimeout(scaled(ASK_S))
                 cl.recv(16)
                 c.do("close", cl.close, sock="client")
             left = tcp_states_on_port(port)
@@ -129,7 +131,9 @@ def _server_steps(name: str, ip: str, port: int, opt: str) -> list[dict[str, Any
     steps += [
         {"op": "bind", "sock": "l", "addr": [ip, port], "label": "bind"},
         {"op": "listen", "sock": "l", "label": "listen"},
-        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": 5},
+        # listening until the controller has judged instance 2's bind and asks: no deadline can expire meanwhile
+        {"op": "gate", "name": "serve", "label": "gate-serve"},
+        {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": ACCEPT_S},
         {"op": "recv", "sock": "c", "label": "recv"},
         {"op": "send", "sock": "c", "data": f"served by {name} on {ip}"},
         {"op": "recv_eof", "sock": "c", "on_error": "continue"},   # the client closes first (with RST)
@@ -140,7 +144,7 @@ def _server_steps(name: str, ip: str, port: int, opt: str) -> list[dict[str, Any
 
 def _ask(calls: Calls, ip: str, port: int) -> str | None:
     s = socket.socket()
-    s.settimeout(3)
+    s.settimeout(scaled(ASK_S))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)   # client resets: no TIME_WAIT left behind
     try:
         _, err = calls.do("connect", functools.partial(s.connect, (ip, port)), sock="client", addr=[ip, port])
@@ -167,12 +171,16 @@ def _use_b(ctx: RunContext, calls: Calls, ports: list[int]) -> list[dict[str, An
     for (ip1, ip2, opt), port in zip(B_CASES, ports, strict=True):
         c = calls.with_context(use="b", port=port)
         a1 = Agent.start(ctx, _server_steps("instance1", ip1, port, opt), name="b-instance1")
-        r1 = a1.wait("listen")
+        r1 = a1.wait("listen")   # the event that gates instance 2: instance 1 is listening (and stays so)
+        if not r1.get("ok"):
+            raise CouldNotRun(f"(b) instance 1 could not listen on {ip1}:{port}: {r1.get('errno') or r1.get('error')}")
         a2 = Agent.start(ctx, _server_steps("instance2", ip2, port, opt), name="b-instance2")
         r2 = a2.wait("bind")
         if r2.get("ok"):
             r2 = a2.wait("listen")
         m2 = "ok" if r2.get("ok") else f"{r2['op']}:{r2.get('errno')}"
+        for a in (a1, a2):
+            a.release("serve")
         # ask for the contested address (127.0.0.3 stands for "any other address" when instance 2 is the
         # wildcard one), and for instance 1's own address when both instances run
         asks = [ip2 if ip2 != "0.0.0.0" else "127.0.0.3"]
@@ -214,7 +222,7 @@ def _use_c(ctx: RunContext, calls: Calls, tcp_port: int) -> dict[str, Any]:
             keep.append(cl)
             cl.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             c.do("connect", functools.partial(cl.connect, (ip, tcp_port)), sock="client")
-            ready, _, _ = select.select(list(listeners.values()), [], [], 2)
+            ready, _, _ = select.select(list(listeners.values()), [], [], scaled(ASK_S))
             tcp[ip]["accepted_by"] = next((k for k, v in listeners.items() if v in ready), None)
             for r in ready:
                 keep.append(r.accept()[0])
@@ -241,7 +249,7 @@ def _use_c(ctx: RunContext, calls: Calls, tcp_port: int) -> dict[str, Any]:
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for dst in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
             cu.do("sendto", functools.partial(tx.sendto, dst.encode(), (dst, udp_port)), sock="sender")
-            ready, _, _ = select.select(list(socks.values()), [], [], 1)
+            ready, _, _ = select.select(list(socks.values()), [], [], scaled(ASK_S))
             got = []
             for r in ready:
                 with contextlib.suppress(BlockingIOError):

@@ -10,7 +10,6 @@ released through gates at once; sock_diag (every 10 ms) shows each side in CLOSI
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from lab.errors import EnvironmentProblem
@@ -30,7 +29,10 @@ def run(ctx: RunContext) -> Outcome:
     holds: list[Hold] = []
     with cc.recording(ctx, pair) as rec, cc.watch(ctx, pair, [cc.PORT], interval_s=0.01) as (cs, ss):
         ep = cc.open_connection(ctx, pair, "both", client_tail=tail, server_tail=tail)
-        time.sleep(0.1)   # delayed ACKs of the exchange go out before the holds
+        # the holds must catch the FINs, not a delayed ACK of the exchange: wait until each side's data is acked
+        for ns, what in ((pair.client.name, "the server's ACK of the client's data"),
+                         (pair.server.name, "the client's ACK of the server's data")):
+            cc.wait_queues(ns, cc.PORT, ep.client_port, lambda recv_q, send_q: send_q == 0, what)
         try:
             holds = [
                 Hold(ctx, pair.client, chain="OUTPUT", sport=ep.client_port, dport=cc.PORT,
@@ -46,7 +48,7 @@ def run(ctx: RunContext) -> Outcome:
         ep.server.release("close")
         c_close, s_close = ep.client.wait("close"), ep.server.wait("close")
         cc.finish(ep.client, ep.server)
-        time.sleep((FIN_HOLD_MS + ACK_HOLD_MS) / 1000 + 0.15)
+        cc.settle(pair, ep.port, ep.client_port)   # the held segments went out; both sides are in final states
         for h in holds:
             h.close()
         tw = cc.time_wait_now(pair, ep.port, ep.client_port)

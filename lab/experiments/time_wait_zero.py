@@ -13,7 +13,6 @@ answered with RST (docs/kernel-facts.md §4).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from lab.core.model import Flags
@@ -29,9 +28,9 @@ def _case_a(ctx: RunContext, pair: cc.NetnsPair, cs: sockdiag.Sampler, ss: sockd
     before = sockdiag.nstat(pair.client.name)
     ep = cc.open_connection(ctx, pair, "A",
                             client_tail=[cc.gate("close"), {"op": "shutdown", "how": "WR", "label": "shutdown"},
-                                         {"op": "recv_eof", "label": "eof", "timeout_s": 5},
+                                         cc.passive_eof(),
                                          {"op": "close", "label": "close"}],
-                            server_tail=[{"op": "recv_eof", "label": "eof", "timeout_s": 5}, cc.gate("close"),
+                            server_tail=[cc.passive_eof(), cc.gate("close"),
                                          {"op": "close", "label": "close"}])
     ep.client.release("close")
     ep.server.wait("eof")
@@ -39,8 +38,8 @@ def _case_a(ctx: RunContext, pair: cc.NetnsPair, cs: sockdiag.Sampler, ss: sockd
                     dst=pair.server.addr4, dport=cc.PORT, role="dropa")
     ep.server.release("close")
     cc.finish(ep.client, ep.server)
-    cc.wait_until(lambda: not [s for s in ss.sample_now() if s.dport == ep.client_port], 2.0, 0.02)
-    time.sleep(0.1)
+    # the server's socket goes when the client's RST answers its retransmitted FIN: the event that ends the case
+    cc.wait_until(lambda: not [s for s in ss.sample_now() if s.dport == ep.client_port], cc.SETTLE_S, 0.02)
     dropped = rule.packets()
     rule.remove()
     after = sockdiag.nstat(pair.client.name)
@@ -54,11 +53,11 @@ def _case_b(ctx: RunContext, pair: cc.NetnsPair, cs: sockdiag.Sampler, ss: sockd
     before = sockdiag.nstat(pair.client.name)
     ep = cc.open_connection(ctx, pair, "B",
                             client_tail=[cc.gate("close"), {"op": "close", "label": "close"}],
-                            server_tail=[{"op": "recv_eof", "label": "eof", "timeout_s": 5},
+                            server_tail=[cc.passive_eof(),
                                          {"op": "sleep", "s": 0.5}, {"op": "close", "label": "close"}])
     ep.client.release("close")
     cc.finish(ep.client, ep.server)
-    time.sleep(0.2)
+    cc.wait_until(lambda: not [s for s in ss.sample_now() if s.dport == ep.client_port], cc.SETTLE_S, 0.02)
     after = sockdiag.nstat(pair.client.name)
     return {"client_port": ep.client_port, "counters": sockdiag.deltas(before, after, COUNTERS),
             "time_wait": cc.time_wait_now(pair, ep.port, ep.client_port),

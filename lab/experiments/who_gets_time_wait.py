@@ -7,7 +7,6 @@ analyzer says the same from the segments alone.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from lab.experiments import _closecommon as cc
@@ -16,8 +15,7 @@ from lab.run.context import Experiment, Outcome, RunContext
 
 def _one(ctx: RunContext, pair: cc.NetnsPair, first: str, samplers: tuple[Any, Any]) -> dict[str, Any]:
     closer_tail: list[dict[str, Any]] = [cc.gate("close"), {"op": "close", "label": "close"}]
-    passive_tail: list[dict[str, Any]] = [{"op": "recv_eof", "label": "eof", "timeout_s": 5},
-                                          {"op": "close", "label": "close"}]
+    passive_tail: list[dict[str, Any]] = [cc.passive_eof(), {"op": "close", "label": "close"}]
     ep = cc.open_connection(ctx, pair, f"{first}-first",
                             client_tail=closer_tail if first == "client" else passive_tail,
                             server_tail=closer_tail if first == "server" else passive_tail)
@@ -27,7 +25,7 @@ def _one(ctx: RunContext, pair: cc.NetnsPair, first: str, samplers: tuple[Any, A
     closed = active.wait("close")
     passive.wait("close")
     cc.finish(ep.client, ep.server)
-    time.sleep(0.15)   # the last ACK is in flight for microseconds; let the samplers see the final states
+    cc.settle(pair, ep.port, ep.client_port)   # the last ACK has arrived: both sides in TIME_WAIT or gone
     tw = cc.time_wait_now(pair, ep.port, ep.client_port)
     sides = [s for s in ("client", "server") if tw[s]]
     states = cc.side_states(samplers[0], samplers[1], ep.client_port)

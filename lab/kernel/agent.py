@@ -23,6 +23,8 @@ Steps (dicts); every step may carry "label" (default "<index>:<op>") and "on_err
   {"op": "sleep", "s": 0.2}
   {"op": "gate", "name": "go"}          # wait until the controller calls release("go")
   {"op": "exit", "code": 0}
+Every timeout_s is a deadline on an idle machine: Agent.start stretches it by the run's timeout scale
+(lab.run.context.scaled), and the blocking steps that give none get STEP_TIMEOUT_S, scaled.
 Each record: {"i", "label", "op", "ok", "errno" (name or null), "errno_num", "error", "result", "wall_s"}.
 The last record is {"op": "done", ...}.
 """
@@ -42,7 +44,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.errors import LabError
+from lab.run.context import CouldNotRun, scaled
 
 if TYPE_CHECKING:
     from lab.run.context import RunSpace
@@ -52,10 +54,25 @@ FAMILY = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 TYPE = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
 
 
-class AgentError(LabError):
-    """The agent program did not do what the lab asked (timeout, crash): a lab failure, not a TCP finding."""
+class AgentError(CouldNotRun):
+    """The agent program did not do what the lab asked within its scaled deadline (timeout, crash): the case could
+    not be set up here — an environment verdict, not a TCP finding."""
 
-    exit_code = 1
+
+WAITING_OPS = ("accept", "connect", "recv", "recv_eof")   # steps that block until the peer acts
+STEP_TIMEOUT_S = 5.0            # such a step's deadline on an idle machine when the script gives none
+WAIT_S = 10.0                   # the controller's default wait for a step's record (idle machine)
+
+
+def scaled_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps with every blocking step's deadline stretched by the timeout scale (one setting for all waits);
+    a blocking step without a deadline gets the default one. Sleeps are not deadlines and stay as they are."""
+    out = []
+    for st in steps:
+        if st.get("op") in WAITING_OPS:
+            st = {**st, "timeout_s": round(scaled(float(st.get("timeout_s", STEP_TIMEOUT_S))), 3)}
+        out.append(st)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +145,7 @@ class _Program:
             s.listen(int(st.get("backlog", 16)))
             return None
         if op == "accept":
-            s.settimeout(float(st.get("timeout_s", 5)))
+            s.settimeout(float(st.get("timeout_s", STEP_TIMEOUT_S)))
             conn, peer = s.accept()
             conn.settimeout(None)
             self.socks[st.get("as", "c")] = conn
@@ -143,10 +160,10 @@ class _Program:
             s.sendall(data)
             return {"len": len(data)}
         if op == "recv":
-            s.settimeout(float(st.get("timeout_s", 5)))
+            s.settimeout(float(st.get("timeout_s", STEP_TIMEOUT_S)))
             return _data_result(s.recv(int(st.get("n", 65536))))
         if op == "recv_eof":
-            s.settimeout(float(st.get("timeout_s", 5)))
+            s.settimeout(float(st.get("timeout_s", STEP_TIMEOUT_S)))
             chunks = []
             while chunk := s.recv(65536):
                 chunks.append(chunk)
@@ -233,6 +250,7 @@ class Agent:
             def preexec() -> None:
                 os.setgid(uid)
                 os.setuid(uid)
+        steps = scaled_steps(steps)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env, preexec_fn=preexec)
         ctx.ledger.add("pid", str(proc.pid), role=name)
@@ -266,8 +284,9 @@ class Agent:
     def _find(self, label: str) -> dict[str, Any] | None:
         return next((r for r in self.records if r["label"] == label), None)
 
-    def wait(self, label: str, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The record of the step with that label; AgentError if it never comes."""
+    def wait(self, label: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
+        """The record of the step with that label; AgentError if it never comes within the scaled `timeout_s`."""
+        timeout_s = scaled(timeout_s)
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while (rec := self._find(label)) is None:
@@ -276,8 +295,8 @@ class Agent:
                     break
                 self._cond.wait(left)
         if rec is None:
-            raise AgentError(f"agent {self.name}: step {label!r} did not happen within {timeout_s} s",
-                             self._why())
+            raise AgentError(f"agent {self.name}: step {label!r} did not happen within {timeout_s:g} s "
+                             f"({self._why()})")
         return rec
 
     def _why(self) -> str:
@@ -299,11 +318,11 @@ class Agent:
         except BrokenPipeError:
             pass
 
-    def finish(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        """Wait for the program to end; its records (the last one is 'done')."""
+    def finish(self, timeout_s: float = WAIT_S) -> list[dict[str, Any]]:
+        """Wait (scaled `timeout_s`) for the program to end; its records (the last one is 'done')."""
         self.wait("done", timeout_s)
         try:
-            self.proc.wait(timeout=timeout_s)
+            self.proc.wait(timeout=scaled(timeout_s))
         except subprocess.TimeoutExpired:
             self.kill()
         self._reader.join(timeout=1)
@@ -312,7 +331,7 @@ class Agent:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=scaled(5))
         self._reader.join(timeout=2)  # let it see EOF before the pipes close
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:

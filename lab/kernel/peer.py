@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem, LabError
 from lab.kernel.inject import Injector, craft, describe, flags_value
+from lab.run.context import scaled
 
 if TYPE_CHECKING:
     from lab.kernel.inject import _Netns
@@ -390,6 +391,9 @@ class PeerConnection:
         if "ack_min" in spec:
             want["ack_min"] = evaluate(spec["ack_min"], self.vars)
         skipped: list[dict[str, Any]] = []
+        # an expected answer is waited for with a deadline stretched by the timeout scale (a late reader thread is
+        # not a kernel finding); expect_none and collect are measurement windows and keep their length
+        timeout_s = round(scaled(timeout_s), 3)
         end = time.monotonic() + timeout_s
         while True:
             d = self._next(end - time.monotonic())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.core.bindrules import ADDRS, OK, BindCase, Verdict
+from lab.run.context import scaled
 
 if TYPE_CHECKING:
     from lab.run.context import EventLog, RunSpace
@@ -188,7 +189,7 @@ class SetupFailed(Exception):
 
 def _wait_state(port: int, want: str, timeout_s: float = 1.0) -> str | None:
     """Poll /proc until a socket on `port` is in `want`; returns the states seen (joined) or None off Linux."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while True:
         states = tcp_states_on_port(port)
         if states is None:
@@ -231,7 +232,7 @@ def _setup_first(calls: Calls, case: BindCase, port: int, keep: list[socket.sock
     _, err = c.do("connect", lambda: cli.connect(target), sock="client", addr=target)
     if err:
         raise SetupFailed(f"connect: {err}")
-    s.settimeout(2)
+    s.settimeout(scaled(2))
     res, err = c.do("accept", lambda: s.accept())
     if err or res is None:
         raise SetupFailed(f"accept: {err}")
@@ -242,7 +243,7 @@ def _setup_first(calls: Calls, case: BindCase, port: int, keep: list[socket.sock
         return _wait_state(port, "ESTABLISHED", 0.2)
     # TIME_WAIT: the server side closes first, the client answers with its FIN
     c.do("close", child.close, what="accepted child (server closes first)")
-    cli.settimeout(2)
+    cli.settimeout(scaled(2))
     c.do("recv", lambda: cli.recv(16), sock="client")
     c.do("close", cli.close, sock="client")
     return _wait_state(port, "TIME_WAIT", 1.0)

@@ -6,6 +6,9 @@ import json
 import os
 import platform
 import secrets
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from lab.errors import EnvironmentProblem, UsageError
+
 if TYPE_CHECKING:
     from lab.run.resources import Ledger
 
 Topology = Literal["none", "loopback", "netns"]
+Status = Literal["reproduced", "not-reproduced", "could-not-run"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,100 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)             # parts not done here, each with why
     capture: Path | None = None
     analysis: dict[str, Any] | None = None                       # analyzer report of the capture, if any
+    could_not_run: str | None = None     # why the case could not be set up (an environment verdict, not a kernel one)
+
+    @property
+    def status(self) -> Status:
+        """The verdict kind: a kernel verdict (reproduced / not-reproduced) or an environment one."""
+        if self.could_not_run is not None:
+            return "could-not-run"
+        return "reproduced" if self.reproduced else "not-reproduced"
+
+    @classmethod
+    def not_set_up(cls, why: str, observations: dict[str, Any] | None = None) -> Outcome:
+        """The outcome of an experiment whose case could not be set up here: 'could not run: <why>'."""
+        return cls(False, dict(observations or {}), could_not_run=why)
+
+
+class CouldNotRun(EnvironmentProblem):
+    """The lab could not set up an experiment's case (a server that never listened, a step that never came within
+    its scaled deadline): an environment verdict, never "not reproduced". Exit code 3."""
+
+    exit_code = 3
+
+    def __init__(self, why: str, hint: str = "") -> None:
+        super().__init__(f"could not run: {why}", hint or f"a slow or busy machine: try a larger --timeout-scale "
+                                                          f"(now {timeout_scale():g}) or {TIMEOUT_SCALE_ENV}")
+        self.why = why
+
+
+# ---------------------------------------------------------------------------------------------
+# one setting for every wait: the timeout scale
+
+TIMEOUT_SCALE_ENV = "TWLAB_TIMEOUT_SCALE"
+TIMEOUT_SCALE_CAP = 20.0
+STARTUP_PROBE = ("-c", "import json, socket")   # what an agent program does before its first step
+STARTUP_REFERENCE_S = 0.05                      # that probe on an idle machine of the kind the lab was built on
+STARTUP_PROBES = 3
+_scale: dict[str, Any] = {}
+
+
+def parse_timeout_scale(text: str) -> float:
+    """A timeout scale as given by a user: a number from 1 to the cap (UsageError otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"timeout scale {text!r} is not a number", f"give a number from 1 to {TIMEOUT_SCALE_CAP:g}"
+                         ) from None
+    if not 1.0 <= value <= TIMEOUT_SCALE_CAP:
+        raise UsageError(f"timeout scale {text} is out of range", f"give a number from 1 to {TIMEOUT_SCALE_CAP:g}")
+    return value
+
+
+def measure_startup_s() -> float:
+    """The median time to start a Python program like the lab's agents (the machine's current slowness)."""
+    times = []
+    for _ in range(STARTUP_PROBES):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, *STARTUP_PROBE], check=False, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
+
+
+def scale_from_startup(startup_s: float) -> float:
+    return round(min(TIMEOUT_SCALE_CAP, max(1.0, startup_s / STARTUP_REFERENCE_S)), 2)
+
+
+def timeout_scale() -> float:
+    """The process-wide timeout scale: $TWLAB_TIMEOUT_SCALE (set by `twlab run --timeout-scale` for its children),
+    else measured once from the start-up time of a Python program."""
+    if "value" not in _scale:
+        given = os.environ.get(TIMEOUT_SCALE_ENV)
+        if given:
+            _scale.update(value=parse_timeout_scale(given), source="given")
+        else:
+            startup = measure_startup_s()
+            _scale.update(value=scale_from_startup(startup), source="measured", startup_s=round(startup, 4))
+    return float(_scale["value"])
+
+
+def timeout_scale_record() -> dict[str, Any]:
+    """The scale, where it came from and (when measured) the start-up time it came from: for the run's record."""
+    timeout_scale()
+    return dict(_scale)
+
+
+def set_timeout_scale(value: float, source: str = "given") -> None:
+    """Fix the scale for this process and the programs it starts (parallel children, agents)."""
+    _scale.clear()
+    _scale.update(value=value, source=source)
+    os.environ[TIMEOUT_SCALE_ENV] = f"{value:g}"
+
+
+def scaled(seconds: float) -> float:
+    """A deadline of `seconds` on an idle machine, stretched by the timeout scale. Every wait uses this."""
+    return seconds * timeout_scale()
 
 
 def new_run_id() -> str:
@@ -113,6 +213,14 @@ class RunContext:
     kernel: str = field(default_factory=kernel_release)
     progress: Callable[[str, float | None], None] = lambda text, frac: None
     options: dict[str, Any] = field(default_factory=dict)
+    timeout_scale: float = field(default_factory=timeout_scale)
+
+    def __post_init__(self) -> None:
+        self.events.log("timeout-scale", **timeout_scale_record())
+
+    def deadline(self, seconds: float) -> float:
+        """`seconds` stretched by the run's timeout scale (see scaled)."""
+        return seconds * self.timeout_scale
 
     def name(self, role: str) -> str:
         """A lab-owned resource name: 'twl' + run id + role, at most 15 characters."""
