@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem
-from lab.run import addrplan
 from lab.kernel.sockdiag import in_netns
+from lab.run import addrplan
+from lab.run.context import scaled
 
 if TYPE_CHECKING:
     from lab.run.context import RunSpace
@@ -151,7 +152,7 @@ def _wait_ready(netns: str, ifname: str, timeout_s: float = 3.0) -> float:
     t0 = time.monotonic()
     with _iproute(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)[0]
-        while time.monotonic() - t0 < timeout_s:
+        while time.monotonic() - t0 < scaled(timeout_s):
             link = ipr.get_links(idx)[0]
             up = link.get_attr("IFLA_OPERSTATE") == "UP"
             ll = [a for a in ipr.get_addr(index=idx, family=socket.AF_INET6)
