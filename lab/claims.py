@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lab.errors import EnvironmentProblem
+from lab.errors import EnvironmentProblem, OutputError
 
 Results = dict[str, dict[str, Any]]
 VerdictKind = Literal["holds", "differs", "needs root", "not testable here", "not run"]
@@ -274,10 +274,6 @@ def write_ledger(entries: list[Entry], run_dir: Path, results: list[dict[str, An
 def write_markdown(entries: list[Entry], path: Path, results: list[dict[str, Any]]) -> None:
     """claims.md at `path` and claims.json beside it (kept for callers of the old name)."""
     write_ledger(entries, path.parent, results)
-
-
-class OutputError(EnvironmentProblem):
-    """An output file that cannot be written (read-only or full filesystem, no permission)."""
 
 
 def write_text_atomic(path: Path, text: str) -> None:

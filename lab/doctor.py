@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Literal
 
 from lab import accel
 from lab.run.context import is_root, new_run_id
@@ -14,12 +15,30 @@ CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 
 
+Need = Literal["essential", "optional"]
+
+# what runs without each tool: a missing optional one costs only the commands named here
+OPTIONAL_USE = {
+    "tshark": "only 'twlab verify' needs it",
+    "tcpdump": "not needed by the lab (its own capture is a raw socket); handy to compare",
+    "nstat": "only the counters some experiments add to their evidence",
+    "iptables": "only the experiments that drop or hold a segment (lost-final-ack, time-wait-zero, ...)",
+}
+ESSENTIAL = ("root", "CAP_NET_ADMIN", "CAP_NET_RAW", "ip", "netns")
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    need: Need = "essential"
+
+    def status(self) -> str:
+        if self.ok:
+            return "OK"
+        return "missing" if self.need == "essential" else "missing (optional)"
 
 
 def effective_caps() -> int:
@@ -35,7 +54,9 @@ def effective_caps() -> int:
 
 def _tool(name: str, fix: str) -> Check:
     path = shutil.which(name)
-    return Check(name, path is not None, path or "not found", "" if path else fix)
+    need: Need = "optional" if name in OPTIONAL_USE else "essential"
+    detail = path or ("not found: " + OPTIONAL_USE[name] if need == "optional" else "not found")
+    return Check(name, path is not None, detail, "" if path else fix, need)
 
 
 def _netns_usable() -> Check:
@@ -67,11 +88,15 @@ def checks() -> list[Check]:
         _tool("ip", "apt-get install -y iproute2"),
         _tool("nstat", "apt-get install -y iproute2"),
         _netns_usable(),
-        Check("accelerator", *accel.doctor_check()),
+        Check("accelerator", *accel.doctor_check(), need="optional"),
     ]
     from lab.run import resources
 
     left = resources.leftovers()
     out.append(Check("leftovers", not left, ", ".join(left) if left else "no lab resources left behind",
-                     "twlab doctor --cleanup" if left else ""))
+                     "twlab doctor --cleanup" if left else "", "optional"))
     return out
+
+
+def essential_ok(checks: list[Check]) -> bool:
+    return all(c.ok for c in checks if c.name in ESSENTIAL)

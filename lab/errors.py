@@ -51,3 +51,7 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class OutputError(EnvironmentProblem):
+    """An output that cannot be written: no permission, a read-only or full filesystem. Exit code 3."""

@@ -11,7 +11,12 @@ from rich.text import Text
 
 
 def verdict_text(result: dict[str, Any]) -> Text:
-    if result.get("error"):
+    error = str(result.get("error") or "")
+    if "needs root" in error:
+        return Text("NEEDS ROOT", style="bold yellow")
+    if result.get("status") == "could-not-run":
+        return Text("COULD NOT RUN", style="bold yellow")
+    if error:
         return Text("LAB ERROR", style="bold red")
     if result["reproduced"]:
         return Text("REPRODUCED", style="bold green")
@@ -34,7 +39,7 @@ def result_panel(result: dict[str, Any]) -> Panel:
     for skip in result.get("skipped", []):
         parts.append(Text(f"- skipped: {skip}", style="yellow"))
     if result.get("error"):
-        parts.append(Text(f"error: {result['error']}", style="red"))
+        parts.append(Text(f"error: {str(result['error']).removeprefix('twlab: ')}", style="red"))
     tail = Text()
     tail.append("verdict: ")
     tail.append_text(verdict_text(result))

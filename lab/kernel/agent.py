@@ -100,6 +100,13 @@ def _data_result(data: bytes) -> dict[str, Any]:
     return {"len": len(data), "text": data.decode("utf-8", "backslashreplace"), "hex": data.hex()}
 
 
+def _connect_allowed(addr: str) -> None:
+    """Program side: connect only where the controller checked (TWLAB_AGENT_ALLOW), or to loopback."""
+    allowed = json.loads(os.environ.get("TWLAB_AGENT_ALLOW") or "[]")
+    if addr not in allowed and not _is_loopback(addr):
+        raise ValueError(f"refusing to connect to {addr}: not a target the lab controller checked")
+
+
 class _Program:
     def __init__(self, gates_in: Any) -> None:
         self.socks: dict[str, socket.socket] = {}
@@ -151,7 +158,8 @@ class _Program:
             self.socks[st.get("as", "c")] = conn
             return {"peer": list(peer[:2]), "local": list(conn.getsockname()[:2])}
         if op == "connect":
-            s.settimeout(float(st.get("timeout_s", 5)))
+            _connect_allowed(str(st["addr"][0]))
+            s.settimeout(float(st.get("timeout_s", STEP_TIMEOUT_S)))
             s.connect(tuple(st["addr"]))
             s.settimeout(None)
             return {"local": list(s.getsockname()[:2]), "peer": list(s.getpeername()[:2])}
@@ -222,6 +230,36 @@ def program_main() -> int:
 # controller side
 
 
+ALLOW_ENV = "TWLAB_AGENT_ALLOW"  # the destinations the controller checked; the program connects to no other
+
+
+def check_steps(ctx: RunSpace, steps: list[dict[str, Any]], netns: str | None) -> list[str]:
+    """Every address a step connects to, checked like an injection target (lab.kernel.inject.check_target):
+    loopback, or from this run's own namespace (verified by kernel identity) an address of the lab reachable
+    only inside it. Returns the allowed addresses; UnsafeTarget otherwise."""
+    from lab.kernel import nsid
+    from lab.kernel.inject import check_target, namespace_addresses, namespace_routes_out
+
+    where = nsid.verified_name(netns, ctx.run_id) if netns is not None else None
+    targets = sorted({str(st["addr"][0]) for st in steps if st.get("op") == "connect" and st.get("addr")})
+    addrs: set[str] = set()
+    routes_out = True
+    if where is not None and any(not _is_loopback(t) for t in targets):
+        addrs, routes_out = namespace_addresses(where), namespace_routes_out(where)
+    for t in targets:
+        check_target(t, run_id=ctx.run_id, netns=where, netns_addrs=addrs, routes_out=routes_out)
+    return targets
+
+
+def _is_loopback(addr: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class Agent:
     """Controller for one agent program."""
 
@@ -239,10 +277,12 @@ class Agent:
     @classmethod
     def start(cls, ctx: RunSpace, steps: list[dict[str, Any]], netns: str | None = None, name: str = "agent",
               uid: int | None = None) -> Agent:
+        allowed = check_steps(ctx, steps, netns)
         argv = [sys.executable, "-m", "lab.kernel.agent"]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         env = dict(os.environ)
+        env[ALLOW_ENV] = json.dumps(allowed)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         preexec = None

@@ -101,7 +101,8 @@ def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) ->
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dst.name}.", suffix=".twl-tmp")
+    # ".NAME.<pid>.*.twl-tmp": the writer's pid lets doctor --cleanup remove it after a kill -9 (lab.run.resources)
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dst.name}.{os.getpid()}.", suffix=".twl-tmp")
     tmp = Path(tmp_name)
     count = 0
     try:

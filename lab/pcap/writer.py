@@ -47,7 +47,8 @@ def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    # ".NAME.<pid>.*.twl-tmp": with the writer's pid, so that doctor --cleanup can tell a dead writer's temp
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb", buffering=_BUFFER) as out:

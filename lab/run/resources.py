@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,14 @@ class Ledger:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "owner": self.owner,
-                                   "owner_start": proc_start_ticks(self.owner), "items": self.items}))
-        tmp.replace(self.path)
+        tmp = self.path.with_name(f"{self.path.stem}.{self.owner}.tmp")  # a dead writer's temp: doctor --cleanup
+        try:
+            tmp.write_text(json.dumps({"run_id": self.run_id, "owner": self.owner,
+                                       "owner_start": proc_start_ticks(self.owner), "items": self.items}))
+            tmp.replace(self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def add(self, kind: str, name: str, **extra: Any) -> None:
         if kind == "pid":
@@ -96,9 +101,14 @@ def remove_item(item: dict[str, Any]) -> None:
             Path(name).unlink()
 
 
+def _ledger_files() -> list[Path]:
+    """Run ledgers: twl + run id + .json (not the output records, twl-out-<pid>.json)."""
+    return sorted(p for p in ledger_dir().glob("twl*.json") if not p.name.startswith(OUTPUT_RECORD_PREFIX))
+
+
 def _stale_ledgers() -> list[tuple[Path, dict[str, Any]]]:
     out = []
-    for p in sorted(ledger_dir().glob("twl*.json")):
+    for p in _ledger_files():
         try:
             data = json.loads(p.read_text())
         except (OSError, ValueError):
@@ -112,7 +122,7 @@ def leftovers() -> list[str]:
     """Resources recorded by runs whose owner process is gone, and twl* namespaces no ledger knows."""
     found: list[str] = []
     live_names: set[str] = set()
-    for p in ledger_dir().glob("twl*.json"):
+    for p in _ledger_files():
         with contextlib.suppress(OSError, ValueError):
             live_names.update(i["name"] for i in json.loads(p.read_text()).get("items", []))
     for _, data in _stale_ledgers():
@@ -121,12 +131,85 @@ def leftovers() -> list[str]:
     if netns_dir.is_dir():
         found += [f"netns {n.name} (no ledger)" for n in sorted(netns_dir.iterdir())
                   if n.name.startswith("twl") and n.name not in live_names]
+    found += [f"file {p}" for p in stale_temp_files()]
     return found
 
 
+# --- temporary files of processes that died (kill -9) -------------------------------------------------------
+
+SPOOL_PREFIX = "twl-spool-"          # + pid + "-" + role: analyze's spool files in the temp dir (lab.analysis.stream)
+OUTPUT_RECORD_PREFIX = "twl-out-"    # + pid + ".json" in ledger_dir(): an output being written atomically
+OUTPUT_TMP_SUFFIX = ".twl-tmp"       # lab.pcap.writer's temp file: ".NAME.<pid>.<random>.twl-tmp" beside NAME
+
+
+def _pid_of(text: str) -> int | None:
+    head = text.split("-", 1)[0].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def spool_dir() -> Path:
+    return Path(tempfile.gettempdir())
+
+
+def stale_temp_files() -> list[Path]:
+    """Temp files whose writer is gone: ledger temps (twl*.<pid>.tmp), analyze's spool files
+    (twl-spool-<pid>-*), and the hidden temp of an atomic output write recorded in a twl-out-<pid>.json."""
+    found: list[Path] = []
+    for p in ledger_dir().glob("twl*.tmp"):
+        parts = p.name.split(".")
+        if len(parts) == 3 and parts[1].isdigit() and not pid_alive(int(parts[1]), None):
+            found.append(p)
+    with contextlib.suppress(OSError):
+        for p in spool_dir().glob(f"{SPOOL_PREFIX}*"):
+            pid = _pid_of(p.name[len(SPOOL_PREFIX):])
+            if pid is not None and not pid_alive(pid, None):
+                found.append(p)
+    for rec, data in _stale_output_records():
+        target = Path(str(data.get("path", "")))
+        if target.name:
+            found += sorted(target.parent.glob(f".{glob_escape(target.name)}.{data.get('pid')}.*{OUTPUT_TMP_SUFFIX}"))
+        found.append(rec)
+    return found
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _stale_output_records() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for p in ledger_dir().glob(f"{OUTPUT_RECORD_PREFIX}*.json"):
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(int(data.get("pid", 0)), data.get("start")):
+            out.append((p, data))
+    return out
+
+
+@contextlib.contextmanager
+def output_record(path: Path) -> Iterator[None]:
+    """While an output file is written atomically (its hidden temp beside it), a record in the ledger folder lets
+    `twlab doctor --cleanup` find that temp if this process is killed (-9) before it removes it itself."""
+    pid = os.getpid()
+    rec = ledger_dir() / f"{OUTPUT_RECORD_PREFIX}{pid}.json"
+    try:
+        rec.write_text(json.dumps({"pid": pid, "start": proc_start_ticks(pid), "path": str(Path(path).absolute())}))
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            rec.unlink()
+
+
 def cleanup() -> list[str]:
-    """Remove what crashed runs left: ledger items by exact name/pid, and unledgered twl* namespaces."""
+    """Remove what crashed runs left: ledger items by exact name/pid, unledgered twl* namespaces, and temp files
+    of dead processes (by their pid)."""
     removed: list[str] = []
+    for p in stale_temp_files():
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(f"file {p}")
     for path, data in _stale_ledgers():
         for item in reversed(data.get("items", [])):
             if _exists(item):
