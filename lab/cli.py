@@ -393,10 +393,13 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: s
               help="Connection id (from 'twlab analyze'); default: the first one with a close.")
 @click.option("--max-rows", type=click.IntRange(min=8), default=60, show_default=True,
               help="Longer connections show their start and their end.")
+@click.option("--width", type=click.IntRange(min=60), default=None,
+              help="Columns to fit in (default: the terminal's; the ladder's natural width when not a terminal).")
 @_profile_options
-def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_wait_s: float | None) -> None:
+def show_cmd(file: Path, conn_id: int | None, max_rows: int, width: int | None, profile: str,
+             time_wait_s: float | None) -> None:
     """A ladder diagram of one connection: segments, M/N labels, both sides' states, the TIME_WAIT window."""
-    from lab.analysis.ladder import ladder
+    from lab.analysis.ladder import print_ladder
     from lab.errors import UsageError
     from lab.pcap.annotate import capture_t0
     from lab.pcap.readers import read_segments
@@ -421,8 +424,8 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, profile: str, time_
         capture_end = s.ts_s
         if obj.first_frame <= s.frame <= obj.last_frame and {str(s.src), str(s.dst)} == ends:
             segs.append(s)
-    console().print(ladder(obj, segs, capture_t0(file), capture_end=capture_end, max_rows=max_rows,
-                           title=str(file), findings=report.findings))
+    print_ladder(console(), obj, segs, capture_t0(file), width=width, capture_end=capture_end, max_rows=max_rows,
+                 title=str(file), findings=report.findings)
 
 
 @cli.command("annotate")
