@@ -243,58 +243,35 @@ def seg_dict(s: Segment | None, t0: float | None = None) -> dict[str, Any] | Non
 
 
 def label_close(rec: Recording, cs: CloseSegments, prefix: str = "") -> dict[str, str]:
-    """Textbook labels on the close segments (FIN M / ACK M+1 / FIN N / ACK N+1) with both sides' states."""
+    """Mark this case's close in the capture and return what the narrator says about each close segment.
+
+    The experiment adds only its own facts to the comments: which case this close is, and the absolute M and N
+    (the FINs' sequence numbers). Roles and state changes (FIN M / ACK M+1 / FIN N / ACK N+1, both sides'
+    states, TIME_WAIT) are the narrator's, rendered from the analyzer's records (lab.core.narrate); the returned
+    labels ({"fin_m": ..., "ack_m1": ..., "fin_n": ..., "ack_n1": ...}) are those same sentences."""
     if cs.first_fin is None:
         return {}
-    x = cs.first_side or "client"
-    y = "server" if x == "client" else "client"
     p = f"{prefix}: " if prefix else ""
-    m = cs.first_fin.seq
-    labels: dict[str, str] = {}
-
-    def put(seg: Segment | None, key: str, text: str) -> None:
-        if seg is not None:
-            rec.note(seg.frame, p + text)
-            labels[key] = text
-
-    if cs.crossed:
-        n = cs.second_fin.seq if cs.second_fin else 0
-        put(cs.first_fin, "fin_m", f"FIN M (M={m}) — {x} closes: ESTABLISHED -> FIN_WAIT_1")
-        put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} closes too, before {x}'s FIN arrived (crossed FINs): "
-                                    f"ESTABLISHED -> FIN_WAIT_1; each side then gets the other's FIN in "
-                                    f"FIN_WAIT_1: -> CLOSING")
-        put(cs.ack_of_first, "ack_m1", f"ACK M+1 — {y} acknowledges {x}'s FIN from CLOSING; {x}: CLOSING -> "
-                                       "TIME_WAIT")
-        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges {y}'s FIN from CLOSING; {y}: CLOSING -> "
-                                        "TIME_WAIT")
-        return labels
-    put(cs.first_fin, "fin_m", f"FIN M (M={m}) — {x} active close: ESTABLISHED -> FIN_WAIT_1")
-    put(cs.ack_of_first, "ack_m1", f"ACK M+1 — {y} acknowledges the FIN: ESTABLISHED -> CLOSE_WAIT; "
-                                   f"{x}: FIN_WAIT_1 -> FIN_WAIT_2")
+    rec.note(cs.first_fin.frame, f"{p}M = {cs.first_fin.seq + cs.first_fin.payload_len} (this FIN's sequence number)")
     if cs.second_fin is not None:
-        n = cs.second_fin.seq
-        if cs.three_segment:
-            put(cs.second_fin, "fin_n", f"FIN N (N={n}) + ACK M+1 — {y} closes at once, the ACK rides on its FIN "
-                                        f"(three-segment close): {y} CLOSE_WAIT -> LAST_ACK; "
-                                        f"{x}: FIN_WAIT_1 -> TIME_WAIT")
-        else:
-            put(cs.second_fin, "fin_n", f"FIN N (N={n}) — {y} passive close: CLOSE_WAIT -> LAST_ACK")
-    if cs.ack_of_second is not None and cs.fin_retransmits and cs.ack_of_second.frame < cs.fin_retransmits[0].frame:
-        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN and is in TIME_WAIT; this ACK never "
-                                        f"reaches the {y}, which stays in LAST_ACK")
-    elif cs.three_segment:
-        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} (already in TIME_WAIT) acknowledges the FIN; "
-                                        f"{y}: LAST_ACK -> CLOSED")
-    else:
-        put(cs.ack_of_second, "ack_n1", f"ACK N+1 — {x} acknowledges the FIN: FIN_WAIT_2 -> TIME_WAIT; "
-                                        f"{y}: LAST_ACK -> CLOSED")
-    for r in cs.fin_retransmits:
-        rec.note(r.frame, p + f"FIN N retransmitted by the {'server' if r.sport == PORT else 'client'} "
-                              "(its FIN was not acknowledged)")
-    for a in cs.acks_after:
-        rec.note(a.frame, p + "ACK N+1 again — TIME_WAIT answers the retransmitted FIN (and restarts its timer)")
-    for r in cs.rsts:
-        rec.note(r.frame, p + f"RST from the {'server' if r.sport == PORT else 'client'}")
+        rec.note(cs.second_fin.frame, f"{p}N = {cs.second_fin.seq + cs.second_fin.payload_len} "
+                                      "(this FIN's sequence number)")
+    return narrated_close(rec, cs)
+
+
+def narrated_close(rec: Recording, cs: CloseSegments) -> dict[str, str]:
+    """The narrator's sentence for each of the close's segments that the capture holds (key -> text)."""
+    if cs.first_fin is None:
+        return {}
+    from lab.core.narrate import connection_notes
+
+    conn = rec.connection(cs.first_fin.sport, cs.first_fin.dport, cs.first_fin.frame)
+    said = connection_notes(conn, rec.t0, rec.end_ts) if conn is not None else {}
+    labels: dict[str, str] = {}
+    for key, seg in (("fin_m", cs.first_fin), ("ack_m1", cs.ack_of_first), ("fin_n", cs.second_fin),
+                     ("ack_n1", cs.ack_of_second)):
+        if seg is not None and said.get(seg.frame):
+            labels[key] = said[seg.frame][0]
     return labels
 
 
