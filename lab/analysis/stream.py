@@ -64,9 +64,9 @@ else:  # pragma: no cover
 
 _CONN = ('{"id": %d, "client": %s, "server": %s, "incarnation": %d, "first_frame": %d, "last_frame": %d, '
          '"close": {"kind": %s, "initiator": %s, "frames": %s}, "time_wait": [%s], "first_ts": %r, '
-         '"last_ts": %r, "packets": %d, "isn": {"client": %s, "server": %s}, "mid_capture": %s')
+         '"last_ts": %r, "packets": %d, "isn": {"client": %s, "server": %s}, "mid_capture": %s, "open_at_end": %s')
 _TW = ('{"side": %s, "start_ts": %r, "end_ts": %r, "start_frame": %d, "restarts": %s, "ended_by": %s, '
-       '"end_frame": %s, "length_s": %s}')
+       '"end_frame": %s, "length_s": %s, "left_s": %r}')
 
 
 # --- the streaming loop ----------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def _window(w: TimeWaitWindow) -> str:
     if lt is None:
         lt = _float_text[length] = _dumps(length)
     return _TW % (_q(w.side), w.start_ts, w.end_ts, w.start_frame, list(w.restarts) if w.restarts else "[]",
-                  _q(w.ended_by), "null" if w.end_frame is None else w.end_frame, lt)
+                  _q(w.ended_by), "null" if w.end_frame is None else w.end_frame, lt, w.left_s)
 
 
 def connection_json(c: Connection, detail: bool = False) -> str:
@@ -124,7 +124,8 @@ def connection_json(c: Connection, detail: bool = False) -> str:
                     (_window(tw[0]) if len(tw) == 1 else ", ".join([_window(w) for w in tw])) if tw else "",
                     c.first_ts, c.last_ts, c.packets,
                     "null" if c.client_isn is None else c.client_isn,
-                    "null" if c.server_isn is None else c.server_isn, "true" if c.mid_capture else "false")
+                    "null" if c.server_isn is None else c.server_isn, "true" if c.mid_capture else "false",
+                    "true" if c.open_at_end else "false")
     if detail:
         return f'{text}, "transitions": [{_steps_json(c)}], "roles": [{_roles_json(c)}]}}'
     return text + "}"

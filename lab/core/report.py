@@ -14,8 +14,9 @@ Initiator = Literal["client", "server", "both"]
 CloseKind = Literal["four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete"]
 FindingKind = Literal["fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
                       "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated"]
-# how a TIME_WAIT window ended: its 2*MSL ran out, an RST assassinated it, a new SYN took the four-tuple over
-EndedBy = Literal["timeout", "rst", "syn"]
+# how a TIME_WAIT window ended: the capture saw its 2*MSL run out, an RST assassinated it, a new SYN took the
+# four-tuple over, or the capture ended while it still ran ("capture-end", with left_s)
+EndedBy = Literal["timeout", "rst", "syn", "capture-end"]
 ReuseVerdict = Literal["acceptable", "refused", "dangerous"]          # a new SYN against a TIME_WAIT
 DuplicateVerdict = Literal["PAWS would reject", "rejected by window", "rejected by ACK check", "could be accepted"]
 
@@ -61,7 +62,9 @@ class Transition(NamedTuple):
 
 class TimeWaitWindow(NamedTuple):
     """Where one side holds TIME_WAIT, in capture time. `end_ts` is the last (re)start + 2*MSL unless the
-    window ended early: `ended_by` "rst" (assassinated) or "syn" (a new incarnation took the four-tuple over)."""
+    window ended early: `ended_by` "rst" (assassinated) or "syn" (a new incarnation took the four-tuple over).
+    "timeout" only when the capture saw the 2*MSL pass (a later segment, of any connection, at or after
+    end_ts); "capture-end" when the capture ended first: `left_s` is how much of it was left then."""
 
     side: Side
     start_ts: float
@@ -71,11 +74,12 @@ class TimeWaitWindow(NamedTuple):
     ended_by: EndedBy = "timeout"
     end_frame: int | None = None         # the RST or SYN frame when ended_by is not "timeout"
     length_s: float = 0.0                # the profile's 2*MSL that was applied
+    left_s: float = 0.0                  # ended_by "capture-end": end_ts - the capture's last timestamp
 
     def to_dict(self) -> dict[str, Any]:
         return {"side": self.side, "start_ts": self.start_ts, "end_ts": self.end_ts, "start_frame": self.start_frame,
                 "restarts": list(self.restarts), "ended_by": self.ended_by, "end_frame": self.end_frame,
-                "length_s": self.length_s}
+                "length_s": self.length_s, "left_s": self.left_s}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> TimeWaitWindow:
@@ -83,7 +87,7 @@ class TimeWaitWindow(NamedTuple):
                               int(d["start_frame"]), tuple(int(x) for x in d.get("restarts", ())),
                               _one_of(d.get("ended_by", "timeout"), ENDED_BY, "ended_by"),
                               None if d.get("end_frame") is None else int(d["end_frame"]),
-                              float(d.get("length_s", 0.0)))
+                              float(d.get("length_s", 0.0)), float(d.get("left_s", 0.0)))
 
 
 class Close(NamedTuple):
@@ -129,6 +133,9 @@ class Connection(NamedTuple):
     mid_capture: bool = False        # no SYN seen: the capture started after the handshake
     # (frame, side 0=client/1=server, role) for the segments of interest, e.g. (12, 1, "FIN M"); see lab.core.narrate
     roles: tuple[tuple[int, int, str], ...] = ()
+    # the capture ended while a side still held the connection (not CLOSED, LISTEN or TIME_WAIT): its last
+    # transition says in which state
+    open_at_end: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +144,7 @@ class Connection(NamedTuple):
             "close": self.close.to_dict(), "time_wait": [w.to_dict() for w in self.time_wait],
             "first_ts": self.first_ts, "last_ts": self.last_ts, "packets": self.packets,
             "isn": {"client": self.client_isn, "server": self.server_isn}, "mid_capture": self.mid_capture,
+            "open_at_end": self.open_at_end,
             "transitions": [t.to_dict() for t in self.transitions],
             "roles": [[f, _SIDES[i], r] for f, i, r in self.roles],
         }
@@ -154,6 +162,7 @@ class Connection(NamedTuple):
             float(d.get("first_ts", 0.0)), float(d.get("last_ts", 0.0)), int(d.get("packets", 0)),
             isn.get("client"), isn.get("server"), bool(d.get("mid_capture", False)),
             tuple((int(r[0]), _SIDES.index(r[1]), str(r[2])) for r in d.get("roles", ())),
+            bool(d.get("open_at_end", False)),
         )
 
     @property

@@ -308,6 +308,7 @@ class Analyzer:
         self._next_id = 0
         self._segments = 0
         self._max_frame = 0
+        self._last_ts = float("-inf")         # the capture's latest timestamp so far (its clock at the end)
         self._finished: Report | None = None
         self._last_sweep = 0.0
         # detail=False: finished connections keep no state timeline or segment roles (no frame notes, no
@@ -331,6 +332,8 @@ class Analyzer:
         self._segments += 1
         if frame > self._max_frame:
             self._max_frame = frame
+        if ts > self._last_ts:
+            self._last_ts = ts
         key = (si, sp, di, dp)
         hit = self._tuples.get(key)
         if hit is None:
@@ -377,8 +380,10 @@ class Analyzer:
             return
         self._segment(conn, s, frame, ts, seq, ack, flags, win, plen, tsval, wscale)
         prev = conn.prev
-        if prev is not None and not prev.done and conn.sides[0].snd_max >= 0 and conn.sides[1].snd_max >= 0:
-            # both sides of the new incarnation have sent: nothing more can belong to the old one
+        if prev is not None and not prev.done and conn.sides[0].snd_max >= 0 and conn.sides[1].snd_max >= 0 \
+                and not _tw_pending(prev.sides[0], ts) and not _tw_pending(prev.sides[1], ts):
+            # both sides of the new incarnation have sent: nothing more can belong to the old one (a TIME_WAIT
+            # window of it still running waits for the sweep or the capture's end, which say how it ended)
             self._finish_conn(prev)
         if self._segments % _SWEEP_EVERY == 0 and ts - self._last_sweep >= self._sweep_gap:
             self._last_sweep = ts
@@ -969,10 +974,60 @@ class Analyzer:
 
     def _finish_conn(self, conn: _Conn) -> None:
         del self._open[conn.id]
-        self._finalize(conn)
+        self._finalize(conn, False)
 
-    def _finalize(self, conn: _Conn) -> None:
-        tw_s = self.tw_s
+    def _finalize(self, conn: _Conn, at_end: bool) -> None:
+        """The connection's record. at_end: the capture ended with it unfinished (finish()): a side not
+        closed is open at capture end, a TIME_WAIT window the capture did not see run out ends by
+        "capture-end" with the time it had left."""
+        c = conn.sides[0]
+        sv = conn.sides[1]
+        if self.detail:
+            steps = tuple([(f, sd, STATES[a0], STATES[b0], inf, INPUTS[i0]) for f, sd, a0, b0, inf, i0 in conn.trans])
+            roles = tuple(conn.roles)
+        else:
+            steps = ()
+            roles = ()
+        open_at_end = at_end and (_open_state(c.state) or _open_state(sv.state))
+        rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame,
+                         self._close_of(conn), self._windows_of(conn, at_end), steps, conn.first_ts, conn.last_ts,
+                         conn.packets, c.isn if c.isn >= 0 else None, sv.isn if sv.isn >= 0 else None, conn.mid,
+                         roles, open_at_end)
+        self._done.append(rec)
+        self._conn_findings(conn)
+        # keep only what reuse/duplicate checks of a later incarnation need
+        conn.done = True
+        conn.trans = []
+        conn.roles = []
+        conn.close_extra = ()
+        conn.dups = ()
+        conn.prev = None
+        conn.reuse = None
+        tup = conn.tuple
+        if tup.conn is conn:
+            tup.conn = None
+            tup.prev = conn
+
+    def _windows_of(self, conn: _Conn, at_end: bool) -> tuple[TimeWaitWindow, ...]:
+        windows: list[TimeWaitWindow] = []
+        last = self._last_ts
+        for i in (0, 1):
+            w = conn.sides[i].tw
+            if w is None:
+                continue
+            ended_by = w.ended_by
+            left = 0.0
+            if at_end and ended_by == "timeout" and w.end_ts > last:
+                ended_by = "capture-end"
+                left = w.end_ts - last
+            windows.append(TimeWaitWindow(_name(i), w.start_ts, w.end_ts, w.start_frame, w.restarts, ended_by,
+                                          w.end_frame if w.end_frame else None, self.tw_s, left))
+        if len(windows) == 2 and windows[1].start_frame < windows[0].start_frame:
+            windows.reverse()
+        return tuple(windows)
+
+    @staticmethod
+    def _close_of(conn: _Conn) -> Close:
         c = conn.sides[0]
         sv = conn.sides[1]
         both_acked = conn.nfin == 2 and c.fin_ack_wire and sv.fin_ack_wire
@@ -1010,38 +1065,7 @@ class Analyzer:
                 kind = "four-way"
         else:
             kind, initiator = "incomplete", None
-        close = Close(kind, initiator, tuple(sorted(set(frames))))
-        windows: list[TimeWaitWindow] = []
-        for i in (0, 1):
-            w = conn.sides[i].tw
-            if w is not None:
-                windows.append(TimeWaitWindow(_name(i), w.start_ts, w.end_ts, w.start_frame, w.restarts, w.ended_by,
-                                              w.end_frame if w.end_frame else None, tw_s))
-        if len(windows) == 2 and windows[1].start_frame < windows[0].start_frame:
-            windows.reverse()
-        if self.detail:
-            steps = tuple([(f, sd, STATES[a0], STATES[b0], inf, INPUTS[i0]) for f, sd, a0, b0, inf, i0 in conn.trans])
-            roles = tuple(conn.roles)
-        else:
-            steps = ()
-            roles = ()
-        rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame, close,
-                         tuple(windows), steps, conn.first_ts, conn.last_ts, conn.packets,
-                         c.isn if c.isn >= 0 else None, sv.isn if sv.isn >= 0 else None, conn.mid, roles)
-        self._done.append(rec)
-        self._conn_findings(conn)
-        # keep only what reuse/duplicate checks of a later incarnation need
-        conn.done = True
-        conn.trans = []
-        conn.roles = []
-        conn.close_extra = ()
-        conn.dups = ()
-        conn.prev = None
-        conn.reuse = None
-        tup = conn.tuple
-        if tup.conn is conn:
-            tup.conn = None
-            tup.prev = conn
+        return Close(kind, initiator, tuple(sorted(set(frames))))
 
     def _conn_findings(self, conn: _Conn) -> None:
         out = self._findings
@@ -1111,7 +1135,7 @@ class Analyzer:
         if self._finished is not None:
             return self._finished
         for conn in sorted(self._open.values(), key=_conn_id):
-            self._finalize(conn)
+            self._finalize(conn, True)
         self._open.clear()
         if not self.keep:
             self._finished = Report((), (), self.profile.name, self.tw_s, self._segments, self._max_frame)
@@ -1129,6 +1153,17 @@ def _drop_last_receipt_of_fin_ack(trans: list[tuple[int, int, int, int, bool, in
         if t[1] == s and t[5] == RCV_ACK_OF_FIN:
             del trans[k]
             return
+
+
+def _open_state(st: int) -> bool:
+    """A side that still holds a connection (TIME_WAIT aside: its window says how it ended)."""
+    return st != CLOSED and st != LISTEN and st != TIME_WAIT
+
+
+def _tw_pending(side: _Side, now: float) -> bool:
+    """A TIME_WAIT window whose 2*MSL has not run out at `now` and nothing ended early."""
+    w = side.tw
+    return w is not None and w.ended_by == "timeout" and w.end_ts > now
 
 
 def _tw_open(side: _Side, now: float) -> bool:

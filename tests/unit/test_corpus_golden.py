@@ -129,8 +129,9 @@ def test_gtp_reuse_inside_the_clients_time_wait(reports: dict[str, tuple[Report,
     reuse = [f for f in r.findings if f.kind == "reuse-in-time-wait"]
     assert [round(f.extra["elapsed_s"], 1) for f in reuse] == [32.5, 38.9, 26.6]   # README: 32.5, 38.9, 26.7 s
     assert all(f.extra["time_wait_side"] == ["client"] and f.extra["verdict"] == "acceptable" for f in reuse)
-    # the client's TIME_WAIT is taken over by each new SYN, the last one runs out
-    assert [c.time_wait[0].ended_by for c in r.connections] == ["syn", "syn", "syn", "timeout"]
+    # the client's TIME_WAIT is taken over by each new SYN; the last one begins in the capture's last frame
+    assert [c.time_wait[0].ended_by for c in r.connections] == ["syn", "syn", "syn", "capture-end"]
+    assert r.connections[-1].time_wait[0].left_s == 60.0
 
 
 def test_mysql_crossed_fins_both_sides_time_wait(reports: dict[str, tuple[Report, list]]) -> None:

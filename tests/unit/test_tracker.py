@@ -267,7 +267,77 @@ def test_time_wait_assassination() -> None:
             assert "tcp_rfc1337" in r.findings[0].detail
         else:
             assert r.findings == ()
-            assert w.ended_by == "timeout"
+            assert (w.ended_by, w.end_frame) == ("capture-end", None)   # ignored RST; the capture ends 1 s in
+
+
+# --- what the capture saw: windows and connections at its end ------------------------------------------
+
+def test_time_wait_still_running_at_capture_end_says_how_much_was_left() -> None:
+    cap, f = established()
+    *_, ack_n = f.four_way("client")
+    cap.t += 1.5
+    cap.flow(client=("192.0.2.1", 40001)).send("client", S)   # the capture goes on 1.5 s more, then ends
+    r = analyze(cap.segments)
+    c = r.connection(0)
+    [w] = c.time_wait
+    assert (w.ended_by, w.end_frame) == ("capture-end", None)
+    assert w.end_ts == pytest.approx(ack_n.ts_s + 60.0)          # the window's own end is kept
+    assert w.left_s == pytest.approx(60.0 - 1.5 - 0.001, abs=0.01)
+    assert not c.open_at_end
+    assert r.to_dict()["connections"][0]["time_wait"][0]["left_s"] == pytest.approx(w.left_s)
+
+
+def test_time_wait_timeout_only_when_a_later_segment_shows_2msl_passed() -> None:
+    cap, f = established()
+    f.four_way("client")
+    cap.t += 61.0
+    other = cap.flow(client=("192.0.2.1", 40001))   # an unrelated connection, after the window's end
+    other.handshake()
+    r = analyze(cap.segments)
+    w = r.connection(0).time_wait[0]
+    assert (w.ended_by, w.left_s) == ("timeout", 0.0)
+
+
+def test_connection_open_at_capture_end() -> None:
+    cap, f = established()
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert c.open_at_end and c.close.kind == "incomplete" and c.time_wait == ()
+    assert r.to_dict()["connections"][0]["open_at_end"] is True
+    cap2, f2 = established()
+    f2.fin("client")                               # half-closed: the client in FIN_WAIT_1/2, the server open
+    assert analyze(cap2.segments).connections[0].open_at_end
+    cap3, f3 = established()
+    f3.four_way("server")
+    assert not analyze(cap3.segments).connections[0].open_at_end
+    cap4, f4 = established()
+    f4.rst("client")
+    assert not analyze(cap4.segments).connections[0].open_at_end
+
+
+def test_superseded_incarnation_waits_for_its_time_wait_verdict() -> None:
+    """A new incarnation takes the four-tuple over (its SYN unseen: no reuse check ends the old window) while
+    the old client's TIME_WAIT still runs: how that window ended is known only later."""
+    def capture(more_s: float) -> Report:
+        cap, f = established()
+        f.four_way("client")
+        cap.t += 1.0
+        g = cap.flow(cisn=900_000, sisn=700_000)               # same four-tuple
+        g.send("client", S, capture=False)
+        g.send("server", S | A)
+        g.send("client", A)
+        g.data("client")
+        if more_s:
+            cap.t += more_s
+            h = cap.flow(client=("192.0.2.1", 40001))          # another connection, later
+            h.handshake()
+        return analyze(cap.segments, time_wait_s=5.0)
+
+    r = capture(0.0)
+    assert [c.incarnation for c in r.connections if c.client.endswith(":40000")] == [0, 1]
+    w = r.connection(0).time_wait[0]
+    assert w.ended_by == "capture-end" and w.left_s == pytest.approx(4.0, abs=0.01)
+    assert capture(10.0).connection(0).time_wait[0].ended_by == "timeout"
 
 
 # --- reuse of a four-tuple --------------------------------------------------------------------------
@@ -488,7 +558,8 @@ def test_old_syn_duplicate_after_close() -> None:
     dup, reuse = r.findings
     assert reuse.extra["verdict"] == "dangerous"   # the client's own TIME_WAIT would not stop an old SYN
     assert dup.extra["verdict"] == "could be accepted" and "ISN of incarnation 0" in dup.detail
-    assert r.connections[0].time_wait[0].ended_by == "timeout"   # a duplicate does not take over TIME_WAIT
+    # a duplicate does not take over TIME_WAIT: it still runs when the capture ends
+    assert r.connections[0].time_wait[0].ended_by == "capture-end"
 
 
 # --- capture started mid-connection, wraparound, profiles ----------------------------------------
