@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.judges.scenarios import SCENARIOS
+from tests.integration.judges.scenarios import SCENARIOS, derived_capture
 from tests.integration.judges.verdict import analyze_file, differences, summary
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "judges"
@@ -29,9 +29,9 @@ def _truth(sid: str) -> dict[str, Any]:
     return truth
 
 
-def _check(sid: str) -> None:
+def _check(sid: str, tmp_path: Path) -> None:
     truth = _truth(sid)
-    report = analyze_file(DATA / truth["capture"])
+    report = analyze_file(derived_capture(truth, DATA / truth["capture"], tmp_path))
     assert differences(report, truth["expect"]) == [], truth["scenario"]
 
 
@@ -47,7 +47,7 @@ def _cases(klass: int, mechanism: str | None) -> list[Any]:
 
 def test_every_class_but_reach_has_a_fixture() -> None:
     classes = {int(sid[:2]) for sid in SCENARIOS}
-    assert classes >= {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13}
+    assert classes >= {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13}
     for sid in SCENARIOS:
         truth = _truth(sid)
         cap = DATA / truth["capture"]
@@ -56,65 +56,72 @@ def test_every_class_but_reach_has_a_fixture() -> None:
 
 
 @pytest.mark.parametrize("sid", _cases(1, "RST acceptability in SYN_SENT takes only ack == ISN+1, not the SYN's data"))
-def test_class_01_tfo_rst(sid: str) -> None:
-    _check(sid)
+def test_class_01_tfo_rst(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(2, "RST acceptability assumes the receiver got FINs its own ACKs show "
                                           "it never got"))
-def test_class_02_rst_after_lost_fins(sid: str) -> None:
-    _check(sid)
+def test_class_02_rst_after_lost_fins(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(3, "crossing judged by arrival order, not by what each FIN acknowledges"))
-def test_class_03_crossed_fins_reordered(sid: str) -> None:
-    _check(sid)
+def test_class_03_crossed_fins_reordered(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(4, "an RST from SYN_SENT answering a bad SYN-ACK closes the client and "
                                           "splits the connection"))
-def test_class_04_synack_bad_ack(sid: str) -> None:
-    _check(sid)
+def test_class_04_synack_bad_ack(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(5, "a stale peer's segment answering a new SYN is read as the handshake"))
-def test_class_05_stale_peer(sid: str) -> None:
-    _check(sid)
+def test_class_05_stale_peer(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(6, "simultaneous open: SYN-ACKs labelled retransmissions, LISTEN -> "
                                           "SYN_SENT"))
-def test_class_06_simultaneous_open(sid: str) -> None:
-    _check(sid)
+def test_class_06_simultaneous_open(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(7, "a SYN answered by RST is an 'rst' close, no 'refused' kind"))
-def test_class_07_refused(sid: str) -> None:
-    _check(sid)
+def test_class_07_refused(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(8, "an RST at rcv_nxt - 1 in CLOSE_WAIT/LAST_ACK is called ignored "
                                           "(Linux tcp_reset_check accepts it)"))
-def test_class_08_rst_below_rcv_nxt(sid: str) -> None:
-    _check(sid)
+def test_class_08_rst_below_rcv_nxt(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
+
+
+@pytest.mark.parametrize("sid", _cases(9, "the sweep finishes a connection that is idle, not closed, once enough "
+                                          "unrelated segments pass"))
+def test_class_09_idle_connection(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(10, "a FIN 1 ms after the final ACK is called final-ack-lost (RTO >= 200 ms)"))
-def test_class_10_fin_after_final_ack(sid: str) -> None:
-    _check(sid)
+def test_class_10_fin_after_final_ack(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(11, "a frame seen twice by the capture is called a retransmission"))
-def test_class_11_capture_duplicate(sid: str) -> None:
-    _check(sid)
+def test_class_11_capture_duplicate(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
 @pytest.mark.parametrize("sid", _cases(13, "the same segments on two interfaces read as FIN retransmissions"))
-def test_class_13_two_interfaces(sid: str) -> None:
-    _check(sid)
+def test_class_13_two_interfaces(sid: str, tmp_path: Path) -> None:
+    _check(sid, tmp_path)
 
 
-def _verdict_without_frames(path: Path) -> dict[str, Any]:
+def _verdict_without_frames(truth: dict[str, Any], path: Path, tmp: Path) -> dict[str, Any]:
+    path = derived_capture(truth, path, tmp)
     s = summary(analyze_file(path))
     for c in s["connections"]:
         del c["close_frames"], c["first_frame"]
@@ -129,4 +136,7 @@ def test_kernel_still_does_what_the_fixture_says(sid: str, tmp_path: Path) -> No
     judged, path = run_live(sid, tmp_path)
     truth = _truth(sid)
     assert judged.kernel == truth["kernel"], "the kernel behaves differently now: re-make the fixture and re-judge"
-    assert _verdict_without_frames(path) == _verdict_without_frames(DATA / truth["capture"])
+    live_truth = judged.truth()
+    (tmp_path / "stored").mkdir()
+    assert _verdict_without_frames(live_truth, path, tmp_path) == \
+        _verdict_without_frames(truth, DATA / truth["capture"], tmp_path / "stored")

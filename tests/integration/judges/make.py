@@ -19,7 +19,7 @@ from typing import Any
 from lab.run.context import Experiment, Outcome
 from lab.run.runner import open_context
 
-from .scenarios import SCENARIOS, Judged
+from .scenarios import SCENARIOS, Judged, derived_capture
 from .verdict import analyze_file, differences, summary
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "judges"
@@ -40,8 +40,10 @@ def store(judged: Judged, capture: Path) -> dict[str, Any]:
     DATA.mkdir(parents=True, exist_ok=True)
     target = DATA / capture.name
     target.write_bytes(capture.read_bytes())
-    report = analyze_file(target)
-    truth = judged.truth() | {"capture": target.name, "twlab_at_make": summary(report),
+    truth = judged.truth()
+    with tempfile.TemporaryDirectory(prefix="twl-judge-") as tmp:
+        report = analyze_file(derived_capture(truth, target, Path(tmp)))
+    truth |= {"capture": target.name, "twlab_at_make": summary(report),
                               "twlab_differences_at_make": differences(report, judged.expect)}
     (DATA / f"{judged.id}.json").write_text(json.dumps(truth, indent=1) + "\n")
     return truth

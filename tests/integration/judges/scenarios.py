@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Judged:
     kernel: dict[str, Any]
     expect: dict[str, Any]
     peer: dict[str, Any] = field(default_factory=dict)   # the scripted side's state machine, where it matters
+    derive: dict[str, Any] | None = None   # the test builds the capture it judges from the stored one (class 9)
 
     @property
     def suffix(self) -> str:
@@ -76,8 +78,11 @@ class Judged:
         return hits[nth]
 
     def truth(self) -> dict[str, Any]:
-        return {"id": self.id, "class": self.klass, "family": self.family, "scenario": self.scenario,
-                "kernel": self.kernel, "peer": self.peer, "expect": self.expect}
+        out = {"id": self.id, "class": self.klass, "family": self.family, "scenario": self.scenario,
+               "kernel": self.kernel, "peer": self.peer, "expect": self.expect}
+        if self.derive:
+            out["derive"] = self.derive
+        return out
 
 
 def errno_name(exc: OSError | int | None) -> str | None:
@@ -705,6 +710,92 @@ def class_13_two_interfaces_v6(ctx: RunContext) -> Judged:
     return _two_interfaces(ctx, "inet6", 47423)
 
 
+# ---------------------------------------------------------------------------------------------
+# class 9: a connection idle for more than 60 s while unrelated traffic passes
+
+
+IDLE_GAP_S = 75.0
+FILLER_CONNECTIONS = 5000      # x 4 segments: 20000 unrelated segments during the idle time
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_TCP = struct.Struct("!HHIIBBHHH")
+
+
+def _raw_segment(src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int, flags: int) -> bytes:
+    """A bare IPv4/TCP header pair (checksums zero: the analyzer does not read them)."""
+    return _IP4.pack(0x45, 0, 40, 0, 0, 64, 6, 0, src, dst) + _TCP.pack(sport, dport, seq, ack, 5 << 4, flags,
+                                                                         65535, 0, 0)
+
+
+def filler(start_ns: int, end_ns: int, n: int = FILLER_CONNECTIONS) -> list[Packet]:
+    """n unrelated short connections (SYN, SYN-ACK, ACK, RST) between 203.0.113.10 and 203.0.113.20, evenly
+    spread over [start_ns, end_ns): synthetic traffic that only has to pass during the idle time."""
+    a, b = socket.inet_aton("203.0.113.10"), socket.inet_aton("203.0.113.20")
+    step = (end_ns - start_ns) // (4 * n + 1)
+    out: list[Packet] = []
+    t = start_ns
+    for k in range(n):
+        sport, cisn, sisn = 10000 + k % 50000, 1000 + 7 * k, 900000 + 11 * k
+        for raw in (_raw_segment(a, sport, b, 80, cisn, 0, 0x02),
+                    _raw_segment(b, 80, a, sport, sisn, cisn + 1, 0x12),
+                    _raw_segment(a, sport, b, 80, cisn + 1, sisn + 1, 0x10),
+                    _raw_segment(a, sport, b, 80, cisn + 1, sisn + 1, 0x14)):
+            t += step
+            out.append((t, raw, len(raw), 0))
+    return out
+
+
+def expand_idle_gap(packets: list[Packet], linktype: int, first_after: int) -> list[Packet]:
+    """The stored capture with IDLE_GAP_S more idle time before packet index `first_after` and the filler
+    traffic in that gap."""
+    shift = int(IDLE_GAP_S * 1e9)
+    before, after = packets[:first_after], packets[first_after:]
+    t0 = before[-1][0]
+    return before + filler(t0, t0 + shift) + [(t + shift, d, n, i) for t, d, n, i in after]
+
+
+def derived_capture(truth: dict[str, Any], stored: Path, out_dir: Path) -> Path:
+    """The capture a truth file's expectation is about: the stored one, or the one derived from it."""
+    spec = truth.get("derive")
+    if not spec:
+        return stored
+    from lab.pcap.readers import iter_frames
+
+    packets = [(f.ts_ns, f.data, f.orig_len, 0) for f in iter_frames(stored)]
+    out = Judged(truth["id"], truth["class"], truth["family"], "", expand_idle_gap(packets, LINKTYPE_RAW,
+                                                                                   spec["first_after"]),
+                 {0: LINKTYPE_RAW}, {}, {})
+    return out.write(out_dir / f"{truth['id']}-derived.pcap")
+
+
+def class_09_idle_with_unrelated_traffic(ctx: RunContext) -> Judged:
+    lab = PeerLab(ctx, 47409, 47509)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    lab.run([{"label": "before", "send": {"flags": "PA", "data": "before"}},
+             {"label": "before-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    assert srv.recv(100) == b"before"
+    idle_from = len(lab.cap.packets)
+    lab.run([{"label": "after", "send": {"flags": "PA", "data": "after"}},
+             {"label": "after-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    assert srv.recv(100) == b"after"
+    srv.close()
+    lab.run(_kernel_closes_three_way())
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("09_idle_with_unrelated_traffic", 9, "kernel server: data, then the connection is idle, "
+                   "then data and the kernel's close; the kernel socket stays ESTABLISHED throughout (one "
+                   f"connection). The test moves the second half {IDLE_GAP_S:.0f} s later and puts "
+                   f"{4 * FILLER_CONNECTIONS} segments of unrelated (synthetic) connections into the idle time",
+                   kernel)
+    j.derive = {"first_after": idle_from, "gap_s": IDLE_GAP_S, "filler_connections": FILLER_CONNECTIONS}
+    j.expect = {"connections": 1 + FILLER_CONNECTIONS,
+                "conns": [{"kind": "three-way", "initiator": "server", "time_wait": ["server"],
+                           "mid_capture": False}]}
+    lst.close()
+    return j
+
+
 SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "01_tfo_rst": class_01_tfo_rst,
     "02_rst_after_lost_fins": class_02_rst_after_lost_fins,
@@ -716,6 +807,7 @@ SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "07_refused_v6": class_07_refused_v6,
     "08_rst_below_rcv_nxt_close_wait": class_08_rst_below_rcv_nxt_close_wait,
     "08_rst_below_rcv_nxt_last_ack": class_08_rst_below_rcv_nxt_last_ack,
+    "09_idle_with_unrelated_traffic": class_09_idle_with_unrelated_traffic,
     "10_fin_again_after_final_ack": class_10_fin_again_after_final_ack,
     "11_capture_duplicate_v4": class_11_capture_duplicate_v4,
     "11_capture_duplicate_v6_pair": class_11_capture_duplicate_v6,

@@ -10,7 +10,8 @@ An expectation (the "expect" object of a truth file):
               "no_state": ["LISTEN"],               # no transition of either side from or to these states
               "no_transition_at": 4,                # no state change at this frame (e.g. a stale segment)
               "closed_at": {"server": 9},           # that side's last transition is to CLOSED at this frame
-              "no_role": "retransmission"}],        # no segment role containing this text
+              "no_role": "retransmission",          # no segment role containing this text
+              "mid_capture": False}],
    "findings_absent": ["fin-retransmitted"], "findings_present": ["..."]}
 """
 
@@ -69,6 +70,8 @@ def _conn_differences(c: Connection, want: Mapping[str, Any]) -> list[str]:
         allowed = want["kind"] if isinstance(want["kind"], list) else [want["kind"]]
         if c.close.kind not in allowed:
             out.append(f"close kind {c.close.kind} (kernel: {' or '.join(allowed)})")
+    if "mid_capture" in want and c.mid_capture != want["mid_capture"]:
+        out.append(f"mid_capture {c.mid_capture} (the capture has its handshake: {not want['mid_capture']})")
     if "initiator" in want and c.close.initiator != want["initiator"]:
         out.append(f"initiator {c.close.initiator} (kernel: {want['initiator']})")
     if "time_wait" in want:
