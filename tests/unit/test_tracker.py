@@ -299,7 +299,7 @@ def test_time_wait_timeout_only_when_a_later_segment_shows_2msl_passed() -> None
 
 
 def test_connection_open_at_capture_end() -> None:
-    cap, f = established()
+    cap, _f = established()
     r = analyze(cap.segments)
     [c] = r.connections
     assert c.open_at_end and c.close.kind == "incomplete" and c.time_wait == ()
