@@ -6,8 +6,23 @@ a FIN, an RST) and, through its ACK field, what its sender had received. So a si
 at the frame of its segment, and its *receive* events apply at the first of its own segments that
 acknowledges them (the textbook ladder: "ACK M+1 — client: ESTABLISHED -> CLOSE_WAIT"). When the peer
 must have received something before it acts on a later segment (segments of one direction arrive in
-order), the earlier receipt is applied first and marked inferred. States come only from
-lab.core.tcpstate.TRANSITIONS (here flattened into a list indexed by state and input codes).
+order), the earlier receipt is applied first and marked inferred. A receipt of a bare ACK (of a SYN or a
+FIN) has no answer to prove it: it applies at the ACK's own frame, and is taken back if the sender's
+retransmitted FIN proves that ACK lost (tcpstate's ACK_OF_FIN_LOST arcs). States come only from
+lab.core.tcpstate.TRANSITIONS (here flattened into a list indexed by state and input codes), applied by
+Analyzer._go.
+
+When a side enters TIME_WAIT (one convention, everywhere: transitions, windows, JSON --detail): at the
+segment that completes its close, as in RFC 9293's state diagram, and the window's 2*MSL counts from that
+frame's timestamp:
+  - FIN_WAIT_2 -> TIME_WAIT ("rcv FIN, snd ACK"): at the side's own ACK of the peer's FIN, the frame that
+    proves it received the FIN (the active closer of a four-way or three-way close);
+  - CLOSING -> TIME_WAIT ("rcv ACK of FIN"): at the peer's ACK of the side's FIN (crossed FINs: each side
+    enters at the other's ACK).
+A window ends by "timeout" only when the capture shows its 2*MSL pass (a later segment, of any connection,
+at or after its end), early by "rst" (assassination) or "syn" (a new incarnation takes the four-tuple), and
+by "capture-end" when the capture stops first (left_s: how much was left). Linux restarts it on any ACK
+reaching it (profile restart_on_any_ack), RFC 9293 on a retransmitted FIN.
 
 Memory follows open connections: a connection is finished into a compact Connection record once a later
 incarnation of its four-tuple is under way (both sides of the new one have sent), or once its TIME_WAIT
