@@ -201,8 +201,10 @@ def run(ctx: RunContext) -> Outcome:
     }
     reproduced = (all_expected and positions_ok and "nots-inside-no-time-wait" in corrupted
                   and check.get("ok") is not False)
+    # a case whose two incarnations could not be set up says nothing about duplicates: an environment verdict
+    not_set_up = [f"case {o['case']}: " + "; ".join(o.get("failures", [])) for o in results if "accepted" not in o]
     return Outcome(reproduced=reproduced, observations=observations, story=story, notes=notes, skipped=skipped,
-                   capture=capture, analysis=analysis)
+                   capture=capture, analysis=analysis, could_not_run=" | ".join(not_set_up) or None)
 
 
 EXPERIMENT = Experiment(

@@ -102,7 +102,10 @@ def run(ctx: RunContext) -> Outcome:
     }
     if rec.skipped_reason:
         skipped.append(rec.skipped_reason)
-    return Outcome(reproduced, obs, story, notes, skipped, capture, rec.analysis())
+    # without the holds the FINs cross only by luck: FINs that did not cross are no kernel verdict then
+    could_not = (None if reproduced or holds or close.crossed else
+                 "the FINs did not cross and NFQUEUE (which makes them cross) is not available here")
+    return Outcome(reproduced, obs, story, notes, skipped, capture, rec.analysis(), could_not_run=could_not)
 
 
 EXPERIMENT = Experiment(

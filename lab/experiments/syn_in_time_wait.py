@@ -191,8 +191,11 @@ def run(ctx: RunContext) -> Outcome:
     # the claim is the accept/refuse rule; the ISN of the reopened connection is a per-kernel observation
     reproduced = (all_expected and rule != "not-measured" and refused_ok and (paws >= 1 or not paws_counter)
                   and check.get("ok") is not False)
+    # a case without its first incarnation (no TIME_WAIT to send the SYN into): an environment verdict
+    not_set_up = [f"case {o['case']}: first incarnation failed: " + "; ".join(o.get("first_incarnation_failures", []))
+                  for o in results if not o.get("first_incarnation_ok", False)]
     return Outcome(reproduced=reproduced, observations=observations, story=story, notes=notes, skipped=skipped,
-                   capture=capture, analysis=analysis)
+                   capture=capture, analysis=analysis, could_not_run=" | ".join(not_set_up) or None)
 
 
 EXPERIMENT = Experiment(

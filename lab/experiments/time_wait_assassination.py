@@ -183,8 +183,12 @@ def run(ctx: RunContext) -> Outcome:
         "rate_limit": limits,
         **check_obs,
     }
+    # a case whose TIME_WAIT could not be set up says nothing about RSTs into it: an environment verdict
+    not_set_up = [f"{o.get('case') or 'rate limit ' + str(o.get('tcp_invalid_ratelimit_ms')) + ' ms'}: the "
+                  "connection to put into TIME_WAIT failed" for o in results + limits if not o.get("setup_ok")]
     return Outcome(reproduced=rst_ok and rate_ok and check.get("ok") is not False, observations=observations,
-                   story=story, notes=notes, skipped=skipped, capture=capture, analysis=analysis)
+                   story=story, notes=notes, skipped=skipped, capture=capture, analysis=analysis,
+                   could_not_run=" | ".join(not_set_up) or None)
 
 
 EXPERIMENT = Experiment(

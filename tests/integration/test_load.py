@@ -110,6 +110,16 @@ def test_outcome_status_kinds() -> None:
     assert cnr.status == "could-not-run" and not cnr.reproduced and cnr.could_not_run == "no TUN device"
 
 
+def test_an_outcome_not_set_up_is_recorded_as_could_not_run(tmp_path: Path) -> None:
+    from lab.run.runner import run_one
+
+    exp = Experiment(id="load-test-not-set-up", claim="-", lore="-", topology="none",
+                     run=lambda c: Outcome.not_set_up("the server never listened"))
+    res = run_one(exp, tmp_path)
+    assert res["status"] == "could-not-run" and res["reproduced"] is False and res["exit_code"] == 3
+    assert res["error"] == "could not run: the server never listened"
+
+
 def test_a_step_that_never_comes_is_could_not_run(fresh_scale: None, monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     """An agent step missing its (scaled) deadline ends the run as 'could not run', exit code 3."""
