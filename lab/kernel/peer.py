@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 KERNEL_IP = "198.51.100.1"
 PEER_IP = "198.51.100.2"
 PREFIX = 24
+KERNEL_IP6 = "2001:db8:51::1"   # the same roles in IPv6 (TunPeer.open(..., kernel_ip=KERNEL_IP6, peer_ip=PEER_IP6))
+PEER_IP6 = "2001:db8:51::2"
+PREFIX6 = 64
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -102,6 +105,13 @@ def evaluate(expr: int | str, variables: Mapping[str, int]) -> int:
     if first:
         raise PeerScriptError(f"empty expression {expr!r}", "give a number or a name")
     return total % MOD
+
+
+def _is_tcp(raw: bytes) -> bool:
+    """An IPv4 or IPv6 packet carrying TCP directly (no IPv6 extension headers: the kernel sends none here)."""
+    if len(raw) >= 20 and raw[0] >> 4 == 4:
+        return raw[9] == 6
+    return len(raw) >= 40 and raw[0] >> 4 == 6 and raw[6] == 6
 
 
 def _same_flags(got: str, want: str) -> bool:
@@ -195,7 +205,10 @@ class TunPeer:
         ctx.stack.callback(peer.close)
         # `ip -n`, not pyroute2's IPRoute(netns=...): that forks, and a fork under the runner's SIGTERM handler
         # can run the parent's teardown in the child
-        for argv in (["ip", "-n", ns.name, "addr", "add", f"{kernel_ip}/{PREFIX}", "dev", name],
+        # IPv6: /64 and nodad, so the address is usable at once (a tentative address drops the peer's SYNs)
+        addr = ["addr", "add", f"{kernel_ip}/{PREFIX6}", "dev", name, "nodad"] if ":" in kernel_ip else \
+            ["addr", "add", f"{kernel_ip}/{PREFIX}", "dev", name]
+        for argv in (["ip", "-n", ns.name, *addr],
                      ["ip", "-n", ns.name, "link", "set", name, "up"]):
             res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             if res.returncode != 0:
@@ -227,8 +240,8 @@ class TunPeer:
                 raw = os.read(self.fd, 65535)
             except OSError:
                 return
-            if not raw or raw[0] >> 4 != 4 or len(raw) < 20 or raw[9] != 6:
-                continue  # IPv6 chatter, non-TCP
+            if not _is_tcp(raw):
+                continue  # ICMPv6 chatter (router solicitations, MLD), non-TCP
             try:
                 seg = describe(raw)
             except (ValueError, IndexError):

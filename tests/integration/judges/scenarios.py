@@ -23,7 +23,7 @@ from typing import Any
 from lab.core.model import Flags, Segment
 from lab.kernel import sockdiag
 from lab.kernel.capture import LiveCapture
-from lab.kernel.peer import KERNEL_IP, PEER_IP, PeerConnection, TunPeer, open_in_namespace
+from lab.kernel.peer import KERNEL_IP, KERNEL_IP6, PEER_IP, PEER_IP6, PeerConnection, TunPeer, open_in_namespace
 from lab.kernel.tracepoints import StateTrace
 from lab.pcap.readers import decode_frame
 from lab.pcap.writer import PcapngWriter, atomic_write, write_pcap_ns
@@ -101,9 +101,23 @@ def _flags(seg: Segment, want: int) -> bool:
 class PeerLab:
     """A lab namespace with the scripted peer, a capture on its TUN device and the state trace on `kport`."""
 
-    def __init__(self, ctx: RunContext, kport: int, pport: int, sysctls: dict[str, Any] | None = None) -> None:
+    def __init__(self, ctx: RunContext, kport: int, pport: int, sysctls: dict[str, Any] | None = None,
+                 family: str = "inet") -> None:
+        self.family = family
+        if family == "inet6":   # the same ports one hundred up, so IPv4 and IPv6 fixtures never share a port
+            kport, pport = kport + 100, pport + 100
         self.ctx, self.kport, self.pport = ctx, kport, pport
-        self.ns, self.peer = open_in_namespace(ctx, "k", sysctls)
+        self.kernel_ip, self.peer_ip = (KERNEL_IP6, PEER_IP6) if family == "inet6" else (KERNEL_IP, PEER_IP)
+        if family == "inet6":
+            import pyroute2.config
+
+            from lab.kernel.hosts.netns import Namespace
+
+            pyroute2.config.disable_mp_signal = True   # as open_in_namespace does
+            self.ns = Namespace.create(ctx, "k", sysctls)
+            self.peer = TunPeer.open(ctx, self.ns, kernel_ip=KERNEL_IP6, peer_ip=PEER_IP6)
+        else:
+            self.ns, self.peer = open_in_namespace(ctx, "k", sysctls)
         self.trace = StateTrace(ctx.name("tr"), [kport])
         ctx.stack.callback(self.trace.close)
         self.trace.__enter__()
@@ -121,11 +135,11 @@ class PeerLab:
             self.cap.stop()
 
     def kernel_socket(self) -> socket.socket:
-        """A kernel socket in the lab namespace, bound to KERNEL_IP:kport."""
+        """A kernel socket in the lab namespace, bound to the kernel's address and kport."""
         with self.ns.entered():
-            s = socket.socket()
+            s = socket.socket(socket.AF_INET6 if self.family == "inet6" else socket.AF_INET)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((KERNEL_IP, self.kport))
+        s.bind((self.kernel_ip, self.kport))
         return s
 
     def listener(self) -> socket.socket:
@@ -159,7 +173,9 @@ class PeerLab:
 
     def judged(self, id_: str, klass: int, scenario: str, kernel: dict[str, Any], peer: dict[str, Any] | None = None
                ) -> Judged:
-        return Judged(id_, klass, "inet", scenario, self.finish(), {0: LINKTYPE_RAW}, kernel, {}, peer or {})
+        v6 = self.family == "inet6"
+        return Judged(id_ + ("_v6" if v6 else ""), klass, self.family, scenario + (" (IPv6)" if v6 else ""),
+                      self.finish(), {0: LINKTYPE_RAW}, kernel, {}, peer or {})
 
 
 def _handshake(isn: int = 1_000_000) -> list[dict[str, Any]]:
@@ -194,12 +210,13 @@ def _send_errno(s: socket.socket) -> str | None:
 # class 1: a TFO SYN with data answered by RST ack ISN+11
 
 
-def class_01_tfo_rst(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47401, 47501, sysctls={"net.ipv4.tcp_fastopen": 5})   # client on, no cookie needed
+def class_01_tfo_rst(ctx: RunContext, family: str = "inet") -> Judged:
+    tfo_client_without_cookie = {"net.ipv4.tcp_fastopen": 5}
+    lab = PeerLab(ctx, 47401, 47501, sysctls=tfo_client_without_cookie, family=family)
     s = lab.kernel_socket()
     s.setblocking(False)
     with contextlib.suppress(BlockingIOError):
-        s.sendto(b"0123456789", MSG_FASTOPEN, (PEER_IP, lab.pport))
+        s.sendto(b"0123456789", MSG_FASTOPEN, (lab.peer_ip, lab.pport))
     lab.run([{"label": "tfo-syn", "expect": {"flags": "S", "len": 10, "timeout_s": 2}},
              {"label": "rst", "send": {"flags": "RA", "seq": 0, "ack": "kernel.nxt"}}])
     lab.wait_state("CLOSED", "SYN_SENT")
@@ -220,11 +237,12 @@ def class_01_tfo_rst(ctx: RunContext) -> Judged:
 # class 2: FINs that never arrived, then an RST at the FIN's sequence number
 
 
-def class_02_rst_after_lost_fins(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47402, 47502)
+def class_02_rst_after_lost_fins(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47402, 47502, family=family)
     lst = lab.listener()
     # the capture (AF_PACKET on the TUN device) sees the peer's FINs; netfilter drops them before TCP does
-    lab.ns.run(["iptables", "-A", "INPUT", "-p", "tcp", "-s", PEER_IP, "--sport", str(lab.pport),
+    lab.ns.run(["ip6tables" if family == "inet6" else "iptables", "-A", "INPUT", "-p", "tcp", "-s", lab.peer_ip,
+                "--sport", str(lab.pport),
                 "--tcp-flags", "FIN", "FIN", "-j", "DROP"])
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -254,8 +272,8 @@ def class_02_rst_after_lost_fins(ctx: RunContext) -> Judged:
 # class 3: crossed FINs, the peer's ACK (seq past its FIN) delivered before its FIN
 
 
-def class_03_crossed_fins_reordered(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47403, 47503)
+def class_03_crossed_fins_reordered(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47403, 47503, family=family)
     lst = lab.listener()
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -284,12 +302,12 @@ def class_03_crossed_fins_reordered(ctx: RunContext) -> Judged:
 # class 4: an unacceptable SYN-ACK, the client's RST, then the right SYN-ACK with the same ISN
 
 
-def class_04_synack_bad_ack_then_good(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47404, 47504)
+def class_04_synack_bad_ack_then_good(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47404, 47504, family=family)
     s = lab.kernel_socket()
     s.setblocking(False)
     with contextlib.suppress(BlockingIOError):
-        s.connect((PEER_IP, lab.pport))
+        s.connect((lab.peer_ip, lab.pport))
     lab.run([{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
              {"label": "bad-synack", "send": {"flags": "SA", "seq": 7_000_000, "ack": "kernel.isn+1001",
                                               "mss": 1460}},
@@ -322,7 +340,7 @@ def _client_connect(lab: PeerLab) -> socket.socket:
     s = lab.kernel_socket()
     s.setblocking(False)
     with contextlib.suppress(BlockingIOError):
-        s.connect((PEER_IP, lab.pport))
+        s.connect((lab.peer_ip, lab.pport))
     return s
 
 
@@ -338,8 +356,8 @@ def _kernel_closes_three_way() -> list[dict[str, Any]]:
             {"label": "final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}]
 
 
-def class_05_stale_peer_ack(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47405, 47505)
+def class_05_stale_peer_ack(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47405, 47505, family=family)
     old = _client_connect(lab)
     lab.run(_peer_accepts(3_000_000))
     lab.wait_state("ESTABLISHED", "SYN_SENT")
@@ -383,8 +401,8 @@ def class_05_stale_peer_ack(ctx: RunContext) -> Judged:
 # class 6: simultaneous open
 
 
-def class_06_simultaneous_open(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47406, 47506)
+def class_06_simultaneous_open(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47406, 47506, family=family)
     s = _client_connect(lab)
     lab.run([{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
              {"label": "peer-syn", "send": {"flags": "S", "seq": 9_000_000, "mss": 1460}},
@@ -409,8 +427,8 @@ def class_06_simultaneous_open(ctx: RunContext) -> Judged:
 # class 7: SYN answered by RST
 
 
-def class_07_refused_v4(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47407, 47507)
+def class_07_refused_peer(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47407, 47507, family=family)
     s = _client_connect(lab)
     lab.run([{"label": "syn", "expect": {"flags": "S", "timeout_s": 2}},
              {"label": "rst", "send": {"flags": "RA", "seq": 0, "ack": "kernel.isn+1"}}])
@@ -419,7 +437,7 @@ def class_07_refused_v4(ctx: RunContext) -> Judged:
               "errno_connect": errno_name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)),
               "sockdiag_after": lab.diag_states()}
     s.close()
-    j = lab.judged("07_refused_v4", 7, "kernel client's SYN answered by RST+ACK ack ISN+1 (a closed port): "
+    j = lab.judged("07_refused_peer", 7, "kernel client's SYN answered by RST+ACK ack ISN+1 (a closed port): "
                    "connect fails with ECONNREFUSED", kernel)
     rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
     j.expect = {"connections": 1, "conns": [{"kind": "refused", "initiator": "server", "time_wait": [],
@@ -431,8 +449,8 @@ def class_07_refused_v4(ctx: RunContext) -> Judged:
 # class 8: an RST at rcv_nxt - 1 after the peer's FIN (tcp_reset_check)
 
 
-def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47408, 47508)
+def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47408, 47508, family=family)
     lst = lab.listener()
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -454,8 +472,8 @@ def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext) -> Judged:
     return j
 
 
-def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47418, 47518)
+def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47418, 47518, family=family)
     lst = lab.listener()
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -481,8 +499,8 @@ def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext) -> Judged:
 # class 10: the peer's FIN again ~1 ms after the final ACK (the ACK was in flight, not lost)
 
 
-def class_10_fin_again_after_final_ack(ctx: RunContext) -> Judged:
-    lab = PeerLab(ctx, 47410, 47510)
+def class_10_fin_again_after_final_ack(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47410, 47510, family=family)
     lst = lab.listener()
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -509,8 +527,9 @@ def class_10_fin_again_after_final_ack(ctx: RunContext) -> Judged:
 # class 11: the same frame twice in the capture
 
 
-def _peer_four_way(ctx: RunContext, kport: int, pport: int) -> tuple[PeerLab, list[Packet], dict[str, Any]]:
-    lab = PeerLab(ctx, kport, pport)
+def _peer_four_way(ctx: RunContext, kport: int, pport: int, family: str
+                   ) -> tuple[PeerLab, list[Packet], dict[str, Any]]:
+    lab = PeerLab(ctx, kport, pport, family=family)
     lst = lab.listener()
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -543,13 +562,15 @@ def _first(packets: list[Packet], linktype: int, pred: Callable[[Segment], bool]
     raise AssertionError("no such packet in the capture")
 
 
-def class_11_capture_duplicate_v4(ctx: RunContext) -> Judged:
-    lab, packets, kernel = _peer_four_way(ctx, 47411, 47511)
+def class_11_capture_duplicate_peer(ctx: RunContext, family: str = "inet") -> Judged:
+    lab, packets, kernel = _peer_four_way(ctx, 47411, 47511, family)
     fin = _first(packets, LINKTYPE_RAW, lambda g: bool(g.flags & Flags.FIN) and g.sport == lab.pport)
     kernel["fins_received"] = 1
-    j = Judged("11_capture_duplicate_v4", 11, "inet", "peer (client) closes first, four-way; the capture then "
-               "holds the peer's FIN twice (identical bytes, 1 us apart) as a capture seeing one packet twice; the "
-               "kernel received one FIN", duplicate(packets, fin), {0: LINKTYPE_RAW}, kernel, {},
+    v6 = family == "inet6"
+    j = Judged("11_capture_duplicate_peer" + ("_v6" if v6 else ""), 11, family, "peer (client) closes first, "
+               "four-way; the capture then holds the peer's FIN twice (identical bytes, 1 us apart) as a capture "
+               "seeing one packet twice; the kernel received one FIN" + (" (IPv6)" if v6 else ""),
+               duplicate(packets, fin), {0: LINKTYPE_RAW}, kernel, {},
                {"path": ["ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT"]})
     j.expect = {"connections": 1, "conns": [{"kind": "four-way", "initiator": "client", "time_wait": ["client"]}],
                 "findings_absent": ["fin-retransmitted"]}
@@ -796,20 +817,35 @@ def class_09_idle_with_unrelated_traffic(ctx: RunContext) -> Judged:
     return j
 
 
+def _v6(fn: Callable[[RunContext, str], Judged]) -> Callable[[RunContext], Judged]:
+    return lambda ctx: fn(ctx, "inet6")
+
+
 SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "01_tfo_rst": class_01_tfo_rst,
+    "01_tfo_rst_v6": _v6(class_01_tfo_rst),
     "02_rst_after_lost_fins": class_02_rst_after_lost_fins,
+    "02_rst_after_lost_fins_v6": _v6(class_02_rst_after_lost_fins),
     "03_crossed_fins_reordered": class_03_crossed_fins_reordered,
+    "03_crossed_fins_reordered_v6": _v6(class_03_crossed_fins_reordered),
     "04_synack_bad_ack_then_good": class_04_synack_bad_ack_then_good,
+    "04_synack_bad_ack_then_good_v6": _v6(class_04_synack_bad_ack_then_good),
     "05_stale_peer_ack": class_05_stale_peer_ack,
+    "05_stale_peer_ack_v6": _v6(class_05_stale_peer_ack),
     "06_simultaneous_open": class_06_simultaneous_open,
-    "07_refused_v4": class_07_refused_v4,
+    "06_simultaneous_open_v6": _v6(class_06_simultaneous_open),
+    "07_refused_peer": class_07_refused_peer,
+    "07_refused_peer_v6": _v6(class_07_refused_peer),
     "07_refused_v6": class_07_refused_v6,
     "08_rst_below_rcv_nxt_close_wait": class_08_rst_below_rcv_nxt_close_wait,
+    "08_rst_below_rcv_nxt_close_wait_v6": _v6(class_08_rst_below_rcv_nxt_close_wait),
     "08_rst_below_rcv_nxt_last_ack": class_08_rst_below_rcv_nxt_last_ack,
+    "08_rst_below_rcv_nxt_last_ack_v6": _v6(class_08_rst_below_rcv_nxt_last_ack),
     "09_idle_with_unrelated_traffic": class_09_idle_with_unrelated_traffic,
     "10_fin_again_after_final_ack": class_10_fin_again_after_final_ack,
-    "11_capture_duplicate_v4": class_11_capture_duplicate_v4,
+    "10_fin_again_after_final_ack_v6": _v6(class_10_fin_again_after_final_ack),
+    "11_capture_duplicate_peer": class_11_capture_duplicate_peer,
+    "11_capture_duplicate_peer_v6": _v6(class_11_capture_duplicate_peer),
     "11_capture_duplicate_v6_pair": class_11_capture_duplicate_v6,
     "13_two_interfaces_v4": class_13_two_interfaces_v4,
     "13_two_interfaces_v6": class_13_two_interfaces_v6,
