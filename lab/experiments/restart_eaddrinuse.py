@@ -175,32 +175,17 @@ def run_case(ctx: RunContext, case: Case, port: int) -> tuple[dict[str, Any], li
 
 
 def _annotate(rec: Recording, case: Case, obs: dict[str, Any]) -> None:
-    """Per-packet comments on the case's close segments; the analyzer's TIME_WAIT side beside sock_diag's."""
+    """The case's facts on its close segments (which case, who the lab made close first, what sock_diag saw at
+    the restart); roles and states are the narrator's (lab.core.narrate)."""
     port = obs["port"]
     label = f"case {case.key} ({case.title})"
-    fin_end: dict[str, int] = {}   # side -> sequence number just after its FIN
-    for seg in rec.close_segments(port):
-        side = "server" if seg.sport == port else "client"
-        peer = "client" if side == "server" else "server"
-        if seg.flags & Flags.RST:
-            rec.note(seg.frame, f"{label}: RST from the {side}")
-        elif seg.flags & Flags.FIN:
-            fin_end[side] = (seg.seq + seg.seg_len) & 0xFFFFFFFF
-            if side == obs["first_closer"]:
-                text = f"FIN from the {side} — active close (it closes first)"
-            else:
-                text = f"FIN from the {side} — passive close (answers the {peer}'s FIN)"
-                if fin_end.get(peer) == seg.ack and seg.flags & Flags.ACK:
-                    text += f"; it also ACKs the {peer}'s FIN (three-segment close)"
-            rec.note(seg.frame, f"{label}: {text}")
-        else:
-            closer = obs["first_closer"]
-            if side == closer:
-                rec.note(seg.frame, f"{label}: final ACK from the {side} — it enters TIME_WAIT "
-                                    f"(sock_diag: {obs['time_wait_side'] or '?'} side, "
-                                    f"{obs['time_wait_remaining_s'] or '?'} s left at restart)")
-            else:
-                rec.note(seg.frame, f"{label}: ACK of the {closer}'s FIN from the {side}")
+    closer = obs["first_closer"]
+    fins = [s for s in rec.close_segments(port) if s.flags & Flags.FIN and not s.flags & Flags.RST]
+    first = next((s for s in fins if ("server" if s.sport == port else "client") == closer), None)
+    if first is not None:
+        rec.note(first.frame, f"{label}: the lab makes the {closer} close first; sock_diag at the restart: "
+                              f"TIME_WAIT on the {obs['time_wait_side'] or '?'} side, "
+                              f"{obs['time_wait_remaining_s'] or '?'} s left")
     syns = rec.find(port=port, flags=Flags.SYN, exact=True)
     if syns:
         rec.note(syns[0].frame, f"{label}: client connects to the server on port {port}")

@@ -102,8 +102,8 @@ def run(ctx: RunContext) -> Outcome:
                 rec.note(rsts[0].frame, f"{key}: the client's FIN_WAIT_2 expired after tcp_fin_timeout; "
                                         "the server's late FIN finds no socket: RST")
         elif seg is not None and lifetime is not None:
-            rec.note(seg.frame, f"{key}: the {host} enters TIME_WAIT here; sock_diag saw it for "
-                                f"{lifetime:.1f} s until the kernel dropped it")
+            rec.note(seg.frame, f"{key}: sock_diag saw the {host}'s TIME_WAIT socket for {lifetime:.1f} s "
+                                "until the kernel dropped it")
     comparison = cc.compare_with_analyzer(rec, [cs, ss])
     capture = rec.save()
     tw_default = results["c2"]["lifetime_s"]
