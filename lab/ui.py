@@ -53,10 +53,10 @@ def result_panel(result: dict[str, Any]) -> Panel:
 
 def summary_table(results: list[dict[str, Any]]) -> Table:
     t = Table(title="twlab results", show_lines=False)
-    t.add_column("experiment")
-    t.add_column("verdict")
-    t.add_column("s", justify="right")
-    t.add_column("capture")
+    t.add_column("experiment", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("s", justify="right", no_wrap=True)
+    t.add_column("capture", overflow="fold")   # a narrow terminal folds the path, never cuts it to '…'
     for r in results:
         t.add_row(r["experiment"], verdict_text(r), f"{r['duration_s']:.1f}", r.get("capture") or "-")
     return t

@@ -34,15 +34,18 @@ def connections_table(doc: Mapping[str, Any], limit: int = 200) -> Table:
     conns = doc["connections"]
     total = doc.get("connections_total", len(conns))
     title = f"{doc.get('file', '')}: {total} connection(s), {doc.get('packets', '?')} packets"
-    t = Table(title=Text(title), title_justify="left", show_lines=False)
-    t.add_column("id", justify="right")
-    t.add_column("client")
-    t.add_column("server")
-    t.add_column("inc", justify="right", header_style="bold")
-    t.add_column("frames")
-    t.add_column("close")
-    t.add_column("initiator")
-    t.add_column("TIME_WAIT (side, length, from frame)")
+    # at 80 columns nothing is cut to "192.0.2.…": compact columns; the TIME_WAIT column wraps first, and what
+    # still does not fit folds onto the next line
+    t = Table(title=Text(title), title_justify="left", show_lines=False, box=None, pad_edge=False, padding=(0, 1),
+              collapse_padding=True, header_style="bold underline")
+    t.add_column("id", justify="right", no_wrap=True, overflow="fold")
+    t.add_column("client", no_wrap=True, overflow="fold")
+    t.add_column("server", no_wrap=True, overflow="fold")
+    t.add_column("inc", justify="right", no_wrap=True, overflow="fold")
+    t.add_column("frames", no_wrap=True, overflow="fold")
+    t.add_column("close", no_wrap=True, overflow="fold")
+    t.add_column("first", no_wrap=True, overflow="fold")   # who closed first: the initiator
+    t.add_column("TIME_WAIT (side, length, from frame)", overflow="fold", min_width=12)
     for c in conns[:limit]:
         kind = c["close"]["kind"]
         t.add_row(str(c["id"]), Text(c["client"]), Text(c["server"]), str(c["incarnation"]),
