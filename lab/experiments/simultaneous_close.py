@@ -15,10 +15,34 @@ from typing import Any
 from lab.errors import EnvironmentProblem
 from lab.experiments import _closecommon as cc
 from lab.kernel.impair import Hold
-from lab.run.context import Experiment, Outcome, RunContext
+from lab.kernel.tracepoints import StateEvent, StateTrace
+from lab.run.context import Experiment, Outcome, RunContext, scaled
 
 FIN_HOLD_MS = 60.0
 ACK_HOLD_MS = 100.0
+
+
+def _state_trace(ctx: RunContext, skipped: list[str]) -> StateTrace | None:
+    """The kernel's state transitions on the lab port (a private tracefs instance), or None where there is none."""
+    try:
+        trace = StateTrace(ctx.name("tr"), ports=[cc.PORT]).__enter__()
+    except (EnvironmentProblem, OSError) as exc:
+        skipped.append(f"no inet_sock_set_state tracepoint ({exc}): CLOSING judged from sock_diag samples only")
+        return None
+    ctx.stack.callback(trace.close)
+    return trace
+
+
+def _kernel_paths(trace: StateTrace | None, client_port: int) -> dict[str, list[str]] | None:
+    """Each side's traced state path once both have left CLOSING (its last transition: -> CLOSE)."""
+    if trace is None:
+        return None
+    for local, remote in ((client_port, cc.PORT), (cc.PORT, client_port)):
+        def left_closing(e: StateEvent, lp: int = local, rp: int = remote) -> bool:
+            return e.sport == lp and e.dport == rp and e.oldstate == "CLOSING"
+
+        trace.wait_for(left_closing, scaled(cc.SETTLE_S))
+    return {"client": trace.path_of(client_port, cc.PORT), "server": trace.path_of(cc.PORT, client_port)}
 
 
 def run(ctx: RunContext) -> Outcome:
@@ -27,6 +51,7 @@ def run(ctx: RunContext) -> Outcome:
     notes: list[str] = []
     tail: list[dict[str, Any]] = [cc.gate("close"), {"op": "close", "label": "close"}]
     holds: list[Hold] = []
+    trace = _state_trace(ctx, skipped)
     with cc.recording(ctx, pair) as rec, cc.watch(ctx, pair, [cc.PORT], interval_s=0.01) as (cs, ss):
         ep = cc.open_connection(ctx, pair, "both", client_tail=tail, server_tail=tail)
         # the holds must catch the FINs, not a delayed ACK of the exchange: wait until each side's data is acked
@@ -53,10 +78,15 @@ def run(ctx: RunContext) -> Outcome:
             h.close()
         tw = cc.time_wait_now(pair, ep.port, ep.client_port)
         states = cc.side_states(cs, ss, ep.client_port)
+        kernel_paths = _kernel_paths(trace, ep.client_port)
     close = cc.find_close(cc.conn_segments(rec, ep.client_port))
     labels = cc.label_close(rec, close, prefix="simultaneous close")
     t0 = close.first_fin.ts_s if close.first_fin else None
-    both_closing = all("CLOSING" in states[s] for s in ("client", "server"))
+    # CLOSING lasts about one ACK hold: a 10 ms sampler on a busy machine can miss it; the kernel's own
+    # transitions (inet_sock_set_state) cannot
+    sampled_closing = all("CLOSING" in states[s] for s in ("client", "server"))
+    traced_closing = kernel_paths is not None and all("CLOSING" in p for p in kernel_paths.values())
+    both_closing = sampled_closing or traced_closing
     both_tw = tw["client"] is not None and tw["server"] is not None
     comparison = cc.compare_with_analyzer(rec, [cs, ss])
     analyzer = cc.analyzer_close(rec, ep.client_port)
@@ -87,6 +117,8 @@ def run(ctx: RunContext) -> Outcome:
         "both_closing": both_closing,
         "time_wait_sides": [s for s in ("client", "server") if tw[s]],
         "client_states": states["client"],
+        "kernel_transitions": kernel_paths,       # the tracepoint's state path of each side (None: no tracefs)
+        "closing_seen_by": [k for k, v in (("sock_diag", sampled_closing), ("tracepoint", traced_closing)) if v],
         "server_states": states["server"],
         "time_wait": tw,
         "close_calls_apart_ms": round(abs(c_close["wall_s"] - s_close["wall_s"]) * 1000, 3),
