@@ -39,10 +39,14 @@ def _wrong(klass: int, mechanism: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"issue 12 class {klass}: {mechanism}")
 
 
+# cases of a class the analyzer already reads right (guards against regressions while the class is fixed)
+RIGHT_TODAY = frozenset({"01_tfo_rst_after_synack", "01_tfo_rst_after_synack_v6"})
+
+
 def _cases(klass: int, mechanism: str | None) -> list[Any]:
     ids = [sid for sid in SCENARIOS if sid.startswith(f"{klass:02d}_")]
-    marks = [_wrong(klass, mechanism)] if mechanism else []
-    return [pytest.param(sid, id=sid, marks=marks) for sid in ids]
+    return [pytest.param(sid, id=sid, marks=[_wrong(klass, mechanism)] if mechanism and sid not in RIGHT_TODAY
+                         else []) for sid in ids]
 
 
 def test_every_class_but_reach_has_a_fixture() -> None:

@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python -m tests.integration.judges.make            # all
     sudo .venv/bin/python -m tests.integration.judges.make 03 08      # ids starting with these
+    .venv/bin/python -m tests.integration.judges.make --table         # the stored truths as a markdown table
 
 The truth file records the kernel's account and the expectation derived from it; `twlab_at_make` is what the
 analyzer said when the file was made (informational: the tests compare against `expect`, never against it).
@@ -32,6 +33,9 @@ def run_live(scenario_id: str, out_dir: Path) -> tuple[Judged, Path]:
     with ExitStack() as stack:
         ctx = open_context(exp, out_dir, stack)
         judged = SCENARIOS[scenario_id](ctx)
+    left = sorted(p.name for p in Path("/run/netns").glob(f"twl{ctx.run_id}*"))
+    if left:
+        raise AssertionError(f"{scenario_id} left namespaces behind: {left}")
     path = judged.write(out_dir / f"{scenario_id}{judged.suffix}")
     return judged, path
 
@@ -52,7 +56,23 @@ def store(judged: Judged, capture: Path) -> dict[str, Any]:
     return truth
 
 
+def table() -> str:
+    """Markdown: per stored fixture, the scenario, what the kernel did and what twlab said when it was made."""
+    rows = ["| fixture | kernel | twlab at make |", "|---|---|---|"]
+    for path in sorted(DATA.glob("*.json")):
+        t = json.loads(path.read_text())
+        k = t["kernel"]
+        did = "; ".join(f"{key}: {' -> '.join(v) if isinstance(v, list) else v}" for key, v in k.items()
+                        if v not in (None, []))
+        said = "; ".join(t["twlab_differences_at_make"]) or "agrees"
+        rows.append(f"| {t['id']} | {did} | {said} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--table"]:
+        print(table())
+        return 0
     wanted = [k for k in SCENARIOS if not argv or any(k.startswith(a) for a in argv)]
     if not wanted:
         print(f"no scenario matches {' '.join(argv)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)

@@ -27,10 +27,11 @@ from lab.kernel.peer import KERNEL_IP, KERNEL_IP6, PEER_IP, PEER_IP6, PeerConnec
 from lab.kernel.tracepoints import StateTrace
 from lab.pcap.readers import decode_frame
 from lab.pcap.writer import PcapngWriter, atomic_write, write_pcap_ns
-from lab.run.context import RunContext
+from lab.run.context import RunContext, scaled
 
 LINKTYPE_RAW = 101
 MSG_FASTOPEN = 0x20000000
+WAIT_S = 3.0             # for a kernel transition or a socket call (stretched by lab.run.context.scaled)
 SETTLE_S = 0.05          # the last segment the kernel sends (from softirq) reaches the capture socket
 Packet = tuple[int, bytes, int, int]      # ts_ns, data, orig_len, interface
 
@@ -145,7 +146,7 @@ class PeerLab:
     def listener(self) -> socket.socket:
         s = self.kernel_socket()
         s.listen(4)
-        s.settimeout(3)
+        s.settimeout(scaled(WAIT_S))
         return s
 
     def run(self, steps: list[dict[str, Any]]) -> None:
@@ -153,9 +154,9 @@ class PeerLab:
         if not rep.ok:
             raise AssertionError(f"peer script: {rep.failures()}")
 
-    def wait_state(self, newstate: str, oldstate: str | None = None, timeout_s: float = 3.0) -> None:
+    def wait_state(self, newstate: str, oldstate: str | None = None, timeout_s: float = WAIT_S) -> None:
         ev = self.trace.wait_for(lambda e: e.sport == self.kport and e.dport == self.pport and e.newstate == newstate
-                                 and (oldstate is None or e.oldstate == oldstate), timeout_s)
+                                 and (oldstate is None or e.oldstate == oldstate), scaled(timeout_s))
         if ev is None:
             raise AssertionError(f"the kernel socket never went to {newstate}: {self.path()}")
 
@@ -186,7 +187,7 @@ def _handshake(isn: int = 1_000_000) -> list[dict[str, Any]]:
 
 def _accept(lab: PeerLab, lst: socket.socket) -> socket.socket:
     s, _ = lst.accept()
-    s.settimeout(3)
+    s.settimeout(scaled(WAIT_S))
     return s
 
 
@@ -229,6 +230,32 @@ def class_01_tfo_rst(ctx: RunContext, family: str = "inet") -> Judged:
     rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
     j.expect = {"connections": 1, "conns": [{"kind": ["rst", "refused"], "initiator": "server", "time_wait": [],
                                              "close_frame": rst}]}
+    s.close()
+    return j
+
+
+def class_01_tfo_rst_after_synack(ctx: RunContext, family: str = "inet") -> Judged:
+    tfo_client_without_cookie = {"net.ipv4.tcp_fastopen": 5}
+    lab = PeerLab(ctx, 47431, 47531, sysctls=tfo_client_without_cookie, family=family)
+    s = lab.kernel_socket()
+    s.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        s.sendto(b"0123456789", MSG_FASTOPEN, (lab.peer_ip, lab.pport))
+    lab.run([{"label": "tfo-syn", "expect": {"flags": "S", "len": 10, "timeout_s": 2}},
+             # a server that does not take the SYN's data: its SYN-ACK acks the SYN only
+             {"label": "syn-ack", "send": {"flags": "SA", "seq": 4_000_000, "ack": "kernel.isn+1", "mss": 1460}},
+             {"label": "data-again", "expect": {"flags": "PA", "len": 10, "timeout_s": 2, "skip_other": True}},
+             {"label": "rst", "send": {"flags": "RA", "seq": "peer.nxt", "ack": "kernel.nxt"}}])
+    lab.wait_state("CLOSED", "ESTABLISHED")
+    s.setblocking(True)
+    kernel = {"socket": "client", "path": lab.path(), "errno_recv": _recv_errno(s),
+              "sockdiag_after": lab.diag_states()}
+    j = lab.judged("01_tfo_rst_after_synack", 1, "kernel client sends a TFO SYN with 10 bytes; the peer's SYN-ACK "
+                   "acks the SYN only; the kernel sends the 10 bytes again; the peer answers RST+ACK seq 1 ack 11 "
+                   "(relative): the kernel accepts it in ESTABLISHED", kernel)
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "server", "time_wait": [],
+                                             "close_frame": rst, "closed_at": {"client": rst}}]}
     s.close()
     return j
 
@@ -619,11 +646,11 @@ class PairLab:
         ns = self.pair.client if end == "client" else self.pair.server
         with ns.entered():
             s = socket.socket(self.af)
-        s.settimeout(3)
+        s.settimeout(scaled(WAIT_S))
         return s
 
     def wait(self, pred: Callable[[Any], bool], what: str) -> None:
-        if self.trace.wait_for(pred, 3.0) is None:
+        if self.trace.wait_for(pred, scaled(WAIT_S)) is None:
             raise AssertionError(f"the kernel never showed {what}: {self.trace.snapshot()}")
 
     def finish(self) -> tuple[list[Packet], dict[int, int]]:
@@ -824,6 +851,8 @@ def _v6(fn: Callable[[RunContext, str], Judged]) -> Callable[[RunContext], Judge
 SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "01_tfo_rst": class_01_tfo_rst,
     "01_tfo_rst_v6": _v6(class_01_tfo_rst),
+    "01_tfo_rst_after_synack": class_01_tfo_rst_after_synack,
+    "01_tfo_rst_after_synack_v6": _v6(class_01_tfo_rst_after_synack),
     "02_rst_after_lost_fins": class_02_rst_after_lost_fins,
     "02_rst_after_lost_fins_v6": _v6(class_02_rst_after_lost_fins),
     "03_crossed_fins_reordered": class_03_crossed_fins_reordered,
