@@ -97,13 +97,22 @@ def list_cmd(as_json: bool) -> None:
               help="Run folder (default runs/<timestamp>).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 32), default=6, show_default=True,
               help="Experiments run at once (each in its own process and namespaces).")
+@click.option("--timeout-scale", "timeout_scale", type=click.FloatRange(1.0, 20.0), default=None, metavar="X",
+              help="Stretch every wait of the lab by X (1-20; also $TWLAB_TIMEOUT_SCALE). Default: measured from "
+                   "how slowly a Python program starts now.")
 @click.option("--kernel", "kernels", multiple=True, metavar="VER",
               help="Run inside a user-mode Linux guest of this kernel (5.10, 6.1, 6.12, 7.2 or a linux.uml path); "
                    "repeatable. 'twlab kernels' lists them.")
-def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kernels: tuple[str, ...]) -> None:
+def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kernels: tuple[str, ...],
+        timeout_scale: float | None = None) -> None:
     """Run experiments (or 'all') and say whether each claim holds on this kernel."""
     from lab import experiments
     from lab.run import runner
+
+    if timeout_scale is not None:   # for this process and, through the environment, every program it starts
+        from lab.run.context import set_timeout_scale
+
+        set_timeout_scale(timeout_scale)
 
     exps = experiments.get(list(names))
     out_root = out or runner.default_out_dir()
@@ -126,7 +135,7 @@ def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kern
             con.print(claims.ledger_table(ledger))
             con.print(f"run folder: {out_root}   claims ledger: {out_root / 'claims.md'}")
     codes = [r.get("exit_code") for r in results]
-    if 3 in codes:
+    if 3 in codes or any(r.get("status") == "could-not-run" for r in results):
         sys.exit(3)
     sys.exit(0 if all(r["reproduced"] for r in results) else 1)
 
