@@ -252,6 +252,29 @@ def kernels_cmd(as_json: bool) -> None:
     con.print("run: twlab run NAME... --kernel VER [--kernel VER...]  (or --kernel /path/to/linux.uml)")
 
 
+@cli.command("guest-client")
+@click.option("--kernel", "kernel", default="6.1", show_default=True, metavar="VER",
+              help="The client's kernel: a user-mode Linux guest (5.10, 6.1, 6.12, 7.2 or a linux.uml path).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, as `twlab run --json`.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default runs/<timestamp>).")
+def guest_client_cmd(kernel: str, as_json: bool, out: Path | None) -> None:
+    """Two kernels on one connection: the client in a guest kernel, the server in a namespace of this host on a
+    private bridge; the client's SYN into the server's TIME_WAIT, captured on the bridge and analyzed."""
+    from lab.experiments._guest_client import EXPERIMENT
+    from lab.run import guests, runner
+
+    guests.resolve(kernel)   # a bad or missing kernel: one line, before any folder exists
+    res = runner.run_one(EXPERIMENT, out or runner.default_out_dir(), options={"client_kernel": kernel})
+    if as_json:
+        click.echo(json.dumps(res, default=str))
+    else:
+        from lab.ui import console, result_panel
+
+        console().print(result_panel(res))
+    sys.exit(0 if res["reproduced"] else int(res.get("exit_code") or 1))
+
+
 # --- end other kernels
 
 

@@ -152,9 +152,11 @@ def _sh(value: str | Path) -> str:
     return shlex.quote(str(value))
 
 
-def init_script(kernel: Kernel, share: Path, lab_argv: list[str], workdir: Path, env: dict[str, str]) -> str:
+def init_script(kernel: Kernel, share: Path, lab_argv: list[str], workdir: Path, env: dict[str, str],
+                net: GuestNet | None = None) -> str:
     """The guest's PID 1: mounts, modules, iptables flavour, a record of the guest, the lab run, power-off."""
     ctl = share / CONTROL
+    eth0 = f"ip addr add {_sh(net.addr)} dev eth0\nip link set eth0 up\n" if net is not None else ""
     exports = "".join(f"export {k}={_sh(v)}\n" for k, v in sorted(env.items()))
     modules = ""
     if kernel.modules is not None:
@@ -183,9 +185,16 @@ echo o > /proc/sysrq-trigger; }}
 PYTHONHASHSEED=0 {_sh(sys.executable)} -c {_sh(CREDIT_SEED)} {_sh(ctl / "seed")}
 rm -f {_sh(ctl / "seed")}
 ip link set lo up
-iptables_kind=nft
-if ! iptables-nft -w -L -n >/dev/null 2>&1; then
-  iptables_kind=legacy
+{eth0}# the guest's own firewall (its kernel, not the host's): a chain made and removed in the filter table tells
+# which iptables flavour this kernel supports (some UML kernels list the table but cannot create it)
+iptables_kind=none
+for kind in nft legacy; do
+  if iptables-$kind -w -t filter -N TWLPROBE 2>/dev/null && iptables-$kind -w -t filter -X TWLPROBE; then
+    iptables_kind=$kind
+    break
+  fi
+done
+if [ "$iptables_kind" = legacy ]; then
   for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
     ln -sf "/usr/sbin/${{t%%-*}}-legacy${{t#${{t%%-*}}}}" "/run/twlab/bin/$t"
   done
@@ -218,6 +227,7 @@ class GuestRun:
     error: str | None = None
     boot_s: float | None = None
     wall_s: float = 0.0
+    run_id: str = ""            # names the ledger (twl<run_id>.json) and UML's umid
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -291,6 +301,23 @@ def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
 
     Never hangs: boot deadline (BOOT_DEADLINE_S scaled), run deadline (run_deadline_s), SIGTERM/Ctrl-C unwind
     through the sweep; every guest process is in the ledger by pid until it is gone."""
+    out_dir = out_dir.resolve()
+    return boot_program(kernel, _lab_argv([e.id for e in exps], out_dir, jobs), out_dir, run_deadline_s(exps),
+                        on_event=on_event)
+
+
+@dataclass(frozen=True)
+class GuestNet:
+    """The guest's eth0: a TAP device in a lab namespace of the host (the UML process runs in that namespace)."""
+
+    netns: str
+    tap: str
+    addr: str                   # the guest's address with its prefix, e.g. 203.0.113.1/24
+
+
+def boot_program(kernel: Kernel, argv: list[str], out_dir: Path, deadline_s: float, net: GuestNet | None = None,
+                 on_event: Callable[[str], None] | None = None) -> GuestRun:
+    """Boot `kernel`, run `argv` as the guest's program (stdout/stderr/exit code in out_dir/guest/), power off."""
     say = on_event or (lambda text: None)
     out_dir = out_dir.resolve()
     _check_share(out_dir)
@@ -299,11 +326,11 @@ def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
     for stale in ("guest.json", "stdout.jsonl", "stderr.txt", "rc"):
         with contextlib.suppress(FileNotFoundError):
             (ctl / stale).unlink()
-    run = GuestRun(kernel, out_dir)
     run_id = new_run_id()
+    run = GuestRun(kernel, out_dir, run_id=run_id)
     init = ctl / "init.sh"
-    init.write_text(init_script(kernel, out_dir, _lab_argv([e.id for e in exps], out_dir, jobs),
-                                Path(__file__).resolve().parent.parent.parent, _guest_env()))
+    init.write_text(init_script(kernel, out_dir, argv, Path(__file__).resolve().parent.parent.parent, _guest_env(),
+                                net))
     init.chmod(0o755)
     seed = ctl / "seed"
     seed.touch(mode=0o600)
@@ -312,12 +339,15 @@ def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
     t0 = time.monotonic()
     try:
         with _uml_dir(run_id) as uml_dir, (ctl / "console.log").open("wb") as console:
-            proc = subprocess.Popen(_kernel_argv(kernel, init, f"twl{run_id}", uml_dir), stdin=subprocess.DEVNULL,
-                                    stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+            kernel_argv = _kernel_argv(kernel, init, f"twl{run_id}", uml_dir)
+            if net is not None:  # `ip netns exec` execs the kernel: the pid stays the one recorded
+                kernel_argv = ["ip", "netns", "exec", net.netns, *kernel_argv, f"eth0=tuntap,{net.tap}"]
+            proc = subprocess.Popen(kernel_argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             pgid = proc.pid
             ledger.add("pid", str(proc.pid), what="uml guest", kernel=kernel.label)
             try:
-                _wait_guest(run, proc, pgid, ledger, t0, run_deadline_s(exps), say)
+                _wait_guest(run, proc, pgid, ledger, t0, deadline_s, say)
             finally:
                 if proc.poll() is None:
                     say(f"kernel {kernel.label}: stopping the guest (pid {proc.pid})")
@@ -391,7 +421,21 @@ def _collect(run: GuestRun) -> None:
         run.exit_code = 3
     for res in run.results:
         res.update(guest_fields(run))
+        why = missing_prerequisite(res, run.info)
+        if why is not None:
+            res.update(status="could-not-run", reproduced=False, exit_code=3, could_not_run=why,
+                       error=f"could not run: {why}")
         _rewrite_result(res)
+
+
+def missing_prerequisite(res: dict[str, Any], info: dict[str, Any]) -> str | None:
+    """Why an experiment could not run on this guest's kernel, when it lacks a part the experiment needs
+    (an environment verdict, never "not reproduced"); None when nothing it needs was missing."""
+    if info.get("iptables") == "none" and not res.get("reproduced"):
+        said = " ".join([res.get("error") or "", *map(str, res.get("skipped") or [])])
+        if "iptables" in said:
+            return f"kernel {info.get('uname')} has no iptables filter table (neither nftables nor legacy)"
+    return None
 
 
 def guest_fields(run: GuestRun) -> dict[str, Any]:
@@ -418,7 +462,8 @@ def missing_results(run: GuestRun, exps: list[Experiment]) -> list[dict[str, Any
     why = run.error or f"kernel {run.kernel.label}: no result"
     return [{"experiment": e.id, "reproduced": False, "claim": e.claim, "observations": {}, "capture": None,
              "kernel": run.info.get("uname") or run.kernel.release, "error": why, "exit_code": 3,
-             "could_not_run": why, "folder": str(run.out_dir / e.id), "story": [], "notes": [], "skipped": [],
+             "status": "could-not-run", "could_not_run": why,
+             "folder": str(run.out_dir / e.id), "story": [], "notes": [], "skipped": [],
              "lore": e.lore, **guest_fields(run)} for e in exps if e.id not in have]
 
 
