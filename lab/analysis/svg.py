@@ -123,7 +123,7 @@ def _arrow(line: LadderRow, y: float) -> str:
             f"<title>frame {line.frame}: {escape(line.label)}</title>"
             f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y + _DROP}" stroke="{colour}" stroke-width="1.6"/>'
             f'<polygon points="{head}" fill="{colour}"/>'
-            + _text(mid, y + _DROP / 2 - 4, line.label, f"label {tone}", "middle")
+            + _text(mid, y + _DROP / 2 - 6, line.label, f"label {tone}", "middle")
             + "</g>")
 
 

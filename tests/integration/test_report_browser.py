@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 
 from lab.analysis.charts import DEST_COLOURS, SIDE_COLOUR
+from lab.core.narrate import LadderRow, ladder_rows
+from lab.core.report import Connection
+from lab.core.tracker import analyze
+from lab.pcap.annotate import capture_t0
 from lab.pcap.readers import read_segments
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +64,14 @@ def page_requests(page: Path, tmp: Path) -> list[str]:
             and e["params"].get("initiator") != BROWSER_INTERNAL]
 
 
+def narrator_rows(capture: Path) -> tuple[Connection, list[LadderRow]]:
+    """The first connection of a capture and the narrator's ladder rows of it: what the picture must show."""
+    segs = list(read_segments(capture))
+    conn = analyze(iter(segs)).connections[0]
+    return conn, ladder_rows(conn, [s for s in segs if conn.first_frame <= s.frame <= conn.last_frame],
+                             capture_t0(capture))
+
+
 def report(tmp: Path, *inputs: Path | str) -> Path:
     out = tmp / "report.html"
     res = subprocess.run([*TWLAB, "report", *map(str, inputs), "-o", str(out)], capture_output=True, text=True,
@@ -75,7 +87,7 @@ class Ladders(HTMLParser):
         super().__init__()
         self.svg = ""
         self.frames: dict[str, list[int]] = {}
-        self.states: dict[str, dict[str, list[str]]] = {}
+        self.states: dict[str, dict[str, dict[int, str]]] = {}   # svg id -> side -> frame -> text
         self.labels: dict[str, list[str]] = {}
         self.time_wait: dict[str, list[tuple[str, str]]] = {}
         self._open: list[tuple[str, str]] = []   # (tag, what its text is)
@@ -87,11 +99,11 @@ class Ladders(HTMLParser):
         if tag == "svg" and "ladder" in cls:
             self.svg = a["id"]
             self.frames[self.svg], self.labels[self.svg], self.time_wait[self.svg] = [], [], []
-            self.states[self.svg] = {"client": [], "server": []}
+            self.states[self.svg] = {"client": {}, "server": {}}
         elif self.svg and tag == "g" and "seg" in cls:
             self.frames[self.svg].append(int(a["data-frame"]))
         elif self.svg and tag == "g" and "state" in cls:
-            what = "state:" + ("client" if "client" in cls else "server")
+            what = "state:" + ("client" if "client" in cls else "server") + ":" + a["data-frame"]
         elif self.svg and tag == "g" and "time-wait" in cls:
             self.time_wait[self.svg].append((cls[-1], a["data-start-frame"]))
         elif self.svg and tag == "text" and "label" in cls:
@@ -111,7 +123,9 @@ class Ladders(HTMLParser):
         if not self.svg or not data.strip():
             return
         if what.startswith("state:"):
-            self.states[self.svg][what[6:]].append(data.strip())
+            _, side, frame = what.split(":")
+            have = self.states[self.svg][side].get(int(frame))
+            self.states[self.svg][side][int(frame)] = f"{have} {data.strip()}" if have else data.strip()
         elif what == "label":
             self.labels[self.svg].append(data.strip())
 
@@ -147,15 +161,19 @@ def test_capture_report_in_chromium(tmp_path: Path) -> None:
     assert page_requests(out, tmp_path) == []
 
     dom, ladders = dom_of(out, tmp_path)
-    ladder = "c0-conn-0"
+    conn, rows = narrator_rows(LOST_FINAL_ACK)
+    ladder = f"c0-conn-{conn.id}"
     assert ladders.frames[ladder] == [s.frame for s in read_segments(LOST_FINAL_ACK)]   # every segment, in order
-    client, server = ladders.states[ladder]["client"], ladders.states[ladder]["server"]
-    assert {"SYN_SENT", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT"} <= set(client)
-    assert {"LISTEN", "SYN_RECEIVED", "ESTABLISHED", "LAST_ACK", "CLOSED"} <= set(server)
-    assert any("CLOSE_WAIT" in s for s in server)
-    assert {"FIN M, ack 7", "FIN N, ACK M+1", "ACK N+1"} <= set(ladders.labels[ladder])
-    assert ladders.time_wait[ladder] == [("client", "10")]      # the bar starts at the ACK N+1 of frame 10
-    assert 'href="#c0-conn-0"' in dom                           # each finding links to its ladder
+    assert ladders.frames[ladder] == [r.frame for r in rows]
+    for r in rows:          # both endpoints' states after every segment, as the narrator says them
+        for side in ("client", "server"):
+            want = " → ".join(r.passed(side)) or r.state(side)
+            assert " ".join(ladders.states[ladder][side][r.frame].split()) == want, (r.frame, side)
+    assert ladders.labels[ladder] == [r.label for r in rows]
+    assert "TIME_WAIT" in ladders.states[ladder]["client"].values()
+    assert any("LAST_ACK" in s for s in ladders.states[ladder]["server"].values())
+    assert ladders.time_wait[ladder] == [(w.side, str(w.start_frame)) for w in conn.time_wait]   # the bars
+    assert f'href="#{ladder}"' in dom                           # each finding links to its ladder
 
     shot = tmp_path / "report.png"
     browse(out, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400")
@@ -189,7 +207,8 @@ def test_corpus_capture_report(tmp_path: Path, corpus: Path) -> None:
     assert ladders.frames, "no ladder drawn"
     for svg_id, frames in ladders.frames.items():
         assert frames == sorted(frames) and frames, svg_id
-        assert ladders.states[svg_id]["client"] and ladders.states[svg_id]["server"], svg_id
+        for side in ("client", "server"):
+            assert sorted(ladders.states[svg_id][side]) == frames, (svg_id, side)   # a state after every segment
     for anchor in re.findall(r'href="#(c0-conn-\d+)"', html):
         assert anchor in ladders.frames                         # finding links land on a drawn ladder
 
@@ -215,7 +234,8 @@ def test_run_report_in_chromium(tmp_path: Path) -> None:
         drawn = [k for k in ladders.frames if k.startswith(f"{name}-conn-")]
         assert drawn, f"no ladder for {name}"
         for k in drawn:
-            assert "TIME_WAIT" in ladders.states[k]["client"] + ladders.states[k]["server"], k
+            states = [*ladders.states[k]["client"].values(), *ladders.states[k]["server"].values()]
+            assert any("TIME_WAIT" in x for x in states), k
     for link in re.findall(r'href="([^"#]+\.pcapng)"', html):
         assert (out.parent / link).is_file(), link                            # links to the run's captures
 
