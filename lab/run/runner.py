@@ -122,6 +122,7 @@ def _run_in(exp: Experiment, ctx: RunContext, gate: SignalGate, started: float) 
         events.log("run-error", error=error, traceback=traceback.format_exc())
     finally:
         gate.defer()
+        events.log("run-teardown")  # from here on signals wait until every resource is removed
     result = RunResult.of_run(exp, ctx, outcome, started, error, lab_subnets=subnets)
     events.log("run-end", reproduced=result.reproduced)
     return result
