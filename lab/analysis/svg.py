@@ -29,10 +29,10 @@ Tone = Literal["syn", "fin", "rst", "data", "ack"]
 # geometry, in SVG user units (the element scales to the page's width)
 WIDTH = 1100
 _FRAME_X = 8             # frame number and time column
-_CLIENT_STATE_RIGHT = 292
+_CLIENT_STATE_RIGHT = 286
 _CLIENT_X = 300
 _SERVER_X = 640
-_SERVER_STATE_LEFT = 648
+_SERVER_STATE_LEFT = 654
 _NOTES_X = 850
 _TOP = 64                # below the two endpoint headers and the initial states
 _ROW_H = 36
@@ -144,7 +144,7 @@ def _row(line: LadderRow, y: float) -> str:
 
 def _bar(w: TimeWaitBar, row_y: dict[int, float], bottom: float) -> str:
     """The TIME_WAIT bar beside the holder's lifeline, a tick at each restart, the caption below."""
-    x = _CLIENT_X - _BAR_W - 2 if w.side == "client" else _SERVER_X + 2
+    x = _CLIENT_X - _BAR_W - 1 if w.side == "client" else _SERVER_X + 1
     y0 = row_y.get(w.start_frame, _TOP) + _DROP
     early = w.ended_by in ("rst", "syn") and w.end_frame in row_y
     y1 = row_y[w.end_frame] + _DROP if early and w.end_frame is not None else bottom
