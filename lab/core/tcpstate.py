@@ -42,9 +42,6 @@ class Input(enum.Enum):
     SEND_RST = "send RST"
     RCV_RST = "rcv RST"
     TIMEOUT_2MSL = "2MSL timeout"
-    # not an event on the wire: the peer's ACK of this side's FIN was captured, but the side's retransmitted
-    # FIN proves it never arrived; the receipt the tracker applied at that ACK is taken back (its record too)
-    ACK_OF_FIN_LOST = "ACK of FIN lost"
 
     __hash__ = object.__hash__
 
@@ -92,11 +89,24 @@ TRANSITIONS: dict[tuple[TcpState, Input], TcpState] = {
     (S.LAST_ACK, I.RCV_RST): S.CLOSED,
     (S.TIME_WAIT, I.RCV_RST): S.CLOSED,              # TIME_WAIT assassination (RFC 1337); Linux: tcp_rfc1337=0
     (S.TIME_WAIT, I.SEND_RST): S.CLOSED,             # it answered with RST: it held no TIME_WAIT socket after all
-    # the inverse of each RCV_ACK_OF_FIN arc above, for an ACK of FIN that was captured but lost
-    (S.FIN_WAIT_2, I.ACK_OF_FIN_LOST): S.FIN_WAIT_1,
-    (S.TIME_WAIT, I.ACK_OF_FIN_LOST): S.CLOSING,
-    (S.CLOSED, I.ACK_OF_FIN_LOST): S.LAST_ACK,
 }
+
+
+
+def _undo_arcs() -> dict[tuple[TcpState, Input], TcpState]:
+    """(state, input) -> the state before, for every arc whose target and input name its source: how a
+    receipt the capture seemed to show is taken back when a later segment proves it did not happen then
+    (an ACK of a FIN that was lost; a FIN that crossed ours but reached the capture point late)."""
+    back: dict[tuple[TcpState, Input], TcpState] = {}
+    ambiguous: set[tuple[TcpState, Input]] = set()
+    for (src, inp), dst in TRANSITIONS.items():
+        if (dst, inp) in back:
+            ambiguous.add((dst, inp))
+        back[(dst, inp)] = src
+    return {k: v for k, v in back.items() if k not in ambiguous}
+
+
+UNDO: dict[tuple[TcpState, Input], TcpState] = _undo_arcs()
 
 # Inputs the capture point may have missed (a lost or unseen segment), used to bridge gaps.
 UNSEEN_OK = frozenset({I.RCV_SYNACK, I.RCV_ACK_OF_SYN, I.RCV_SYN, I.RCV_ACK_OF_FIN, I.RCV_FIN, I.SEND_SYNACK})

@@ -8,9 +8,9 @@ acknowledges them (the textbook ladder: "ACK M+1 — client: ESTABLISHED -> CLOS
 must have received something before it acts on a later segment (segments of one direction arrive in
 order), the earlier receipt is applied first and marked inferred. A receipt of a bare ACK (of a SYN or a
 FIN) has no answer to prove it: it applies at the ACK's own frame, and is taken back if the sender's
-retransmitted FIN proves that ACK lost (tcpstate's ACK_OF_FIN_LOST arcs). States come only from
-lab.core.tcpstate.TRANSITIONS (here flattened into a list indexed by state and input codes), applied by
-Analyzer._go.
+retransmitted FIN proves that ACK lost (back along its arc: tcpstate.UNDO). States come only from
+lab.core.tcpstate.TRANSITIONS (here flattened into lists indexed by state and input codes), forward or back,
+and only Analyzer._go writes them.
 
 When a side enters TIME_WAIT (one convention, everywhere: transitions, windows, JSON --detail): at the
 segment that completes its close, as in RFC 9293's state diagram, and the window's 2*MSL counts from that
@@ -62,7 +62,7 @@ from lab.core.report import (
 from lab.core.seqnum import HALF as _HALF
 from lab.core.seqnum import MASK as _M32
 from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TSval) space
-from lab.core.tcpstate import TRANSITIONS, Input, TcpState, bridge, path_to
+from lab.core.tcpstate import TRANSITIONS, UNDO, Input, TcpState, bridge, path_to
 
 _SWEEP_EVERY: Final = 4096
 NONE: Final = -1          # "not seen" for sequence numbers, ISNs, timestamps (all are >= 0)
@@ -92,12 +92,11 @@ RCV_ACK_OF_FIN: Final = 7
 SEND_RST: Final = 8
 RCV_RST: Final = 9
 TIMEOUT_2MSL: Final = 10
-ACK_OF_FIN_LOST: Final = 11
 
 STATES: Final = tuple(TcpState)
 INPUTS: Final = tuple(Input)
 _NS: Final = 11
-_NI: Final = 12
+_NI: Final = 11
 _STATE_CODES: Final = (
     (TcpState.CLOSED, CLOSED), (TcpState.LISTEN, LISTEN), (TcpState.SYN_SENT, SYN_SENT),
     (TcpState.SYN_RECEIVED, SYN_RECEIVED), (TcpState.ESTABLISHED, ESTABLISHED), (TcpState.FIN_WAIT_1, FIN_WAIT_1),
@@ -107,7 +106,7 @@ _INPUT_CODES: Final = (
     (Input.SEND_SYN, SEND_SYN), (Input.RCV_SYN, RCV_SYN), (Input.SEND_SYNACK, SEND_SYNACK),
     (Input.RCV_SYNACK, RCV_SYNACK), (Input.RCV_ACK_OF_SYN, RCV_ACK_OF_SYN), (Input.SEND_FIN, SEND_FIN),
     (Input.RCV_FIN, RCV_FIN), (Input.RCV_ACK_OF_FIN, RCV_ACK_OF_FIN), (Input.SEND_RST, SEND_RST),
-    (Input.RCV_RST, RCV_RST), (Input.TIMEOUT_2MSL, TIMEOUT_2MSL), (Input.ACK_OF_FIN_LOST, ACK_OF_FIN_LOST))
+    (Input.RCV_RST, RCV_RST), (Input.TIMEOUT_2MSL, TIMEOUT_2MSL))
 
 
 def _codes_match(members: tuple[Any, ...], codes: tuple[tuple[Any, int], ...]) -> bool:
@@ -128,6 +127,14 @@ def _next_table() -> list[int]:
     return nxt
 
 
+def _undo_table() -> list[int]:
+    """tcpstate.UNDO as undo[state * _NI + input]; -1: no unique arc back."""
+    back = [-1] * (_NS * _NI)
+    for (st, inp), frm in UNDO.items():
+        back[STATES.index(st) * _NI + INPUTS.index(inp)] = STATES.index(frm)
+    return back
+
+
 def _bridge_table() -> list[list[int] | None]:
     """tcpstate.bridge() for every (state, input) pair, as input codes."""
     out: list[list[int] | None] = []
@@ -140,6 +147,7 @@ def _bridge_table() -> list[list[int] | None]:
 
 # Final: mypyc keeps these in C statics instead of looking them up in the module dict per use
 _NEXT: Final = _next_table()
+_UNDO: Final = _undo_table()
 _BRIDGE: Final = _bridge_table()
 _LISTEN_TO_EST: Final = [INPUTS.index(i) for i in path_to(TcpState.LISTEN, TcpState.ESTABLISHED) or ()]
 
@@ -175,6 +183,7 @@ class _Side:
         "fin_ack_val",
         "fin_ack_wire",
         "fin_acked_frame",
+        "fin_crossed",
         "fin_frame",
         "fin_retx",
         "fin_seq",
@@ -215,6 +224,7 @@ class _Side:
         self.fin_ack_applied = False          # the receipt of the ACK of its FIN is applied (taken back if lost)
         self.fin_acked_frame = 0              # the peer's ACK of this side's FIN that this side received
         self.fin_ack_wire = 0                 # the first ACK of it on the wire (received or not)
+        self.fin_crossed = False              # its FIN was sent before it received the peer's (crossed FINs)
         self.got_fin = False                  # this side has received the peer's FIN
         self.got_fin_frame = 0                # ... proved by this side's ACK in this frame
         self.acked_peer_fin = 0               # this side's latest segment that ACKs the peer's FIN
@@ -601,13 +611,6 @@ class Analyzer:
             st = side.state
             nxt = _NEXT[st * _NI + inp]
         side.state = nxt
-        if inp == ACK_OF_FIN_LOST:
-            side.fin_ack_applied = False
-            if st == TIME_WAIT:
-                side.tw = None
-            if self.detail:
-                _drop_last_receipt_of_fin_ack(conn.trans, s)
-            return True
         if self.detail:
             conn.trans.append((frame, s, st, nxt, inferred, inp))
         if inp == RCV_ACK_OF_FIN:
@@ -615,6 +618,22 @@ class Analyzer:
         if nxt == TIME_WAIT:
             side.tw = _TW(ts, frame, ts + self.tw_s)
         return True
+
+    def _go_back(self, conn: _Conn, s: int, inp: int) -> int:
+        """Take back side s's latest `inp` (tcpstate.UNDO): a later segment proved that receipt did not happen
+        when the capture seemed to show it. Its record goes too. Returns the record's frame (0: none kept);
+        -1: the state has no arc back for `inp` (nothing changes)."""
+        side = conn.sides[s]
+        st = side.state
+        prev = _UNDO[st * _NI + inp]
+        if prev < 0:
+            return -1
+        side.state = prev
+        if inp == RCV_ACK_OF_FIN:
+            side.fin_ack_applied = False
+        if st == TIME_WAIT:
+            side.tw = None
+        return _drop_last_record(conn.trans, s, inp) if self.detail else 0
 
     def _tw_restart(self, side: _Side, frame: int, ts: float) -> None:
         tw = side.tw
@@ -786,6 +805,7 @@ class Analyzer:
 
     def _first_fin(self, conn: _Conn, s: int, frame: int, ts: float, fseq: int, ack_val: int) -> None:
         side = conn.sides[s]
+        peer = conn.sides[s ^ 1]
         side.fin_seq = fseq
         side.fin_frame = frame
         side.fin_ts = ts
@@ -795,11 +815,33 @@ class Analyzer:
         if not conn.nfin:
             conn.fin_first = s
         conn.nfin += 1
+        # crossed FINs are judged by what this FIN acknowledges, not by arrival order (RFC 9293 3.6, case 2):
+        # a FIN whose ACK field does not cover the peer's FIN was sent before its sender received that FIN
+        side.fin_crossed = peer.fin_seq >= 0 and not (
+            ack_val >= 0 and (peer.snd_max < 0 or _d(ack_val, peer.snd_max) <= 0) and _d(ack_val, peer.fin_seq) >= 1)
+        late = 0
+        if side.fin_crossed and side.got_fin:
+            late = self._fin_sent_before_its_receipt(conn, s, frame, ts)
         if self.detail:
             base = side.base
             rel = f" (seq {(fseq - base) & _M32} rel. to {_name(s)} ISN)" if base >= 0 else ""
-            conn.roles.append((frame, s, f"FIN {name}{rel}"))
-        self._go(conn, s, SEND_FIN, frame, ts, False)
+            when = f", sent before frame {late}: the FINs crossed" if late > 0 else ""
+            conn.roles.append((frame, s, f"FIN {name}{rel}{when}"))
+        if not late:
+            self._go(conn, s, SEND_FIN, frame, ts, False)
+
+    def _fin_sent_before_its_receipt(self, conn: _Conn, s: int, frame: int, ts: float) -> int:
+        """Side s's FIN reached the capture point after s's own ACK of the peer's FIN, yet it does not
+        acknowledge that FIN: s sent it first (ESTABLISHED -> FIN_WAIT_1), then received the peer's FIN
+        (-> CLOSING). The receipt applied at that ACK is replayed in this order. Returns the ACK's frame
+        (the FIN's own frame when no record is kept); 0: s is not where that reading applies."""
+        back = self._go_back(conn, s, RCV_FIN)
+        if back < 0:
+            return 0
+        at = back if back else frame
+        self._go(conn, s, SEND_FIN, at, ts, True)
+        self._go(conn, s, RCV_FIN, at, ts, False)
+        return at
 
     def _fin_retransmitted(self, conn: _Conn, s: int, frame: int, ts: float, ack_val: int) -> None:
         side = conn.sides[s]
@@ -824,7 +866,7 @@ class Analyzer:
                 f"that ACK was lost between the capture point and {_name(s)}",
                 {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
             if side.fin_acked_frame and side.fin_acked_frame < frame:
-                self._unreceive_fin_ack(conn, s, frame, ts)
+                self._unreceive_fin_ack(conn, s)
         if peer.state == TIME_WAIT:
             peer.reack_pending = True
 
@@ -852,14 +894,13 @@ class Analyzer:
         if dt >= 0 and (side.rtt < 0 or dt < side.rtt):
             side.rtt = dt
 
-    def _unreceive_fin_ack(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
+    def _unreceive_fin_ack(self, conn: _Conn, s: int) -> None:
         """Side s retransmitted its FIN after the peer's ACK of it: that ACK never arrived, so its receipt is
-        taken back (tcpstate's ACK_OF_FIN_LOST arcs: CLOSED -> LAST_ACK, TIME_WAIT -> CLOSING, FIN_WAIT_2 ->
-        FIN_WAIT_1); the next ACK of the FIN applies it again."""
+        taken back (LAST_ACK, CLOSING or FIN_WAIT_1 again); the next ACK of the FIN applies it again."""
         side = conn.sides[s]
         side.fin_acked_frame = 0
-        if side.fin_ack_applied and _NEXT[side.state * _NI + ACK_OF_FIN_LOST] >= 0:
-            self._go(conn, s, ACK_OF_FIN_LOST, frame, ts, False)
+        if side.fin_ack_applied:
+            self._go_back(conn, s, RCV_ACK_OF_FIN)
 
     def _flush_fin(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
         """Before the peer of side s acts on s's segment, it has received s's earlier FIN (in-order)."""
@@ -1068,7 +1109,7 @@ class Analyzer:
             a = conn.fin_first
             first, other = conn.sides[a], conn.sides[a ^ 1]
             initiator = _name(a)
-            if other.fin_frame and (other.got_fin_frame == 0 or other.got_fin_frame > other.fin_frame):
+            if other.fin_frame and other.fin_crossed:
                 kind, initiator = "simultaneous", "both"
             elif conn.half_close_frame:
                 kind = "half-close"
@@ -1161,13 +1202,14 @@ class Analyzer:
         return self._finished
 
 
-def _drop_last_receipt_of_fin_ack(trans: list[tuple[int, int, int, int, bool, int]], s: int) -> None:
-    """The record of side s's latest RCV_ACK_OF_FIN: it never happened (see Analyzer._unreceive_fin_ack)."""
+def _drop_last_record(trans: list[tuple[int, int, int, int, bool, int]], s: int, inp: int) -> int:
+    """Remove side s's latest transition driven by `inp`; its frame (0: none)."""
     for k in range(len(trans) - 1, -1, -1):
         t = trans[k]
-        if t[1] == s and t[5] == RCV_ACK_OF_FIN:
+        if t[1] == s and t[5] == inp:
             del trans[k]
-            return
+            return t[0]
+    return 0
 
 
 def _open_state(st: int) -> bool:

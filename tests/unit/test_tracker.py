@@ -270,6 +270,36 @@ def test_time_wait_assassination() -> None:
             assert (w.ended_by, w.end_frame) == ("capture-end", None)   # ignored RST; the capture ends 1 s in
 
 
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_crossed_fins_reaching_the_capture_reordered(first: str) -> None:
+    """Issue 12 class 3: the second side's FIN (its ACK field does not cover the first FIN) reaches the
+    capture point after that side's ACK of the first FIN, whose seq is already past its own FIN. The FINs
+    crossed: both pass CLOSING and hold TIME_WAIT (RFC 9293 3.6 case 2), whatever the arrival order."""
+    cap, f = established()
+    second = Flow.other(first)
+    late_fin = f.fin(second, capture=False, deliver=False)     # sent first, seen late
+    fin_m = f.fin(first, deliver=True)
+    ack_m = f.ack(second)                                      # seq past its own FIN, acks FIN M
+    cap.frame += 1
+    seen = cap.add(late_fin._replace(frame=cap.frame, ts_s=cap.t + 0.0005))
+    cap.t += 0.001
+    f.deliver(late_fin)
+    ack_n = f.ack(first)
+    assert seen.ack != (fin_m.seq + 1) and ack_m.seq == seen.seq + 1
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert (c.close.kind, c.close.initiator) == ("simultaneous", "both")
+    assert sorted(w.side for w in c.time_wait) == ["client", "server"]
+    path = [(t.from_state.value, t.to_state.value, t.inferred) for t in c.transitions
+            if t.side == second and t.frame >= fin_m.frame]
+    assert path == [("ESTABLISHED", "FIN_WAIT_1", True), ("FIN_WAIT_1", "CLOSING", False),
+                    ("CLOSING", "TIME_WAIT", False)]
+    assert [t.frame for t in c.transitions if t.side == second and t.frame >= fin_m.frame] == \
+        [ack_m.frame, ack_m.frame, ack_n.frame]
+    assert not any(t.to_state is TcpState.CLOSE_WAIT for t in c.transitions)
+    assert any(f_ == seen.frame and "crossed" in role for f_, _i, role in c.roles)
+
+
 # --- what the capture saw: windows and connections at its end ------------------------------------------
 
 def test_time_wait_still_running_at_capture_end_says_how_much_was_left() -> None:
