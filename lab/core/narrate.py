@@ -15,12 +15,15 @@ API
     frame_notes(report, t0, capture_end=None) -> {frame: [comment, ...]}
         per-frame pcapng comments for the whole capture: each segment's role (FIN M, ACK M+1, FIN N,
         ACK N+1, ...), one state chain per side ("server: CLOSE_WAIT -> LAST_ACK"), TIME_WAIT windows
-        ("60 s, until t=+60.352 s"; "open at capture end, 58.9 s left" when `capture_end`, the last frame's
-        timestamp, is before the window's end), TIME_WAIT restarts and early ends, findings.
+        ("60 s, until t=+60.352 s"; "open at capture end, 58.9 s left" for a window the capture did not see
+        end), TIME_WAIT restarts and early ends, connections still open at capture end, findings.
+        `capture_end` (the last frame's timestamp) matters only for records without ended_by "capture-end".
     connection_notes(conn, t0, capture_end=None) -> {frame: [comment, ...]}   the same for one connection.
     side_chain(conn, side, since_frame=0) -> str      "client: ESTABLISHED -> FIN_WAIT_1 -> ... -> TIME_WAIT"
     final_states(conn) -> {side: state}                each side's last state the capture shows
     window_text(w, t0, capture_end=None) -> str        "60 s, until t=+60.352 s" (one TIME_WAIT window)
+    left_at_capture_end(w, capture_end=None) -> float | None   seconds a window had left when the capture ended
+    open_at_end_text(conn) -> str                      "connection 3 still open at capture end (client ...)"
 
     ladder_rows(conn, segments, t0, findings=()) -> [LadderRow]   one row per segment of the connection
     ladder_start(conn) -> (client_state, server_state)               each side's state before the first row
@@ -63,11 +66,16 @@ def at(ts: float, t0: float) -> str:
 # -- TIME_WAIT windows --------------------------------------------------------------------------------------
 
 
-def _seen_to_end(w: TimeWaitWindow, capture_end: float | None) -> bool:
-    ended = getattr(w, "ended_by", "timeout")
-    if ended == "capture-end":
-        return False
-    return ended != "timeout" or capture_end is None or capture_end >= w.end_ts
+def left_at_capture_end(w: TimeWaitWindow, capture_end: float | None = None) -> float | None:
+    """Seconds the window still had when the capture ended, or None when the capture saw it end.
+
+    The analyzer's record says so (ended_by "capture-end", left_s); `capture_end` (the last frame's timestamp)
+    is only needed for records made without that verdict (an old `analyze --json`)."""
+    if w.ended_by == "capture-end":
+        return w.left_s
+    if w.ended_by == "timeout" and capture_end is not None and capture_end < w.end_ts:
+        return w.end_ts - capture_end
+    return None
 
 
 def window_text(w: TimeWaitWindow, t0: float, capture_end: float | None = None) -> str:
@@ -78,10 +86,18 @@ def window_text(w: TimeWaitWindow, t0: float, capture_end: float | None = None) 
         return f"{length}; ended early by {how} in frame {w.end_frame}, {at(w.end_ts, t0)}"
     restarted = f", restarted {len(w.restarts)}x" if w.restarts else ""
     text = f"{length}{restarted}, until {at(w.end_ts, t0)}"
-    if not _seen_to_end(w, capture_end):
-        left = w.end_ts - capture_end if capture_end is not None else w.end_ts - w.start_ts
+    left = left_at_capture_end(w, capture_end)
+    if left is not None:
         text += f"; open at capture end, {max(left, 0.0):.1f} s left"
     return text
+
+
+def open_at_end_text(conn: Connection) -> str:
+    """For a connection a side still held when the capture ended: "still open at capture end (client
+    ESTABLISHED, server CLOSE_WAIT)"."""
+    states = final_states(conn)
+    said = ", ".join(f"{side} {states[side]}" for side in SIDES if side in states)
+    return f"connection {conn.id} still open at capture end" + (f" ({said})" if said else "")
 
 
 # -- per-frame comments -------------------------------------------------------------------------------------
@@ -180,6 +196,8 @@ def _connection_notes(conn: Connection, t0: float, capture_end: float | None, no
         else:
             text = head + (" — " + "; ".join(peers) if peers else "")
         notes.setdefault(frame, []).append(text)
+    if conn.open_at_end:
+        later.setdefault(conn.last_frame, []).append(open_at_end_text(conn))
     for w in conn.time_wait:
         length = f"{w.length_s:g} s" if w.length_s else "2MSL"
         for fr in w.restarts:
@@ -349,8 +367,7 @@ def ladder_windows(conn: Connection, t0: float, capture_end: float | None = None
             text += f", killed by the RST in frame {w.end_frame}"
         elif w.ended_by == "syn":
             text += f", ended by the new SYN in frame {w.end_frame}"
-        elif not _seen_to_end(w, capture_end):
-            left = w.end_ts - capture_end if capture_end is not None else w.end_ts - w.start_ts
+        elif (left := left_at_capture_end(w, capture_end)) is not None:
             text += f", open at capture end ({max(left, 0.0):.1f} s left)"
         if w.restarts:
             text += ", restarted by frame " + ", ".join(str(n) for n in w.restarts)

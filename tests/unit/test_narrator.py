@@ -121,10 +121,25 @@ def test_time_wait_until_is_on_the_capture_clock_not_the_connection_clock() -> N
 
 
 def test_a_window_the_capture_did_not_see_end_says_so() -> None:
-    w = TimeWaitWindow("client", 10.0, 70.0, 5, length_s=60.0)
-    assert window_text(w, 0.0) == "60 s, until t=+70.000 s"          # capture end unknown: nothing claimed
-    assert window_text(w, 0.0, capture_end=12.5) == "60 s, until t=+70.000 s; open at capture end, 57.5 s left"
-    assert window_text(w, 0.0, capture_end=75.0) == "60 s, until t=+70.000 s"
+    w = TimeWaitWindow("client", 10.0, 70.0, 5, length_s=60.0, ended_by="capture-end", left_s=57.5)
+    assert window_text(w, 2.0) == "60 s, until t=+68.000 s; open at capture end, 57.5 s left"
+    seen = w._replace(ended_by="timeout", left_s=0.0)
+    assert window_text(seen, 2.0) == "60 s, until t=+68.000 s"
+    # a record without the capture-end verdict (old JSON): the capture's last timestamp decides
+    assert window_text(seen, 2.0, capture_end=12.5) == "60 s, until t=+68.000 s; open at capture end, 57.5 s left"
+    assert window_text(seen, 2.0, capture_end=75.0) == "60 s, until t=+68.000 s"
+
+
+def test_analyzed_capture_end_reaches_the_comments() -> None:
+    cap, (_fin_m, _ack_m, _fin_n, ack_n) = _second_connection_closes_late()
+    r = analyze(cap.segments)
+    notes = frame_notes(r, cap.segments[0].ts_s)
+    assert "; open at capture end, 60.0 s left)" in notes[ack_n.frame][0]     # the capture ends at this ACK
+    # the first connection never closed: its last frame says it was still open
+    first = r.connections[0]
+    assert first.open_at_end
+    assert any(n.startswith("connection 0 still open at capture end (client ESTABLISHED, server ESTABLISHED)")
+               for n in notes[first.last_frame])
 
 
 def test_retransmission_from_the_server_reads_as_a_sentence() -> None:
