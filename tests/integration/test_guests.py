@@ -4,6 +4,7 @@ and events land in the host's run folder; the guest never outlives its run."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -152,3 +153,24 @@ def test_bad_kernel_values_are_one_line(tmp_path: Path) -> None:
     assert res.returncode == 3 and res.stdout == "" and "setup.sh kernels 6.12" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_guest_client_reaches_this_hosts_server_time_wait(tmp_path: Path) -> None:
+    kernel = kernel_or_skip()
+    res = twlab("guest-client", "--kernel", VERSION, "--json", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    obs = out["observations"]
+    assert obs["client_kernel"] == kernel.release and obs["server_kernel"] == os.uname().release
+    assert obs["first_time_wait_sides"] == ["server"] and obs["reopened_from_time_wait"] is True
+    capture = Path(out["capture"])
+    assert capture.is_file()
+    doc = json.loads(twlab("analyze", str(capture), "--json", cwd=tmp_path).stdout)   # like any other capture
+    assert len(doc["connections"]) == 2
+    reuse = [f for f in doc["findings"] if f["kind"] == "reuse-in-time-wait"]
+    assert reuse and "acceptable" in str(reuse[0]["detail"])
+    addrs = {c["client"].rsplit(":", 1)[0] for c in doc["connections"]} | {c["server"].rsplit(":", 1)[0]
+                                                                          for c in doc["connections"]}
+    doc_nets = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+    assert all(any(ipaddress.ip_address(a) in n for n in doc_nets) for a in addrs), addrs
+    assert guest_processes(str(tmp_path / "runs")) == []
