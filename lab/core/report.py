@@ -11,7 +11,8 @@ from lab.core.tcpstate import Input, TcpState
 
 Side = Literal["client", "server"]
 Initiator = Literal["client", "server", "both"]
-CloseKind = Literal["four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete"]
+# "refused": a SYN answered by an RST (connect() gets ECONNREFUSED); "rst": an RST ended a connection
+CloseKind = Literal["four-way", "three-way", "simultaneous", "half-close", "rst", "refused", "incomplete"]
 FindingKind = Literal["fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
                       "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated"]
 # how a TIME_WAIT window ended: the capture saw its 2*MSL run out, an RST assassinated it, a new SYN took the

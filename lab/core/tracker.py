@@ -175,6 +175,7 @@ class _Side:
     """What the capture shows of one endpoint in one incarnation (-1: not seen; frame 0: none)."""
 
     __slots__ = (
+        "acked",
         "acked_peer_fin",
         "acked_peer_fin_ts",
         "base",
@@ -217,6 +218,7 @@ class _Side:
         self.base = NONE                      # ISN, or first seq - 1 without a SYN (as Wireshark numbers)
         self.syn_frame = 0
         self.snd_max = NONE                   # highest seq + len sent
+        self.acked = NONE                     # highest ACK field sent: its rcv_nxt as the wire proves it
         self.fin_seq = NONE                   # sequence number the FIN occupies
         self.fin_frame = 0
         self.last_fin_frame = 0
@@ -277,8 +279,8 @@ class _Tuple:
 
 class _Conn:
     __slots__ = ("cdir", "close_extra", "done", "dups", "fin_first", "first_frame", "first_ts", "half_close_frame",
-                 "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "packets", "prev", "reuse", "roles",
-                 "rsts", "sides", "trans", "tuple", "ws_known")
+                 "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "packets", "prev", "refused", "reuse",
+                 "roles", "rsts", "sides", "trans", "tuple", "ws_known")
 
     def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
                  mid: bool, synack: bool) -> None:
@@ -307,6 +309,7 @@ class _Conn:
         self.half_close_frame = 0
         self.prev: _Conn | None = None
         self.reuse: _Reuse | None = None
+        self.refused = False                  # the first RST that closed it answered a SYN (SYN_SENT)
         self.dups: tuple[tuple[int, int, DuplicateVerdict, str], ...] = ()     # (frame, side, verdict, why)
         self.close_extra: tuple[tuple[FindingKind, tuple[int, ...], str, dict[str, Any]], ...] = ()
         self.done = False                     # finalized into a Connection record: read-only from here
@@ -400,6 +403,8 @@ class Analyzer:
                 if side.ts_first < 0:
                     side.ts_first = tsval
                 side.ts_last = tsval
+            if flags & _ACK and (side.acked < 0 or 0 < ((ack - side.acked) & _M32) < _HALF):
+                side.acked = ack
             side.win = win
             side.syn_win = False
             return
@@ -748,6 +753,8 @@ class Analyzer:
         peer = conn.sides[p]
         # an ACK of data the peer never sent acknowledges nothing (e.g. a forged or broken ACK)
         ack_ok = peer.snd_max < 0 or _d(ack, peer.snd_max) <= 0
+        if ack_ok and (side.acked < 0 or _d(ack, side.acked) > 0):
+            side.acked = ack
         fin_acked = ack_ok and peer.fin_seq >= 0 and _d(ack, peer.fin_seq) >= 1
         if fin_acked:
             side.acked_peer_fin = frame
@@ -926,23 +933,14 @@ class Analyzer:
                 f"{_name(s)}'s side" + (" (it had sent the final ACK, yet kept no TIME_WAIT socket: e.g. "
                                         "tcp_max_tw_buckets exhausted)" if had_tw else ""),
                 {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": _name(s)}),)
-        # does the receiver accept it? (RFC 9293 3.10.7.x; TIME_WAIT as Linux: only seq == rcv_nxt)
-        rcv_nxt = side.snd_max
-        pst = peer.state
-        if pst == TIME_WAIT:
-            ok = rcv_nxt >= 0 and seq == rcv_nxt
-        elif pst == SYN_SENT:
-            ok = bool(flags & _ACK) and peer.isn >= 0 and ack == (peer.isn + 1) & _M32
-        elif pst in (LISTEN, CLOSED):
-            ok = False
-        else:
-            ok = rcv_nxt < 0 or 0 <= _d(seq, rcv_nxt) <= max(peer.win, 1) << 14
-        if not ok:
+        why = self._rst_unacceptable(conn, s, seq, ack, flags)
+        if why:
             if self.detail:
-                why = ("seq is not TIME_WAIT's rcv_nxt" if pst == TIME_WAIT else
-                       f"not acceptable to the {_name(p)} in {STATES[pst].value}")
                 conn.roles.append((frame, s, f"RST, ignored ({why})"))
             return
+        pst = peer.state
+        if pst == SYN_SENT and not conn.rsts:
+            conn.refused = True
         if self.detail:
             conn.roles.append((frame, s, "RST"))
         conn.rsts += ((frame, s),)
@@ -962,6 +960,41 @@ class Analyzer:
                      "elapsed_s": round(ts - w.start_ts, 6)}),)
                 self._tw_end(peer, "rst", frame, ts)
         self._go(conn, p, RCV_RST, frame, ts, False)
+
+    @staticmethod
+    def _rst_unacceptable(conn: _Conn, s: int, seq: int, ack: int, flags: int) -> str:
+        """Why side s's RST does not reset the peer ("" when it does), judged from what the wire proves of the
+        peer's receive state (RFC 9293 3.10.7; RFC 5961 3.2 and Linux tcp_validate_incoming/tcp_reset_check
+        where they are stricter)."""
+        side = conn.sides[s]
+        peer = conn.sides[s ^ 1]
+        pst = peer.state
+        no = f"not acceptable to the {_name(s ^ 1)} in {STATES[pst].value}"
+        sent = side.snd_max                    # the receiver's rcv_nxt if it got everything sent
+        if pst == TIME_WAIT:
+            # Linux tcp_timewait_state_process: only an RST at rcv_nxt ends TIME_WAIT
+            return "" if sent >= 0 and seq == sent else "seq is not TIME_WAIT's rcv_nxt"
+        if pst == SYN_SENT:
+            # RFC 9293 3.10.7.3 / tcp_rcv_synsent_state_process: acceptable when its ACK acknowledges the SYN
+            # and no more than was sent (SYN data of TCP Fast Open included): ISS < SEG.ACK =< SND.NXT
+            if flags & _ACK and peer.isn >= 0 and _d(ack, peer.isn) >= 1 and (
+                    peer.snd_max < 0 or _d(ack, peer.snd_max) <= 0):
+                return ""
+            return no
+        if pst in (LISTEN, CLOSED):
+            return no
+        if sent < 0 or 0 <= _d(seq, sent) <= max(peer.win, 1) << 14:
+            return ""
+        # the peer's own latest ACK proves its rcv_nxt (e.g. FINs lost on the way: it still ACKs below them)
+        proven = peer.acked
+        if proven >= 0 and seq == proven:
+            return ""
+        # Linux tcp_reset_check: rcv_nxt - 1 (the sender's FIN seq, as some stacks send it) also resets in
+        # CLOSE_WAIT, CLOSING and LAST_ACK
+        if pst in (CLOSE_WAIT, CLOSING, LAST_ACK) and (
+                (proven >= 0 and seq == (proven - 1) & _M32) or seq == (sent - 1) & _M32):
+            return ""
+        return no
 
     # -- delayed duplicates -------------------------------------------------------------------------------
 
@@ -1101,7 +1134,8 @@ class Analyzer:
         initiator: Initiator | None
         kind: CloseKind
         if conn.rsts and not both_acked:
-            kind = "rst"
+            # a SYN answered by an acceptable RST: the connection never existed (Zeek's REJ)
+            kind = "refused" if conn.refused else "rst"
             initiator = _name(conn.rsts[0][1])
             for f, _s in conn.rsts[:2]:
                 frames.append(f)

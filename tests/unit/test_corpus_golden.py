@@ -155,7 +155,8 @@ def test_tls_two_crossed_two_server_first(reports: dict[str, tuple[Report, list]
 
 def test_rst_cases(reports: dict[str, tuple[Report, list]]) -> None:
     r, _ = reports["deepflow__server-reset.pcap"]
-    assert (r.connections[0].close.kind, r.connections[0].close.initiator) == ("rst", "server")   # refused
+    # the SYN answered by RST: a refused connection (issue 12 class 7)
+    assert (r.connections[0].close.kind, r.connections[0].close.initiator) == ("refused", "server")
     r, _ = reports["deepflow__l4-source-port-reuse.pcap"]
     c = r.connections[0]
     assert (c.close.kind, c.close.initiator) == ("rst", "client")

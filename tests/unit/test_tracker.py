@@ -153,8 +153,80 @@ def test_connection_refused() -> None:
     f.send("server", R | A)
     r = analyze(cap.segments)
     [c] = r.connections
-    assert (c.close.kind, c.close.initiator) == ("rst", "server")
+    # issue 12 class 7: a SYN answered by RST is its own kind (connect() fails with ECONNREFUSED)
+    assert (c.close.kind, c.close.initiator) == ("refused", "server")
     assert final_states(r)["client"] == "CLOSED"
+    assert r.to_dict()["connections"][0]["close"]["kind"] == "refused"
+
+
+def test_rst_after_the_handshake_is_not_refused() -> None:
+    cap = Capture()
+    f = cap.flow()
+    f.handshake()
+    f.send("server", R | A)
+    assert analyze(cap.segments).connections[0].close.kind == "rst"
+
+
+@pytest.mark.parametrize(("data", "ack_off", "accepted"), [
+    (10, 11, True),    # TFO: the RST acknowledges the SYN and its 10 bytes (tcp_rcv_synsent_state_process)
+    (10, 1, True),     # ... or the SYN only
+    (10, 12, False),   # beyond what was sent: SEG.ACK > SND.NXT
+    (0, 0, False),     # does not acknowledge the SYN: SEG.ACK =< ISS
+])
+def test_rst_in_syn_sent_is_judged_by_what_its_ack_covers(data: int, ack_off: int, accepted: bool) -> None:
+    """Issue 12 class 1: ISS < SEG.ACK =< SND.NXT (RFC 9293 3.10.7.3), SYN data included."""
+    cap = Capture()
+    f = cap.flow(cisn=5000)
+    f.send("client", S, data)
+    rst = f.send("server", R | A, seq=0, ack=5000 + ack_off)
+    r = analyze(cap.segments)
+    [c] = r.connections
+    if accepted:
+        assert (c.close.kind, c.close.initiator, c.close.frames) == ("refused", "server", (rst.frame,))
+        assert final_states(r) == {"client": "CLOSED"}
+    else:
+        assert c.close.kind == "incomplete" and c.open_at_end
+        assert any("ignored" in role for _f, _i, role in c.roles)
+
+
+def test_rst_at_the_rcv_nxt_the_receivers_own_ack_proves() -> None:
+    """Issue 12 class 2: the client's FIN never reached the server (retransmitted; the server's data still
+    ACKs below it); the client's RST at the FIN's seq is exactly the server's rcv_nxt and resets it."""
+    cap, f = established()
+    fin = f.fin("client", deliver=False)
+    f.data("server", 4)
+    for _ in range(3):
+        f.send("client", F | A, seq=fin.seq, advance=False, deliver=False)
+    rst = f.send("client", R, seq=fin.seq)
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert (c.close.kind, c.close.initiator) == ("rst", "client") and rst.frame in c.close.frames
+    assert final_states(r) == {"client": "CLOSED", "server": "CLOSED"}
+    assert not any(t.to_state in (TcpState.CLOSE_WAIT, TcpState.LAST_ACK) for t in c.transitions)
+
+
+@pytest.mark.parametrize("server_fin", [False, True])
+def test_rst_one_below_rcv_nxt_after_a_fin_resets_close_wait_and_last_ack(server_fin: bool) -> None:
+    """Issue 12 class 8: Linux tcp_reset_check accepts seq == rcv_nxt - 1 in CLOSE_WAIT, CLOSING, LAST_ACK."""
+    cap, f = established()
+    fin = f.fin("client")
+    f.ack("server")
+    if server_fin:
+        f.fin("server")
+    rst = f.send("client", R, seq=fin.seq)          # its FIN's seq: one below the server's rcv_nxt
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert rst.frame in c.close.frames and c.close.initiator == "client"
+    last = [t for t in c.transitions if t.side == "server"][-1]
+    assert (last.frame, last.to_state) == (rst.frame, TcpState.CLOSED)
+
+
+def test_rst_one_below_rcv_nxt_does_not_reset_established() -> None:
+    cap, f = established()
+    rst = f.send("client", R, seq=f.client_nxt - 1)
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert c.close.kind == "incomplete" and rst.frame not in c.close.frames
 
 
 def test_incomplete_without_close() -> None:
