@@ -30,8 +30,6 @@ MAX_LADDERS_PER_CAPTURE = 12
 MAX_TABLE_ROWS = 200
 MAX_LADDER_ROWS = 80
 TOP_DESTINATIONS = 5
-# Linux's default net.ipv4.ip_local_port_range (32768-60999): the client ports one destination can take
-LINUX_EPHEMERAL_PORTS = 60999 - 32768 + 1
 _TEMPLATES = Path(__file__).with_name("templates")
 
 
@@ -59,7 +57,7 @@ class CaptureSection:
     closes: list[tuple[str, dict[str, int], int]]      # kind, {initiator: n}, total
     findings: list[dict[str, Any]]                    # kind, connection, anchor (or ""), frames, detail
     findings_total: int
-    charts: list[tuple[str, str]] = field(default_factory=list)   # caption, svg
+    charts: list[Any] = field(default_factory=list)   # lab.analysis.charts.Chart
     ladders: list[Picture] = field(default_factory=list)
     not_drawn: int = 0
 
@@ -168,7 +166,7 @@ def capture_section(path: Path, out: Path, prefix: str, profile: str, time_wait_
     if charts and report.connections:
         from lab.analysis import charts as ch
 
-        section.charts = ch.census_charts(report, t0, LINUX_EPHEMERAL_PORTS, TOP_DESTINATIONS, prefix)
+        section.charts = ch.census_charts(report, t0, end, TOP_DESTINATIONS, prefix)
     return section
 
 
