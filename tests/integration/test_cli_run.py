@@ -57,3 +57,45 @@ def test_unknown_experiment_is_a_one_line_usage_error(tmp_path: Path) -> None:
     assert len(lines) == 1, res.stderr
     assert "unknown experiment 'no-such-experiment'" in lines[0] and "twlab list" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+# --- issue 15: one JSON line per experiment named, claims for every run, duplicates, needs root ----------------
+
+def _lines(res: subprocess.CompletedProcess[str]) -> list[dict]:
+    return [json.loads(ln) for ln in res.stdout.splitlines()]
+
+
+def test_a_single_experiment_run_writes_its_claims_and_is_remembered(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    env_state = tmp_path / "state"
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_STATE_HOME=str(env_state))
+    res = subprocess.run([sys.executable, "-m", "lab", "run", "bind-matrix", "bind-matrix", "--json", "--out",
+                          str(out)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert [r["experiment"] for r in _lines(res)] == ["bind-matrix"]          # a repeated name runs once
+    assert "bind-matrix given more than once" in res.stderr
+    doc = json.loads((out / "claims.json").read_text())
+    assert next(c for c in doc["claims"] if c["claim"] == "bind-matrix")["verdict"] in ("holds", "differs")
+    assert (out / "claims.md").is_file()
+    assert (env_state / "twlab" / "last-run").read_text().strip() == str(out.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    looked = subprocess.run([sys.executable, "-m", "lab", "claims", "--json"], capture_output=True, text=True,
+                            cwd=elsewhere, env={k: v for k, v in env.items() if k != "TWLAB_RUNS"}, timeout=60)
+    assert json.loads(looked.stdout)["run"] == str(out.resolve())
+
+
+def test_json_without_root_is_one_line_per_experiment() -> None:
+    import _nobody
+
+    with _nobody.workdir() as wd:
+        for names, jobs in ((["four-way-close"], "1"), (["four-way-close", "multicast-reuse"], "2")):
+            res = _nobody.run(["-m", "lab", "run", *names, "--json", "-j", jobs, "--out", str(wd / "r")], cwd=wd)
+            lines = _lines(res)
+            assert [r["experiment"] for r in lines] == names or sorted(r["experiment"] for r in lines) == sorted(
+                names), res.stdout + res.stderr
+            assert res.returncode == 3
+            for r in lines:
+                assert "needs root" in r["error"] and not r["error"].startswith("twlab:")
+                assert r["exit_code"] == 3 and r["reproduced"] is False
+            doc = json.loads((wd / "r" / "claims.json").read_text())
+            assert next(c for c in doc["claims"] if c["claim"] == "four-way")["verdict"] == "needs root"
