@@ -48,6 +48,7 @@ class Picture:
 class CaptureSection:
     name: str
     link: str
+    link_text: str
     anchor: str
     packets: int
     segments: int
@@ -158,7 +159,7 @@ def capture_section(path: Path, out: Path, prefix: str, profile: str, time_wait_
         ladders.append(Picture(anchor, head.title, svg.svg_ladder(lines, head)))
     anchors = {c.id: _anchor(prefix, c.id) for c in drawn}
     section = CaptureSection(
-        name=path.name, link=_relative_link(path, out), anchor=prefix, packets=packets,
+        name=path.name, link=_relative_link(path, out), link_text=_relative(path, out), anchor=prefix, packets=packets,
         segments=report.segments, profile=report.profile, time_wait_s=report.time_wait_s,
         connections=len(report.connections), closes=_closes(report),
         findings=[_finding_row(f, anchors) for f in report.findings[:MAX_TABLE_ROWS]],
@@ -170,11 +171,15 @@ def capture_section(path: Path, out: Path, prefix: str, profile: str, time_wait_
     return section
 
 
+def _relative(path: Path, out: Path) -> str:
+    """The capture's path from the report's folder (links keep working when both move together)."""
+    return Path(os.path.relpath(path.resolve(), out.resolve().parent)).as_posix()
+
+
 def _relative_link(path: Path, out: Path) -> str:
     from urllib.parse import quote
 
-    rel = os.path.relpath(path.resolve(), out.resolve().parent)
-    return quote(Path(rel).as_posix())
+    return quote(_relative(path, out))
 
 
 # --- the two reports -------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ _DROP = 18               # how far an arrow falls from sender to receiver
 _NOTE_LINE_H = 13
 _NOTE_CHARS = 40         # wrap width of the notes column (at 11 px)
 _STATE_CHARS = 26        # a state chain longer than this wraps at its arrows
+_LABEL_CHARS = 44        # an arrow's label longer than this (at 11.5 px) wraps at its commas
 _BAR_W = 7
 _TONE_COLOUR: dict[str, str] = {"syn": "#2c7a7b", "fin": "#b7791f", "rst": "#c53030", "data": "#2f855a",
                                 "ack": "#4a5568"}
@@ -123,8 +124,20 @@ def _arrow(line: LadderRow, y: float) -> str:
             f"<title>frame {line.frame}: {escape(line.label)}</title>"
             f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y + _DROP}" stroke="{colour}" stroke-width="1.6"/>'
             f'<polygon points="{head}" fill="{colour}"/>'
-            + _text(mid, y + _DROP / 2 - 6, line.label, f"label {tone}", "middle")
+            + _label(mid, y + _DROP / 2 - 6, line.label, tone)
             + "</g>")
+
+
+def _label_rows(label: str) -> list[str]:
+    rows = wrap(label, _LABEL_CHARS, ", ") if len(label) > _LABEL_CHARS else [label]
+    return [r + ("," if i < len(rows) - 1 else "") for i, r in enumerate(rows)]
+
+
+def _label(x: float, y: float, label: str, tone: str) -> str:
+    """The arrow's label centred above its middle; a label longer than the gap wraps upwards."""
+    rows = _label_rows(label)
+    return "".join(_text(x, y - (len(rows) - 1 - i) * _NOTE_LINE_H, r, f"label {tone}", "middle")
+                   for i, r in enumerate(rows))
 
 
 def _row(line: LadderRow, y: float) -> str:
@@ -170,6 +183,7 @@ def svg_ladder(lines: Sequence[LadderRow], head: LadderHead) -> str:
             rows.append(_text((_CLIENT_X + _SERVER_X) / 2, y + 12, f"… {head.hidden[i]} segments not drawn …",
                               "hidden", "middle"))
             y += _ROW_H
+        y += (len(_label_rows(line.label)) - 1) * _NOTE_LINE_H   # room for a wrapped label above the arrow
         row_y[line.frame] = y
         rows.append(_row(line, y))
         y += _row_height(line)

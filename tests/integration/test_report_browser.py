@@ -102,6 +102,7 @@ class Ladders(HTMLParser):
             self.states[self.svg] = {"client": {}, "server": {}}
         elif self.svg and tag == "g" and "seg" in cls:
             self.frames[self.svg].append(int(a["data-frame"]))
+            self.labels[self.svg].append("")      # a wrapped label is several <text>s in its segment's <g>
         elif self.svg and tag == "g" and "state" in cls:
             what = "state:" + ("client" if "client" in cls else "server") + ":" + a["data-frame"]
         elif self.svg and tag == "g" and "time-wait" in cls:
@@ -127,7 +128,7 @@ class Ladders(HTMLParser):
             have = self.states[self.svg][side].get(int(frame))
             self.states[self.svg][side][int(frame)] = f"{have} {data.strip()}" if have else data.strip()
         elif what == "label":
-            self.labels[self.svg].append(data.strip())
+            self.labels[self.svg][-1] = f"{self.labels[self.svg][-1]} {data.strip()}".strip()
 
 
 def dom_of(page: Path, tmp: Path) -> tuple[str, Ladders]:
