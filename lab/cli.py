@@ -181,35 +181,34 @@ def _run_parallel(exps: list[Any], out_root: Path, jobs: int, as_json: bool) -> 
 
 
 def _run_in_guests(exps: list[Any], specs: tuple[str, ...], out_root: Path, jobs: int, as_json: bool) -> None:
-    """Each kernel boots once and runs all `exps` into out_root/kernel-<VER>/; exits like `twlab run`."""
+    """Each kernel boots once and runs all `exps` into out_root/kernel-<VER>/ (up to `jobs` guests at once, at most
+    one per host CPU); exits like `twlab run`."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from lab import claims
+    from lab.errors import UsageError
     from lab.run import guests
+    from lab.run.runner import sigterm_as_interrupt
 
     kernels = [guests.resolve(s) for s in dict.fromkeys(specs)]  # every spec checked before the first boot
     if len({guests.folder_name(k) for k in kernels}) < len(kernels):
-        from lab.errors import UsageError
-
         raise UsageError("two --kernel values share a folder name", "give each kernel once")
-    results: list[dict[str, Any]] = []
-    codes: list[int] = []
     con = None
     if not as_json:
         from lab.ui import console
 
         con = console()
-    for kernel in kernels:
-        kdir = out_root / guests.folder_name(kernel)
 
-        def say(text: str) -> None:
-            if con is not None:
-                con.print(f"[dim]{text}[/]")
+    def say(text: str) -> None:
+        if con is not None:
+            con.print(f"[dim]{text}[/]")
 
-        gr = guests.boot(kernel, exps, kdir, jobs=min(jobs, 2), on_event=say)
+    def report(gr: Any) -> list[dict[str, Any]]:
         got = gr.results + guests.missing_results(gr, exps)
-        codes.append(gr.exit_code)
-        results += got
         if got:
-            claims.write_markdown(claims.judge_all(got), kdir / "claims.md", got)
+            claims.write_markdown(claims.judge_all(got), gr.out_dir / "claims.md", got)
         for res in got:
             if as_json:
                 click.echo(json.dumps(res, default=str))
@@ -220,9 +219,26 @@ def _run_in_guests(exps: list[Any], specs: tuple[str, ...], out_root: Path, jobs
                 con.print(result_panel(res))
             con.print(summary_table(got))
             con.print(f"kernel {guests.kernel_seen(gr)} (HZ {gr.info.get('hz')}, {gr.info.get('cpus')} CPU): "
-                      f"boot {gr.boot_s} s, run {gr.wall_s} s, folder {kdir}")
+                      f"boot {gr.boot_s} s, run {gr.wall_s} s, folder {gr.out_dir}")
         if gr.error:
             click.echo(f"twlab: {gr.error}", err=True)
+        return got
+
+    results: list[dict[str, Any]] = []
+    codes: list[int] = []
+    stop = threading.Event()
+    width = max(1, min(jobs, len(kernels), os.cpu_count() or 1))
+    with sigterm_as_interrupt(), ThreadPoolExecutor(max_workers=width) as pool:
+        futures = [pool.submit(guests.boot, k, exps, out_root / guests.folder_name(k), guests.GUEST_JOBS, say, stop)
+                   for k in kernels]
+        try:
+            for fut in as_completed(futures):
+                gr = fut.result()
+                codes.append(gr.exit_code)
+                results += report(gr)
+        except BaseException:
+            stop.set()   # every guest still running is stopped and swept by its own thread before we unwind
+            raise
     sys.exit(3 if 3 in codes else 0 if all(r.get("reproduced") for r in results) else 1)
 
 

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ BOOT_DEADLINE_S = 30.0          # boot to init's first mark: ~2 s here; scaled
 GUEST_SLOWDOWN = 4.0            # an experiment in a UML guest vs on the host (every syscall is ptraced)
 RUN_MARGIN_S = 60.0             # python start-up, module loading, power-off
 POLL_S = 0.1
+GUEST_JOBS = 1                  # experiments at once inside a guest: it has one CPU, and verdicts must not need speed
 GUEST_MODULES = ("tun", "veth", "ipv6", "configs", "ip_tables", "ip6_tables", "iptable_filter", "ip6table_filter",
                  "iptable_mangle", "iptable_raw", "nfnetlink_queue", "xt_NFQUEUE", "xt_tcpudp", "xt_multiport",
                  "xt_comment", "xt_u32", "xt_length", "xt_statistic", "sch_netem", "bridge")
@@ -295,15 +297,16 @@ def _uml_dir(run_id: str) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = 1,
-         on_event: Callable[[str], None] | None = None) -> GuestRun:
+def boot(kernel: Kernel, exps: list[Experiment], out_dir: Path, jobs: int = GUEST_JOBS,
+         on_event: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> GuestRun:
     """Boot `kernel`, run `exps` in it into out_dir (host path, mounted at the same path), power it off.
 
-    Never hangs: boot deadline (BOOT_DEADLINE_S scaled), run deadline (run_deadline_s), SIGTERM/Ctrl-C unwind
-    through the sweep; every guest process is in the ledger by pid until it is gone."""
+    Never hangs: boot deadline (BOOT_DEADLINE_S scaled), run deadline (run_deadline_s), SIGTERM/Ctrl-C (or `stop`,
+    when guests boot in threads) unwind through the sweep; every guest process is in the ledger by pid until it is
+    gone."""
     out_dir = out_dir.resolve()
     return boot_program(kernel, _lab_argv([e.id for e in exps], out_dir, jobs), out_dir, run_deadline_s(exps),
-                        on_event=on_event)
+                        on_event=on_event, stop=stop)
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,7 @@ class GuestNet:
 
 
 def boot_program(kernel: Kernel, argv: list[str], out_dir: Path, deadline_s: float, net: GuestNet | None = None,
-                 on_event: Callable[[str], None] | None = None) -> GuestRun:
+                 on_event: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> GuestRun:
     """Boot `kernel`, run `argv` as the guest's program (stdout/stderr/exit code in out_dir/guest/), power off."""
     say = on_event or (lambda text: None)
     out_dir = out_dir.resolve()
@@ -347,7 +350,7 @@ def boot_program(kernel: Kernel, argv: list[str], out_dir: Path, deadline_s: flo
             pgid = proc.pid
             ledger.add("pid", str(proc.pid), what="uml guest", kernel=kernel.label)
             try:
-                _wait_guest(run, proc, pgid, ledger, t0, deadline_s, say)
+                _wait_guest(run, proc, pgid, ledger, t0, deadline_s, say, stop or threading.Event())
             finally:
                 if proc.poll() is None:
                     say(f"kernel {kernel.label}: stopping the guest (pid {proc.pid})")
@@ -363,7 +366,7 @@ def boot_program(kernel: Kernel, argv: list[str], out_dir: Path, deadline_s: flo
 
 
 def _wait_guest(run: GuestRun, proc: subprocess.Popen[bytes], pgid: int, ledger: Ledger, t0: float,
-                deadline_s: float, say: Callable[[str], None]) -> None:
+                deadline_s: float, say: Callable[[str], None], stop: threading.Event) -> None:
     ctl = run.out_dir / CONTROL
     boot_deadline = scaled(BOOT_DEADLINE_S)
     label = run.kernel.label
@@ -376,6 +379,9 @@ def _wait_guest(run: GuestRun, proc: subprocess.Popen[bytes], pgid: int, ledger:
             say(f"kernel {label}: guest up in {run.boot_s:.1f} s, running the experiments")
         if run.boot_s is None and elapsed > boot_deadline:
             run.error = f"kernel {label}: the guest did not boot within {boot_deadline:.0f} s"
+            return
+        if stop.is_set():
+            run.error = f"kernel {label}: interrupted"
             return
         if elapsed > deadline_s:
             run.error = f"kernel {label}: the guest's run passed its deadline of {deadline_s:.0f} s"
@@ -415,7 +421,7 @@ def _collect(run: GuestRun) -> None:
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     run.results.append(json.loads(line))
-    if run.error is None and (run.exit_code == 3 or not run.results):
+    if run.error is None and not run.results:   # with results, each one says why it could not run
         err = _tail(ctl / "stderr.txt", lines=2)
         run.error = f"kernel {run.kernel.label}: " + (err or f"the guest's run exited {run.exit_code}")
         run.exit_code = 3
