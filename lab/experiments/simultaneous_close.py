@@ -3,9 +3,11 @@ the other side's FIN leaves, so each side receives a FIN in FIN_WAIT_1 and passe
 TIME_WAIT (RFC 9293 3.6, case 3).
 
 On a veth the round trip is some tens of microseconds, far shorter than the time between two processes' close()
-calls, so the lab makes the FINs cross: an NFQUEUE rule in each namespace holds that side's next segments (its
-FIN 60 ms, then its ACK of the peer's FIN 100 ms), less than the 200 ms retransmission timeout. Both closes are
-released through gates at once; sock_diag (every 10 ms) shows each side in CLOSING, then TIME_WAIT.
+calls, so the lab makes the FINs cross by events, not timers: an NFQUEUE rule in each namespace holds that side's
+FIN until both FINs are held, then lets both go; each side answers the other's FIN from FIN_WAIT_1 with an ACK,
+held in turn; while both ACKs are held both sides are in CLOSING (sock_diag says so), then the ACKs go and both
+enter TIME_WAIT. rto_min on the lab routes keeps a held FIN from being retransmitted meanwhile. The kernel's own
+transitions (inet_sock_set_state) and 10 ms sock_diag samples are kept beside.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from lab.errors import EnvironmentProblem
 from lab.experiments import _closecommon as cc
 from lab.kernel.impair import Hold
 from lab.kernel.tracepoints import StateEvent, StateTrace
-from lab.run.context import Experiment, Outcome, RunContext, scaled
+from lab.run.context import CouldNotRun, Experiment, Outcome, RunContext, scaled
 
-FIN_HOLD_MS = 60.0
-ACK_HOLD_MS = 100.0
+RTO_MIN_MS = 5000
 
 
 def _state_trace(ctx: RunContext, skipped: list[str]) -> StateTrace | None:
@@ -45,8 +46,40 @@ def _kernel_paths(trace: StateTrace | None, client_port: int) -> dict[str, list[
     return {"client": trace.path_of(client_port, cc.PORT), "server": trace.path_of(cc.PORT, client_port)}
 
 
+def _all_queued(holds: list[Hold], n: int, what: str) -> None:
+    for h in holds:
+        if not h.wait_queued(n, scaled(cc.SETTLE_S)):
+            raise CouldNotRun(f"{what} of {h.netns} never reached its NFQUEUE hold")
+
+
+def _cross(ctx: RunContext, holds: list[Hold], pair: cc.NetnsPair, client_port: int) -> dict[str, str | None]:
+    """Make the FINs cross by events, not timers: both FINs held, then let go together (each leaves before the other
+    arrives); each side answers the other's FIN from FIN_WAIT_1 with an ACK that is held in turn; while both ACKs
+    are held, both sides are in CLOSING (read from sock_diag); then the ACKs go."""
+    _all_queued(holds, 0, "the FIN")
+    for h in holds:
+        h.release(0)
+    _all_queued(holds, 1, "the ACK of the peer's FIN")
+    states = cc.connection_states(pair, cc.PORT, client_port)
+    ctx.events.log("both-acks-held", states=states)
+    for h in holds:
+        h.release(1)
+    return states
+
+
+def _slow_retransmissions(pair: cc.NetnsPair, rto_min_ms: int) -> None:
+    """rto_min on each lab host's connected route: a FIN held while a busy controller reacts must not be
+    retransmitted (a retransmitted FIN would take the ACK's place in the hold)."""
+    for host in (pair.client, pair.server):
+        routes = host.run(["ip", "-4", "route", "show", "dev", str(host.iface)]).stdout.splitlines()
+        for route in routes:
+            host.run(["ip", "-4", "route", "change", *route.split(), "dev", str(host.iface),
+                      "rto_min", f"{rto_min_ms}ms"])
+
+
 def run(ctx: RunContext) -> Outcome:
     pair = cc.make_pair(ctx)
+    _slow_retransmissions(pair, RTO_MIN_MS)
     skipped: list[str] = []
     notes: list[str] = []
     tail: list[dict[str, Any]] = [cc.gate("close"), {"op": "close", "label": "close"}]
@@ -61,9 +94,9 @@ def run(ctx: RunContext) -> Outcome:
         try:
             holds = [
                 Hold(ctx, pair.client, chain="OUTPUT", sport=ep.client_port, dport=cc.PORT,
-                     holds_ms=[FIN_HOLD_MS, ACK_HOLD_MS], role="hc").__enter__(),
+                     holds_ms=[None, None], role="hc").__enter__(),
                 Hold(ctx, pair.server, chain="OUTPUT", sport=cc.PORT, dport=ep.client_port,
-                     holds_ms=[FIN_HOLD_MS, ACK_HOLD_MS], role="hs").__enter__(),
+                     holds_ms=[None, None], role="hs").__enter__(),
             ]
         except EnvironmentProblem as exc:
             skipped.append(f"NFQUEUE hold not available ({exc.one_line()}): both closes released together "
@@ -72,6 +105,7 @@ def run(ctx: RunContext) -> Outcome:
         ep.client.release("close")
         ep.server.release("close")
         c_close, s_close = ep.client.wait("close"), ep.server.wait("close")
+        held_states = _cross(ctx, holds, pair, ep.client_port) if holds else None
         cc.finish(ep.client, ep.server)
         cc.settle(pair, ep.port, ep.client_port)   # the held segments went out; both sides are in final states
         for h in holds:
@@ -86,7 +120,8 @@ def run(ctx: RunContext) -> Outcome:
     # transitions (inet_sock_set_state) cannot
     sampled_closing = all("CLOSING" in states[s] for s in ("client", "server"))
     traced_closing = kernel_paths is not None and all("CLOSING" in p for p in kernel_paths.values())
-    both_closing = sampled_closing or traced_closing
+    held_closing = held_states is not None and all(v == "CLOSING" for v in held_states.values())
+    both_closing = sampled_closing or traced_closing or held_closing
     both_tw = tw["client"] is not None and tw["server"] is not None
     comparison = cc.compare_with_analyzer(rec, [cs, ss])
     analyzer = cc.analyzer_close(rec, ep.client_port)
@@ -95,8 +130,11 @@ def run(ctx: RunContext) -> Outcome:
     story = [
         (f"client ({pair.client.addr4}:{ep.client_port}) and server ({pair.server.addr4}:{cc.PORT}) released to "
          f"close() together (calls {abs(c_close['wall_s'] - s_close['wall_s']) * 1000:.2f} ms apart); "
-         f"NFQUEUE held each FIN {FIN_HOLD_MS:.0f} ms and each ACK {ACK_HOLD_MS:.0f} ms",
+         "NFQUEUE held both FINs until both were queued, then each side's ACK of the other's FIN until both were "
+         "queued",
          "FINs crossed on the wire" if close.crossed else "the FINs did not cross"),
+        ("sock_diag while both ACKs of the FINs were held",
+         ", ".join(f"{side} {st}" for side, st in held_states.items()) if held_states else "no holds"),
         ("sock_diag every 10 ms on both hosts",
          "; ".join(f"{side}: {' -> '.join(st)}" for side, st in states.items())),
         ("sock_diag after the close",
@@ -106,7 +144,8 @@ def run(ctx: RunContext) -> Outcome:
     if analyzer:
         story.append(("the analyzer reads the capture",
                       f"close kind {analyzer['close'].get('kind')}, initiator {analyzer['close'].get('initiator')}, "
-                      f"TIME_WAIT on {', '.join(analyzer['time_wait_sides']) or 'no side'}"))
+                      f"TIME_WAIT on {', '.join(analyzer['time_wait_sides']) or 'no side'}"
+                      + (f"; {analyzer['states']}" if analyzer.get("states") else "")))
     if comparison.get("agree") is False:
         notes.append("the analyzer's TIME_WAIT windows differ from sock_diag: see observations.kernel_vs_analyzer")
     if not both_closing and both_tw:
@@ -118,7 +157,9 @@ def run(ctx: RunContext) -> Outcome:
         "time_wait_sides": [s for s in ("client", "server") if tw[s]],
         "client_states": states["client"],
         "kernel_transitions": kernel_paths,       # the tracepoint's state path of each side (None: no tracefs)
-        "closing_seen_by": [k for k, v in (("sock_diag", sampled_closing), ("tracepoint", traced_closing)) if v],
+        "states_while_acks_held": held_states,    # sock_diag while both ACKs of the FINs were held
+        "closing_seen_by": [k for k, v in (("sock_diag samples", sampled_closing), ("tracepoint", traced_closing),
+                                           ("sock_diag while the ACKs were held", held_closing)) if v],
         "server_states": states["server"],
         "time_wait": tw,
         "close_calls_apart_ms": round(abs(c_close["wall_s"] - s_close["wall_s"]) * 1000, 3),

@@ -126,13 +126,16 @@ def drop_one(ctx: RunSpace, ns: _Host, *, chain: str = "INPUT", src: str | None 
 
 class Hold:
     """NFQUEUE: hold the n-th matching packet `holds_ms[n]` ms, then accept it; accept later ones at once.
+    A hold of None keeps the packet until the controller calls release(n) (an event, not a timer: timer threads
+    on a busy machine fire late and out of order); wait_queued(n) waits until the n-th packet is held.
 
     The queue is bound from a thread inside the namespace (netlink queues are per namespace). `--queue-bypass`
     lets packets through if the lab's listener is gone, so nothing is stranded."""
 
     def __init__(self, ctx: RunSpace, ns: _Host, *, chain: str = "OUTPUT", src: str | None = None,
                  dst: str | None = None, sport: int | None = None, dport: int | None = None,
-                 tcp_flags: tuple[str, str] | None = None, holds_ms: Sequence[float] = (100.0,), queue_num: int = 7,
+                 tcp_flags: tuple[str, str] | None = None, holds_ms: Sequence[float | None] = (100.0,),
+                 queue_num: int = 7,
                  role: str = "hold") -> None:
         self.ctx, self.ns, self.chain = ctx, ns, chain
         self.netns = _lab_ns(ctx, ns)
@@ -149,6 +152,8 @@ class Hold:
         self._rule: Rule | None = None
         self._nfq: Any = None
         self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
+        self._gated: dict[int, Any] = {}          # n -> packet held until release(n)
 
     def __enter__(self) -> Hold:
         try:
@@ -182,9 +187,16 @@ class Hold:
         with self._lock:
             n = self._n
             self._n += 1
-        hold = self.holds_ms[n] if n < len(self.holds_ms) else 0.0
-        rec = {"n": n, "queued_wall_s": time.time(), "hold_ms": hold, "len": pkt.get_payload_len()}
-        self.log.append(rec)
+            hold = self.holds_ms[n] if n < len(self.holds_ms) else 0.0
+            rec = {"n": n, "queued_wall_s": time.time(), "hold_ms": hold, "len": pkt.get_payload_len()}
+            self.log.append(rec)
+            if hold is None:
+                pkt.retain()
+                self._gated[n] = (pkt, rec)
+            self._queued.notify_all()
+        if hold is None:
+            self.ctx.events.log("nfqueue", netns=self.netns, action="hold-until-released", **rec)
+            return
         if hold <= 0:
             pkt.accept()
             rec["released_wall_s"] = time.time()
@@ -202,11 +214,35 @@ class Hold:
         t.start()
         self.ctx.events.log("nfqueue", netns=self.netns, action="hold", **rec)
 
+    def wait_queued(self, n: int, timeout_s: float) -> bool:
+        """Whether the n-th matching packet arrived in the queue within timeout_s."""
+        end = time.monotonic() + timeout_s
+        with self._queued:
+            while self._n <= n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queued.wait(left)
+        return True
+
+    def release(self, n: int) -> None:
+        """Let the n-th packet (held with hold None) go."""
+        with self._lock:
+            held = self._gated.pop(n, None)
+        if held is None:
+            return
+        pkt, rec = held
+        pkt.accept()
+        rec["released_wall_s"] = time.time()
+        self.ctx.events.log("nfqueue", netns=self.netns, action="release", **rec)
+
     def close(self) -> None:
         if self._nfq is None:
             return
+        for n in list(self._gated):   # nothing stays held past the hold's life
+            self.release(n)
         for t in self._timers:
-            t.join(timeout=max(self.holds_ms, default=0) / 1000.0 + 1)
+            t.join(timeout=max((h or 0.0 for h in self.holds_ms), default=0.0) / 1000.0 + 1)
         if self._rule is not None:
             self._rule.remove()
         self._stop.set()

@@ -258,3 +258,33 @@ def test_nfqueue_hold_delays_the_chosen_packets(ctx: RunContext) -> None:
     assert "NFQUEUE" not in pair.client.run(["iptables", "-S", "OUTPUT"]).stdout
     cli.close()
     lst.close()
+
+
+def test_nfqueue_hold_until_released_is_an_event(ctx: RunContext) -> None:
+    """A hold of None keeps the packet until release(n): the SYN is not through before, and is after."""
+    pytest.importorskip("netfilterqueue")
+    import threading
+
+    from lab.kernel.hosts.netns import NetnsPair
+    from lab.kernel.impair import Hold
+
+    pair = NetnsPair.create(ctx)
+    with pair.server.entered():
+        lst = socket.socket()
+        lst.bind((pair.server.addr4, 7000))
+        lst.listen()
+    # retransmitted SYNs are held too: only release(0) can let the connection through
+    with Hold(ctx, pair.client, chain="OUTPUT", dport=7000, holds_ms=[None] * 8) as hold:
+        with pair.client.entered():
+            cli = socket.socket()
+        done = threading.Event()
+        connector = threading.Thread(target=lambda: (cli.connect((pair.server.addr4, 7000)), done.set()))
+        connector.start()
+        assert hold.wait_queued(0, 10)                 # the SYN is in the queue ...
+        assert not done.wait(0.5)                      # ... and stays there (no timer lets it go)
+        hold.release(0)
+        assert done.wait(10)                           # released: the handshake completes
+        connector.join(5)
+    assert hold.log[0]["hold_ms"] is None and "released_wall_s" in hold.log[0]
+    cli.close()
+    lst.close()
