@@ -2,28 +2,91 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lab.errors import LabError
+from lab.errors import Interrupted, LabError, OutputError
 
 
 class LabGroup(click.Group):
-    """Turns LabError into one line on stderr and its exit code; Ctrl-C into 130."""
+    """Every failure is one line on stderr with a documented exit code: LabError -> its code (2 usage or bad
+    input, 3 environment), an output that cannot be written -> 3, click's usage errors -> 2, SIGINT/SIGTERM -> 130/143
+    after teardown (also before the subcommand starts)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LabError as exc:
-            click.echo(f"twlab: {exc.one_line()}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("twlab: interrupted; lab resources were removed", err=True)
-            sys.exit(130)
+            _fail(_one_line(exc.one_line()), exc.exit_code)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
+        except OSError as exc:  # an output that cannot be written (read-only, full disk, a folder in the way)
+            if exc.errno == errno.EPIPE:
+                _quiet_broken_pipe()
+            _fail(os_error_line(exc), EXIT_ENVIRONMENT)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        owner = os.getpid()
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            if os.getpid() != owner:  # a forked helper never unwinds the parent's work
+                os._exit(128 + signum)
+            raise Interrupted(signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM unwinds like Ctrl-C: finally clauses remove temp files
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Abort as exc:  # Ctrl-C while click parses (before the subcommand)
+            _interrupted(exc.__cause__ if isinstance(exc.__cause__, KeyboardInterrupt) else KeyboardInterrupt())
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
+        except click.ClickException as exc:
+            where = f" (see '{exc.ctx.command_path} -h')" if isinstance(exc, click.UsageError) and exc.ctx else ""
+            _fail(_one_line(exc.format_message()) + where, exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+EXIT_ENVIRONMENT = 3
+
+
+def _one_line(text: str) -> str:
+    return text.strip().replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def os_error_line(exc: OSError) -> str:
+    """'NAME: reason: hint' in one line (a newline in a file name is escaped)."""
+    name = f"{exc.filename!s}: " if exc.filename is not None else ""
+    return _one_line(f"{name}{exc.strerror or exc}") + ": check the path, its permissions and free space"
+
+
+def _fail(line: str, code: int) -> None:
+    click.echo(f"twlab: {line}", err=True)
+    sys.exit(code)
+
+
+def _interrupted(exc: BaseException) -> None:
+    code = getattr(exc, "exit_code", 130)
+    # exiting anyway: a further Ctrl-C/SIGTERM must not turn the documented 130/143 into a kill at shutdown
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with contextlib.suppress(OSError):
+        click.echo("twlab: interrupted; lab resources were removed", err=True)
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout's reader went away (e.g. `| head`): no traceback at exit."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
 
 
 @click.group(cls=LabGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,29 +106,33 @@ def doctor(cleanup: bool, as_json: bool) -> None:
     removed = resources.cleanup() if cleanup else []
     checks = doc.checks()
     if as_json:
-        click.echo(json.dumps({"checks": [c.__dict__ for c in checks], "removed": removed}))
+        click.echo(json.dumps({"checks": [{**c.__dict__, "status": c.status()} for c in checks],
+                               "removed": removed, "ok": doc.essential_ok(checks)}))
     else:
         from rich.table import Table
 
         from lab.ui import console
 
-        t = Table(title="twlab doctor")
+        t = Table(title="twlab doctor", caption="exit 0 when every essential check is OK; optional ones cost "
+                                                "only what their detail says")
         t.add_column("check")
         t.add_column("status")
         t.add_column("detail")
         t.add_column("fix")
+        colour = {"OK": "green", "missing": "red", "missing (optional)": "yellow"}
         for c in checks:
-            t.add_row(c.name, "[green]OK[/]" if c.ok else "[red]missing[/]", c.detail, c.fix)
+            t.add_row(c.name, f"[{colour[c.status()]}]{c.status()}[/]", c.detail, c.fix)
         con = console()
         con.print(t)
         for r in removed:
             con.print(f"removed {r}")
-    essential = {"root", "CAP_NET_ADMIN", "CAP_NET_RAW", "ip", "netns"}
-    sys.exit(0 if all(c.ok for c in checks if c.name in essential) else 3)
+    sys.exit(0 if doc.essential_ok(checks) else 3)
 
 
 @cli.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per experiment and line: experiment, claim, lore, topology, needs_root, "
+                   "duration_hint_s.")
 def list_cmd(as_json: bool) -> None:
     """The experiments, with the claim each one tests."""
     from lab.experiments import all_experiments
@@ -90,8 +157,18 @@ def list_cmd(as_json: bool) -> None:
     console().print(t)
 
 
+def _complete_experiments(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of experiment ids (eval "$(_TWLAB_COMPLETE=bash_source twlab)")."""
+    from click.shell_completion import CompletionItem
+
+    from lab.experiments import all_experiments
+
+    ids = ["all", *(e.id for e in all_experiments())]
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
 @cli.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, metavar="NAME... | all", shell_complete=_complete_experiments)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per experiment per line.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default runs/<timestamp>).")
@@ -105,8 +182,11 @@ def list_cmd(as_json: bool) -> None:
                    "repeatable. 'twlab kernels' lists them.")
 def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kernels: tuple[str, ...],
         timeout_scale: float | None = None) -> None:
-    """Run experiments (or 'all') and say whether each claim holds on this kernel."""
-    from lab import experiments
+    """Run experiments (or 'all') and say whether each claim holds on this kernel.
+
+    Every run writes result.json per experiment and claims.md/claims.json into its folder. Exit 0: all
+    reproduced; 1: one did not; 2: usage; 3: one could not run here (privileges, tools); 130/143: interrupted
+    (after teardown). With --json: exactly one JSON line per experiment named, whatever happens."""
     from lab.run import runner
 
     if timeout_scale is not None:   # for this process and, through the environment, every program it starts
@@ -114,30 +194,93 @@ def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kern
 
         set_timeout_scale(timeout_scale)
 
-    exps = experiments.get(list(names))
+    exps = _experiments(names)
     out_root = out or runner.default_out_dir()
     if kernels:
         _run_in_guests(exps, kernels, out_root, jobs, as_json)
     if len(exps) > 1 and jobs > 1:
         results = _run_parallel(exps, out_root, jobs, as_json)
     else:
-        results = [_run_serial(exp, out_root, as_json) for exp in exps]
-    if len(exps) > 1:
-        from lab import claims
+        results = _run_serial_all(exps, out_root, as_json)
+    _conclude_run(results, out_root, as_json)
 
-        ledger = claims.judge_all(results)
-        claims.write_markdown(ledger, out_root / "claims.md", results)
-        if not as_json:
-            from lab.ui import console, summary_table
 
-            con = console()
+def _experiments(names: tuple[str, ...]) -> list[Any]:
+    """The experiments named, each once (a repeated name is dropped with a note), with a 'did you mean' for
+    a mistyped one."""
+    import difflib
+
+    from lab import experiments
+    from lab.errors import UsageError
+
+    known = [e.id for e in experiments.all_experiments()]
+    for n in names:
+        if n != "all" and n not in known:
+            close = difflib.get_close_matches(n, known, n=3, cutoff=0.6)
+            if close:
+                raise UsageError(f"unknown experiment {n!r}", f"did you mean {' or '.join(close)}? ('twlab list' "
+                                                              f"shows all {len(known)})")
+    exps = experiments.get(list(names))
+    unique = list({e.id: e for e in exps}.values())
+    if len(unique) < len(exps):
+        repeated = sorted({e.id for e in exps if sum(x.id == e.id for x in exps) > 1})
+        click.echo(f"twlab: note: {', '.join(repeated)} given more than once; each runs once", err=True)
+    return unique
+
+
+def _conclude_run(results: list[dict[str, Any]], out_root: Path, as_json: bool) -> None:
+    """Every run writes its claims ledger and is remembered for `twlab claims`; the exit code says the worst."""
+    from lab import claims
+
+    ledger = claims.judge_all(results)
+    out_root.mkdir(parents=True, exist_ok=True)  # also when no experiment could start (e.g. all need root)
+    claims.write_ledger(ledger, out_root, results)
+    claims.record_last_run(out_root)
+    if not as_json:
+        from lab.ui import console, summary_table
+
+        con = console()
+        if len(results) > 1:
             con.print(summary_table(results))
-            con.print(claims.ledger_table(ledger))
-            con.print(f"run folder: {out_root}   claims ledger: {out_root / 'claims.md'}")
+        con.print(claims.ledger_table(ledger))
+        con.print(f"run folder: {out_root}   claims ledger: {out_root / 'claims.md'}")
     codes = [r.get("exit_code") for r in results]
     if 3 in codes or any(r.get("status") == "could-not-run" for r in results):
         sys.exit(3)
-    sys.exit(0 if all(r["reproduced"] for r in results) else 1)
+    sys.exit(0 if results and all(r["reproduced"] for r in results) else 1)
+
+
+def _json_line(res: dict[str, Any]) -> None:
+    click.echo(json.dumps(res, default=str))
+
+
+def _not_run(exp: Any, out_root: Path, why: str, code: int) -> dict[str, Any]:
+    from lab.run.result import RunResult
+
+    return RunResult.not_run(exp, out_root / exp.id, why, code).to_dict()
+
+
+def _run_serial_all(exps: list[Any], out_root: Path, as_json: bool) -> list[dict[str, Any]]:
+    """One after the other. A LabError (no root, could not run) costs its experiment, not the others: with
+    --json it is that experiment's line. An interrupt: the rest get a line too, then the exit is 130/143."""
+    results: list[dict[str, Any]] = []
+    for i, exp in enumerate(exps):
+        try:
+            results.append(_run_serial(exp, out_root, as_json))
+        except LabError as exc:
+            res = _not_run(exp, out_root, exc.one_line(), exc.exit_code)
+            results.append(res)
+            if as_json:
+                _json_line(res)
+            else:
+                click.echo(f"twlab: {exp.id}: {exc.one_line()}", err=True)
+        except KeyboardInterrupt as exc:
+            if as_json:
+                why = f"interrupted by signal {getattr(exc, 'signum', 2)}"
+                for rest in exps[i:]:
+                    _json_line(_not_run(rest, out_root, why, getattr(exc, "exit_code", 130)))
+            raise
+    return results
 
 
 def _run_serial(exp: Any, out_root: Path, as_json: bool) -> dict[str, Any]:
@@ -145,7 +288,7 @@ def _run_serial(exp: Any, out_root: Path, as_json: bool) -> dict[str, Any]:
 
     if as_json:
         res = runner.run_one(exp, out_root)
-        click.echo(json.dumps(res, default=str))
+        _json_line(res)
         return res
     from lab.ui import console, result_panel
 
@@ -164,16 +307,32 @@ def _run_parallel(exps: list[Any], out_root: Path, jobs: int, as_json: bool) -> 
     from lab.run.parallel import run_parallel
 
     if as_json:
-        return run_parallel(exps, out_root, jobs,
-                            on_result=lambda r: click.echo(json.dumps(r, default=str)))
+        printed: set[str] = set()
+
+        def emit(r: dict[str, Any]) -> None:
+            printed.add(r["experiment"])
+            _json_line(r)
+
+        try:
+            return run_parallel(exps, out_root, jobs, on_result=emit)
+        except KeyboardInterrupt as exc:  # the unfinished ones get their line too
+            why = f"interrupted by signal {getattr(exc, 'signum', 2)}"
+            for e in exps:
+                if e.id not in printed:
+                    _json_line(_not_run(e, out_root, why, getattr(exc, "exit_code", 130)))
+            raise
     from rich.live import Live
 
     from lab.ui import console, jobs_table, result_panel
 
     con = console()
-    with Live(console=con, refresh_per_second=4, transient=False) as live:
-        results = run_parallel(exps, out_root, jobs, on_update=lambda js: live.update(jobs_table(js)),
-                               on_result=lambda r: live.console.print(result_panel(r)))
+    try:
+        with Live(console=con, refresh_per_second=4, transient=False) as live:
+            results = run_parallel(exps, out_root, jobs, on_update=lambda js: live.update(jobs_table(js)),
+                                   on_result=lambda r: live.console.print(result_panel(r)))
+    finally:
+        if not con.is_terminal:  # a log file: the live table's last frame must end its line
+            con.line()
     return results
 
 
@@ -295,38 +454,47 @@ def guest_client_cmd(kernel: str, as_json: bool, out: Path | None) -> None:
 
 
 @cli.command("claims")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Run folder to judge (default: the newest under runs/).")
-@click.option("--json", "as_json", is_flag=True)
-def claims_cmd(run_dir: Path | None, as_json: bool) -> None:
-    """The lore's claims, each with its experiment, the verdict on this kernel and the evidence."""
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="Run folder to judge (default: $TWLAB_RUNS, else the last run 'twlab run' recorded, "
+                   "else the newest under ./runs).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: run, kernels, claims (each: claim, lore, source, experiments, verdict, "
+                   "evidence), not_run; the same shape as the run's claims.json.")
+@click.option("--write", "write", is_flag=True, help="Also rewrite claims.md and claims.json in the run folder.")
+def claims_cmd(run_dir: Path | None, as_json: bool, write: bool) -> None:
+    """The lore's claims, each with its experiment, the verdict on this kernel and the evidence (read-only)."""
     from lab import claims
     from lab.errors import UsageError
 
-    run_dir = run_dir or claims.latest_run()
     if run_dir is None:
-        raise UsageError("no run folder with results under runs/", "run 'twlab run all' first (or pass --run DIR)")
+        run_dir, looked = claims.find_run()
+        if run_dir is None:
+            raise UsageError(f"no run folder with results (looked at {looked})",
+                             "run 'twlab run all' first, or pass --run DIR")
+    elif not run_dir.is_dir():
+        raise UsageError(f"{_one_line(str(run_dir))}: not a folder", "pass the folder a 'twlab run' wrote")
     results = claims.load_results(run_dir)
     if not results:
-        raise UsageError(f"no result.json under {run_dir}", "pass the folder a 'twlab run' wrote")
+        raise UsageError(f"no result.json under {_one_line(str(run_dir))}", "pass the folder a 'twlab run' wrote")
     ledger = claims.judge_all(results)
-    claims.write_markdown(ledger, run_dir / "claims.md", results)
+    written = claims.write_ledger(ledger, run_dir, results) if write else []
     if as_json:
-        click.echo(json.dumps({"run": str(run_dir), "claims": claims.ledger_dicts(ledger)}))
+        click.echo(json.dumps(claims.ledger_document(ledger, run_dir, results)))
         return
     from lab.ui import console
 
     con = console()
     con.print(claims.ledger_table(ledger))
-    con.print(f"written: {run_dir / 'claims.md'}")
+    con.print(f"run folder: {run_dir}" + (f"   written: {', '.join(str(p) for p in written)}" if written else ""))
 
 
 @cli.command("gallery")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--into", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Gallery folder (default: the repository's captures/).")
 def gallery_cmd(run_dir: Path, into: Path | None) -> None:
-    """Copy a run's annotated captures into the reference gallery and regenerate its index."""
+    """Copy a run's annotated captures into the reference gallery and merge them into its index (entries of
+    experiments not in this run stay)."""
     from lab import gallery
 
     entries = gallery.build(run_dir, into or gallery.GALLERY)
@@ -335,19 +503,23 @@ def gallery_cmd(run_dir: Path, into: Path | None) -> None:
 
 
 @cli.command("watch")
-@click.option("--port", "-p", "ports", type=int, multiple=True, help="Only sockets with this local or peer port.")
+@click.option("--port", "-p", "ports", type=click.IntRange(1, 65535), multiple=True,
+              help="Only sockets with this local or peer port (1-65535); repeatable.")
 @click.option("--netns", default=None, help="Watch inside this network namespace (e.g. a running lab host).")
-@click.option("--interval", type=float, default=0.25, show_default=True)
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.25, show_default=True, metavar="SECONDS",
+              help="Seconds between two snapshots of the live table.")
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop after this many seconds.")
 def watch_cmd(ports: tuple[int, ...], netns: str | None, interval: float, once: bool, duration: float | None) -> None:
-    """A live table of TCP sockets with their states and TIME_WAIT timers counting down."""
+    """A live table of TCP sockets with their states and TIME_WAIT timers counting down. Ctrl-C stops it
+    (exit 130, as every interrupted twlab command)."""
     from lab.watch import watch
 
     try:
         watch(ports, netns, interval, once, duration)
-    except KeyboardInterrupt:
-        return
+    except KeyboardInterrupt as exc:
+        sys.exit(getattr(exc, "exit_code", 130))
 
 
 # --- analysis of capture files: analyze | show | annotate | verify ----------------------------------
@@ -363,23 +535,84 @@ def _profile_options(f: Any) -> Any:
 
 
 def _check_file(path: Path) -> None:
+    """A capture path: a file, FIFO, /dev/stdin, /dev/fd/N (process substitution) or `-` for stdin."""
     from lab.errors import BadCapture
 
+    if str(path) == "-":
+        return
     if not path.exists():
         raise BadCapture(f"{path}: no such file", "check the path")
-    if not path.is_file():
-        raise BadCapture(f"{path}: not a regular file", "give a pcap, pcapng or .gz capture file")
+    if path.is_dir():
+        raise BadCapture(f"{path}: is a directory", "give a pcap, pcapng or .gz capture file (or - for stdin)")
 
 
-def _analyze_file(path: Path, profile: str, time_wait_s: float | None) -> tuple[Any, dict[str, Any]]:
-    """The analyzer's Report for one file and its `analyze --json` object (contract in design.md)."""
+def _filter_options(f: Any) -> Any:
+    """--port/--host/--since/--until (lab.pcap.filters) for analyze, show, annotate and verify."""
+    f = click.option("--until", default=None, metavar="T",
+                     help="Only segments up to T: seconds after the capture's first frame, or an ISO time.")(f)
+    f = click.option("--since", default=None, metavar="T",
+                     help="Only segments from T on: seconds after the capture's first frame (Wireshark's Time "
+                          "column), or an ISO time such as 2026-11-30T09:41:08Z.")(f)
+    f = click.option("--host", "hosts", multiple=True, metavar="ADDR[/LEN]",
+                     help="Only connections with this address (or network) at either end; repeatable.")(f)
+    return click.option("--port", "ports", type=click.IntRange(0, 65535), multiple=True,
+                        help="Only connections with this port at either end; repeatable.")(f)
+
+
+def _segment_filter(ports: tuple[int, ...], hosts: tuple[str, ...], since: str | None,
+                    until: str | None) -> Any:
+    from lab.pcap.filters import SegmentFilter
+
+    filt = SegmentFilter(ports, hosts, since, until)
+    return filt if filt.active else None
+
+
+def _warn(lines: list[str] | tuple[str, ...]) -> None:
+    for line in lines:
+        click.echo(f"twlab: warning: {_one_line(line)}", err=True)
+
+
+@contextlib.contextmanager
+def _seekable(path: Path) -> Any:
+    """Commands that read a capture twice (show, annotate, verify) get a pipe or stdin copied to a temporary
+    file first (twl-<pid>-input-*, removed afterwards); a file is used in place."""
+    import shutil
+    import stat
+    import tempfile
+
+    if str(path) != "-" and stat.S_ISREG(path.stat().st_mode):
+        yield path
+        return
+    fd, name = tempfile.mkstemp(prefix=f"twl-{os.getpid()}-input-", suffix=".cap")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if str(path) == "-":
+                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+            else:
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _analyze_file(path: Path, profile: str, time_wait_s: float | None, filt: Any = None,
+                  strict: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The analyzer's Report for one file and its `analyze --json` object (contract in docs/design.md).
+    A capture cut short is analyzed up to the cut with one warning (strict: BadCapture, exit 2)."""
     from lab.core.tracker import analyze
     from lab.pcap.readers import CaptureReader
 
     _check_file(path)
-    reader = CaptureReader(path)
-    report = analyze(reader, profile=profile, time_wait_s=time_wait_s)
+    reader = CaptureReader(path, lenient=not strict)
+    segs: Any = reader
+    if filt is not None:
+        segs = (s for s in reader if filt.keep(s.src_ip, s.sport, s.dst_ip, s.dport, s.ts_s))
+    report = analyze(segs, profile=profile, time_wait_s=time_wait_s)
     st = reader.stats
+    if st.cut:
+        _warn([st.cut])
     doc: dict[str, Any] = {"file": str(path), "packets": st.packets, "tcp_segments": st.tcp_segments,
                            "skipped": dict(st.skipped)}
     doc.update(report.to_dict())
@@ -394,45 +627,198 @@ def _each_file(files: tuple[Path, ...], work: Any) -> None:
         try:
             work(path)
         except LabError as exc:
-            click.echo(f"twlab: {exc.one_line()}", err=True)
+            click.echo(f"twlab: {_one_line(exc.one_line())}", err=True)
             worst = max(worst, exc.exit_code)
+        except UnicodeDecodeError:  # e.g. tshark's view of a packet comment that is not UTF-8 (pyshark decodes)
+            click.echo(f"twlab: {_one_line(str(path))}: text in the capture (a packet comment?) is not UTF-8, so "
+                       "it cannot be cross-checked: fix or drop that comment (editcap can)", err=True)
+            worst = max(worst, 2)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            click.echo(f"twlab: {os_error_line(exc)}", err=True)
+            worst = max(worst, EXIT_ENVIRONMENT)
     if worst:
         sys.exit(worst)
 
 
+def _port_range(text: str | None) -> tuple[int, int] | None:
+    from lab.errors import UsageError
+
+    if text is None:
+        return None
+    lo, _, hi = text.partition("-")
+    try:
+        a, b = int(lo), int(hi)
+    except ValueError:
+        raise UsageError(f"--port-range {text!r} is not A-B", "e.g. --port-range 32768-60999") from None
+    if not 1 <= a <= b <= 65535:
+        raise UsageError(f"--port-range {text!r} is not a range of ports", "1 <= A <= B <= 65535") from None
+    return a, b
+
+
+def _by_stream(conns: list[dict[str, Any]], stream: int, file: Path) -> dict[str, Any]:
+    """Wireshark's tcp.stream N: connections numbered in order of their first frame. twlab starts a new
+    connection (id) where Wireshark keeps one stream when a four-tuple is reused without a close the capture
+    saw, so after such reuse the two numberings differ (README: "Analyse any capture")."""
+    from lab.errors import UsageError
+
+    ordered = sorted(conns, key=lambda c: (c["first_frame"], c["id"]))
+    if stream >= len(ordered):
+        raise UsageError(f"{file}: no stream {stream}", f"streams are 0..{len(ordered) - 1}")
+    return ordered[stream]
+
+
+@contextlib.contextmanager
+def _filtered_copy(path: Path, filt: Any) -> Any:
+    """A temporary pcapng (twl-<pid>-filtered-*) with only the TCP packets `filt` keeps, for tools that read
+    the file themselves (tshark in verify)."""
+    import tempfile
+
+    from lab.pcap.readers import decode_frame, iter_frames
+    from lab.pcap.writer import PcapngWriter
+
+    fd, name = tempfile.mkstemp(prefix=f"twl-{os.getpid()}-filtered-", suffix=".pcapng")
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            w = PcapngWriter(out)
+            first = True
+            for fr in iter_frames(path):
+                if first:
+                    filt.first(fr.ts_ns / 1e9)
+                    first = False
+                seg = decode_frame(fr.linktype, fr.data, fr.frame, fr.ts_ns)
+                if seg is not None and filt.keep(seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.ts_s):
+                    w.write(fr.ts_ns, fr.data, fr.orig_len, fr.comments, interface=fr.interface,
+                            linktype=fr.linktype)
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+EXIT_FAIL_ON = 4   # analyze --fail-on: a finding of that kind occurred
+
+
 @cli.command("analyze")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per file and line: file, profile, time_wait_s, connections (in the order "
-                   "they end), findings, then the counts (packets, tcp_segments, skipped, segments).")
+              help="One JSON object per file and line: schema, twlab, file, profile, time_wait_s, connections "
+                   "(in the order they end), findings, the counts (packets, tcp_segments, skipped, segments), "
+                   "census and warnings (docs/schema/analyze.schema.json).")
+@click.option("--jsonl", "as_jsonl", is_flag=True,
+              help="One JSON line per connection and finding as each ends (\"type\": \"connection\" | "
+                   "\"finding\"), then one \"type\": \"summary\" line: a live feed for jq.")
 @click.option("--detail", is_flag=True, help="With --json: each connection's state transitions and segment roles.")
+@click.option("-i", "--interface", "iface", default=None, metavar="IFACE",
+              help="Capture live on IFACE (read-only, lossless raw socket; needs root) and analyze as packets "
+                   "arrive; Ctrl-C or --duration ends it with the summary.")
+@click.option("-f", "--filter", "bpf", default="tcp", show_default=True, metavar="BPF",
+              help="With -i: capture filter in libpcap syntax, e.g. 'tcp port 443'.")
+@click.option("--netns", default=None, help="With -i: capture inside this network namespace.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="With -i: stop capturing after this long.")
+@click.option("-w", "--write", "write_to", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With -i: also keep the packets as a pcapng (written atomically at the end).")
+@_filter_options
+@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Rows of the connections and findings tables (people's view).")
+@click.option("--strict", is_flag=True,
+              help="A capture cut short is an error (exit 2) instead of analyzed up to the cut with a warning.")
+@click.option("--fail-on", "fail_on", multiple=True, metavar="KIND[:VERDICT]",
+              help="Exit 4 when a finding of this kind (and verdict) occurs, e.g. reuse-in-time-wait:dangerous; "
+                   "repeatable.")
+@click.option("--port-range", "port_range", default=None, metavar="A-B",
+              help="The clients' ephemeral port range for the census (default: the profile's, Linux "
+                   "32768-60999).")
 @_profile_options
-def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: str,
+def analyze_cmd(files: tuple[Path, ...], as_json: bool, as_jsonl: bool, detail: bool, iface: str | None,
+                bpf: str, netns: str | None, duration: float | None, write_to: Path | None,
+                ports: tuple[int, ...], hosts: tuple[str, ...], since: str | None, until: str | None, limit: int,
+                strict: bool, fail_on: tuple[str, ...], port_range: str | None, profile: str,
                 time_wait_s: float | None) -> None:
-    """Connections, close kinds, TIME_WAIT windows and findings in capture files (pcap, pcapng, .gz).
+    """Connections, close kinds, TIME_WAIT windows, findings and the census of captures (pcap, pcapng, .gz;
+    files, pipes and `-` for stdin) or of a live interface (-i).
 
     Streams: memory follows the open connections, not the file size. --json lists every connection
     in the order the connections end (not by id) and every finding as its connection ends; each file's
     line is printed once its file was read completely. Without --json: counts per close kind, TIME_WAIT
-    side and finding kind, and the first 200 connections and findings.
+    side and finding kind, the census, and the first --limit connections and findings. A capture cut short
+    is analyzed up to its last complete frame with one warning (exit 0; --strict: exit 2).
     """
     from lab.analysis import stream as analyze_stream
+    from lab.errors import UsageError
     from lab.run.runner import sigterm_as_interrupt
 
-    def work(path: Path) -> None:
-        _check_file(path)
-        if as_json:
+    if as_json and as_jsonl:
+        raise UsageError("--json and --jsonl exclude each other", "--json: one object per file; --jsonl: a feed")
+    if bool(files) == bool(iface):
+        raise UsageError("give capture files (or - for stdin), or -i IFACE", "e.g. twlab analyze capture.pcap, "
+                         "tcpdump -w - | twlab analyze -, or twlab analyze -i lo --duration 5")
+    if not iface and (write_to or duration or netns):
+        raise UsageError("-w, --duration and --netns go with -i IFACE", "twlab analyze -i lo --duration 5 -w x.pcapng")
+    if detail and not (as_json or as_jsonl):
+        click.echo("twlab: note: --detail adds transitions and roles to --json/--jsonl output only; for one "
+                   "connection's transitions use 'twlab show FILE --connection ID'", err=True)
+    failing = analyze_stream.FailOn(fail_on)
+    base = analyze_stream.Options(profile, time_wait_s, detail, None, not strict, _port_range(port_range))
+
+    def emit(source: Any, name: str, progress: Any = None) -> None:
+        import dataclasses
+
+        # a fresh filter per capture: relative --since/--until count from each capture's first frame
+        opts = dataclasses.replace(base, filt=_segment_filter(ports, hosts, since, until), progress=progress,
+                                   warn=lambda line: _warn([line]))
+        if as_json or as_jsonl:
             sys.stdout.flush()
-            analyze_stream.write_json(path, sys.stdout.buffer, profile, time_wait_s, detail)
+            write = analyze_stream.write_jsonl if as_jsonl else analyze_stream.write_json
+            write(source, sys.stdout.buffer, opts=opts, records=failing, name=name)
             return
-        summary = analyze_stream.summarize(path, profile, time_wait_s)
+        summary = analyze_stream.summarize(source, limit=limit, opts=opts, records=failing, name=name)
         from lab.analysis.view import summary_view
         from lab.ui import console
 
         console().print(summary_view(summary))
 
+    def work(path: Path) -> None:
+        from lab.analysis.view import ReadProgress
+
+        _check_file(path)
+        with ReadProgress(path) as progress:
+            emit(path, str(path), progress)
+
     with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the spool files are removed
-        _each_file(files, work)
+        if iface:
+            _analyze_live(iface, bpf, netns, duration, write_to, emit)
+        else:
+            _each_file(files, work)
+    if failing.hits:
+        click.echo(f"twlab: {failing.hits} finding(s) matched --fail-on {' '.join(fail_on)}", err=True)
+        sys.exit(EXIT_FAIL_ON)
+
+
+def _analyze_live(iface: str, bpf: str, netns: str | None, duration: float | None, write_to: Path | None,
+                  emit: Any) -> None:
+    """Wire lab.kernel.capture (the lab's lossless capture) into lab.analysis.live (layering: analysis does not
+    import kernel)."""
+    from lab.analysis.live import LiveRun
+    from lab.kernel.capture import LiveCapture
+    from lab.pcap.writer import atomic_write
+
+    cap = LiveCapture(iface, bpf, netns=netns, keep=False)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_write(write_to)) if write_to is not None else None
+        cap.start()
+        stack.callback(lambda: cap.stop() if cap.stats is None else None)
+        live = LiveRun(cap, duration, out=out)
+        click.echo(f"twlab: capturing on {iface}{' in ' + netns if netns else ''} ({bpf!r})"
+                   f"{f' for {duration:g} s' if duration else ''}; Ctrl-C ends it", err=True)
+        emit(live, f"live:{iface}")
+        st = cap.stats
+        if st is not None:
+            click.echo(f"twlab: captured {st.packets} packets, kernel drops {st.kernel_drops}"
+                       f"{', interrupted' if live.interrupted else ''}"
+                       f"{f'; wrote {write_to}' if write_to else ''}", err=True)
 
 
 @cli.command("show")
@@ -443,21 +829,34 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, detail: bool, profile: s
               help="Longer connections show their start and their end.")
 @click.option("--width", type=click.IntRange(min=60), default=None,
               help="Columns to fit in (default: the terminal's; the ladder's natural width when not a terminal).")
+@click.option("--stream", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Wireshark's tcp.stream N: the N-th connection in order of its first frame (0-based).")
+@_filter_options
+@click.option("--strict", is_flag=True, help="A capture cut short is an error (exit 2), not a warning.")
 @_profile_options
-def show_cmd(file: Path, conn_id: int | None, max_rows: int, width: int | None, profile: str,
-             time_wait_s: float | None) -> None:
-    """A ladder diagram of one connection: segments, M/N labels, both sides' states, the TIME_WAIT window."""
+def show_cmd(file: Path, conn_id: int | None, max_rows: int, width: int | None, stream: int | None,
+             ports: tuple[int, ...], hosts: tuple[str, ...], since: str | None, until: str | None, strict: bool,
+             profile: str, time_wait_s: float | None) -> None:
+    """A ladder diagram of one connection: segments, M/N labels, both sides' states, the TIME_WAIT window.
+
+    Pick it by --connection (twlab's id), --stream (Wireshark's tcp.stream) or --port/--host (the first
+    connection with a close among those); default: the first connection with a close."""
     from lab.analysis.ladder import print_ladder
     from lab.errors import UsageError
     from lab.pcap.annotate import capture_t0
     from lab.pcap.readers import read_segments
     from lab.ui import console
 
-    report, doc = _analyze_file(file, profile, time_wait_s)
+    _check_file(file)
+    file = click.get_current_context().with_resource(_seekable(file))   # read twice: a pipe is copied first
+    report, doc = _analyze_file(file, profile, time_wait_s, _segment_filter(ports, hosts, since, until), strict)
     conns = doc["connections"]
     if not conns:
-        raise UsageError(f"{file}: no TCP connection in this file", "nothing to draw")
-    if conn_id is None:
+        raise UsageError(f"{file}: no TCP connection in this file{' matches the filter' if ports or hosts else ''}",
+                         "nothing to draw")
+    if stream is not None:
+        chosen = _by_stream(conns, stream, file)
+    elif conn_id is None:
         chosen = next((c for c in conns if c["close"]["kind"] != "incomplete"), conns[0])
     else:
         found = [c for c in conns if c["id"] == conn_id]
@@ -480,17 +879,42 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, width: int | None, 
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="The annotated pcapng to write (atomically; FILE itself is allowed).")
+@_filter_options
 @_profile_options
-def annotate_cmd(file: Path, out: Path, profile: str, time_wait_s: float | None) -> None:
-    """Write a pcapng with a comment on every segment the analyzer has something to say about."""
+def annotate_cmd(file: Path, out: Path, ports: tuple[int, ...], hosts: tuple[str, ...], since: str | None,
+                 until: str | None, profile: str, time_wait_s: float | None) -> None:
+    """Write a pcapng with a comment on every segment the analyzer has something to say about (with
+    --port/--host/--since/--until: only about those connections; every packet is copied)."""
     from lab.pcap.annotate import capture_t0, write_annotated
 
-    report, doc = _analyze_file(file, profile, time_wait_s)  # a bad FILE fails here, before OUT is touched
+    _check_file(file)
+    file = click.get_current_context().with_resource(_seekable(file))   # read twice: a pipe is copied first
+    # a bad FILE fails here, before OUT is touched; a capture cut short too (the copy needs every packet)
+    report, doc = _analyze_file(file, profile, time_wait_s, _segment_filter(ports, hosts, since, until), True)
+    from lab.run.resources import output_record
+
+    _check_output(out)
     notes = _notes(report, doc, capture_t0(file))
-    n = write_annotated(file, out, notes)
+    try:
+        with output_record(out):  # a kill -9 mid-write leaves a temp that doctor --cleanup then finds
+            n = write_annotated(file, out, notes)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise
+        raise OutputError(f"cannot write {_one_line(str(out))}: {exc.strerror or exc}",
+                          "choose a folder you can write to (and check its free space)") from None
     click.echo(f"wrote {out}: {n} packets, {len(notes)} annotated "
                f"({len(doc['connections'])} connections, {len(doc['findings'])} findings); "
                f"view: tshark -r {out} -Y frame.comment")
+
+
+def _check_output(out: Path) -> None:
+    """An output path that names something other than a regular file (a device, a FIFO, a folder) is refused:
+    the atomic rename would replace it."""
+    from lab.errors import UsageError
+
+    if out.exists() and not out.is_file():
+        raise UsageError(f"{_one_line(str(out))} exists and is not a regular file", "give a new file name")
 
 
 def _notes(report: Any, doc: dict[str, Any], t0: float) -> dict[int, list[str]]:
@@ -557,17 +981,29 @@ def _run_ledgers(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[di
 @cli.command("verify")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@_filter_options
+@click.option("--strict", is_flag=True, help="A capture cut short is an error (exit 2), not a warning.")
 @_profile_options
-def verify_cmd(files: tuple[Path, ...], as_json: bool, profile: str, time_wait_s: float | None) -> None:
-    """Cross-check the analyzer against tshark: streams, FIN/RST, port reuse, FIN retransmissions."""
+def verify_cmd(files: tuple[Path, ...], as_json: bool, ports: tuple[int, ...], hosts: tuple[str, ...],
+               since: str | None, until: str | None, strict: bool, profile: str, time_wait_s: float | None) -> None:
+    """Cross-check the analyzer against tshark: streams, FIN/RST, port reuse, FIN retransmissions.
+
+    With --port/--host/--since/--until both read a copy holding only the matching TCP packets (frame
+    numbers are then those of the copy)."""
     from lab.analysis import verify as tshark
 
     tshark.tshark_bin()  # missing tshark: exit 3 with the install hint before any work
     results: list[bool] = []
 
     def work(path: Path) -> None:
-        report, _ = _analyze_file(path, profile, time_wait_s)
-        res = tshark.verify(path, report).to_dict()
+        _check_file(path)
+        with contextlib.ExitStack() as stack:
+            path = stack.enter_context(_seekable(path))
+            filt = _segment_filter(ports, hosts, since, until)
+            if filt is not None:
+                path = stack.enter_context(_filtered_copy(path, filt))
+            report, _ = _analyze_file(path, profile, time_wait_s, None, strict)
+            res = tshark.verify(path, report).to_dict()
         results.append(res["ok"])
         if as_json:
             click.echo(json.dumps(res))

@@ -89,7 +89,10 @@ class CensusFold:
             peer = c.server if w.side == "client" else c.client
             self.by_local.add(cc.client_key(w.side, local), w.start_ts, w.end_ts)
             self.by_peer.add(cc.client_key(_other_side(w.side), peer), w.start_ts, w.end_ts)
-        for side, state in cc.open_states(c.close.kind, c.close.initiator, len(c.close.frames)).items():
+        half_closed = cc.open_states(c.close.kind, c.close.initiator, len(c.close.frames))
+        if not getattr(c, "open_at_end", True):   # the analyzer saw it end otherwise (e.g. a later incarnation)
+            half_closed = {}
+        for side, state in half_closed.items():
             self.open_states[state] += 1
             self.open_by[state, cc.client_key(side, c.client if side == "client" else c.server)] += 1
         if not c.mid_capture:
@@ -115,11 +118,10 @@ class CensusFold:
     def result(self, profile: str, time_wait_s: float, port_range: tuple[int, int] | None = None,
                capture_first_ts: float | None = None, capture_last_ts: float | None = None) -> dict[str, Any]:
         """The `census` object. Times: `*_ts` absolute (epoch s), `*_t` capture-relative (Wireshark's Time)."""
-        t0 = capture_first_ts if capture_first_ts is not None else self.first_ts
-        start = min(t0, self.first_ts) if self.first_ts != float("inf") else (t0 or 0.0)
-        end = max(capture_last_ts or float("-inf"), self.last_ts)
-        if end == float("-inf"):
-            end = start
+        seen = self.first_ts != float("inf")        # any connection at all
+        t0 = capture_first_ts if capture_first_ts is not None else (self.first_ts if seen else 0.0)
+        start = min(t0, self.first_ts) if seen else t0
+        end = max(capture_last_ts if capture_last_ts is not None else start, self.last_ts if seen else start)
         cap = cc.capacity(profile, time_wait_s, port_range)
         return {
             "resolution_s": cc.RESOLUTION_S,
@@ -160,10 +162,10 @@ class CensusFold:
             fc = cc.forecast(rate, cap)
             row: dict[str, Any] = {"server": server, "connections": n, "clients": len(self.clients[server]),
                                    "busiest_client": client, "rate_per_s": round(rate, 3), "window_s": window,
-                                   "window_t": None if at is None else round(at - t0, 6), **fc}
+                                   "window_t": None if at is None else round(max(at - t0, 0.0), 6), **fc}
             out_after = fc["runs_out_after_s"]
-            row["runs_out_t"] = (None if out_after is None or at is None
-                                 else round(at - t0 + float(out_after), 3))  # type: ignore[arg-type]
+            row["runs_out_t"] = (None if out_after is None or row["window_t"] is None
+                                 else round(row["window_t"] + float(out_after), 3))  # type: ignore[arg-type]
             dests.append(row)
         over = any(d["utilisation"] > 1 for d in dests)
         return {"capacity": cap.to_dict(), "destinations": dests, "fixes": list(cc.FIXES) if over else []}

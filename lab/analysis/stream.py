@@ -15,10 +15,11 @@ tests/unit/test_analyze_stream.py checks that the text parses to exactly what to
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from collections import Counter
@@ -29,10 +30,14 @@ from json.encoder import encode_basestring_ascii as _q  # json.dumps' string quo
 from pathlib import Path
 from typing import IO, Any
 
+from lab import __version__
+from lab.analysis.census import CensusFold
 from lab.core.report import Connection, Finding, Report, TimeWaitWindow
 from lab.core.tcpstate import Input, TcpState
 from lab.core.tracker import Analyzer
-from lab.pcap.feed import feed_file
+from lab.errors import UsageError
+from lab.pcap.feed import Progress, feed_file
+from lab.pcap.filters import SegmentFilter
 from lab.pcap.readers import ReaderStats
 
 try:
@@ -41,6 +46,10 @@ except ImportError:  # pragma: no cover - CPython has it
     _make_encoder = None  # type: ignore[assignment,misc]
 
 Records = Callable[[list[Connection], list[Finding]], None]
+# feeds an Analyzer from some source (a capture file, a pipe, a live capture), calling on_batch() now and then
+Feeder = Callable[[Analyzer, Callable[[], None]], ReaderStats]
+
+SCHEMA = 1   # "schema" of every JSON document analyze writes (docs/schema/analyze.schema.json)
 
 _SIDES = ("client", "server")
 SHOWN = 200  # connections and findings a people's summary lists (the counters cover all of them)
@@ -71,14 +80,38 @@ _TW = ('{"side": %s, "start_ts": %r, "end_ts": %r, "start_frame": %d, "restarts"
 
 # --- the streaming loop ----------------------------------------------------------------------------------
 
-def run(path: Path, records: Records, profile: str = "linux", time_wait_s: float | None = None,
-        detail: bool = False) -> tuple[Report, ReaderStats]:
-    """Analyze one capture, handing each batch of finished connections and findings to records(...).
+@dataclass(frozen=True)
+class Options:
+    """How to analyze: the profile, the filters, what to do with a capture cut short, the census's ports."""
+
+    profile: str = "linux"
+    time_wait_s: float | None = None
+    detail: bool = False
+    filt: SegmentFilter | None = None
+    lenient: bool = False                        # a capture cut short: analyze up to the cut (stats.cut)
+    port_range: tuple[int, int] | None = None    # the census's ephemeral range (default: the profile's)
+    progress: Progress | None = None
+    warn: Callable[[str], None] | None = None    # told the warning line of a capture cut short
+
+
+def file_feeder(path: Path, opts: Options) -> Feeder:
+    def feed(analyzer: Analyzer, on_batch: Callable[[], None]) -> ReaderStats:
+        return feed_file(path, analyzer, on_batch, filt=opts.filt, lenient=opts.lenient, progress=opts.progress)
+    return feed
+
+
+def run(path: str | Path | Feeder, records: Records, profile: str = "linux", time_wait_s: float | None = None,
+        detail: bool = False, opts: Options | None = None) -> tuple[Report, ReaderStats]:
+    """Analyze one capture (a path, or a Feeder such as a live capture), handing each batch of finished
+    connections and findings to records(...).
 
     Returns the analyzer's Report (counts only: keep=False) and the reader's stats. BadCapture propagates
     (at the file header before any records; mid-file after some)."""
-    analyzer = Analyzer(profile, time_wait_s, detail=detail, keep=False)
+    if opts is None:
+        opts = Options(profile, time_wait_s, detail)
+    analyzer = Analyzer(opts.profile, opts.time_wait_s, detail=opts.detail, keep=False)
     drain = analyzer.drain
+    feed = file_feeder(Path(path), opts) if isinstance(path, (str, Path)) else path
 
     def on_batch() -> None:
         conns, findings = drain()
@@ -90,13 +123,58 @@ def run(path: Path, records: Records, profile: str = "linux", time_wait_s: float
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        stats = feed_file(path, analyzer, on_batch)
+        stats = feed(analyzer, on_batch)
         report = analyzer.finish()
         on_batch()
     finally:
         if was_enabled:
             gc.enable()
+    if stats.cut and opts.warn is not None:
+        opts.warn(stats.cut)
     return report, stats
+
+
+def tee(*sinks: Records) -> Records:
+    """One Records callback that hands every batch to each of `sinks`."""
+    def records(conns: list[Connection], findings: list[Finding]) -> None:
+        for sink in sinks:
+            sink(conns, findings)
+    return records
+
+
+class FailOn:
+    """`--fail-on KIND[:VERDICT]`: counts the findings that match any of the specs (exit 4 when any did)."""
+
+    def __init__(self, specs: tuple[str, ...]) -> None:
+        from lab.core.report import FINDING_KINDS
+
+        self.specs: list[tuple[str, str | None]] = []
+        for spec in specs:
+            kind, _, verdict = spec.partition(":")
+            if kind not in FINDING_KINDS:
+                raise UsageError(f"--fail-on {spec!r}: unknown finding kind {kind!r}",
+                                 f"one of {', '.join(FINDING_KINDS)} (optionally :VERDICT, e.g. "
+                                 "reuse-in-time-wait:dangerous)")
+            self.specs.append((kind, verdict or None))
+        self.hits = 0
+
+    def __call__(self, conns: list[Connection], findings: list[Finding]) -> None:
+        if not self.specs:
+            return
+        for f in findings:
+            for kind, verdict in self.specs:
+                if f.kind == kind and (verdict is None or str(f.extra.get("verdict")) == verdict):
+                    self.hits += 1
+                    break
+
+
+def document_head(name: str) -> str:
+    """The first keys of every analyze JSON document: its schema version, twlab's version and the file."""
+    return f'"schema": {SCHEMA}, "twlab": {_dumps(__version__)}, "file": {_dumps(name)}'
+
+
+def warnings_of(stats: ReaderStats) -> list[str]:
+    return [stats.cut] if stats.cut else []
 
 
 # --- JSON -------------------------------------------------------------------------------------------------
@@ -163,13 +241,18 @@ def finding_json(f: Finding) -> str:
 
 @contextmanager
 def _spool(role: str) -> Iterator[IO[bytes]]:
-    """A temporary file in the system temp dir, named by the lab's rule (twl + run id + role), removed after."""
-    fd, name = tempfile.mkstemp(prefix=f"twl{secrets.token_hex(3)}{role}-", suffix=".json")
+    """A temporary file in the system temp dir, removed after. Created inside the `try` (a signal right after
+    it is still cleaned up) and named twl-spool-<pid>-<role>-*: after a kill -9, `twlab doctor --cleanup` removes
+    it because its pid is dead (lab.run.resources.stale_temp_files)."""
+    name = ""
     try:
+        fd, name = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-{role}-", suffix=".json")
         with os.fdopen(fd, "w+b") as f:
             yield f
     finally:
-        os.unlink(name)
+        if name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 class _JsonSpools:
@@ -196,24 +279,69 @@ class _JsonSpools:
             self.n_findings += len(findings)
 
 
-def write_json(path: Path, out: IO[bytes], profile: str = "linux", time_wait_s: float | None = None,
-               detail: bool = False) -> tuple[int, int]:
-    """Analyze `path` and write its one-line `analyze --json` object to `out` (only once the whole file was
-    read: on BadCapture nothing is written). Returns (connections, findings) written."""
+def write_json(path: Path | Feeder, out: IO[bytes], profile: str = "linux", time_wait_s: float | None = None,
+               detail: bool = False, opts: Options | None = None, records: Records | None = None,
+               name: str | None = None) -> tuple[int, int]:
+    """Analyze `path` (or a Feeder) and write its one-line `analyze --json` object to `out` (only once the
+    whole capture was read: on BadCapture nothing is written). `records` also sees every batch (--fail-on).
+    Returns (connections, findings) written."""
+    if opts is None:
+        opts = Options(profile, time_wait_s, detail)
     with _spool("conns") as conns, _spool("finds") as finds:
-        sink = _JsonSpools(conns, finds, detail)
-        report, stats = run(path, sink, profile, time_wait_s, detail)
-        out.write(f'{{"file": {_dumps(str(path))}, "profile": {_dumps(report.profile)}, '
+        sink = _JsonSpools(conns, finds, opts.detail)
+        census = CensusFold()
+        report, stats = run(path, tee(sink, census, *(() if records is None else (records,))), opts=opts)
+        out.write(f'{{{document_head(name or str(path))}, "profile": {_dumps(report.profile)}, '
                   f'"time_wait_s": {_dumps(report.time_wait_s)}, "connections": ['.encode())
         conns.seek(0)
         shutil.copyfileobj(conns, out, 1 << 20)
         out.write(b'], "findings": [')
         finds.seek(0)
         shutil.copyfileobj(finds, out, 1 << 20)
-        out.write(f'], "packets": {stats.packets}, "tcp_segments": {stats.tcp_segments}, '
-                  f'"skipped": {_dumps(dict(stats.skipped))}, "segments": {report.segments}}}\n'.encode())
+        out.write(f'], {_tail_json(report, stats, census, opts)}}}\n'.encode())
         out.flush()
         return sink.n_conns, sink.n_findings
+
+
+def _tail_json(report: Report, stats: ReaderStats, census: CensusFold, opts: Options) -> str:
+    """The keys only the end of the capture gives: counts, the census, warnings."""
+    doc = census.result(report.profile, report.time_wait_s, opts.port_range, stats.first_ts)
+    return (f'"packets": {stats.packets}, "tcp_segments": {stats.tcp_segments}, '
+            f'"skipped": {_dumps(dict(stats.skipped))}, "segments": {report.segments}, '
+            f'"census": {_dumps(doc)}, "warnings": {_dumps(warnings_of(stats))}')
+
+
+class _JsonLines:
+    """--jsonl: one line per connection and finding as its connection ends, flushed per batch."""
+
+    def __init__(self, out: IO[bytes], detail: bool) -> None:
+        self.out = out
+        self.detail = detail
+        self.n_conns = 0
+        self.n_findings = 0
+
+    def __call__(self, conns: list[Connection], findings: list[Finding]) -> None:
+        lines = [f'{{"type": "connection", {connection_json(c, self.detail)[1:]}\n' for c in conns]
+        lines += [f'{{"type": "finding", {finding_json(f)[1:]}\n' for f in findings]
+        if lines:
+            self.out.write("".join(lines).encode())
+            self.out.flush()
+        self.n_conns += len(conns)
+        self.n_findings += len(findings)
+
+
+def write_jsonl(path: Path | Feeder, out: IO[bytes], opts: Options, records: Records | None = None,
+                name: str | None = None) -> tuple[int, int]:
+    """`analyze --jsonl`: a line per connection and finding as each ends, then one `"type": "summary"` line
+    with the counts and the census. Lines already written stay when the capture turns out damaged."""
+    lines = _JsonLines(out, opts.detail)
+    census = CensusFold()
+    report, stats = run(path, tee(lines, census, *(() if records is None else (records,))), opts=opts)
+    out.write(f'{{"type": "summary", {document_head(name or str(path))}, "profile": {_dumps(report.profile)}, '
+              f'"time_wait_s": {_dumps(report.time_wait_s)}, "connections": {lines.n_conns}, '
+              f'"findings": {lines.n_findings}, {_tail_json(report, stats, census, opts)}}}\n'.encode())
+    out.flush()
+    return lines.n_conns, lines.n_findings
 
 
 # --- the people's summary ----------------------------------------------------------------------------------
@@ -264,6 +392,9 @@ class Summary:
     skipped: dict[str, int] = field(default_factory=dict)
     first_connections: list[dict[str, Any]] = field(default_factory=list)   # by id
     first_findings: list[dict[str, Any]] = field(default_factory=list)      # by first frame, kind
+    census: dict[str, Any] = field(default_factory=dict)                    # lab.analysis.census's document
+    warnings: list[str] = field(default_factory=list)                       # e.g. a capture cut short
+    fail_on_hits: int = 0                                                   # findings --fail-on matched
 
     def view_doc(self) -> dict[str, Any]:
         """The shape analysis_view's tables read (`connections`/`findings` hold only the first rows)."""
@@ -302,12 +433,19 @@ class _Counting:
             offer((f.frames[0] if f.frames else 0, f.kind, self.seq), f)
 
 
-def summarize(path: Path, profile: str = "linux", time_wait_s: float | None = None,
-              limit: int = SHOWN) -> Summary:
-    """Analyze `path` keeping only counters and the first `limit` connections and findings."""
-    summary = Summary(str(path), limit=limit)
+def summarize(path: Path | Feeder, profile: str = "linux", time_wait_s: float | None = None,
+              limit: int = SHOWN, opts: Options | None = None, records: Records | None = None,
+              name: str | None = None) -> Summary:
+    """Analyze `path` keeping only counters, the census and the first `limit` connections and findings."""
+    if opts is None:
+        opts = Options(profile, time_wait_s)
+    summary = Summary(name or str(path), limit=limit)
     sink = _Counting(summary)
-    report, stats = run(path, sink, profile, time_wait_s, detail=False)
+    census = CensusFold()
+    report, stats = run(path, tee(sink, census, *(() if records is None else (records,))),
+                        opts=dataclasses.replace(opts, detail=False))
+    summary.census = census.result(report.profile, report.time_wait_s, opts.port_range, stats.first_ts)
+    summary.warnings = warnings_of(stats)
     summary.profile, summary.time_wait_s, summary.segments = report.profile, report.time_wait_s, report.segments
     summary.packets, summary.tcp_segments, summary.skipped = stats.packets, stats.tcp_segments, dict(stats.skipped)
     summary.first_connections = [json.loads(connection_json(c)) for c in sink.first_conns.sorted()]

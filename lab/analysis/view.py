@@ -140,16 +140,89 @@ def summary_counts(s: Summary) -> Group:
 
 
 def summary_view(s: Summary) -> Group:
-    """The summary counters, then the first connections and findings (bounded, whatever the file size)."""
+    """The summary counters, the census, then the first connections and findings (bounded, whatever the
+    file size)."""
     doc = s.view_doc()
     if s.connections:
-        parts: list[Any] = [summary_counts(s), connections_table(doc, s.limit), findings_table(doc, s.limit)]
+        parts: list[Any] = [summary_counts(s)]
+        if s.census:
+            parts.append(census_view(s.census))
+        parts += [connections_table(doc, s.limit), findings_table(doc, s.limit)]
     else:
         parts = [Text(f"{s.file}: {s.packets} packets, no TCP connection", style="bold")]
     sk = skipped_text(doc)
     if sk is not None:
         parts.append(sk)
     return Group(*parts)
+
+
+_SPARK_WIDTH = 30
+
+
+def _shrink(values: list[int], width: int = _SPARK_WIDTH) -> list[int]:
+    """A timeline cut to `width` points, each the maximum of the points it covers."""
+    if len(values) <= width:
+        return values
+    step = len(values) / width
+    return [max(values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)]) for i in range(width)]
+
+
+def _t(value: Any) -> str:
+    return "-" if value is None else f"t={float(value):.3f} s"
+
+
+def census_view(census: Mapping[str, Any]) -> Group:
+    """The census (lab.analysis.census) in a few lines: TIME_WAIT held at once with a sparkline per side,
+    half-closed sockets left at capture end, and new connections per destination against port capacity."""
+    from lab.analysis.census import sparkline
+
+    tw = census["time_wait"]
+    dur = census["capture"]["duration_s"]
+    t = Table(title=f"census: TIME_WAIT held at once over the capture ({_secs(dur)} s)", title_justify="left")
+    t.add_column("side")
+    t.add_column("windows", justify="right")
+    t.add_column("peak", justify="right", style="bold")
+    t.add_column("when")
+    t.add_column("over time", no_wrap=True)
+    for side, o in tw["sides"].items():
+        t.add_row(side, str(o["windows"]), str(o["peak"]), _t(o["peak_t"]), sparkline(_shrink(o["timeline"])))
+    parts: list[Any] = [t]
+    if tw["by_local"]:
+        parts.append(Text("busiest local endpoints: " + ", ".join(
+            f"{r['endpoint']} (peak {r['peak']})" for r in tw["by_local"][:3]), style="dim"))
+    oe = census["open_at_end"]
+    if oe["close_wait"] or oe["fin_wait_1"] or oe["fin_wait_2"]:
+        where = ", ".join(f"{r['state']} {r['endpoint']} x{r['sockets']}" for r in oe["by_endpoint"][:3])
+        parts.append(Text(f"half-closed at capture end: {oe['close_wait']} CLOSE_WAIT (the application has not "
+                          f"closed), {oe['fin_wait_2']} FIN_WAIT_2, {oe['fin_wait_1']} FIN_WAIT_1: {where}"))
+    parts.extend(_ports_view(census["new_connections"]))
+    return Group(*parts)
+
+
+def _ports_view(nc: Mapping[str, Any]) -> list[Any]:
+    cap = nc["capacity"]
+    if not nc["destinations"] or cap["per_s"] is None:
+        return []
+    lo, hi = cap["port_range"]
+    t = Table(title=f"new connections per destination vs ports: {cap['ports']:,} ports ({lo}-{hi}) / "
+                    f"{cap['time_wait_s']:g} s TIME_WAIT = {cap['per_s']:,.1f}/s per client address",
+              title_justify="left")
+    t.add_column("destination")
+    t.add_column("conns", justify="right")
+    t.add_column("rate/s", justify="right")
+    t.add_column("use", justify="right", style="bold")
+    t.add_column("runs out")
+    for d in nc["destinations"]:
+        use = d["utilisation"]
+        style = "red" if use > 1 else ("yellow" if use > 0.5 else "green")
+        out = "-" if d["runs_out_after_s"] is None else f"after {d['runs_out_after_s']:g} s ({_t(d['runs_out_t'])})"
+        t.add_row(Text(d["server"]), f"{d['connections']:,}", f"{d['rate_per_s']:,.1f}",
+                  Text(f"{use:.0%}", style=style), out)
+    parts: list[Any] = [t]
+    if nc["fixes"]:
+        parts.append(Text("above 100 % the client runs out of ports; fixes: "
+                          + "; ".join(f.split(":")[0] for f in nc["fixes"]) + " (--json: why)", style="yellow"))
+    return parts
 
 
 def verify_view(res: Mapping[str, Any]) -> Group:
@@ -180,3 +253,66 @@ def verify_view(res: Mapping[str, Any]) -> Group:
                     "disagreement(s)[/]")
     parts.append(Text.from_markup(verdict))
     return Group(*parts)
+
+
+class ReadProgress:
+    """A progress bar on stderr for reads that take more than ~2 s, only when stderr is a terminal (never
+    in pipes or files): bytes read of the total when the size is known, else bytes and rate.
+
+        with ReadProgress(path) as progress:
+            ... feed_file(..., progress=progress) ...
+    """
+
+    DELAY_S = 2.0
+
+    def __init__(self, path: Any, enabled: bool | None = None) -> None:
+        import os
+        import sys
+        import time
+
+        self._clock = time.monotonic
+        self.t0 = self._clock()
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total: int | None = None
+        try:
+            st = os.stat(path)
+            if st.st_size and os.path.isfile(path) and not str(path).endswith(".gz"):
+                self.total = st.st_size
+        except (OSError, TypeError, ValueError):
+            pass
+        self._bar: Any = None
+        self._task: Any = None
+        self.label = str(path)
+
+    def __call__(self, nread: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            if self._clock() - self.t0 < self.DELAY_S:
+                return
+            self._start()
+        self._bar.update(self._task, completed=nread)
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                             transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=self.total)
+
+    def __enter__(self) -> ReadProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

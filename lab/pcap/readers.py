@@ -17,7 +17,6 @@ Memory stays bounded: the file is read in 1 MiB chunks and no record may exceed 
 
 from __future__ import annotations
 
-import gzip
 import socket
 import struct
 import sys
@@ -406,8 +405,42 @@ def _open(path: Path) -> BinaryIO:
         f.close()
         raise BadCapture(f"{path}: cannot read: {exc.strerror}", "check the path and its permissions") from None
     if head == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+        return _Gunzip(f)  # type: ignore[return-value]
     return f
+
+
+class _Gunzip:
+    """gzip decompression that hands over every byte before a cut: gzip.GzipFile drops the data of the read()
+    that hits the end of a truncated stream, so the frames just before the cut would be lost. Reads
+    concatenated members like gzip does; zero padding after the last member is ignored."""
+
+    _RAW = 1 << 16
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.buf = b""
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if self.d.eof:
+                rest = self.d.unused_data or self.f.read(self._RAW)
+                if not rest.strip(b"\0"):
+                    break                      # a clean end (maybe zero padding)
+                self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self.buf += self.d.decompress(rest)
+                continue
+            raw = self.f.read(self._RAW)
+            if not raw:
+                if self.buf:
+                    break                      # hand over what there is; the next read reports the cut
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            self.buf += self.d.decompress(raw)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def close(self) -> None:
+        self.f.close()
 
 
 class _Source:
