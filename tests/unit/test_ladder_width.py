@@ -110,3 +110,20 @@ def test_a_terminal_gets_its_own_width() -> None:
     out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
     assert max(len(line) for line in out.splitlines()) <= 80
     check_complete(out)
+
+
+def test_analyze_tables_keep_endpoints_whole_at_80_columns() -> None:
+    """`analyze` for people at 80 columns: every connection's endpoints whole, nothing cut to '…'."""
+    import json
+
+    cap = ROOT / "captures" / "ephemeral-exhaustion.pcapng"
+    run = [sys.executable, "-m", "lab", "analyze", str(cap)]
+    doc = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True, cwd=ROOT, check=True,
+                                    timeout=60).stdout)
+    out = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, env=ENV, check=True, timeout=60).stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines() if re.match(r"^\s*\d+ \S+:\d+ ", line)}
+    assert len(rows) == len(doc["connections"])
+    for c in doc["connections"]:
+        assert rows[str(c["id"])] == [c["client"], c["server"]]
