@@ -294,11 +294,17 @@ def compare_with_analyzer(rec: Recording, samplers: Sequence[sockdiag.Sampler]) 
 
 
 def analyzer_close(rec: Recording, client_port: int, port: int = PORT) -> dict[str, Any] | None:
+    """The analyzer's reading of the (first) connection between the ports; "states" is the narrator's sentence
+    of both sides' states ("client: ESTABLISHED -> FIN_WAIT_1 -> ...; server: ...")."""
+    from lab.core.narrate import SIDES, side_chain
+
     for c in rec.connections():
         ends = {str(c.get("client", "")).rsplit(":", 1)[-1], str(c.get("server", "")).rsplit(":", 1)[-1]}
         if ends == {str(client_port), str(port)}:
+            conn = rec.connection(client_port, port, int(c["first_frame"]))
             return {"id": c.get("id"), "close": c.get("close"),
-                    "time_wait_sides": [w.get("side") for w in c.get("time_wait", [])]}
+                    "time_wait_sides": [w.get("side") for w in c.get("time_wait", [])],
+                    "states": "; ".join(side_chain(conn, side) for side in SIDES) if conn is not None else None}
     return None
 
 
