@@ -174,3 +174,24 @@ def test_guest_client_reaches_this_hosts_server_time_wait(tmp_path: Path) -> Non
     doc_nets = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
     assert all(any(ipaddress.ip_address(a) in n for n in doc_nets) for a in addrs), addrs
     assert guest_processes(str(tmp_path / "runs")) == []
+
+
+def test_a_missing_iptables_filter_table_is_could_not_run_not_a_verdict() -> None:
+    failed = {"experiment": "lost-final-ack", "reproduced": False,
+              "error": "iptables -w -I INPUT 1 ... failed: TABLE_ADD failed (Operation not supported)", "skipped": []}
+    why = guests.missing_prerequisite(failed, {"iptables": "none", "uname": "7.2.7"})
+    assert why == "kernel 7.2.7 has no iptables filter table (neither nftables nor legacy)"
+    assert guests.missing_prerequisite(failed, {"iptables": "legacy", "uname": "6.1.176"}) is None
+    assert guests.missing_prerequisite({**failed, "reproduced": True}, {"iptables": "none"}) is None
+    unrelated = {**failed, "error": "could not run: the server never listened"}
+    assert guests.missing_prerequisite(unrelated, {"iptables": "none", "uname": "7.2.7"}) is None
+
+
+def test_the_guest_init_mounts_only_the_run_folder_writable(tmp_path: Path) -> None:
+    kernel = guests.Kernel("6.1", Path("/k/linux"), Path("/k/usr/lib/uml/modules"))
+    text = guests.init_script(kernel, tmp_path, ["python3", "-m", "lab"], REPO, {})
+    rw = [ln for ln in text.splitlines() if ln.startswith("mount -t hostfs")]
+    assert len(rw) == 2 and str(tmp_path) in rw[0] and "/k/usr/lib/uml/modules" in rw[1]   # run folder, modules
+    assert "modprobe -d /run/twlab/mods" in text and "sysrq-trigger" in text
+    net = guests.GuestNet("twlabcdefh", "twlabcdeftp", "203.0.113.2/24")
+    assert "ip addr add 203.0.113.2/24 dev eth0" in guests.init_script(kernel, tmp_path, ["true"], REPO, {}, net)
