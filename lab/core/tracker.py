@@ -279,8 +279,8 @@ class _Tuple:
 
 class _Conn:
     __slots__ = ("cdir", "close_extra", "done", "dups", "fin_first", "first_frame", "first_ts", "half_close_frame",
-                 "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "packets", "prev", "refused", "reuse",
-                 "roles", "rsts", "sides", "trans", "tuple", "ws_known")
+                 "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "owed_rst", "packets", "prev", "refused",
+                 "reuse", "roles", "rsts", "sides", "trans", "tuple", "ws_known")
 
     def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
                  mid: bool, synack: bool) -> None:
@@ -310,6 +310,7 @@ class _Conn:
         self.prev: _Conn | None = None
         self.reuse: _Reuse | None = None
         self.refused = False                  # the first RST that closed it answered a SYN (SYN_SENT)
+        self.owed_rst = NONE                  # the ACK a SYN_SENT side could not take (its RST answers it)
         self.dups: tuple[tuple[int, int, DuplicateVerdict, str], ...] = ()     # (frame, side, verdict, why)
         self.close_extra: tuple[tuple[FindingKind, tuple[int, ...], str, dict[str, Any]], ...] = ()
         self.done = False                     # finalized into a Connection record: read-only from here
@@ -662,6 +663,11 @@ class Analyzer:
         if conn.incarnation and (plen or flags & _FIN) and not flags & (_SYN | _RST) and conn.prev is not None \
                 and not conn.mid and self._from_previous_incarnation(conn, s, frame, seq, ack, flags, plen, tsval):
             return
+        peer = conn.sides[s ^ 1]
+        if flags & _ACK and not flags & (_SYN | _RST) and peer.state == SYN_SENT and peer.isn >= 0 \
+                and not _acks_syn_sent(peer, ack):
+            self._stale_answer(conn, s, frame, ts, ack)
+            return
         prev_last = side.last_frame
         side.last_frame = frame
         if flags & _RST:
@@ -694,12 +700,24 @@ class Analyzer:
         """A SYN or SYN-ACK: a retransmission (same ISN) or this side's ISN."""
         side = conn.sides[s]
         if side.syn_frame and seq == side.isn:
-            role = "SYN-ACK retransmission" if flags & _ACK else "SYN retransmission"
+            if not flags & _ACK:
+                role = "SYN retransmission"
+            elif side.syn_ack < 0:
+                # its SYN's ISN, now with an ACK: simultaneous open, it answers the peer's SYN (SYN_SENT ->
+                # SYN_RECEIVED, RFC 9293 3.5 figure 7)
+                role = self._syn_ack(conn, s, frame, ts, ack, f"SYN-ACK (ISN {seq}, its SYN's: simultaneous open)")
+            elif side.state == LISTEN or ack != side.syn_ack:
+                # the same ISN again after an RST took it back to LISTEN, or acknowledging another SYN
+                role = self._syn_ack(conn, s, frame, ts, ack, f"SYN-ACK (ISN {seq}) again")
+            else:
+                role = "SYN-ACK retransmission"
         else:
+            if not flags & _ACK and side.state == LISTEN and side.snd_max < 0:
+                # a SYN from the side assumed to listen: an active opener (simultaneous open), so CLOSED
+                side.state = CLOSED
             self._take_isn(conn, s, frame, ts, seq, wscale)
             if flags & _ACK:
-                self._syn_ack(conn, s, frame, ts, ack)
-                role = f"SYN-ACK (ISN {seq})"
+                role = self._syn_ack(conn, s, frame, ts, ack, f"SYN-ACK (ISN {seq})")
             else:
                 self._go(conn, s, SEND_SYN, frame, ts, False)
                 role = f"SYN (ISN {seq})"
@@ -722,11 +740,17 @@ class Analyzer:
             peer.shift = min(peer.ws, 14) if on else 0
             conn.ws_known = True
 
-    def _syn_ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int) -> None:
-        """Side s answers the peer's SYN: it has received that SYN."""
+    def _syn_ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int, role: str) -> str:
+        """Side s answers the peer's SYN: it has received that SYN. Its role, with why the SYN's sender will
+        not take it when its ACK is not acceptable in SYN_SENT."""
         side = conn.sides[s]
         peer = conn.sides[s ^ 1]
         side.syn_ack = ack
+        if peer.state == SYN_SENT and peer.isn >= 0 and not _acks_syn_sent(peer, ack):
+            # RFC 9293 3.10.7.3: SEG.ACK =< ISS or > SND.NXT: the SYN's sender answers <SEQ=SEG.ACK><CTL=RST>
+            # and stays in SYN_SENT (Linux tcp_rcv_synsent_state_process: reset_and_undo)
+            conn.owed_rst = ack
+            role += f": its ACK is not acceptable to the {_name(s ^ 1)} in SYN_SENT"
         r = conn.reuse
         if r is not None and r.verdict == "refused" and r.old is not None and not r.old.done:
             # answered although TIME_WAIT should have refused it: no TIME_WAIT was there
@@ -736,6 +760,27 @@ class Analyzer:
             self._rtt(side, ts - peer.syn_ts)
         if side.state == LISTEN or side.state == SYN_SENT:
             self._go(conn, s, RCV_SYN, frame, ts, False)
+        return role
+
+    def _stale_answer(self, conn: _Conn, s: int, frame: int, ts: float, ack: int) -> None:
+        """A segment whose ACK the SYN_SENT peer cannot take (RFC 9293 3.10.7.3): not a handshake but a stale
+        peer (e.g. the old connection's state answering the new SYN). The peer answers RST and stays in
+        SYN_SENT; nothing here changes a state."""
+        p = s ^ 1
+        prev = conn.prev
+        conn.owed_rst = ack
+        old = ""
+        extra: dict[str, Any] = {"side": _name(s), "ack": ack}
+        if prev is not None:
+            old_peer = prev.sides[(conn.cdir ^ s) ^ prev.cdir ^ 1]   # the SYN sender in the previous incarnation
+            mine = old_peer.snd_max == ack
+            old = f"; its ACK is {'the' if mine else 'not the'} {_name(p)}'s next seq in connection {prev.id}"
+            extra.update({"previous_connection": prev.id, "elapsed_s": round(ts - prev.last_ts, 6)})
+        text = (f"{_name(s)}'s segment answers the {_name(p)}'s new SYN with ACK {ack}, which SYN_SENT cannot take "
+                f"(not above its ISN, or above what it sent){old}: the {_name(p)} answers RST and stays in SYN_SENT")
+        conn.close_extra += (("stale-peer-ack", (frame,), text, extra),)
+        if self.detail:
+            conn.roles.append((frame, s, "stale segment: its ACK is not acceptable in SYN_SENT"))
 
     def _sent_without_syn(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, flags: int) -> None:
         side = conn.sides[s]
@@ -922,6 +967,9 @@ class Analyzer:
         side = conn.sides[s]
         p = s ^ 1
         peer = conn.sides[p]
+        if side.state == SYN_SENT and not flags & _ACK and conn.owed_rst >= 0:
+            self._rst_from_syn_sent(conn, s, frame, ts, seq, ack, flags)
+            return
         # a FIN answered by RST: the RST is the sender's next segment after the peer's (latest) FIN
         if peer.fin_seq >= 0 and prev_last < peer.last_fin_frame < frame:
             had_tw = side.tw is not None
@@ -961,6 +1009,17 @@ class Analyzer:
                 self._tw_end(peer, "rst", frame, ts)
         self._go(conn, p, RCV_RST, frame, ts, False)
 
+    def _rst_from_syn_sent(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int,
+                           flags: int) -> None:
+        """An RST from SYN_SENT answering a segment it could not take (RFC 9293 3.10.7.3: <SEQ=SEG.ACK><CTL=RST>;
+        some stacks use another seq): its sender stays in SYN_SENT; a peer in SYN_RECEIVED takes it as any RST
+        (back to LISTEN)."""
+        p = s ^ 1
+        if self.detail:
+            conn.roles.append((frame, s, f"RST answering the unacceptable ACK: the {_name(s)} stays in SYN_SENT"))
+        if conn.sides[p].state == SYN_RECEIVED and not self._rst_unacceptable(conn, s, seq, ack, flags):
+            self._go(conn, p, RCV_RST, frame, ts, False)
+
     @staticmethod
     def _rst_unacceptable(conn: _Conn, s: int, seq: int, ack: int, flags: int) -> str:
         """Why side s's RST does not reset the peer ("" when it does), judged from what the wire proves of the
@@ -977,8 +1036,7 @@ class Analyzer:
         if pst == SYN_SENT:
             # RFC 9293 3.10.7.3 / tcp_rcv_synsent_state_process: acceptable when its ACK acknowledges the SYN
             # and no more than was sent (SYN data of TCP Fast Open included): ISS < SEG.ACK =< SND.NXT
-            if flags & _ACK and peer.isn >= 0 and _d(ack, peer.isn) >= 1 and (
-                    peer.snd_max < 0 or _d(ack, peer.snd_max) <= 0):
+            if flags & _ACK and peer.isn >= 0 and _acks_syn_sent(peer, ack):
                 return ""
             return no
         if pst in (LISTEN, CLOSED):
@@ -1244,6 +1302,12 @@ def _drop_last_record(trans: list[tuple[int, int, int, int, bool, int]], s: int,
             del trans[k]
             return t[0]
     return 0
+
+
+def _acks_syn_sent(side: _Side, ack: int) -> bool:
+    """An ACK a side in SYN_SENT can take: ISS < SEG.ACK =< SND.NXT (RFC 9293 3.10.7.3; SND.NXT counts SYN
+    data, e.g. TCP Fast Open)."""
+    return _d(ack, side.isn) >= 1 and (side.snd_max < 0 or _d(ack, side.snd_max) <= 0)
 
 
 def _open_state(st: int) -> bool:

@@ -159,9 +159,13 @@ def test_rst_cases(reports: dict[str, tuple[Report, list]]) -> None:
     assert (r.connections[0].close.kind, r.connections[0].close.initiator) == ("refused", "server")
     r, _ = reports["deepflow__l4-source-port-reuse.pcap"]
     c = r.connections[0]
-    assert (c.close.kind, c.close.initiator) == ("rst", "client")
-    # the "listener" answered with data from a stale connection: inferred, not seen
-    assert any(t.side == "server" and t.inferred and t.to_state.value == "ESTABLISHED" for t in c.transitions)
+    # issue 12 class 5: the "listener" answered the SYN with data of a stale connection (its ACK is not
+    # acceptable in SYN_SENT): named, no handshake inferred; the client's RSTs answer it and it stays in SYN_SENT
+    assert (c.close.kind, c.close.initiator, c.open_at_end) == ("incomplete", None, True)
+    assert [(t.side, t.to_state.value) for t in c.transitions] == [("client", "SYN_SENT")]
+    assert [(f.kind, f.frames) for f in r.findings] == [("stale-peer-ack", (2,))]
+    assert [role for fr, _s, role in c.roles if fr in (3, 4)] == \
+        ["RST answering the unacceptable ACK: the client stays in SYN_SENT"] * 2
     r, _ = reports["zeek__tcp__rst-inject-rae.pcap"]
     [c] = r.connections
     assert any(role.startswith("RST, ignored") for fr, _s, role in c.roles if fr == 2)   # the injected RST

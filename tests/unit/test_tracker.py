@@ -11,7 +11,7 @@ from lab.core.profiles import PROFILES, get_profile
 from lab.core.report import Report
 from lab.core.tcpstate import TcpState
 from lab.core.tracker import Analyzer, analyze
-from tests.unit.synth import A, Capture, F, Flow, R, S
+from tests.unit.synth import A, Capture, F, Flow, P, R, S
 
 TW = TcpState.TIME_WAIT
 
@@ -370,6 +370,74 @@ def test_crossed_fins_reaching_the_capture_reordered(first: str) -> None:
         [ack_m.frame, ack_m.frame, ack_n.frame]
     assert not any(t.to_state is TcpState.CLOSE_WAIT for t in c.transitions)
     assert any(f_ == seen.frame and "crossed" in role for f_, _i, role in c.roles)
+
+
+def test_rst_from_syn_sent_answering_a_bad_syn_ack_keeps_one_connection() -> None:
+    """Issue 12 class 4: a SYN-ACK whose ACK is not ISN+1; the client answers <SEQ=SEG.ACK><CTL=RST> and stays
+    in SYN_SENT (RFC 9293 3.10.7.3); the right SYN-ACK with the same ISN completes the same connection."""
+    cap = Capture()
+    f = cap.flow(cisn=1000, sisn=7000)
+    syn = f.send("client", S)
+    bad = f.send("server", S | A, ack=1000 + 1001, deliver=False, advance=False)
+    rst = f.send("client", R, seq=bad.ack)
+    f.send("server", S | A)
+    f.send("client", A)
+    f.three_way("client")
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert (c.close.kind, c.close.initiator) == ("three-way", "client") and rst.frame not in c.close.frames
+    client = [(t.frame, t.to_state.value) for t in c.transitions if t.side == "client"]
+    assert client[:2] == [(syn.frame, "SYN_SENT"), (rst.frame + 2, "ESTABLISHED")]
+    assert [w.side for w in c.time_wait] == ["client"]
+    assert any("stays in SYN_SENT" in role for fr, _i, role in c.roles if fr == rst.frame)
+
+
+def test_stale_peer_answering_a_new_syn_is_named_not_a_handshake() -> None:
+    """Issue 12 class 5: the old connection's data answers the new SYN (its ACK is the old one's): finding
+    stale-peer-ack, no inferred handshake, the client's RST answers it and the client stays in SYN_SENT."""
+    cap = Capture()
+    old = cap.flow(cisn=1000, sisn=3000)
+    old.handshake()
+    old.data("client", 3)
+    old.ack("server")
+    old.rst("server")
+    new = cap.flow(cisn=900_000, sisn=5000)
+    new.send("client", S)
+    stale = old.send("server", P | A, 5, deliver=False)
+    rst = new.send("client", R, seq=stale.ack)
+    new.send("server", S | A)
+    new.send("client", A)
+    new.three_way("client")
+    r = analyze(cap.segments)
+    assert [c.close.kind for c in r.connections] == ["rst", "three-way"]
+    c = r.connections[1]
+    assert not [t for t in c.transitions if t.frame in (stale.frame, rst.frame)]
+    [f] = [f for f in r.findings if f.kind == "stale-peer-ack"]
+    assert f.frames == (stale.frame,) and f.extra["previous_connection"] == r.connections[0].id
+    assert "client's next seq in connection" in f.detail and f.extra["elapsed_s"] >= 0
+
+
+def test_simultaneous_open_story() -> None:
+    """Issue 12 class 6: crossed SYNs; each side's SYN-ACK (its SYN's ISN) answers the other's SYN:
+    CLOSED -> SYN_SENT -> SYN_RECEIVED -> ESTABLISHED on both sides, no LISTEN, no retransmission."""
+    cap = Capture()
+    f = cap.flow()
+    a = f.send("client", S, deliver=False)
+    b = f.send("server", S, deliver=False)
+    f.deliver(a)
+    f.deliver(b)
+    f.send("client", S | A, seq=a.seq, advance=False)
+    f.send("server", S | A, seq=b.seq, advance=False)
+    f.ack("client")
+    f.three_way("client")
+    r = analyze(cap.segments)
+    [c] = r.connections
+    for side in ("client", "server"):
+        states = [t.to_state.value for t in c.transitions if t.side == side]
+        assert states[:3] == ["SYN_SENT", "SYN_RECEIVED", "ESTABLISHED"], (side, states)
+        assert next(t.from_state.value for t in c.transitions if t.side == side) == "CLOSED"
+    assert not any("retransmission" in role for _f, _i, role in c.roles)
+    assert (c.close.kind, c.close.initiator) == ("three-way", "client")
 
 
 # --- what the capture saw: windows and connections at its end ------------------------------------------
