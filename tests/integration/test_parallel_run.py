@@ -18,3 +18,17 @@ def test_two_experiments_in_parallel(tmp_path: Path) -> None:
     assert (tmp_path / "claims.md").is_file() and (tmp_path / "claims.json").is_file()
     for r in lines:
         assert (tmp_path / r["experiment"] / "result.json").is_file()
+
+
+def test_people_output_into_a_log_file_keeps_tables_on_their_own_lines(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    with log.open("w") as fh:
+        res = subprocess.run([sys.executable, "-m", "lab", "run", "reuseport", "ephemeral-port-allocation", "-j", "2",
+                              "--out", str(tmp_path / "r")], stdout=fh, stderr=subprocess.STDOUT, text=True,
+                             timeout=300)
+    text = log.read_text()
+    assert res.returncode in (0, 1), text
+    titles = ("twlab results", "claims ledger")
+    for line in text.splitlines():  # the live table's last frame ends its line before the next title
+        assert not (any(t in line for t in titles) and any(c in line for c in "┘╯│")), line
+    assert "twlab results" in text and "more claims not run here" in text  # tested claims, and a count of the rest
