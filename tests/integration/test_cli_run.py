@@ -99,3 +99,26 @@ def test_json_without_root_is_one_line_per_experiment() -> None:
                 assert r["exit_code"] == 3 and r["reproduced"] is False
             doc = json.loads((wd / "r" / "claims.json").read_text())
             assert next(c for c in doc["claims"] if c["claim"] == "four-way")["verdict"] == "needs root"
+
+
+def test_the_run_records_lab_subnets_that_the_host_does_not_use(tmp_path: Path) -> None:
+    import ipaddress
+
+    import pytest
+
+    from lab.run import addrplan
+
+    if os.geteuid() != 0:
+        pytest.skip("namespaces need root")
+    res = twlab("run", "four-way-close", "--json", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    pair4 = ipaddress.ip_network(out["lab_subnets"]["pair4"])
+    assert not any(pair4.overlaps(h) for h in addrplan.host_networks() if h.version == 4)
+    events = (tmp_path / "runs" / "four-way-close" / "events.jsonl").read_text()
+    assert '"kind": "addr-plan"' in events
+    capture = Path(out["capture"])
+    from lab.pcap.readers import read_segments
+
+    pair6 = ipaddress.ip_network(out["lab_subnets"]["pair6"])
+    sources = {ipaddress.ip_address(s.src_ip) for s in read_segments(capture)}
+    assert sources and all(a in pair4 or a in pair6 for a in sources), sources
