@@ -149,17 +149,18 @@ def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
 
 
 def _chain(ts: Sequence[Transition], conn: Connection, t0: float, capture_end: float | None) -> str:
-    """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)"."""
-    states = [ts[0].from_state.value]
-    for t in ts:
-        states.append(t.to_state.value + (" (inferred)" if t.inferred else ""))
-    text = " -> ".join(states)
+    """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
+    itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
+    "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
+    text = " -> ".join([ts[0].from_state.value, *(t.to_state.value for t in ts)])
+    extra = [", ".join(t.to_state.value for t in ts if t.inferred) + " inferred"] if any(t.inferred for t in ts) \
+        else []
     last = ts[-1]
     if last.to_state is TcpState.TIME_WAIT:
         w = next((w for w in conn.time_wait if w.side == last.side and w.start_frame == last.frame), None)
         if w is not None:
-            text += f" ({window_text(w, t0, capture_end)})"
-    return text
+            extra.append(window_text(w, t0, capture_end))
+    return text + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _head(conn: Connection, frame: int, sender: str, names: list[str]) -> tuple[str, str]:
