@@ -25,8 +25,9 @@ by "capture-end" when the capture stops first (left_s: how much was left). Linux
 reaching it (profile restart_on_any_ack), RFC 9293 on a retransmitted FIN.
 
 Memory follows open connections: a connection is finished into a compact Connection record once a later
-incarnation of its four-tuple is under way (both sides of the new one have sent), or once its TIME_WAIT
-windows have passed in capture time and it has been idle for 2*MSL; per four-tuple only the last finished
+incarnation of its four-tuple is under way (both sides of the new one have sent), or once it is over (no
+side holds it) with its TIME_WAIT windows passed in capture time and idle for 2*MSL; an open connection
+stays open however long it idles (until the capture's end); per four-tuple only the last finished
 incarnation is kept, for the reuse and delayed-duplicate checks of the next one.
 
 Written for mypyc (lab/build.py compiles this module; the same source runs interpreted): hot fields are
@@ -1111,11 +1112,16 @@ class Analyzer:
     # -- finishing ------------------------------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
+        """Finish the connections that are over: both sides closed (or in TIME_WAIT whose 2*MSL has passed),
+        idle for 2*MSL. An open connection is never finished by idleness alone (keep-alive pools, databases
+        idle for minutes): only a new incarnation of its four-tuple or the capture's end finishes it."""
         grace = self.tw_s
         for conn in list(self._open.values()):
             if now - conn.last_ts <= grace:
                 continue
-            if _tw_open(conn.sides[0], now) or _tw_open(conn.sides[1], now):
+            c = conn.sides[0]
+            sv = conn.sides[1]
+            if _open_state(c.state) or _open_state(sv.state) or _tw_open(c, now) or _tw_open(sv, now):
                 continue
             self._finish_conn(conn)
 

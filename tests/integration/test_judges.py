@@ -101,8 +101,7 @@ def test_class_08_rst_below_rcv_nxt(sid: str, tmp_path: Path) -> None:
     _check(sid, tmp_path)
 
 
-@pytest.mark.parametrize("sid", _cases(9, "the sweep finishes a connection that is idle, not closed, once enough "
-                                          "unrelated segments pass"))
+@pytest.mark.parametrize("sid", _cases(9, None))   # fixed: an open connection is never finished by idleness
 def test_class_09_idle_connection(sid: str, tmp_path: Path) -> None:
     _check(sid, tmp_path)
 

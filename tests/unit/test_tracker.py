@@ -440,6 +440,32 @@ def test_simultaneous_open_story() -> None:
     assert (c.close.kind, c.close.initiator) == ("three-way", "client")
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_idle_connection_is_not_finished_by_idleness(keep: bool) -> None:
+    """Issue 12 class 9: 75 s of idleness with 20,000 unrelated segments (sweeps run) leaves one connection."""
+    cap, f = established()
+    t_idle = cap.t
+    for i in range(5000):
+        cap.t = t_idle + 75.0 * i / 5000
+        g = cap.flow(client=("203.0.113.10", 10000 + i % 50000), server=("203.0.113.20", 80), cisn=1000 + i)
+        g.handshake()
+        g.rst("client")
+    cap.t = t_idle + 75.0
+    f.data("client", 10)
+    f.three_way("server")
+    a = Analyzer(keep=keep)
+    got = []
+    for seg in cap.segments:
+        a.feed(seg)
+        if not keep:
+            got += a.drain()[0]
+    r = a.finish()
+    conns = list(r.connections) if keep else got + a.drain()[0]
+    mine = [c for c in conns if c.client == "192.0.2.1:40000"]
+    assert len(conns) == 5001 and len(mine) == 1
+    assert (mine[0].close.kind, mine[0].close.initiator, mine[0].mid_capture) == ("three-way", "server", False)
+
+
 # --- what the capture saw: windows and connections at its end ------------------------------------------
 
 def test_time_wait_still_running_at_capture_end_says_how_much_was_left() -> None:
