@@ -329,6 +329,28 @@ def class_03_crossed_fins_reordered(ctx: RunContext, family: str = "inet") -> Ju
     return j
 
 
+def class_03_crossed_fins_in_order(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47433, 47533, family=family)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             # the same crossing as 03_crossed_fins_reordered, delivered in the order sent
+             {"label": "crossed-fin", "send": {"flags": "FA", "ack": "kernel.nxt-1"}},
+             {"label": "kernel-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"label": "ack-of-kernel-fin", "send": {"flags": "A"}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("03_crossed_fins_in_order", 3, "kernel server closes; the peer's FIN (ack = the kernel's FIN seq: "
+                   "it crossed) arrives, then the peer's ACK of the kernel's FIN: the kernel passes CLOSING",
+                   kernel, {"path": ["ESTABLISHED", "FIN_WAIT_1", "CLOSING", "TIME_WAIT"]})
+    j.expect = {"connections": 1, "conns": [{"kind": "simultaneous", "initiator": "both",
+                                             "time_wait": ["client", "server"]}]}
+    lst.close()
+    return j
+
+
 # ---------------------------------------------------------------------------------------------
 # class 4: an unacceptable SYN-ACK, the client's RST, then the right SYN-ACK with the same ISN
 
@@ -866,6 +888,8 @@ SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "02_rst_after_lost_fins_v6": _v6(class_02_rst_after_lost_fins),
     "03_crossed_fins_reordered": class_03_crossed_fins_reordered,
     "03_crossed_fins_reordered_v6": _v6(class_03_crossed_fins_reordered),
+    "03_crossed_fins_in_order": class_03_crossed_fins_in_order,
+    "03_crossed_fins_in_order_v6": _v6(class_03_crossed_fins_in_order),
     "04_synack_bad_ack_then_good": class_04_synack_bad_ack_then_good,
     "04_synack_bad_ack_then_good_v6": _v6(class_04_synack_bad_ack_then_good),
     "05_stale_peer_ack": class_05_stale_peer_ack,
