@@ -466,11 +466,12 @@ def missing_results(run: GuestRun, exps: list[Experiment]) -> list[dict[str, Any
     """A result for each experiment the guest did not report (it did not boot, or passed its deadline)."""
     have = {r.get("experiment") for r in run.results}
     why = run.error or f"kernel {run.kernel.label}: no result"
-    return [{"experiment": e.id, "reproduced": False, "claim": e.claim, "observations": {}, "capture": None,
-             "kernel": run.info.get("uname") or run.kernel.release, "error": why, "exit_code": 3,
-             "status": "could-not-run", "could_not_run": why,
-             "folder": str(run.out_dir / e.id), "story": [], "notes": [], "skipped": [],
-             "lore": e.lore, **guest_fields(run)} for e in exps if e.id not in have]
+    from lab.run.result import EXIT_ENVIRONMENT, RunResult
+
+    return [RunResult.not_run(e, run.out_dir / e.id, why, EXIT_ENVIRONMENT,
+                              kernel=run.info.get("uname") or run.kernel.release,
+                              extra={"could_not_run": why, **guest_fields(run)}).to_dict()
+            for e in exps if e.id not in have]
 
 
 def folder_name(kernel: Kernel) -> str:

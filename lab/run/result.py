@@ -68,12 +68,14 @@ class RunResult:
 
     @classmethod
     def not_run(cls, exp: Experiment, folder: Path, error: str, exit_code: int, duration_s: float = 0.0,
-                started: float | None = None) -> RunResult:
-        """An experiment that could not run or did not finish: no root, a lab error, an interrupt, a dead child."""
+                started: float | None = None, kernel: str | None = None,
+                extra: dict[str, Any] | None = None) -> RunResult:
+        """An experiment that could not run or did not finish: no root, a lab error, an interrupt, a dead child,
+        a guest kernel that did not report (`kernel`: whose; `extra`: fields a caller adds, e.g. the guest's)."""
         return cls(experiment=exp.id, reproduced=False, claim=exp.claim, observations={}, capture=None,
-                   kernel=kernel_release(), run_id=None, root=None, lore=exp.lore, story=[], notes=[], skipped=[],
-                   folder=str(folder), started_wall_s=started, duration_s=round(duration_s, 3),
-                   error=one_line(error), exit_code=exit_code, status="could-not-run")
+                   kernel=kernel or kernel_release(), run_id=None, root=None, lore=exp.lore, story=[], notes=[],
+                   skipped=[], folder=str(folder), started_wall_s=started, duration_s=round(duration_s, 3),
+                   error=one_line(error), exit_code=exit_code, status="could-not-run", extra=dict(extra or {}))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
