@@ -12,7 +12,6 @@ the report's folder.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections import Counter
@@ -24,7 +23,8 @@ from typing import Any
 from lab.analysis import svg
 from lab.core.model import Segment
 from lab.core.report import Connection, Finding, Report
-from lab.errors import UsageError
+from lab.errors import LabError, UsageError
+from lab.pcap.readers import ReaderStats
 
 MAX_LADDERS_PER_CAPTURE = 12
 MAX_TABLE_ROWS = 200
@@ -61,6 +61,7 @@ class CaptureSection:
     charts: list[Any] = field(default_factory=list)   # lab.analysis.charts.Chart
     ladders: list[Picture] = field(default_factory=list)
     not_drawn: int = 0
+    warning: str = ""                                 # e.g. the capture was cut short
 
 
 @dataclass(slots=True)
@@ -68,20 +69,22 @@ class ExperimentSection:
     result: Mapping[str, Any]
     anchor: str
     capture: CaptureSection | None
+    capture_error: str = ""          # the capture could not be read: the one line saying why
 
 
 # --- analysis of one capture -----------------------------------------------------------------------------
 
-def _analyze(path: Path, profile: str, time_wait_s: float | None) -> tuple[Report, int, float]:
-    """The Report, the number of packets and the timestamp of the capture's first frame (t0: the zero of
-    Wireshark's Time column, as the narrator's times)."""
-    from lab.core.tracker import analyze
+def _analyze(path: Path, profile: str, time_wait_s: float | None) -> tuple[Report, ReaderStats, float]:
+    """The Report, the reader's stats and the timestamp of the capture's first frame (t0: the zero of
+    Wireshark's Time column, as the narrator's times). A capture cut short is analyzed up to its last
+    complete frame (stats.cut says so), as `twlab analyze` does."""
+    from lab.core.tracker import Analyzer
     from lab.pcap.annotate import capture_t0
-    from lab.pcap.readers import CaptureReader
+    from lab.pcap.feed import feed_file
 
-    reader = CaptureReader(path)
-    report = analyze(reader, profile=profile, time_wait_s=time_wait_s)
-    return report, reader.stats.packets, capture_t0(path)
+    analyzer = Analyzer(profile, time_wait_s)
+    stats = feed_file(path, analyzer, lenient=True)
+    return analyzer.finish(), stats, capture_t0(path)
 
 
 def connections_of_interest(report: Report, main: Iterable[int] = ()) -> list[Connection]:
@@ -103,13 +106,13 @@ def connections_of_interest(report: Report, main: Iterable[int] = ()) -> list[Co
 
 def _segments_of(path: Path, conns: Sequence[Connection]) -> dict[int, list[Segment]]:
     """Each chosen connection's segments, in one pass over the file (only those are kept)."""
-    from lab.pcap.readers import read_segments
+    from lab.pcap.readers import CaptureReader
 
     want: dict[frozenset[str], list[Connection]] = {}
     for c in conns:
         want.setdefault(frozenset((c.client, c.server)), []).append(c)
     out: dict[int, list[Segment]] = {c.id: [] for c in conns}
-    for s in read_segments(path):
+    for s in CaptureReader(path, lenient=True):
         key = frozenset((_endpoint(s.src_ip, s.sport), _endpoint(s.dst_ip, s.dport)))
         for c in want.get(key, ()):
             if c.first_frame <= s.frame <= c.last_frame:
@@ -142,7 +145,7 @@ def _finding_row(f: Finding, drawn: Mapping[int, str]) -> dict[str, Any]:
 def capture_section(path: Path, out: Path, prefix: str, profile: str, time_wait_s: float | None,
                     main: Iterable[int] = (), charts: bool = True, label: str = "") -> CaptureSection:
     """Everything the report says about one capture file (`label` names it in the ladders' titles)."""
-    report, packets, t0 = _analyze(path, profile, time_wait_s)
+    report, stats, t0 = _analyze(path, profile, time_wait_s)
     chosen = connections_of_interest(report, main)
     drawn = chosen[:MAX_LADDERS_PER_CAPTURE]
     segs = _segments_of(path, drawn)
@@ -159,11 +162,13 @@ def capture_section(path: Path, out: Path, prefix: str, profile: str, time_wait_
         ladders.append(Picture(anchor, head.title, svg.svg_ladder(lines, head)))
     anchors = {c.id: _anchor(prefix, c.id) for c in drawn}
     section = CaptureSection(
-        name=path.name, link=_relative_link(path, out), link_text=_relative(path, out), anchor=prefix, packets=packets,
+        name=path.name, link=_relative_link(path, out), link_text=_relative(path, out), anchor=prefix,
+        packets=stats.packets,
         segments=report.segments, profile=report.profile, time_wait_s=report.time_wait_s,
         connections=len(report.connections), closes=_closes(report),
         findings=[_finding_row(f, anchors) for f in report.findings[:MAX_TABLE_ROWS]],
-        findings_total=len(report.findings), ladders=ladders, not_drawn=len(chosen) - len(drawn))
+        findings_total=len(report.findings), ladders=ladders, not_drawn=len(chosen) - len(drawn),
+        warning=stats.cut or "")
     if charts and report.connections:
         from lab.analysis import charts as ch
 
@@ -219,18 +224,28 @@ def main_connections(result: Mapping[str, Any]) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+_RESULT_DEFAULTS: Mapping[str, Any] = {"error": None, "lore": "", "story": [], "notes": [], "skipped": [],
+                                       "kernel": "unknown", "duration_s": 0.0, "reproduced": False, "claim": ""}
+
+
 def run_report(results: Sequence[Mapping[str, Any]], ledgers: Mapping[str, Sequence[Mapping[str, Any]]],
                out: Path, run_dir: Path, profile: str = "linux", time_wait_s: float | None = None,
                version: str = "") -> str:
     """`ledgers`: kernel -> the claims ledger of that kernel's results (lab.claims.ledger_dicts)."""
     experiments = []
-    for r in results:
+    for result in results:
+        r = {**_RESULT_DEFAULTS, **result}   # result.json of older or foreign runs may lack fields
         cap = r.get("capture")
-        section = None
+        section, error = None, ""
         if cap and Path(cap).is_file():
-            section = capture_section(Path(cap), out, _slug(r["experiment"]), profile, time_wait_s,
-                                      main=main_connections(r), charts=False, label=r["experiment"])
-        experiments.append(ExperimentSection(r, "exp-" + _slug(r["experiment"]), section))
+            try:   # one unreadable capture costs its own section, not the report
+                section = capture_section(Path(cap), out, _slug(r["experiment"]), profile, time_wait_s,
+                                          main=main_connections(r), charts=False, label=r["experiment"])
+            except LabError as exc:
+                error = exc.one_line()
+        elif cap:
+            error = f"{cap}: no such file"
+        experiments.append(ExperimentSection(r, "exp-" + _slug(r["experiment"]), section, error))
     return _render("run.html.j2", title=f"twlab run {run_dir.name}", run_dir=str(run_dir), ledgers=ledgers,
                    experiments=experiments, version=version)
 
@@ -256,13 +271,3 @@ def write_report(html: str, out: Path) -> None:
     check_output(out)
     with atomic_write(out) as f:
         f.write(html.encode("utf-8"))
-
-
-def svg_text(fig: Any) -> str:
-    """A matplotlib figure as an inline <svg> element (no XML prolog, no metadata)."""
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None,
-                                                                  "Type": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg"):]
-    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
