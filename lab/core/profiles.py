@@ -13,6 +13,11 @@ class Profile:
     # Linux restarts TIME_WAIT on any ACK-bearing segment it receives (tcp_timewait_state_process);
     # RFC 9293 only on a retransmitted FIN.
     restart_on_any_ack: bool = False
+    # the shortest retransmission timeout: a FIN resent sooner after its previous transmission was not sent
+    # because the ACK failed to come back (it may still have been in flight). Linux: TCP_RTO_MIN, 200 ms
+    # (net.ipv4.tcp_rto_min_us); used for the other profiles too (RFC 6298 recommends 1 s, so stacks that
+    # follow it only make this more conservative)
+    min_rto_s: float = 0.2
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -42,4 +47,4 @@ def get_profile(name: str, time_wait_s: float | None = None) -> Profile:
     if time_wait_s < 0:
         raise ValueError("time_wait_s must be >= 0")
     return Profile(prof.name, float(time_wait_s), f"{prof.source}; overridden: {time_wait_s:g} s",
-                   prof.restart_on_any_ack)
+                   prof.restart_on_any_ack, prof.min_rto_s)

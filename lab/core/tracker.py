@@ -194,6 +194,7 @@ class _Side:
         "got_fin_frame",
         "isn",
         "last_fin_frame",
+        "last_fin_ts",
         "last_frame",
         "reack_pending",
         "rst_frame",
@@ -223,6 +224,7 @@ class _Side:
         self.fin_seq = NONE                   # sequence number the FIN occupies
         self.fin_frame = 0
         self.last_fin_frame = 0
+        self.last_fin_ts = 0.0
         self.fin_retx: tuple[int, ...] = ()
         self.fin_ack_applied = False          # the receipt of the ACK of its FIN is applied (taken back if lost)
         self.fin_acked_frame = 0              # the peer's ACK of this side's FIN that this side received
@@ -330,6 +332,7 @@ class Analyzer:
         self.profile = prof
         self.tw_s = prof.time_wait_s
         self._any_ack_restarts = prof.restart_on_any_ack
+        self._min_rto = prof.min_rto_s
         self._sweep_gap = max(1.0, self.tw_s / 4)   # capture seconds between sweeps for finished connections
         self._tuples: dict[tuple[str, int, str, int], tuple[_Tuple, int]] = {}
         self._open: dict[int, _Conn] = {}
@@ -864,6 +867,7 @@ class Analyzer:
         side.fin_ts = ts
         side.fin_ack_val = ack_val
         side.last_fin_frame = frame
+        side.last_fin_ts = ts
         name = "N" if conn.nfin else "M"
         if not conn.nfin:
             conn.fin_first = s
@@ -902,26 +906,41 @@ class Analyzer:
         peer = conn.sides[p]
         side.fin_retx += (frame,)
         prev_fin = side.last_fin_frame
+        since = ts - side.last_fin_ts
         side.last_fin_frame = frame
+        side.last_fin_ts = ts
         name = "M" if conn.fin_first == s else "N"
-        if self.detail:
-            conn.roles.append((frame, s, f"FIN {name} retransmission"))
+        role = f"FIN {name} retransmission"
         lost = peer.acked_peer_fin
         same_ack = side.fin_ack_val == ack_val
         side.fin_ack_val = ack_val
         # a lost ACK: the retransmission acknowledges nothing new (else it only carries a fresher ACK,
         # as in a crossed close), and it comes later than the ACK could have reached the sender
         if lost and lost > prev_fin and same_ack and (side.rtt < 0 or ts - peer.acked_peer_fin_ts > side.rtt):
-            # the peer had ACKed this FIN since its last transmission: that ACK did not arrive
-            conn.close_extra += ((
-                "final-ack-lost", (lost, frame),
-                f"{_name(s)} retransmitted FIN {name} after {_name(p)}'s ACK in frame {lost}: "
-                f"that ACK was lost between the capture point and {_name(s)}",
-                {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
-            if side.fin_acked_frame and side.fin_acked_frame < frame:
-                self._unreceive_fin_ack(conn, s)
+            if since < self._min_rto:
+                # sooner than any retransmission timer (Linux: tcp_rto_min) fires: not sent for want of the
+                # ACK, which may still have been on its way
+                role += (f", {since * 1000:.1f} ms after the previous one (below the {self._min_rto * 1000:g} ms "
+                         f"RTO floor): {_name(p)}'s ACK in frame {lost} was possibly in flight")
+            else:
+                self._final_ack_lost(conn, s, frame, lost, name)
+        if self.detail:
+            conn.roles.append((frame, s, role))
         if peer.state == TIME_WAIT:
             peer.reack_pending = True
+
+    def _final_ack_lost(self, conn: _Conn, s: int, frame: int, lost: int, name: str) -> None:
+        """The peer had ACKed side s's FIN since its last transmission, yet s's retransmission timer fired:
+        that ACK did not arrive."""
+        p = s ^ 1
+        conn.close_extra += ((
+            "final-ack-lost", (lost, frame),
+            f"{_name(s)} retransmitted FIN {name} after {_name(p)}'s ACK in frame {lost}: "
+            f"that ACK was lost between the capture point and {_name(s)}",
+            {"ack_frame": lost, "retransmission_frame": frame, "lost_by": _name(p)}),)
+        side = conn.sides[s]
+        if side.fin_acked_frame and side.fin_acked_frame < frame:
+            self._unreceive_fin_ack(conn, s)
 
     @staticmethod
     def _advance(conn: _Conn, s: int, frame: int, seq: int, flags: int, win: int, plen: int, tsval: int) -> None:

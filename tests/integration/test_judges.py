@@ -106,7 +106,7 @@ def test_class_09_idle_connection(sid: str, tmp_path: Path) -> None:
     _check(sid, tmp_path)
 
 
-@pytest.mark.parametrize("sid", _cases(10, "a FIN 1 ms after the final ACK is called final-ack-lost (RTO >= 200 ms)"))
+@pytest.mark.parametrize("sid", _cases(10, None))   # fixed: 'possibly in flight' below the RTO floor
 def test_class_10_fin_after_final_ack(sid: str, tmp_path: Path) -> None:
     _check(sid, tmp_path)
 
