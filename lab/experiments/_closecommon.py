@@ -70,7 +70,7 @@ class Endpoints:
 def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = PORT,
                     client_tail: Sequence[dict[str, Any]] = (), server_tail: Sequence[dict[str, Any]] = (),
                     client_opts: Sequence[dict[str, Any]] = (), server_opts: Sequence[dict[str, Any]] = (),
-                    exchange: bool = True) -> Endpoints:
+                    exchange: bool = True, server_prompt: bool = False) -> Endpoints:
     """Server listens on server:port and accepts as socket "c"; the client (socket "s") connects; both exchange
     one line; then each runs its tail (steps that usually wait on gates the experiment releases)."""
     from lab.kernel.agent import Agent
@@ -96,7 +96,7 @@ def open_connection(ctx: RunContext, pair: NetnsPair, tag: str, *, port: int = P
                       {"op": "recv", "sock": "s", "label": "recv-world"}]
     srv_steps += [{"sock": "c", **st} for st in server_tail]
     cli_steps += [{"sock": "s", **st} for st in client_tail]
-    server = Agent.start(ctx, srv_steps, netns=pair.server.name, name=f"server-{tag}")
+    server = Agent.start(ctx, srv_steps, netns=pair.server.name, name=f"server-{tag}", prompt=server_prompt)
     _ok(server.wait("listen"), server)   # the event that gates the client: the server's listen() returned
     client = Agent.start(ctx, cli_steps, netns=pair.client.name, name=f"client-{tag}")
     conn = _ok(client.wait("connect"), client)

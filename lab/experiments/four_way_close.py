@@ -44,9 +44,11 @@ def _one(ctx: RunContext, pair: cc.NetnsPair, case: Case, samplers: tuple[Any, A
     if case.delay_s:
         server_tail.append({"op": "sleep", "s": case.delay_s})
     server_tail.append({"op": "close", "label": "close"})
+    # the server's close "at once" must beat the 40 ms delayed-ACK timer on a busy machine too: it runs prompt
+    # (real-time scheduling, best effort), so the segment count measures the kernel, not the scheduler
     ep = cc.open_connection(ctx, pair, case.key,
                             client_tail=[cc.gate("close"), {"op": "close", "label": "close"}],
-                            server_tail=server_tail)
+                            server_tail=server_tail, server_prompt=True)
     cc.wait_sampled(samplers, ep.client_port, "ESTABLISHED")   # the states seen start with ESTABLISHED
     ep.client.release("close")
     ep.server.wait("close")

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,32 @@ class AgentError(CouldNotRun):
 WAITING_OPS = ("accept", "connect", "recv", "recv_eof")   # steps that block until the peer acts
 STEP_TIMEOUT_S = 5.0            # such a step's deadline on an idle machine when the script gives none
 WAIT_S = 10.0                   # the controller's default wait for a step's record (idle machine)
+PROMPT_PRIORITY = 1             # SCHED_FIFO priority of a prompt agent: above every normal task, below the kernel's
+
+
+def _preexec(uid: int | None, prompt: bool) -> Callable[[], None] | None:
+    """What the child does before exec: real-time scheduling (best effort), then the uid; None if nothing."""
+    if uid is None and not prompt:
+        return None
+
+    def preexec() -> None:
+        if prompt:
+            with contextlib.suppress(OSError, AttributeError):   # no CAP_SYS_NICE: normal priority
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PROMPT_PRIORITY))
+        if uid is not None:
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return preexec
+
+
+def _policy_of(pid: int) -> str | None:
+    """'fifo' / 'other' / ... for the event log (whether a prompt agent really got real-time scheduling)."""
+    try:
+        policy = os.sched_getscheduler(pid)
+    except (OSError, AttributeError):
+        return None
+    return {os.SCHED_FIFO: "fifo", os.SCHED_OTHER: "other"}.get(policy, str(policy))
 
 
 def scaled_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -276,7 +303,9 @@ class Agent:
 
     @classmethod
     def start(cls, ctx: RunSpace, steps: list[dict[str, Any]], netns: str | None = None, name: str = "agent",
-              uid: int | None = None) -> Agent:
+              uid: int | None = None, prompt: bool = False) -> Agent:
+        """Start the program. prompt: run it under SCHED_FIFO (best effort) where the experiment's claim needs it
+        to act within milliseconds of an event (e.g. close() before a 40 ms delayed ACK) even on a busy machine."""
         allowed = check_steps(ctx, steps, netns)
         argv = [sys.executable, "-m", "lab.kernel.agent"]
         if netns:
@@ -285,18 +314,15 @@ class Agent:
         env[ALLOW_ENV] = json.dumps(allowed)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        preexec = None
-        if uid is not None:
-            def preexec() -> None:
-                os.setgid(uid)
-                os.setuid(uid)
+        preexec = _preexec(uid, prompt)
         steps = scaled_steps(steps)
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env, preexec_fn=preexec)
         ctx.ledger.add("pid", str(proc.pid), role=name)
         agent = cls(ctx, name, proc, steps)
         ctx.stack.callback(agent.kill)
-        ctx.events.log("agent-start", agent=name, pid=proc.pid, netns=netns, steps=len(steps))
+        ctx.events.log("agent-start", agent=name, pid=proc.pid, netns=netns, steps=len(steps),
+                       policy=_policy_of(proc.pid))
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(steps) + "\n")
         proc.stdin.flush()
