@@ -146,6 +146,11 @@ def run_one(exp: Experiment, out_root: Path, progress: Callable[[str, float | No
             with ExitStack() as stack:
                 ctx = open_context(exp, out_dir, stack, progress=progress, options=options)
                 result = _run_in(exp, ctx, gate, started)
+        except Exception as exc:
+            # an error that followed a signal (e.g. an agent killed by the same Ctrl-C) is the interrupt
+            if gate.received is not None:
+                raise Interrupted(gate.received) from exc
+            raise
         finally:
             gate.defer()
         gate.raise_if_received()

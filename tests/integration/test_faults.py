@@ -115,10 +115,12 @@ def test_sigterm_at_the_first_moment_of_teardown(tmp_path: Path) -> None:
     nothing_left(tmp_path, run_id_of(evs))
 
 
-def test_ctrl_c_to_the_whole_process_group(tmp_path: Path) -> None:
-    proc = start(tmp_path, "run", EXP, "--out", str(tmp_path / "r"), group=True)
-    log = tmp_path / "r" / EXP / "events.jsonl"
-    evs = wait_for(log, lambda e: e["kind"] == "agent-start", proc)
+@pytest.mark.parametrize(("exp", "point"), [(EXP, "agent-start"), ("delayed-duplicate", "inject")])
+def test_ctrl_c_to_the_whole_process_group(tmp_path: Path, exp: str, point: str) -> None:
+    """The agents die of the same Ctrl-C; the error that follows must not hide the interrupt (exit 3 before)."""
+    proc = start(tmp_path, "run", exp, "--out", str(tmp_path / "r"), group=True)
+    log = tmp_path / "r" / exp / "events.jsonl"
+    evs = wait_for(log, lambda e: e["kind"] == point, proc)
     os.killpg(proc.pid, signal.SIGINT)         # as a terminal's Ctrl-C: the agents get it too
     rc, _, err = finish(proc)
     assert rc == 130, err
