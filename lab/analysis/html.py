@@ -88,10 +88,14 @@ def _analyze(path: Path, profile: str, time_wait_s: float | None) -> tuple[Repor
 
 
 def connections_of_interest(report: Report, main: Iterable[int] = ()) -> list[Connection]:
-    """Closes with findings, reused four-tuples and the experiment's main connections, in that order;
-    a capture without any of them: its first connection that closed."""
+    """Closes with findings (a reuse finding: the old incarnation whose TIME_WAIT was hit, then the new one),
+    reused four-tuples and the experiment's main connections, in that order; a capture without any of them:
+    its first connection that closed."""
     by_id = {c.id: c for c in report.connections}
-    order: list[int] = [f.connection for f in report.findings if f.connection is not None]
+    order: list[int] = []
+    for f in report.findings:
+        previous = f.extra.get("previous_connection")
+        order += [i for i in (previous, f.connection) if isinstance(i, int)]
     order += [c.id for c in report.connections if c.incarnation > 0]
     order += [i for i in main if i in by_id]
     if not order:
