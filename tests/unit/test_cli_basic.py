@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import click
+import pytest
 from click.testing import CliRunner
 
 from lab.cli import cli
@@ -65,3 +70,154 @@ def test_doctor_json_has_one_entry_per_check() -> None:
     for c in data["checks"]:
         assert isinstance(c["ok"], bool)
         assert c["ok"] or c["fix"], f"{c['name']} is missing but says no fix"
+
+
+# --- paper cuts (issue 15): one line, documented exit code, no traceback, no partial output --------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CAPTURE = REPO / "captures" / "four-way-close.pcapng"
+
+
+def twlab(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+          timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    e = {**os.environ, "TWLAB_PURE": os.environ.get("TWLAB_PURE", "1"), **(env or {})}
+    e["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, cwd=cwd or REPO,
+                          env=e, timeout=timeout)
+
+
+def one_line_error(res: subprocess.CompletedProcess[str], code: int) -> str:
+    assert res.returncode == code, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("twlab: "), res.stderr
+    return lines[0]
+
+
+def test_ctrl_c_before_the_subcommand_is_130_not_aborted() -> None:
+    code = ("import click, sys\n"
+            "def boom(self, ctx, args): raise KeyboardInterrupt\n"
+            "click.Group.parse_args = boom\n"
+            "from lab.cli import main\nmain()\n")
+    res = subprocess.run([sys.executable, "-c", code, "list"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "Aborted" not in res.stderr
+    assert one_line_error(res, 130) == "twlab: interrupted; lab resources were removed"
+
+
+def test_mistyped_experiment_gets_did_you_mean() -> None:
+    res = CliRunner().invoke(cli, ["run", "four-way-clos"])
+    assert res.exit_code == 2
+    assert "did you mean four-way-close?" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_experiment_names_complete_in_the_shell() -> None:
+    env = {"COMP_WORDS": "twlab run time-wait-", "COMP_CWORD": "2", "_TWLAB_COMPLETE": "bash_complete"}
+    res = subprocess.run([sys.executable, "-c", "from lab.cli import main; main()"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, **env, "PYTHONPATH": str(REPO)})
+    got = {ln.split(",", 1)[1] for ln in res.stdout.splitlines()}
+    assert got == {"time-wait-duration", "time-wait-zero", "time-wait-assassination"}
+
+
+def test_every_option_has_help_text() -> None:
+    missing = []
+    for name, cmd in cli.commands.items():
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.help and p.name != "help":
+                missing.append(f"{name} {p.opts[0]}")
+    assert not missing, missing
+
+
+# README's table writes the options every capture command shares as FILTERS and PROFILE (defined below it)
+SHARED_OPTIONS = {"FILTERS": ("--port", "--host", "--since", "--until"), "PROFILE": ("--profile", "--time-wait")}
+
+
+def test_readme_table_names_every_command_and_its_options() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = [ln for ln in readme.splitlines() if ln.startswith("| `twlab ")]
+    for group, opts in SHARED_OPTIONS.items():
+        assert all(f"`{o}" in readme.split(f"{group}:", 1)[-1][:400] for o in opts), f"README does not define {group}"
+    for name, cmd in cli.commands.items():
+        rows = " ".join(ln.split("` |", 1)[0] for ln in table if ln.startswith(f"| `twlab {name} ")
+                        or ln.startswith(f"| `twlab {name}`"))
+        assert rows, f"README's command table has no row for twlab {name}"
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.name == "help":
+                continue
+            shared = [g for g, opts in SHARED_OPTIONS.items() if p.opts[0] in opts]
+            if shared and f"[{shared[0]}]" in rows:
+                continue
+            assert any(o in rows for o in p.opts), f"twlab {name} {p.opts[0]} not in README's table"
+
+
+@pytest.mark.parametrize("args", [["watch", "--port", "99999", "--once"], ["watch", "--port", "0", "--once"],
+                                  ["watch", "--interval", "0", "--once"]])
+def test_watch_rejects_bad_values_in_one_line(args: list[str]) -> None:
+    one_line_error(twlab(*args), 2)
+
+
+def test_watch_with_a_mistyped_namespace_lists_the_existing_ones() -> None:
+    line = one_line_error(twlab("watch", "--netns", "twl-no-such-ns", "--once"), 2)
+    assert "no network namespace 'twl-no-such-ns'" in line and "run the experiment again" not in line
+
+
+def test_annotate_into_an_impossible_place_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    if not CAPTURE.is_file():
+        pytest.skip("no gallery capture")
+    line = one_line_error(twlab("annotate", str(CAPTURE), "-o", "/proc/twl-x.pcapng"), 3)
+    assert "cannot write /proc/twl-x.pcapng" in line
+    weird = tmp_path / "no\nsuch" / "x.pcapng"
+    assert "\\n" in one_line_error(twlab("annotate", str(CAPTURE), "-o", str(weird)), 2)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    one_line_error(twlab("annotate", str(CAPTURE), "-o", str(fifo)), 2)
+    assert fifo.is_fifo()  # the atomic rename never replaces something that is not a regular file
+    assert not list(tmp_path.rglob("*twl-tmp*"))
+
+
+def test_analyze_detail_without_json_says_so() -> None:
+    if not CAPTURE.is_file():
+        pytest.skip("no gallery capture")
+    res = twlab("analyze", str(CAPTURE), "--detail")
+    assert res.returncode == 0 and "--detail" in res.stderr and "--json" in res.stderr
+
+
+def test_doctor_says_tshark_is_optional() -> None:
+    data = json.loads(twlab("doctor", "--json").stdout)
+    by = {c["name"]: c for c in data["checks"]}
+    assert by["tshark"]["need"] == "optional" and by["root"]["need"] == "essential"
+    assert by["tshark"]["ok"] or by["tshark"]["status"] == "missing (optional)"
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "20260101-000000"
+    (run / "who-gets-time-wait").mkdir(parents=True)
+    (run / "who-gets-time-wait" / "result.json").write_text(json.dumps(
+        {"experiment": "who-gets-time-wait", "reproduced": True, "claim": "c", "kernel": "k",
+         "observations": {"lore_holds": True}, "notes": []}))
+    return run
+
+
+def test_claims_is_a_lookup_that_writes_nothing_unless_asked(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"TWLAB_RUNS": str(tmp_path / "runs"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    res = twlab("claims", "--json", cwd=elsewhere, env=env)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["run"] == str(run) and {c["claim"] for c in doc["claims"] if c["verdict"] == "holds"} == {"first-closer"}
+    assert not (run / "claims.md").exists() and not (run / "claims.json").exists()
+    assert twlab("claims", "--run", str(run), "--write", cwd=elsewhere, env=env).returncode == 0
+    assert json.loads((run / "claims.json").read_text()) == doc  # the file and the lookup: one shape
+    os.chmod(run, 0o555)
+    try:
+        if os.geteuid() != 0:
+            one_line_error(twlab("claims", "--run", str(run), "--write", cwd=elsewhere, env=env), 3)
+    finally:
+        os.chmod(run, 0o755)
+
+
+def test_claims_without_any_run_is_one_line(tmp_path: Path) -> None:
+    env = {"TWLAB_RUNS": str(tmp_path / "none"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    one_line_error(twlab("claims", cwd=tmp_path, env=env), 2)
