@@ -221,3 +221,24 @@ def test_claims_is_a_lookup_that_writes_nothing_unless_asked(tmp_path: Path) -> 
 def test_claims_without_any_run_is_one_line(tmp_path: Path) -> None:
     env = {"TWLAB_RUNS": str(tmp_path / "none"), "XDG_STATE_HOME": str(tmp_path / "state")}
     one_line_error(twlab("claims", cwd=tmp_path, env=env), 2)
+
+
+@pytest.mark.root
+def test_read_only_folders_are_one_line_even_for_root(tmp_path: Path) -> None:
+    """A read-only mount (in a private mount namespace: the host's mounts stay as they are) stops root too."""
+    import shutil
+
+    if not shutil.which("unshare") or not CAPTURE.is_file():
+        pytest.skip("needs unshare(1) and a gallery capture")
+    run = _run_folder(tmp_path)
+    py = f"{sys.executable} -m lab"
+    script = (f"mount --bind -o ro {tmp_path} {tmp_path} && "
+              f"{py} claims --run '{run}' --write; echo rc=$?; "
+              f"{py} annotate '{CAPTURE}' -o '{tmp_path}/x.pcapng'; echo rc=$?")
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "TWLAB_PURE": "1"})
+    assert res.stdout.count("rc=3") == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("twlab: ") and "Read-only file system" in ln for ln in lines), lines
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*twl-tmp*"))
+    assert not (run / "claims.md").exists() and not (tmp_path / "x.pcapng").exists()
