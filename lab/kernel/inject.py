@@ -250,19 +250,19 @@ def _options_of(raw: bytes) -> dict[str, Any]:
 class Injector:
     """Sends crafted segments through `write(raw_bytes)`, guarded and logged.
 
-    `origin` tells the guard where a written packet really enters the network stack: a callable giving the
-    kernel identity of the sending socket's or TUN device's namespace (lab.kernel.nsid), asked at every send.
-    Without it the packet is taken to leave from the host's namespace (loopback only). `netns`, a name, is what
-    the caller claims; it must agree with the identity, never replaces it."""
+    Only `raw()` and `tun()` send from a lab namespace: they own the socket or TUN device they write to, and
+    the guard asks the kernel for its namespace at every send (lab.kernel.nsid). A writer passed to the
+    constructor is arbitrary code, so its packets are taken to leave from the host's namespace (loopback only).
+    `netns`, a name, is what the caller claims; it must agree with the identity, never replaces it."""
 
     def __init__(self, ctx: RunSpace, write: Callable[[bytes], None], *, netns: str | None = None,
-                 via: str = "custom", by: str = "injector", origin: Callable[[], nsid.NsId] | None = None) -> None:
+                 via: str = "custom", by: str = "injector") -> None:
         self.ctx = ctx
         self._write = write
         self.netns = netns
         self.via = via
         self.by = by
-        self._origin = origin
+        self._origin: Callable[[], nsid.NsId] | None = None   # set only by raw()/tun(), from their own objects
         self.sent: list[dict[str, Any]] = []
         self._addrs: dict[str, tuple[set[str], bool]] = {}
         self._lock = threading.Lock()
@@ -290,7 +290,9 @@ class Injector:
                                    "open the injector inside one lab namespace")
             return ids.pop()
 
-        return cls(ctx, write, netns=ns.name if ns is not None else None, via="raw", origin=origin)
+        inj = cls(ctx, write, netns=ns.name if ns is not None else None, via="raw")
+        inj._origin = origin
+        return inj
 
     @classmethod
     def tun(cls, ctx: RunSpace, fd: int, *, netns: str | None = None, by: str = "peer") -> Injector:
@@ -299,7 +301,9 @@ class Injector:
         def write(raw: bytes) -> None:
             os.write(fd, raw)
 
-        return cls(ctx, write, netns=netns, via="tun", by=by, origin=lambda: nsid.of_tun(fd))
+        inj = cls(ctx, write, netns=netns, via="tun", by=by)
+        inj._origin = lambda: nsid.of_tun(fd)
+        return inj
 
     def _leaving(self) -> str | None:
         """The run namespace the next packet leaves from (None: the host), by kernel identity."""

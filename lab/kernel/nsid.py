@@ -40,12 +40,21 @@ def of_path(path: str) -> NsId:
 
 def of_socket(sock: socket.socket) -> NsId:
     """The namespace the socket was created in (where its packets are routed), whatever thread asks."""
-    return _id_of_fd(fcntl.ioctl(sock.fileno(), SIOCGSKNS))
+    return _ask(sock.fileno(), SIOCGSKNS, "a socket")
 
 
 def of_tun(fd: int) -> NsId:
     """The namespace the TUN device lives in (whose kernel receives what is written to it)."""
-    return _id_of_fd(fcntl.ioctl(fd, TUNGETDEVNETNS))
+    return _ask(fd, TUNGETDEVNETNS, "an attached TUN device")
+
+
+def _ask(fd: int, request: int, what: str) -> NsId:
+    try:
+        ns_fd = fcntl.ioctl(fd, request)
+    except OSError as exc:
+        raise UnsafeTarget(f"refusing to send: cannot tell which network namespace fd {fd} sends into "
+                           f"({exc.strerror})", f"send through {what} the lab opened") from None
+    return _id_of_fd(ns_fd)
 
 
 def of_process(pid: int) -> NsId:

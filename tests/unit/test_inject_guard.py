@@ -226,7 +226,8 @@ def test_agent_refuses_targets_outside_the_lab_before_starting(ctx: Any) -> None
     from lab.kernel.agent import Agent
     from lab.kernel.hosts.netns import NetnsPair
 
-    steps = [{"op": "socket", "sock": "s"}, {"op": "connect", "sock": "s", "addr": [HOST_GATEWAY_LIKE, 80]}]
+    steps: list[dict[str, Any]] = [{"op": "socket", "sock": "s"},
+                                   {"op": "connect", "sock": "s", "addr": [HOST_GATEWAY_LIKE, 80]}]
     with pytest.raises(UnsafeTarget):
         Agent.start(ctx, steps)                                  # from the host: only loopback
     with pytest.raises(UnsafeTarget, match="not this run's"):
@@ -246,3 +247,16 @@ def test_agent_program_connects_only_where_the_controller_checked() -> None:
                          capture_output=True, text=True, timeout=20, env=env)
     rec = json.loads(out.stdout.splitlines()[1])
     assert not rec["ok"] and "refusing to connect to 8.8.8.8" in rec["error"]
+
+
+@pytest.mark.root
+def test_only_raw_and_tun_can_send_from_a_namespace(ctx: Any, tmp_path: Path) -> None:
+    from lab.kernel.inject import Injector
+
+    with pytest.raises(TypeError):
+        Injector(ctx, lambda raw: None, origin=lambda: (0, 0))  # type: ignore[call-arg]  # no way to claim one
+    with open(tmp_path / "not-a-tun", "wb") as fh:
+        fake_tun = Injector.tun(ctx, fh.fileno())
+        with pytest.raises(UnsafeTarget, match="cannot tell which network namespace"):
+            fake_tun.rst("127.0.0.1", 1, "127.0.0.1", 2, seq=1)
+    _no_inject(ctx)
