@@ -21,12 +21,11 @@ def _secs(value: float) -> str:
 
 
 def time_wait_cell(conn: Mapping[str, Any]) -> str:
-    parts = []
-    for w in conn.get("time_wait", []):
-        dur = w["end_ts"] - w["start_ts"]
-        how = {"rst": ", ended by RST", "syn": ", ended by a new SYN"}.get(w.get("ended_by", "timeout"), "")
-        parts.append(f"{w['side']} {_secs(dur)} s (frame {w['start_frame']}{how})")
-    return "; ".join(parts) or "-"
+    """The connection's TIME_WAIT windows in the narrator's words (lab.core.narrate.window_cell)."""
+    from lab.core.narrate import window_cell
+    from lab.core.report import TimeWaitWindow
+
+    return "; ".join(window_cell(TimeWaitWindow.from_dict(w)) for w in conn.get("time_wait", [])) or "-"
 
 
 def connections_table(doc: Mapping[str, Any], limit: int = 200) -> Table:
@@ -99,7 +98,8 @@ def analysis_view(doc: Mapping[str, Any]) -> Group:
 
 
 _INITIATORS = ("client", "server", "both", "-")
-_ENDED_BY = (("timeout", "2MSL ran out"), ("rst", "ended by RST"), ("syn", "ended by a new SYN"))
+_ENDED_BY = (("timeout", "2MSL ran out"), ("rst", "ended by RST"), ("syn", "ended by a new SYN"),
+             ("capture-end", "open at capture end"))
 
 
 def summary_counts(s: Summary) -> Group:

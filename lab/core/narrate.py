@@ -24,6 +24,7 @@ API
     window_text(w, t0, capture_end=None) -> str        "60 s, until t=+60.352 s" (one TIME_WAIT window)
     left_at_capture_end(w, capture_end=None) -> float | None   seconds a window had left when the capture ended
     open_at_end_text(conn) -> str                      "connection 3 still open at capture end (client ...)"
+    window_cell(w) -> str                              "client 60.0 s (frame 11, open at capture end, 59.9 s left)"
 
     ladder_rows(conn, segments, t0, findings=()) -> [LadderRow]   one row per segment of the connection
     ladder_start(conn) -> (client_state, server_state)               each side's state before the first row
@@ -90,6 +91,15 @@ def window_text(w: TimeWaitWindow, t0: float, capture_end: float | None = None) 
     if left is not None:
         text += f"; open at capture end, {max(left, 0.0):.1f} s left"
     return text
+
+
+def window_cell(w: TimeWaitWindow) -> str:
+    """One window in a table cell: "client 60.0 s (frame 11, open at capture end, 59.9 s left)"."""
+    dur = w.end_ts - w.start_ts
+    how = {"rst": ", ended by RST", "syn": ", ended by a new SYN",
+           "capture-end": f", open at capture end, {w.left_s:.1f} s left"}.get(w.ended_by, "")
+    length = f"{dur:.3f}" if dur < 10 else f"{dur:.1f}"
+    return f"{w.side} {length} s (frame {w.start_frame}{how})"
 
 
 def open_at_end_text(conn: Connection) -> str:

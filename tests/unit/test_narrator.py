@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from lab.cli import cli
 from lab.core.model import Segment
-from lab.core.narrate import frame_notes, ladder_footnote, ladder_rows, window_text
+from lab.core.narrate import frame_notes, ladder_footnote, ladder_rows, window_cell, window_text
 from lab.core.report import Close, Connection, Report, TimeWaitWindow
 from lab.core.tcpstate import Input, TcpState
 from lab.core.tracker import analyze
@@ -214,3 +214,11 @@ def test_ladder_rows_carry_labels_states_and_capture_time() -> None:
 
 def test_report_without_connections_has_no_notes() -> None:
     assert frame_notes(Report((), ()), 0.0) == {}
+
+
+def test_window_cell_says_how_each_window_ended() -> None:
+    w = TimeWaitWindow("client", 10.0, 70.0, 11, length_s=60.0, ended_by="capture-end", left_s=59.94)
+    assert window_cell(w) == "client 60.0 s (frame 11, open at capture end, 59.9 s left)"
+    assert window_cell(w._replace(ended_by="timeout")) == "client 60.0 s (frame 11)"
+    rst = w._replace(end_ts=12.5, ended_by="rst", end_frame=14)
+    assert window_cell(rst) == "client 2.500 s (frame 11, ended by RST)"
