@@ -220,7 +220,8 @@ class Entry:
 
     @property
     def tested(self) -> bool:
-        return self.verdict != NOT_RUN
+        """An experiment of this run judged it (or tried to): not 'not run', and not a claim without one."""
+        return self.verdict != NOT_RUN and bool(self.claim.experiments)
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim.id, "lore": self.claim.lore, "source": self.claim.source,
@@ -248,7 +249,7 @@ def kernels_of(results: list[dict[str, Any]]) -> list[str]:
 def ledger_document(entries: list[Entry], run_dir: Path | None, results: list[dict[str, Any]]) -> dict[str, Any]:
     """claims.json and `twlab claims --json`: one shape."""
     return {"run": str(run_dir) if run_dir is not None else None, "kernels": kernels_of(results),
-            "claims": ledger_dicts(entries), "not_run": sum(1 for e in entries if not e.tested)}
+            "claims": ledger_dicts(entries), "not_run": sum(1 for e in entries if e.verdict == NOT_RUN)}
 
 
 def render_markdown(entries: list[Entry], results: list[dict[str, Any]]) -> str:
@@ -367,7 +368,8 @@ def ledger_table(entries: list[Entry], only_tested: bool = True) -> Any:
     style = {HOLDS: "green", DIFFERS: "magenta", NEEDS_ROOT: "yellow", NOT_TESTABLE: "yellow", NOT_RUN: "dim"}
     shown = [e for e in entries if e.tested] if only_tested else entries
     hidden = len(entries) - len(shown)
-    caption = f"{hidden} more claims not run here (twlab run all tests every claim)" if hidden else None
+    caption = (f"{hidden} more claims not tested by this run ('twlab run all' tests every one; claims.md lists "
+               "all)" if hidden else None)
     t = Table(title="claims ledger: the lore on this kernel", caption=caption, show_lines=True, expand=True)
     t.add_column("claim", ratio=3)
     t.add_column("experiment", ratio=1)

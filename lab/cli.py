@@ -273,7 +273,8 @@ def _run_serial_all(exps: list[Any], out_root: Path, as_json: bool) -> list[dict
             if as_json:
                 _json_line(res)
             else:
-                click.echo(f"twlab: {exp.id}: {exc.one_line()}", err=True)
+                line = _one_line(exc.one_line())
+                click.echo(f"twlab: {line if line.startswith(exp.id) else f'{exp.id}: {line}'}", err=True)
         except KeyboardInterrupt as exc:
             if as_json:
                 why = f"interrupted by signal {getattr(exc, 'signum', 2)}"
