@@ -16,6 +16,7 @@ import pytest
 
 from lab import experiments
 from lab.run.runner import run_one
+from tests.unit.test_narrator import story_problems
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,8 @@ def _run(name: str, tmp_path: Path) -> dict[str, Any]:
     assert res["error"] is None, res["error"]
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"twl{res['run_id']}" not in left, "namespaces left behind"
+    if res["capture"]:   # its comments tell one story, on the capture's clock, as the records do
+        assert story_problems(Path(res["capture"])) == []
     return res
 
 
