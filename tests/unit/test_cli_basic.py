@@ -242,3 +242,27 @@ def test_read_only_folders_are_one_line_even_for_root(tmp_path: Path) -> None:
     assert len(lines) == 2 and all(ln.startswith("twlab: ") and "Read-only file system" in ln for ln in lines), lines
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*twl-tmp*"))
     assert not (run / "claims.md").exists() and not (tmp_path / "x.pcapng").exists()
+
+
+@pytest.mark.root
+def test_a_full_filesystem_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """analyze's spool (TMPDIR) and annotate's output on a 4 KiB tmpfs mounted in a private mount namespace."""
+    import shutil
+
+    big = REPO.parent / "shared" / "corpus" / "zeek__echo-connections.pcap.gz"
+    if not big.is_file():
+        big = Path("/work/shared/corpus/zeek__echo-connections.pcap.gz")
+    if not shutil.which("unshare") or not big.is_file() or not CAPTURE.is_file():
+        pytest.skip("needs unshare(1), the corpus and a gallery capture")
+    full = tmp_path / "full"
+    full.mkdir()
+    py = f"{sys.executable} -m lab"
+    script = (f"mount -t tmpfs -o size=4k twltest '{full}' && "
+              f"TMPDIR='{full}' {py} analyze '{big}' --json > '{tmp_path}/out.json'; echo rc=$?; "
+              f"{py} annotate '{big}' -o '{full}/x.pcapng'; echo rc=$?; ls -A '{full}'")
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "TWLAB_PURE": "1"})
+    assert res.stdout.split() == ["rc=3", "rc=3"], res.stdout + res.stderr   # and the tmpfs is left empty
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("twlab: ") and "No space left" in ln for ln in lines), lines
+    assert (tmp_path / "out.json").read_text() == ""                          # no partial JSON
