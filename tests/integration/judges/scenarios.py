@@ -35,6 +35,9 @@ WAIT_S = 3.0             # for a kernel transition or a socket call (stretched b
 # the kernel's RTO floor in the peer's namespace: a scripted peer that a busy machine delays by a few hundred ms
 # must not make the kernel retransmit (the capture, and so the verdict, would depend on load)
 NO_TIMER_RETRANSMISSIONS = {"net.ipv4.tcp_rto_min_us": 5_000_000}
+# between the peer's retransmissions: identical segments closer than ~1 ms are what a capture seeing one packet
+# twice looks like (class 11), so a scripted retransmission keeps well clear of that
+RTX_GAP_S = 0.05
 SETTLE_S = 0.05          # the last segment the kernel sends (from softirq) reaches the capture socket
 Packet = tuple[int, bytes, int, int]      # ts_ns, data, orig_len, interface
 
@@ -283,7 +286,9 @@ def class_02_rst_after_lost_fins(ctx: RunContext, family: str = "inet") -> Judge
     srv.send(b"data")     # its ACK field shows the FIN never arrived
     lab.run([{"label": "kernel-data", "expect": {"flags": "PA", "ack": "fin.seq", "timeout_s": 2}},
              {"label": "ack-data", "send": {"flags": "A"}}]
-            + [{"label": f"fin-rtx{i}", "send": {"flags": "FA", "seq": "fin.seq"}} for i in range(1, 5)]
+            + [step for i in range(1, 5) for step in ({"sleep": RTX_GAP_S},
+                                                       {"label": f"fin-rtx{i}", "send": {"flags": "FA",
+                                                                                         "seq": "fin.seq"}})]
             + [{"label": "rst", "send": {"flags": "R", "seq": "fin.seq", "ack": 0}}])
     lab.wait_state("CLOSED")
     kernel = {"socket": "server", "path": lab.path(), "errno_recv": _recv_errno(srv),
@@ -557,8 +562,9 @@ def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext, family: str = "inet") -
 # class 10: the peer's FIN again ~1 ms after the final ACK (the ACK was in flight, not lost)
 
 
-def class_10_fin_again_after_final_ack(ctx: RunContext, family: str = "inet") -> Judged:
-    lab = PeerLab(ctx, 47410, 47510, family=family)
+def _fin_again(ctx: RunContext, family: str, ports: tuple[int, int], delay_s: float) -> tuple[PeerLab, dict[str, Any]]:
+    """The kernel server closes; the peer's FIN+ACK, the kernel's final ACK, the peer's FIN again after delay_s."""
+    lab = PeerLab(ctx, *ports, family=family)
     lst = lab.listener()
     lab.run(_handshake())
     srv = _accept(lab, lst)
@@ -566,18 +572,36 @@ def class_10_fin_again_after_final_ack(ctx: RunContext, family: str = "inet") ->
     lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
              {"label": "fin-ack", "send": {"flags": "FA"}},
              {"label": "final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
-             {"sleep": 0.001},
+             {"sleep": delay_s},
              {"label": "fin-again", "send": {"flags": "FA", "seq": "peer.nxt-1"}},
              {"label": "tw-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
     lab.wait_state("CLOSED")
     kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states(),
               "answer_to_second_fin": "ACK from TIME_WAIT"}
+    lst.close()
+    return lab, kernel
+
+
+def class_10_fin_again_after_final_ack(ctx: RunContext, family: str = "inet") -> Judged:
+    lab, kernel = _fin_again(ctx, family, (47410, 47510), 0.001)
     j = lab.judged("10_fin_again_after_final_ack", 10, "kernel server closes; the peer's FIN+ACK, the kernel's "
                    "final ACK, and the same FIN again 1 ms later (sent while the ACK was in flight: Linux's RTO is "
                    "at least 200 ms); the kernel holds TIME_WAIT and re-ACKs", kernel)
     j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "server", "time_wait": ["server"]}],
                 "findings_absent": ["final-ack-lost"]}
-    lst.close()
+    return j
+
+
+def class_10_fin_again_after_an_rto(ctx: RunContext, family: str = "inet") -> Judged:
+    """The guard on the other side of class 10: a FIN again 300 ms after the final ACK (more than Linux's
+    200 ms minimum RTO, a hundred times the capture's RTT) is what a peer does when that ACK was lost."""
+    lab, kernel = _fin_again(ctx, family, (47440, 47540), 0.3)
+    j = lab.judged("10_fin_again_after_an_rto", 10, "kernel server closes; the peer's FIN+ACK, the kernel's final "
+                   "ACK, and the same FIN again 300 ms later, as a peer whose copy of the ACK was lost would send "
+                   "it; the kernel holds TIME_WAIT and re-ACKs", kernel,
+                   {"final_ack": "treated as lost: the script retransmits its FIN after more than an RTO"})
+    j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "server", "time_wait": ["server"]}],
+                "findings_present": ["final-ack-lost"]}
     return j
 
 
@@ -604,6 +628,35 @@ def _peer_four_way(ctx: RunContext, kport: int, pport: int, family: str
     kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
     lst.close()
     return lab, lab.finish(), kernel
+
+
+def class_11_real_fin_retransmission(ctx: RunContext, family: str = "inet") -> Judged:
+    """The guard on the other side of class 11: the peer's FIN sent again 300 ms later (as after a lost ACK)
+    is a retransmission, not a capture duplicate, although the bytes are the same (the peer's IP ID is fixed)."""
+    lab = PeerLab(ctx, 47441, 47541, family=family)
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    lab.run([{"label": "fin", "send": {"flags": "FA"}},
+             {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"sleep": 0.3},
+             {"label": "fin-again", "send": {"flags": "FA", "seq": "peer.nxt-1"}},
+             {"label": "dup-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSE_WAIT")
+    assert srv.recv(100) == b""
+    srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
+             {"label": "final-ack", "send": {"flags": "A"}}])
+    lab.wait_state("CLOSED", "LAST_ACK")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states(),
+              "answer_to_second_fin": "duplicate ACK"}
+    j = lab.judged("11_real_fin_retransmission", 11, "peer (client) closes first; its FIN again 300 ms later "
+                   "(identical bytes: a retransmission, the kernel answers it with a duplicate ACK), then the "
+                   "kernel's FIN and the peer's final ACK", kernel)
+    j.expect = {"connections": 1, "conns": [{"kind": "four-way", "initiator": "client", "time_wait": ["client"]}],
+                "findings_present": ["fin-retransmitted"]}
+    lst.close()
+    return j
 
 
 def duplicate(packets: list[Packet], index: int, after_ns: int = 1000) -> list[Packet]:
@@ -906,9 +959,11 @@ SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "09_idle_with_unrelated_traffic": class_09_idle_with_unrelated_traffic,
     "10_fin_again_after_final_ack": class_10_fin_again_after_final_ack,
     "10_fin_again_after_final_ack_v6": _v6(class_10_fin_again_after_final_ack),
+    "10_fin_again_after_an_rto": class_10_fin_again_after_an_rto,
     "11_capture_duplicate_peer": class_11_capture_duplicate_peer,
     "11_capture_duplicate_peer_v6": _v6(class_11_capture_duplicate_peer),
     "11_capture_duplicate_v6_pair": class_11_capture_duplicate_v6,
+    "11_real_fin_retransmission": class_11_real_fin_retransmission,
     "13_two_interfaces_v4": class_13_two_interfaces_v4,
     "13_two_interfaces_v6": class_13_two_interfaces_v6,
 }
