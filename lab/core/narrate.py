@@ -31,6 +31,9 @@ API
     ladder_windows(conn, t0, capture_end=None) -> [TimeWaitBar]      the TIME_WAIT bars under the ladder
     ladder_footnote(conn, segments) -> str                           "M: client's FIN (relative seq 7); ..."
 
+A chain is only state names ("FIN_WAIT_1 -> CLOSING -> TIME_WAIT"); what was inferred and the TIME_WAIT window
+follow it in parentheses, so its last name is the side's state after the frame.
+
 `LadderRow` fields: frame, t (capture clock, s), sender ("client" | "server"), flags (tcpdump letters, "F."),
 label (seq/ack labels: "FIN M", "ACK M+1", "data 1:7 (6 B)", "ack 1", relative to each side's ISN), role (the
 analyzer's role(s) of the segment, "" if none), client/server (each side's state after the segment),
@@ -41,17 +44,14 @@ point could not see directly), notes (findings on this frame, retransmissions, d
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from lab.core.model import Flags, Segment
-from lab.core.report import Connection, Report, TimeWaitWindow, Transition
-from lab.core.seqnum import MOD
+from lab.core.report import SIDES, Connection, Report, Side, TimeWaitWindow, Transition
+from lab.core.seqnum import MASK
 from lab.core.tcpstate import TcpState
 
-Side = Literal["client", "server"]
-SIDES: tuple[Side, Side] = ("client", "server")
 INFERRED_MARK = "*"
-_M32 = MOD - 1
 _LADDER_NOTE_WORDS = ("retrans", "duplicate", "lost", "challenge", "ignored", "refuses")
 
 
@@ -288,9 +288,9 @@ class _Labeller:
                 self.isn[side] = s.seq
                 self.from_syn.add(side)
             elif side not in self.isn:
-                self.isn[side] = (s.seq - 1) & _M32
+                self.isn[side] = (s.seq - 1) & MASK
             if s.flags & Flags.FIN and side not in self.fin_seq:
-                self.fin_seq[side] = (s.seq + s.payload_len) & _M32
+                self.fin_seq[side] = (s.seq + s.payload_len) & MASK
                 self.fin_name[side] = "N" if self.fin_name else "M"
 
     def side(self, s: Segment) -> Side:
@@ -298,7 +298,7 @@ class _Labeller:
 
     def rel(self, side: str, value: int) -> int:
         isn = self.isn.get(side)
-        return value if isn is None else (value - isn) & _M32   # raw when that side never sent
+        return value if isn is None else (value - isn) & MASK   # raw when that side never sent
 
     def label(self, s: Segment) -> str:
         side = self.side(s)
@@ -309,16 +309,16 @@ class _Labeller:
         if f & Flags.RST:
             parts.append(f"RST seq {self.rel(side, s.seq)}")
         if f & Flags.FIN:
-            fin = (s.seq + s.payload_len) & _M32
+            fin = (s.seq + s.payload_len) & MASK
             parts.append(f"FIN {self.fin_name[side]}" if fin == self.fin_seq.get(side)
                          else f"FIN seq {self.rel(side, fin)}")
         if s.payload_len:
             start = self.rel(side, s.seq)
-            parts.append(f"data {start}:{(start + s.payload_len) & _M32} ({s.payload_len} B)")
+            parts.append(f"data {start}:{(start + s.payload_len) & MASK} ({s.payload_len} B)")
         if f & Flags.ACK:
             peer = other(side)
             pfin = self.fin_seq.get(peer)
-            parts.append(f"ACK {self.fin_name[peer]}+1" if pfin is not None and s.ack == (pfin + 1) & _M32
+            parts.append(f"ACK {self.fin_name[peer]}+1" if pfin is not None and s.ack == (pfin + 1) & MASK
                          else f"ack {self.rel(peer, s.ack)}")
         return ", ".join(parts) or Flags.text(f)
 
