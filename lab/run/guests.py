@@ -187,11 +187,12 @@ echo o > /proc/sysrq-trigger; }}
 PYTHONHASHSEED=0 {_sh(sys.executable)} -c {_sh(CREDIT_SEED)} {_sh(ctl / "seed")}
 rm -f {_sh(ctl / "seed")}
 ip link set lo up
-{eth0}# the guest's own firewall (its kernel, not the host's): a chain made and removed in the filter table tells
-# which iptables flavour this kernel supports (some UML kernels list the table but cannot create it)
+{eth0}# the guest's own firewall (its kernel, not the host's): a rule put into and taken out of a base chain of the
+# filter table tells which iptables flavour this kernel supports (5.10's nftables has the table, no base chains)
 iptables_kind=none
+probe="INPUT -p tcp --tcp-flags ALL ACK -m comment --comment twlprobe -j ACCEPT"
 for kind in nft legacy; do
-  if iptables-$kind -w -t filter -N TWLPROBE 2>/dev/null && iptables-$kind -w -t filter -X TWLPROBE; then
+  if iptables-$kind -w -t filter -I $probe 2>/dev/null && iptables-$kind -w -t filter -D $probe; then
     iptables_kind=$kind
     break
   fi
