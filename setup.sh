@@ -32,6 +32,7 @@ if [ "$mode" = test ]; then command -v chromium >/dev/null || missing+=(chromium
 if [ "$mode" = kernels ] || [ "$mode" = test ]; then
   command -v modprobe >/dev/null || [ -x /usr/sbin/modprobe ] || missing+=(kmod)
   command -v patchelf >/dev/null || missing+=(patchelf)
+  [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)  # Ubuntu hosts
 fi
 # --- end user-mode Linux kernels
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -128,7 +129,10 @@ install_kernels() {
 case "$mode" in
   install) log "ready: .venv/bin/twlab doctor" ;;
   run) exec .venv/bin/twlab run all "$@" ;;
-  test) install_kernels 6.1; exec .venv/bin/python -m pytest "$@" ;;  # the 6.1 UML kernel: tests/integration/test_guests.py
+  test)  # the 6.1 UML kernel for tests/integration/test_guests.py; without it (no network) those tests skip
+    set +e; (set -e; install_kernels 6.1); kernel_rc=$?; set -e
+    [ "$kernel_rc" -eq 0 ] || log "user-mode Linux kernel 6.1 not installed: tests/integration/test_guests.py will skip"
+    exec .venv/bin/python -m pytest "$@" ;;
   bench) exec .venv/bin/python -m benchmarks "$@" ;;
   kernels) if [ "$#" -eq 0 ]; then set -- 6.1 6.12; fi; install_kernels "$@"; exec .venv/bin/twlab kernels ;;
   *) log "unknown mode '$mode': use run, test, bench, kernels or install"; exit 2 ;;
