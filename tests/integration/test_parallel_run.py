@@ -31,4 +31,5 @@ def test_people_output_into_a_log_file_keeps_tables_on_their_own_lines(tmp_path:
     titles = ("twlab results", "claims ledger")
     for line in text.splitlines():  # the live table's last frame ends its line before the next title
         assert not (any(t in line for t in titles) and any(c in line for c in "┘╯│")), line
-    assert "twlab results" in text and "more claims not tested by this run" in text  # tested claims, and a count of the rest
+    # the ledger shows the tested claims, and a count of the rest
+    assert "twlab results" in text and "more claims not tested by this run" in text
