@@ -1041,5 +1041,49 @@ def bind_matrix_cmd(as_json: bool, out: Path | None, differences: bool) -> None:
     sys.exit(0 if res["reproduced"] else 1)
 
 
+@cli.command("man", hidden=True)
+def man_cmd() -> None:
+    """Print the manual page (roff) made from this help: twlab man > docs/twlab.1; man -l docs/twlab.1."""
+    click.echo(manual_page(), nl=False)
+
+
+def _roff(text: str) -> str:
+    lines = []
+    for ln in text.replace("\\", "\\e").replace("-", "\\-").splitlines():
+        lines.append("\\&" + ln if ln.startswith((".", "'")) else ln)
+    return "\n".join(lines)
+
+
+def manual_page() -> str:
+    """twlab(1) from the commands' own help and options (a test keeps docs/twlab.1 equal to it)."""
+    import inspect
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("twlab")
+    except PackageNotFoundError:
+        ver = "unknown"
+    root = click.Context(cli, info_name="twlab")
+    out = [f'.TH TWLAB 1 "" "twlab {ver}" "User Commands"', ".SH NAME",
+           "twlab \\- " + _roff(cli.help or "").splitlines()[0], ".SH SYNOPSIS", ".B twlab",
+           "COMMAND [OPTIONS] [ARGS]...", ".SH COMMANDS"]
+    for name, cmd in cli.commands.items():
+        if cmd.hidden:
+            continue
+        ctx = click.Context(cmd, info_name=name, parent=root)
+        usage = " ".join([name, *cmd.collect_usage_pieces(ctx)])
+        paragraphs = inspect.cleandoc(cmd.help or "").split("\n\n")
+        out += [".SS " + _roff(usage), "\n.PP\n".join(_roff(par) for par in paragraphs)]
+        for p in cmd.get_params(ctx):
+            rec = p.get_help_record(ctx) if isinstance(p, click.Option) else None
+            if rec and "--help" not in p.opts:
+                out += [".TP", ".B " + _roff(rec[0]), _roff(rec[1])]
+    out += [".SH EXIT STATUS", "0 done; 1 an experiment did not reproduce (verify: a disagreement); 2 usage error "
+            "or unreadable input; 3 environment problem (privileges, a missing tool, an output that cannot be "
+            "written); 4 analyze \\-\\-fail\\-on matched; 130/143 interrupted by SIGINT/SIGTERM.",
+            ".SH SEE ALSO", "README.md; docs/design.md; tshark(1)"]
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     cli(prog_name="twlab")
