@@ -59,9 +59,10 @@ def _settle_b(pair: cc.NetnsPair, port: int) -> dict[str, str | None]:
 def run(ctx: RunContext) -> Outcome:
     keepalive = w2.knob(ctx, KNOBS, "keepalive_timeout")
     pair = cc.make_pair(ctx)
+    addr = str(pair.server.addr4)
     with cc.recording(ctx, pair, ports=[PORT]) as rec, cc.watch(ctx, pair, [PORT], interval_s=0.02) as (cs, ss):
-        web = Nginx.start(ctx, pair.server.name, "web", _server_conf(pair.server.addr4, keepalive),
-                          listen=[(pair.server.addr4, PORT)])
+        web = Nginx.start(ctx, pair.server.name, "web", _server_conf(addr, keepalive),
+                          listen=[(addr, PORT)])
         ctx.say("case A: curl --http1.0 (nginx closes after the response)", 0.2)
         a = _case(ctx, pair, "A", http10=True)
         ctx.say("case B: curl --http1.1 (keep-alive: curl closes when it exits)", 0.6)
