@@ -223,14 +223,16 @@ class StateTrace:
                 self._cond.notify_all()
         return rest
 
-    def wait_for(self, pred: Callable[[StateEvent], bool], timeout_s: float = 5.0) -> StateEvent | None:
-        """The first event matching pred (already seen or arriving within timeout_s), else None."""
+    def wait_for(self, pred: Callable[[StateEvent], bool], timeout_s: float = 5.0, nth: int = 1
+                 ) -> StateEvent | None:
+        """The nth event matching pred (already seen or arriving within timeout_s), else None. nth > 1 for a
+        transition the same ports go through again (a second incarnation)."""
         end = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                for e in self.events:
-                    if pred(e):
-                        return e
+                hits = [e for e in self.events if pred(e)]
+                if len(hits) >= nth:
+                    return hits[nth - 1]
                 left = end - time.monotonic()
                 if left <= 0:
                     return None

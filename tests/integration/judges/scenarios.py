@@ -161,9 +161,10 @@ class PeerLab:
         if not rep.ok:
             raise AssertionError(f"peer script: {rep.failures()}")
 
-    def wait_state(self, newstate: str, oldstate: str | None = None, timeout_s: float = WAIT_S) -> None:
+    def wait_state(self, newstate: str, oldstate: str | None = None, timeout_s: float = WAIT_S, nth: int = 1
+                   ) -> None:
         ev = self.trace.wait_for(lambda e: e.sport == self.kport and e.dport == self.pport and e.newstate == newstate
-                                 and (oldstate is None or e.oldstate == oldstate), scaled(timeout_s))
+                                 and (oldstate is None or e.oldstate == oldstate), scaled(timeout_s), nth)
         if ev is None:
             raise AssertionError(f"the kernel socket never went to {newstate}: {self.path()}")
 
@@ -438,7 +439,7 @@ def class_05_stale_peer_ack(ctx: RunContext, family: str = "inet") -> Judged:
              {"label": "kernel-rst", "expect": {"flags": "R", "seq": "old.kernel", "timeout_s": 2, "skip_other": True}},
              {"label": "syn-ack", "send": {"flags": "SA", "seq": 5_000_000, "ack": "kernel.isn+1", "mss": 1460}},
              {"label": "ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2, "skip_other": True}}])
-    lab.wait_state("ESTABLISHED", "SYN_SENT")
+    lab.wait_state("ESTABLISHED", "SYN_SENT", nth=2)     # the new incarnation's
     path_new = lab.path()
     new.close()
     lab.run(_kernel_closes_three_way())
