@@ -9,11 +9,10 @@ import pytest
 
 from lab.run.context import RunContext
 
-pytestmark = pytest.mark.root
-
 PORT = 47311
 
 
+@pytest.mark.root
 def test_state_trace_reports_the_kernels_close_path_and_leaves_no_instance(ctx: RunContext) -> None:
     from lab.kernel import sockdiag
     from lab.kernel.hosts.netns import Namespace
@@ -55,3 +54,26 @@ def test_state_trace_rejects_a_name_outside_the_lab_prefix() -> None:
 
     with pytest.raises(ValueError):
         StateTrace("global", ports=[1])
+
+
+def test_parse_line_reads_the_kernels_print_format() -> None:
+    """Lines as 6.18 printed them (trace_pipe, default options), IPv4 and IPv6."""
+    from lab.kernel.tracepoints import parse_line, port_filter
+
+    v4 = ("          python3-16144   [000] b..1.   538.351841: inet_sock_set_state: family=AF_INET "
+          "protocol=IPPROTO_TCP sport=47124 dport=55780 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 "
+          "daddrv6=::ffff:127.0.0.1 oldstate=TCP_FIN_WAIT1 newstate=TCP_FIN_WAIT2")
+    e = parse_line(v4)
+    assert e is not None
+    assert (e.ts, e.sport, e.dport, e.saddr, e.family) == (538.351841, 47124, 55780, "127.0.0.1", "inet")
+    assert (e.oldstate, e.newstate) == ("FIN_WAIT_1", "FIN_WAIT_2")
+    # an IPv6 socket's IPv4 fields hold junk (127.0.0.6 here): the v6 ones count
+    v6 = ("         python3-19838   [000] ..s2.  2721.580959: inet_sock_set_state: family=AF_INET6 "
+          "protocol=IPPROTO_TCP sport=47129 dport=36594 saddr=127.0.0.6 daddr=127.0.0.6 saddrv6=::1 daddrv6=::1 "
+          "oldstate=TCP_LISTEN newstate=TCP_SYN_RECV")
+    e = parse_line(v6)
+    assert e is not None and (e.family, e.saddr, e.daddr, e.sport) == ("inet6", "::1", "::1", 47129)
+    assert (e.oldstate, e.newstate) == ("LISTEN", "SYN_RECEIVED")
+    sctp = v4.replace("IPPROTO_TCP", "IPPROTO_SCTP")
+    assert parse_line(sctp) is None
+    assert port_filter([5, 6]) == "protocol == 6 && (sport == 5 || dport == 5 || sport == 6 || dport == 6)"
