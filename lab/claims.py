@@ -367,9 +367,11 @@ def ledger_table(entries: list[Entry], only_tested: bool = True) -> Any:
 
     style = {HOLDS: "green", DIFFERS: "magenta", NEEDS_ROOT: "yellow", NOT_TESTABLE: "yellow", NOT_RUN: "dim"}
     shown = [e for e in entries if e.tested] if only_tested else entries
-    hidden = len(entries) - len(shown)
-    caption = (f"{hidden} more claims not tested by this run ('twlab run all' tests every one; claims.md lists "
-               "all)" if hidden else None)
+    not_run = sum(1 for e in entries if e not in shown and e.verdict == NOT_RUN)
+    untestable = sum(1 for e in entries if e not in shown and e.verdict != NOT_RUN)
+    parts = ([f"{not_run} more claims not tested by this run ('twlab run all' tests them)"] if not_run else []) + (
+        [f"{untestable} no experiment can test here (in claims.md)"] if untestable else [])
+    caption = "; ".join(parts) or None
     t = Table(title="claims ledger: the lore on this kernel", caption=caption, show_lines=True, expand=True)
     t.add_column("claim", ratio=3)
     t.add_column("experiment", ratio=1)
