@@ -206,3 +206,100 @@ def curl(ctx: RunSpace, netns: str, url: str, http10: bool = False, headers: Seq
            "error": err.decode(errors="replace").strip() or None}
     ctx.events.log("curl", netns=netns, **rec)
     return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# an upstream application that leaves the close to its client
+
+APP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+
+
+@dataclass
+class UpstreamApp:
+    """A minimal HTTP application server (this module run as a program inside a namespace): it answers every
+    request on a connection with a complete response (Content-Length) and closes only after its client has
+    closed, as keep-alive servers and app servers that finish work after responding do. Against it, a proxy that
+    ends each upstream connection after one response is the side that closes first."""
+
+    ctx: RunSpace
+    netns: str
+    proc: subprocess.Popen[bytes]
+    listen: list[tuple[str, int]]
+
+    @classmethod
+    def start(cls, ctx: RunSpace, netns: str, addr: str, ports: Sequence[int]) -> UpstreamApp:
+        import sys
+
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        env = {**os.environ, "PYTHONPATH": root}
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "lab.kernel.nginx", "upstream", addr,
+                *map(str, ports)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        ctx.ledger.add("pid", str(proc.pid), role="upstream-app")
+        app = cls(ctx, netns, proc, [(addr, p) for p in ports])
+        ctx.stack.callback(app.stop)
+        ctx.events.log("upstream-app", action="start", pid=proc.pid, netns=netns, listen=[f"{addr}:{p}" for p in ports])
+        deadline = time.monotonic() + scaled(READY_S)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace")[-300:] if proc.stderr else ""
+                raise CouldNotRun(f"the upstream application exited with {proc.returncode}: {err.strip()}")
+            up = {(s.src, s.sport) for s in sockdiag.sockets(netns=netns, ports=list(ports), states=["LISTEN"])}
+            if all(x in up for x in app.listen):
+                return app
+            time.sleep(0.02)
+        raise CouldNotRun(f"the upstream application did not listen within {scaled(READY_S):g} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=scaled(STOP_S))
+        if self.proc.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stderr.close()
+        self.ctx.ledger.discard("pid", str(self.proc.pid))
+
+
+def _serve_connection(conn: Any) -> None:
+    buf = b""
+    with conn:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return   # the client closed: only now does the application close
+                buf += chunk
+            _, _, buf = buf.partition(b"\r\n\r\n")
+            conn.sendall(APP_RESPONSE)
+
+
+def upstream_main(addr: str, ports: Sequence[int]) -> int:
+    import socket
+    import threading
+
+    def accept_loop(ls: socket.socket) -> None:
+        while True:
+            conn, _ = ls.accept()
+            threading.Thread(target=_serve_connection, args=(conn,), daemon=True).start()
+
+    listeners = []
+    for p in ports:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((addr, p))
+        ls.listen(1024)
+        listeners.append(threading.Thread(target=accept_loop, args=(ls,), daemon=True))
+    for t in listeners:
+        t.start()
+    for t in listeners:
+        t.join()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) >= 4 and sys.argv[1] == "upstream":
+        sys.exit(upstream_main(sys.argv[2], [int(p) for p in sys.argv[3:]]))
+    sys.exit(2)
