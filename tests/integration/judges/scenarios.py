@@ -97,10 +97,6 @@ def errno_name(exc: OSError | int | None) -> str | None:
     return errno.errorcode.get(num, str(num)) if num else None
 
 
-def _flags(seg: Segment, want: int) -> bool:
-    return seg.flags & (Flags.SYN | Flags.FIN | Flags.RST | Flags.ACK) == want
-
-
 # ---------------------------------------------------------------------------------------------
 # the TUN peer against one kernel socket
 
@@ -133,10 +129,6 @@ class PeerLab:
         self.cap.start()
         ctx.stack.callback(self._stop)
         self.conn: PeerConnection = self.peer.connection(pport, kport)
-
-    @property
-    def tun(self) -> TunPeer:
-        return self.peer
 
     def _stop(self) -> None:
         if self.cap.stats is None:
