@@ -35,6 +35,13 @@ if [ "$mode" = kernels ] || [ "$mode" = test ]; then
   [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)  # Ubuntu hosts
 fi
 # --- end user-mode Linux kernels
+# --- wave-2 experiments (helper H): a real nginx and curl, started by the lab inside its namespaces only; the
+# package's own service must neither start nor stay enabled on the host (policy-rc.d during the install, then
+# the unit disabled by name), and only when this script installs nginx (an admin's nginx is left alone)
+command -v curl >/dev/null || missing+=(curl)
+nginx_new=0
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then missing+=(nginx); nginx_new=1; fi
+# --- end wave-2 experiments
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing Debian packages: ${missing[*]}; run this script as root (sudo bash setup.sh $mode)"
@@ -43,7 +50,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  made_policy=0
+  if [ "$nginx_new" = 1 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# twlab setup.sh: no service starts while it installs packages\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if [ "$nginx_new" = 1 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now nginx.service >/dev/null 2>&1 || true
+  fi
+  [ "$rc" = 0 ] || exit "$rc"
 fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log "python3 >= 3.11 is needed"; exit 3; }
