@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m tests.integration.judges.make            # all
     sudo .venv/bin/python -m tests.integration.judges.make 03 08      # ids starting with these
-    .venv/bin/python -m tests.integration.judges.make --table         # the stored truths as a markdown table
+    .venv/bin/python -m tests.integration.judges.make --table         # kernel / twlab then / twlab now, markdown
 
 The truth file records the kernel's account and the expectation derived from it; `twlab_at_make` is what the
 analyzer said when the file was made (informational: the tests compare against `expect`, never against it).
@@ -57,15 +57,18 @@ def store(judged: Judged, capture: Path) -> dict[str, Any]:
 
 
 def table() -> str:
-    """Markdown: per stored fixture, the scenario, what the kernel did and what twlab said when it was made."""
-    rows = ["| fixture | kernel | twlab at make |", "|---|---|---|"]
+    """Markdown: per stored fixture, what the kernel did, what twlab said when the fixture was made, and what
+    it says now (the stored capture analyzed again; nothing is re-run or rewritten)."""
+    rows = ["| fixture | kernel | twlab at make | twlab now |", "|---|---|---|---|"]
     for path in sorted(DATA.glob("*.json")):
         t = json.loads(path.read_text())
-        k = t["kernel"]
-        did = "; ".join(f"{key}: {' -> '.join(v) if isinstance(v, list) else v}" for key, v in k.items()
+        did = "; ".join(f"{key}: {' -> '.join(v) if isinstance(v, list) else v}" for key, v in t["kernel"].items()
                         if v not in (None, []))
-        said = "; ".join(t["twlab_differences_at_make"]) or "agrees"
-        rows.append(f"| {t['id']} | {did} | {said} |")
+        then = "; ".join(t["twlab_differences_at_make"]) or "agrees"
+        with tempfile.TemporaryDirectory(prefix="twl-judge-") as tmp:
+            now = "; ".join(differences(analyze_file(derived_capture(t, DATA / t["capture"], Path(tmp))),
+                                        t["expect"])) or "agrees"
+        rows.append(f"| {t['id']} | {did} | {then} | {now} |")
     return "\n".join(rows)
 
 
