@@ -77,6 +77,7 @@ class Segment(NamedTuple):
     tsecr: int | None = None
     comments: tuple[str, ...] = ()
     wscale: int | None = None    # the window-scale shift a SYN offers (None: no WS option, or not a SYN)
+    ipid: int | None = None      # the IPv4 Identification field (None: IPv6, or not read)
 
     @property
     def src(self) -> Endpoint:

@@ -14,7 +14,8 @@ Initiator = Literal["client", "server", "both"]
 # "refused": a SYN answered by an RST (connect() gets ECONNREFUSED); "rst": an RST ended a connection
 CloseKind = Literal["four-way", "three-way", "simultaneous", "half-close", "rst", "refused", "incomplete"]
 FindingKind = Literal["fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
-                      "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated", "stale-peer-ack"]
+                      "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated", "stale-peer-ack",
+                      "capture-duplicate"]
 # how a TIME_WAIT window ended: the capture saw its 2*MSL run out, an RST assassinated it, a new SYN took the
 # four-tuple over, or the capture ended while it still ran ("capture-end", with left_s)
 EndedBy = Literal["timeout", "rst", "syn", "capture-end"]

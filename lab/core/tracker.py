@@ -66,6 +66,10 @@ from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TS
 from lab.core.tcpstate import TRANSITIONS, UNDO, Input, TcpState, bridge, path_to
 
 _SWEEP_EVERY: Final = 4096
+# a segment identical to its sender's previous one (seq, ack, flags, window, length, TSval, IPv4 ID) this
+# soon after it is the capture seeing one packet twice (two interfaces, a mirror port), not a retransmission:
+# no retransmission timer or loss probe fires within half a millisecond, and a resent packet gets a new IPv4 ID
+_SAME_PACKET_S: Final = 0.0005
 NONE: Final = -1          # "not seen" for sequence numbers, ISNs, timestamps (all are >= 0)
 
 # state and input codes: positions in the enums. Literal ints so that mypyc inlines them; every one is checked
@@ -199,6 +203,15 @@ class _Side:
         "reack_pending",
         "rst_frame",
         "rtt",
+        "seen_ack",
+        "seen_flags",
+        "seen_frame",
+        "seen_ipid",
+        "seen_len",
+        "seen_seq",
+        "seen_ts",
+        "seen_tsval",
+        "seen_win",
         "shift",
         "snd_max",
         "state",
@@ -247,6 +260,16 @@ class _Side:
         self.shift = 0                        # the scale in effect for its windows (both SYNs offered one)
         self.rst_frame = 0
         self.last_frame = 0
+        # its previous segment through the full path, to recognise the capture seeing it twice
+        self.seen_ts = float("-inf")
+        self.seen_frame = 0
+        self.seen_seq = NONE
+        self.seen_ack = NONE
+        self.seen_flags = NONE
+        self.seen_win = NONE
+        self.seen_len = NONE
+        self.seen_tsval = NONE
+        self.seen_ipid = NONE                 # IPv4 ID: a retransmission is a new packet with its own
         self.reack_pending = False
         self.tw: _TW | None = None
 
@@ -283,7 +306,7 @@ class _Tuple:
 class _Conn:
     __slots__ = ("cdir", "close_extra", "done", "dups", "fin_first", "first_frame", "first_ts", "half_close_frame",
                  "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "owed_rst", "packets", "prev", "refused",
-                 "reuse", "roles", "rsts", "sides", "trans", "tuple", "ws_known")
+                 "reuse", "roles", "rsts", "seen_twice", "sides", "trans", "tuple", "ws_known")
 
     def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
                  mid: bool, synack: bool) -> None:
@@ -313,6 +336,7 @@ class _Conn:
         self.prev: _Conn | None = None
         self.reuse: _Reuse | None = None
         self.refused = False                  # the first RST that closed it answered a SYN (SYN_SENT)
+        self.seen_twice: tuple[tuple[int, int], ...] = ()   # (frame, the frame it repeats): capture duplicates
         self.owed_rst = NONE                  # the ACK a SYN_SENT side could not take (its RST answers it)
         self.dups: tuple[tuple[int, int, DuplicateVerdict, str], ...] = ()     # (frame, side, verdict, why)
         self.close_extra: tuple[tuple[FindingKind, tuple[int, ...], str, dict[str, Any]], ...] = ()
@@ -356,12 +380,12 @@ class Analyzer:
         t = seg.tsval
         self.feed_fields(seg.frame, seg.ts_s, seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.seq, seg.ack,
                          seg.flags, seg.window, seg.payload_len, NONE if t is None else t,
-                         NONE if seg.wscale is None else seg.wscale)
+                         NONE if seg.wscale is None else seg.wscale, NONE if seg.ipid is None else seg.ipid)
 
     def feed_fields(self, frame: int, ts: float, si: str, sp: int, di: str, dp: int, seq: int, ack: int,
-                    flags: int, win: int, plen: int, tsval: int, wscale: int = NONE) -> None:
+                    flags: int, win: int, plen: int, tsval: int, wscale: int = NONE, ipid: int = NONE) -> None:
         """feed() without a Segment (the readers' compiled fast path calls this); tsval -1: no TS option,
-        wscale -1: no window-scale option (or not a SYN)."""
+        wscale -1: no window-scale option (or not a SYN), ipid -1: no IPv4 Identification (IPv6)."""
         self._segments += 1
         if frame > self._max_frame:
             self._max_frame = frame
@@ -413,7 +437,7 @@ class Analyzer:
             side.win = win
             side.syn_win = False
             return
-        self._segment(conn, s, frame, ts, seq, ack, flags, win, plen, tsval, wscale)
+        self._segment(conn, s, frame, ts, seq, ack, flags, win, plen, tsval, wscale, ipid)
         prev = conn.prev
         if prev is not None and not prev.done and conn.sides[0].snd_max >= 0 and conn.sides[1].snd_max >= 0 \
                 and not _tw_pending(prev.sides[0], ts) and not _tw_pending(prev.sides[1], ts):
@@ -660,10 +684,24 @@ class Analyzer:
             tw.end_frame = frame
 
     def _segment(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int, win: int,
-                 plen: int, tsval: int, wscale: int) -> None:
+                 plen: int, tsval: int, wscale: int, ipid: int) -> None:
         """One segment from side s, by what it does: an RST ends here; otherwise its SYN (or first sight of a
         sender without one), what its ACK field proves, its FIN, and the sequence space it covers."""
         side = conn.sides[s]
+        if ts - side.seen_ts < _SAME_PACKET_S and seq == side.seen_seq and ack == side.seen_ack \
+                and flags == side.seen_flags and win == side.seen_win and plen == side.seen_len \
+                and tsval == side.seen_tsval and ipid == side.seen_ipid:
+            self._seen_twice(conn, s, frame, ts)
+            return
+        side.seen_ts = ts
+        side.seen_frame = frame
+        side.seen_seq = seq
+        side.seen_ack = ack
+        side.seen_flags = flags
+        side.seen_win = win
+        side.seen_len = plen
+        side.seen_tsval = tsval
+        side.seen_ipid = ipid
         if conn.incarnation and (plen or flags & _FIN) and not flags & (_SYN | _RST) and conn.prev is not None \
                 and not conn.mid and self._from_previous_incarnation(conn, s, frame, seq, ack, flags, plen, tsval):
             return
@@ -687,6 +725,14 @@ class Analyzer:
         if flags & _FIN:
             self._fin(conn, s, frame, ts, seq, ack, flags, plen)
         self._advance(conn, s, frame, seq, flags, win, plen, tsval)
+
+    def _seen_twice(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
+        """The capture holds side s's previous segment again: one packet, recorded and otherwise ignored."""
+        side = conn.sides[s]
+        conn.seen_twice += ((frame, side.seen_frame),)
+        if self.detail:
+            conn.roles.append((frame, s, f"frame {side.seen_frame} again, {(ts - side.seen_ts) * 1e6:.0f} µs later: "
+                                         "the capture saw one packet twice (not a retransmission)"))
 
     def _from_previous_incarnation(self, conn: _Conn, s: int, frame: int, seq: int, ack: int, flags: int,
                                    plen: int, tsval: int) -> bool:
@@ -1290,6 +1336,13 @@ class Analyzer:
                     continue
                 seen_lost.add(frames[0])
             out.append(Finding(kind, cid, frames, text, extra))
+        if conn.seen_twice:
+            pairs = conn.seen_twice
+            shown = ", ".join(f"{f} = {o}" for f, o in pairs[:8]) + (", ..." if len(pairs) > 8 else "")
+            out.append(Finding("capture-duplicate", cid, tuple(f for f, _o in pairs),
+                               f"{len(pairs)} segment(s) the capture holds twice (identical, within "
+                               f"{_SAME_PACKET_S * 1000:g} ms; e.g. two interfaces): frames {shown}; one packet each, "
+                               "not retransmissions", {"count": len(pairs), "repeats": [o for _f, o in pairs]}))
         for frame, s, dv, why in conn.dups:
             out.append(Finding("delayed-duplicate", cid, (frame,), f"{_name(s)}'s segment: {dv} — {why}",
                                {"verdict": dv, "side": _name(s),

@@ -154,6 +154,7 @@ class _Dec:
                 return False
             src = self.v4str(buf, off + 12)
             dst = self.v4str(buf, off + 16)
+            ipid = (buf[off + 4] << 8) | buf[off + 5]
         elif v == 6:
             if off + 40 > end or buf[off + 6] != 6:
                 return False
@@ -162,6 +163,7 @@ class _Dec:
             t = off + 40
             src = self.v6str(buf, off + 8)
             dst = self.v6str(buf, off + 24)
+            ipid = -1
         else:
             return False
         # TCP
@@ -211,7 +213,7 @@ class _Dec:
         self.a.feed_fields(frame, ts, src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
                            (buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7],
                            (buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11],
-                           flags, (buf[t + 14] << 8) | buf[t + 15], plen, tsval, wscale)
+                           flags, (buf[t + 14] << 8) | buf[t + 15], plen, tsval, wscale, ipid)
         return True
 
 
@@ -243,7 +245,7 @@ def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch:
             if pos + 16 > blen:
                 if frame and on_batch is not None:
                     on_batch()
-                buf = buf[pos:] + src.read(chunk, frame + 1)
+                buf = buf[pos:] + src.read(chunk, frame + 1, pos + 16 - blen)
                 pos = 0
                 blen = len(buf)
                 if blen == 0:
@@ -267,7 +269,7 @@ def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch:
                 if on_batch is not None:
                     on_batch()
                 need = end - blen
-                buf = buf[pos:] + src.read(chunk if chunk > need else need, frame)
+                buf = buf[pos:] + src.read(chunk if chunk > need else need, frame, need)
                 pos = 0
                 start = 16
                 end = 16 + incl
@@ -300,7 +302,7 @@ def walk_pcapng(src: _Source, head: bytes, a: Analyzer, on_batch: Callable[[], N
             if pos + 12 > blen:
                 if frame and on_batch is not None:
                     on_batch()
-                buf = buf[pos:] + src.read(chunk, frame + 1)
+                buf = buf[pos:] + src.read(chunk, frame + 1, pos + 12 - blen)
                 pos = 0
                 blen = len(buf)
                 if blen == 0:
@@ -327,7 +329,7 @@ def walk_pcapng(src: _Source, head: bytes, a: Analyzer, on_batch: Callable[[], N
                 if frame and on_batch is not None:
                     on_batch()
                 need = total - (blen - pos)
-                buf = buf[pos:] + src.read(chunk if chunk > need else need, frame + 1)
+                buf = buf[pos:] + src.read(chunk if chunk > need else need, frame + 1, need)
                 pos = 0
                 blen = len(buf)
                 if total > blen:

@@ -17,7 +17,9 @@ Memory stays bounded: the file is read in 1 MiB chunks and no record may exceed 
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import struct
 import sys
 import zlib
@@ -112,7 +114,7 @@ _HH = struct.Struct("!HH")
 _H = struct.Struct("!H")
 
 _III = struct.Struct("!III").unpack_from
-_IP4_TCP = "BxHxxHxBxx4s4sHHIIBBH"  # IPv4 without options, then the TCP header's first 16 bytes
+_IP4_TCP = "BxHHHxBxx4s4sHHIIBBH"  # IPv4 without options (its ID kept), then the TCP header's first 16 bytes
 # link type -> (link header + IPv4 + TCP in one Struct, link header length) for the pcap fast path
 _FAST = {1: (struct.Struct("!12xH" + _IP4_TCP), 14), 113: (struct.Struct("!14xH" + _IP4_TCP), 16),
          276: (struct.Struct("!H18x" + _IP4_TCP), 20)}
@@ -145,7 +147,7 @@ def _linux_syn_wscale(buf: bytes, ip: int) -> int | None:
 
 
 def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: int, ts: float,
-         comments: tuple[str, ...]) -> Segment | str:
+         comments: tuple[str, ...], ipid: int | None) -> Segment | str:
     if t + 20 > end:
         return TRUNC
     sport, dport, seq, ack, doff, flags, win = _TCP.unpack_from(buf, t)
@@ -186,7 +188,7 @@ def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: i
     if plen < 0:
         plen = 0
     return _new(Segment, (frame, ts, src, sport, dst, dport, seq, ack, flags, win, plen, tsval, tsecr, comments,
-                          wscale))
+                          wscale, ipid))
 
 
 def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
@@ -198,7 +200,7 @@ def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[s
     if v == 4:
         if off + 20 > end:
             return TRUNC
-        vihl, _tos, tot, _id, frag, _ttl, proto, _ck, s, d = _IP4.unpack_from(buf, off)
+        vihl, _tos, tot, ipid, frag, _ttl, proto, _ck, s, d = _IP4.unpack_from(buf, off)
         ihl = (vihl & 15) << 2
         if ihl < 20:
             return MALFORMED
@@ -214,6 +216,7 @@ def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[s
         if off + 40 > end:
             return TRUNC
         _vtf, plen, proto, _hl, s, d = _IP6.unpack_from(buf, off)
+        ipid = None
         ip_end = off + 40 + plen if plen else end  # 0: jumbogram
         p = off + 40
         while proto == 0 or proto == 43 or proto == 60 or proto == 44 or proto == 51:
@@ -234,7 +237,7 @@ def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[s
     else:
         return NON_IP
     if proto == 6:
-        return _tcp(buf, p, ip_end, end, src, dst, frame, ts, comments)
+        return _tcp(buf, p, ip_end, end, src, dst, frame, ts, comments, ipid)
     if depth >= _MAX_TUNNEL_DEPTH:
         return MALFORMED
     inner_end = ip_end if ip_end < end else end
@@ -333,7 +336,8 @@ def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comm
     if fast is not None:
         l2 = fast[1]
         if end - off >= l2 + 40:
-            et, vihl, tot, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast[0].unpack_from(buf, off)
+            et, vihl, tot, ipid, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = \
+                fast[0].unpack_from(buf, off)
             thl = (doff >> 4) << 2
             if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
                     and (thl == 20 or (thl == 32 and end - off >= l2 + 52) or (thl == 40 and end - off >= l2 + 60))):
@@ -354,7 +358,7 @@ def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comm
                     plen = tot - 20 - thl
                     return _new(Segment, (frame, ts, _ip_cache.get(s) or _ipstr(s), sport,
                                           _ip_cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
-                                          plen if plen > 0 else 0, tsval, tsecr, comments, wscale))
+                                          plen if plen > 0 else 0, tsval, tsecr, comments, wscale, ipid))
     return _link(lt, buf, off, end, frame, ts, comments)
 
 
@@ -446,22 +450,42 @@ class _Gunzip:
 class _Source:
     """Chunked reads with the file's name and the frame in every error; `nread` counts the bytes read."""
 
-    __slots__ = ("f", "nread", "path")
+    __slots__ = ("f", "nread", "path", "stream")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.f = _open(path)
         self.nread = 0
-
-    def read(self, n: int, frame: int) -> bytes:
+        # a pipe, FIFO or terminal: hand over what has arrived instead of waiting for a whole chunk, so a live
+        # feed (tcpdump -w - | twlab analyze - --jsonl) is analyzed as it comes
         try:
-            data = self.f.read(n)
+            self.stream = not stat.S_ISREG(os.fstat(self.f.fileno()).st_mode) and hasattr(self.f, "read1")
+        except (OSError, ValueError, AttributeError):
+            self.stream = False
+
+    def read(self, n: int, frame: int, need: int = 0) -> bytes:
+        """Up to n bytes: n unless the input ends first; from a stream at least `need` (fewer only at its end)."""
+        try:
+            if self.stream:
+                data = self._read_stream(n, need)
+            else:
+                data = self.f.read(n)
         except EOFError as exc:   # gzip: "Compressed file ended before the end-of-stream marker was reached"
             raise self.fail(f"compressed stream cut short: {exc}", frame, _HINT_TRUNC) from None
         except (OSError, zlib.error) as exc:
             raise BadCapture(f"{self.path}: cannot read at frame {frame}: {exc}",
                              "the (compressed) file is damaged or cut short; re-copy or re-capture it") from None
         self.nread += len(data)
+        return data
+
+    def _read_stream(self, n: int, need: int) -> bytes:
+        read1 = self.f.read1  # type: ignore[attr-defined]
+        data = read1(n)
+        while data and len(data) < need:
+            more = read1(n - len(data))
+            if not more:
+                break
+            data += more
         return data
 
     def close(self) -> None:
@@ -535,7 +559,7 @@ def _pcap_records(src: _Source, hdr: _PcapHeader) -> Iterator[tuple[int, int, in
     read = src.read
     while True:
         if pos + 16 > blen:
-            buf = buf[pos:] + read(_CHUNK, frame + 1)
+            buf = buf[pos:] + read(_CHUNK, frame + 1, pos + 16 - blen)
             pos = 0
             blen = len(buf)
             if blen == 0:
@@ -549,7 +573,7 @@ def _pcap_records(src: _Source, hdr: _PcapHeader) -> Iterator[tuple[int, int, in
         start = pos + 16
         end = start + incl
         if end > blen:
-            buf = buf[pos:] + read(max(_CHUNK, end - blen), frame)
+            buf = buf[pos:] + read(max(_CHUNK, end - blen), frame, end - blen)
             pos = 0
             start = 16
             end = 16 + incl
@@ -583,7 +607,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
     try:
         while True:
             if pos + 16 > blen:
-                buf = buf[pos:] + read(_CHUNK, frame + 1)
+                buf = buf[pos:] + read(_CHUNK, frame + 1, pos + 16 - blen)
                 pos = 0
                 blen = len(buf)
                 if blen == 0:
@@ -600,7 +624,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
             start = pos + 16
             end = start + incl
             if end > blen:
-                buf = buf[pos:] + read(max(_CHUNK, end - blen), frame)
+                buf = buf[pos:] + read(max(_CHUNK, end - blen), frame, end - blen)
                 pos = 0
                 start = 16
                 end = 16 + incl
@@ -611,7 +635,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
             pos = end
             if fast is not None and end - start >= l2 + 40:
                 # the common case in one unpack: link header, option-less IPv4, TCP (no or NOP NOP TS options)
-                et, vihl, tot, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast(buf, start)
+                et, vihl, tot, ipid, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast(buf, start)
                 thl = (doff >> 4) << 2
                 if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
                         and (thl == 20 or (thl == 32 and end - start >= l2 + 52)
@@ -634,7 +658,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                         tcp += 1
                         yield new(segment, (frame, sec + frac * scale, cache.get(s) or _ipstr(s), sport,
                                             cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
-                                            plen if plen > 0 else 0, tsval, tsecr, (), wscale))
+                                            plen if plen > 0 else 0, tsval, tsecr, (), wscale, ipid))
                         continue
             try:
                 r = link(lt, buf, start, end, frame, sec + frac * scale, ())
@@ -710,7 +734,7 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
         while True:
             blen = len(buf)
             if pos + 12 > blen:
-                buf = buf[pos:] + read(_CHUNK, frame + 1)
+                buf = buf[pos:] + read(_CHUNK, frame + 1, pos + 12 - blen)
                 pos = 0
                 blen = len(buf)
                 if blen == 0:
@@ -733,7 +757,7 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
             if total < 12 or total & 3 or total > MAX_RECORD:
                 raise src.fail(f"absurd pcapng block length {total}", frame + 1)
             if pos + total > blen:
-                buf = buf[pos:] + read(max(_CHUNK, total - (blen - pos)), frame + 1)
+                buf = buf[pos:] + read(max(_CHUNK, total - (blen - pos)), frame + 1, total - (blen - pos))
                 pos = 0
                 blen = len(buf)
                 if total > blen:

@@ -105,7 +105,8 @@ def mismatches(paths: list[str]) -> list[str]:
 
 def _row(seg: Any) -> tuple[Any, ...]:
     """A Segment as the arguments of Analyzer.feed_fields."""
-    return (*seg[:11], -1 if seg.tsval is None else seg.tsval, -1 if seg.wscale is None else seg.wscale)
+    return (*seg[:11], -1 if seg.tsval is None else seg.tsval, -1 if seg.wscale is None else seg.wscale,
+            -1 if seg.ipid is None else seg.ipid)
 
 
 def segment_rows_differ(paths: list[str]) -> list[str]:
@@ -290,8 +291,9 @@ def synthetic_files(tmp: Path) -> list[Path]:
         rec = bytearray(tmpl)
         rec[14 + 12:14 + 16] = struct.pack("!I", 0xC0000200 + (i % 7000))       # 7000 client addresses
         rec[14 + 20:14 + 22] = struct.pack("!H", 1024 + i % 50_000)
-        rec[14 + 20 + 13] = (0x02, 0x12, 0x10, 0x11)[i % 4]
-        many.append((TS0 + i * 10_000_000, bytes(rec)))   # 300 s: idle connections finish on the way
+        rec[14 + 20 + 13] = (0x02, 0x12, 0x14, 0x11)[i % 4]
+        # 300 s: the RST-closed connections finish on the way (open ones only at the end: never by idleness)
+        many.append((TS0 + i * 10_000_000, bytes(rec)))
     many.insert(10_000, (TS0 + 10_000_000, eth(ip4(tcp_bytes(b"", payload=b"J" * (3 << 20)), tot=0))))  # TSO-sized
     hdr = pcap([])
     files.append(_write(tmp, "big.pcap", hdr + b"".join(struct.pack("<IIII", t // 10**9, t % 10**9 // 1000, len(d),

@@ -487,6 +487,35 @@ def test_fin_resent_below_the_rto_floor_is_not_a_lost_final_ack(gap: float, lost
     assert client_closed == ([again.frame + 1] if lost else [final.frame])
 
 
+@pytest.mark.parametrize(("dt", "ipids", "seen_twice"), [
+    (0.000001, (None, None), True),     # IPv6, or the ID unknown: same fields, 1 us later
+    (0.0, (7, 7), True),                # two interfaces: same packet, same IPv4 ID
+    (0.000018, (7, 8), False),          # two packets (new IPv4 ID): the sender did send it twice
+    (0.2, (None, None), False),         # a real retransmission (RTO)
+])
+def test_capture_seeing_a_fin_twice_is_not_a_retransmission(dt: float, ipids: tuple[int | None, int | None],
+                                                            seen_twice: bool) -> None:
+    """Issue 12 classes 11 and 13: an identical frame (same TCP fields, IPv4 ID, near-identical time) is one
+    packet the capture holds twice (a mirror, two interfaces), not a retransmission."""
+    cap, f = established()
+    fin = f.fin("client")
+    first = cap.segments.pop()
+    cap.add(first._replace(ipid=ipids[0]))
+    cap.frame += 1
+    cap.add(first._replace(frame=cap.frame, ts_s=first.ts_s + dt, ipid=ipids[1]))
+    cap.t += dt
+    f.ack("server")
+    f.fin("server")
+    f.ack("client")
+    r = analyze(cap.segments)
+    [c] = r.connections
+    assert (c.close.kind, c.close.initiator) == ("four-way", "client")
+    kinds_ = [fi.kind for fi in r.findings]
+    assert kinds_ == (["capture-duplicate"] if seen_twice else ["fin-retransmitted"])
+    if seen_twice:
+        assert r.findings[0].frames == (fin.frame + 1,) and r.findings[0].extra["repeats"] == [fin.frame]
+
+
 # --- what the capture saw: windows and connections at its end ------------------------------------------
 
 def test_time_wait_still_running_at_capture_end_says_how_much_was_left() -> None:
