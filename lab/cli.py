@@ -788,9 +788,10 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, as_jsonl: bool, detail: 
         with ReadProgress(path) as progress:
             emit(path, str(path), progress)
 
-    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the spool files are removed
+    with sigterm_as_interrupt() as gate:  # SIGTERM unwinds like Ctrl-C: the spool files are removed
         if iface:
-            _analyze_live(iface, bpf, netns, duration, write_to, emit)
+            if _analyze_live(iface, bpf, netns, duration, write_to, emit):
+                gate.received = None   # Ctrl-C is how a live analysis ends: the summary was printed
         else:
             _each_file(files, work)
     if failing.hits:
@@ -799,9 +800,9 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, as_jsonl: bool, detail: 
 
 
 def _analyze_live(iface: str, bpf: str, netns: str | None, duration: float | None, write_to: Path | None,
-                  emit: Any) -> None:
+                  emit: Any) -> bool:
     """Wire lab.kernel.capture (the lab's lossless capture) into lab.analysis.live (layering: analysis does not
-    import kernel)."""
+    import kernel). True when Ctrl-C ended the capture (and the summary was still printed)."""
     from lab.analysis.live import LiveRun
     from lab.kernel.capture import LiveCapture
     from lab.pcap.writer import atomic_write
@@ -811,15 +812,16 @@ def _analyze_live(iface: str, bpf: str, netns: str | None, duration: float | Non
         out = stack.enter_context(atomic_write(write_to)) if write_to is not None else None
         cap.start()
         stack.callback(lambda: cap.stop() if cap.stats is None else None)
-        live = LiveRun(cap, duration, out=out)
-        click.echo(f"twlab: capturing on {iface}{' in ' + netns if netns else ''} ({bpf!r})"
-                   f"{f' for {duration:g} s' if duration else ''}; Ctrl-C ends it", err=True)
+        live = LiveRun(cap, duration, out=out, on_start=lambda: click.echo(
+            f"twlab: capturing on {iface}{' in ' + netns if netns else ''} ({bpf!r})"
+            f"{f' for {duration:g} s' if duration else ''}; Ctrl-C ends it", err=True))
         emit(live, f"live:{iface}")
         st = cap.stats
         if st is not None:
             click.echo(f"twlab: captured {st.packets} packets, kernel drops {st.kernel_drops}"
                        f"{', interrupted' if live.interrupted else ''}"
                        f"{f'; wrote {write_to}' if write_to else ''}", err=True)
+        return live.interrupted
 
 
 @cli.command("show")
@@ -886,26 +888,25 @@ def annotate_cmd(file: Path, out: Path, ports: tuple[int, ...], hosts: tuple[str
                  until: str | None, profile: str, time_wait_s: float | None) -> None:
     """Write a pcapng with a comment on every segment the analyzer has something to say about (with
     --port/--host/--since/--until: only about those connections; every packet is copied)."""
-    from lab.pcap.annotate import capture_t0, write_annotated
+    from lab.pcap.annotate import narrated
+    from lab.run.resources import output_record
 
     _check_file(file)
     file = click.get_current_context().with_resource(_seekable(file))   # read twice: a pipe is copied first
-    # a bad FILE fails here, before OUT is touched; a capture cut short too (the copy needs every packet)
-    report, doc = _analyze_file(file, profile, time_wait_s, _segment_filter(ports, hosts, since, until), True)
-    from lab.run.resources import output_record
-
-    _check_output(out)
-    notes = _notes(report, doc, capture_t0(file))
-    try:
-        with output_record(out):  # a kill -9 mid-write leaves a temp that doctor --cleanup then finds
-            n = write_annotated(file, out, notes)
-    except OSError as exc:
-        if exc.errno == errno.EPIPE:
-            raise
-        raise OutputError(f"cannot write {_one_line(str(out))}: {exc.strerror or exc}",
-                          "choose a folder you can write to (and check its free space)") from None
-    click.echo(f"wrote {out}: {n} packets, {len(notes)} annotated "
-               f"({len(doc['connections'])} connections, {len(doc['findings'])} findings); "
+    # two streaming passes (lab.pcap.annotate): a bad FILE fails in the first, before OUT is touched; a capture
+    # cut short too (the copy needs every packet)
+    with narrated(file, profile, time_wait_s, _segment_filter(ports, hosts, since, until)) as notes:
+        _check_output(out)
+        try:
+            with output_record(out):  # a kill -9 mid-write leaves a temp that doctor --cleanup then finds
+                done = notes.write(out)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            raise OutputError(f"cannot write {_one_line(str(out))}: {exc.strerror or exc}",
+                              "choose a folder you can write to (and check its free space)") from None
+    click.echo(f"wrote {out}: {done.packets} packets, {done.annotated} annotated "
+               f"({done.connections} connections, {done.findings} findings); "
                f"view: tshark -r {out} -Y frame.comment")
 
 
@@ -916,21 +917,6 @@ def _check_output(out: Path) -> None:
 
     if out.exists() and not out.is_file():
         raise UsageError(f"{_one_line(str(out))} exists and is not a regular file", "give a new file name")
-
-
-def _notes(report: Any, doc: dict[str, Any], t0: float) -> dict[int, list[str]]:
-    """The analyzer's per-frame notes, plus one line per finding on each of its frames (unless already said)."""
-    from lab.core.narrate import frame_notes
-
-    notes: dict[int, list[str]] = {int(k): list(v) for k, v in frame_notes(report, t0).items()}
-    for f in doc["findings"]:
-        detail = f["detail"] if isinstance(f["detail"], str) else json.dumps(f["detail"])
-        text = f"{f['kind']}: {detail}" if detail else f["kind"]
-        for n in f["frames"]:
-            have = notes.setdefault(int(n), [])
-            if not any(f["kind"] in t for t in have):
-                have.append(text)
-    return notes
 
 
 # --- report: one self-contained HTML file (lab.analysis.html) ------------------------------------------

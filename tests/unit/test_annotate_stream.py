@@ -1,0 +1,85 @@
+"""Streaming annotate (lab.pcap.annotate.narrated / annotate_file): the same comments on the same frames as
+narrating the whole report at once (lab.core.narrate.frame_notes), with the notes spooled in many sorted
+runs and merged back in frame order; nothing written when the capture is bad."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.core.narrate import frame_notes
+from lab.core.tracker import analyze
+from lab.errors import BadCapture
+from lab.pcap import annotate
+from lab.pcap.annotate import annotate_file, capture_t0, write_annotated
+from lab.pcap.filters import SegmentFilter
+from lab.pcap.readers import iter_frames, read_segments
+
+FILES = ["zeek__echo-connections.pcap.gz", "deepflow__l4-source-port-reuse.pcap", "zeek__tcp__fin_retransmission.pcap",
+         "chrissanders__tcp_teardown.pcapng", "zeek__tcp__rst-inject-rae.pcap"]
+
+
+def _comments(path: Path) -> dict[int, tuple[str, ...]]:
+    return {fr.frame: tuple(fr.comments) for fr in iter_frames(path) if fr.comments}
+
+
+def _whole_report_notes(src: Path) -> dict[int, list[str]]:
+    return frame_notes(analyze(read_segments(src)), capture_t0(src))
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("run_notes", [7, 1 << 18])   # many small sorted runs, or everything in one
+def test_same_comments_as_the_whole_report(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           name: str, run_notes: int) -> None:
+    monkeypatch.setattr(annotate, "_RUN_NOTES", run_notes)
+    src = corpus / name
+    whole = tmp_path / "whole.pcapng"
+    streamed = tmp_path / "streamed.pcapng"
+    expected = _whole_report_notes(src)
+    assert expected, "the narrator has something to say about every corpus file"
+    packets = write_annotated(src, whole, expected)
+    done = annotate_file(src, streamed)
+    assert done.packets == packets
+    assert done.annotated == len(expected)
+    got, want = _comments(streamed), _comments(whole)
+    assert got.keys() == want.keys()
+    for frame in want:   # connections finish in another order than their ids: compare each frame's notes
+        assert sorted(got[frame]) == sorted(want[frame]), frame
+    report = analyze(read_segments(src))
+    assert (done.connections, done.findings) == (len(report.connections), len(report.findings))
+
+
+def test_many_runs_keep_each_frames_note_order_and_odd_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(annotate, "_RUN_NOTES", 3)
+    texts = ["plain", "two\nlines", "back\\slash n\\n", "tab\there", "ünïcödé ✓", "a\\\nb"]
+    batches = [{5: [texts[0], texts[1]], 1: [texts[2]]}, {3: [texts[3]], 5: [texts[4]]}, {1: [texts[5]], 9: ["z"]}]
+    with (tmp_path / "spool").open("w+b") as f:
+        spool = annotate._NoteSpool(f)
+        for b in batches:
+            spool.add(b)
+        assert len(spool.runs) >= 2
+        merged = list(spool.merged())
+    assert merged == [(1, texts[2]), (1, texts[5]), (3, texts[3]), (5, texts[0]), (5, texts[1]), (5, texts[4]),
+                      (9, "z")]
+
+
+def test_filter_annotates_only_its_connections(corpus: Path, tmp_path: Path) -> None:
+    src = corpus / "zeek__echo-connections.pcap.gz"
+    out = tmp_path / "out.pcapng"
+    port = next(iter(read_segments(src))).dport
+    done = annotate_file(src, out, filt=SegmentFilter((port,)))
+    assert done.packets == sum(1 for _ in iter_frames(src))
+    commented = _comments(out)
+    assert commented and done.annotated == len(commented)
+    segs = {s.frame: s for s in read_segments(src)}
+    assert all(port in (segs[f].sport, segs[f].dport) for f in commented)
+
+
+def test_bad_capture_writes_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "bad.pcap"
+    src.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 10)
+    out = tmp_path / "out.pcapng"
+    with pytest.raises(BadCapture):
+        annotate_file(src, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
