@@ -132,16 +132,19 @@ def doctor(cleanup: bool, as_json: bool) -> None:
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per experiment and line: experiment, claim, lore, topology, needs_root, "
-                   "duration_hint_s.")
+                   "duration_hint_s, knobs (for run --set: default, unit, min, max, type, help).")
 def list_cmd(as_json: bool) -> None:
     """The experiments, with the claim each one tests."""
     from lab.experiments import all_experiments
 
     exps = all_experiments()
     if as_json:
+        from lab.experiments._wave2 import knobs_of
+
         for e in exps:
             click.echo(json.dumps({"experiment": e.id, "claim": e.claim, "lore": e.lore, "topology": e.topology,
-                                   "needs_root": e.needs_root, "duration_hint_s": e.duration_hint_s}))
+                                   "needs_root": e.needs_root, "duration_hint_s": e.duration_hint_s,
+                                   "knobs": {k: v.to_dict() for k, v in knobs_of(e).items()}}))
         return
     from rich.table import Table
 
@@ -180,8 +183,11 @@ def _complete_experiments(ctx: click.Context, param: click.Parameter, incomplete
 @click.option("--kernel", "kernels", multiple=True, metavar="VER",
               help="Run inside a user-mode Linux guest of this kernel (5.10, 6.1, 6.12, 7.2 or a linux.uml path); "
                    "repeatable. 'twlab kernels' lists them.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Set a knob of the experiments named (repeatable); 'twlab list --json' lists each experiment's "
+                   "knobs with defaults, units and ranges.")
 def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kernels: tuple[str, ...],
-        timeout_scale: float | None = None) -> None:
+        timeout_scale: float | None = None, sets: tuple[str, ...] = ()) -> None:
     """Run experiments (or 'all') and say whether each claim holds on this kernel.
 
     Every run writes result.json per experiment and claims.md/claims.json into its folder. Exit 0: all
@@ -195,6 +201,10 @@ def run(names: tuple[str, ...], as_json: bool, out: Path | None, jobs: int, kern
         set_timeout_scale(timeout_scale)
 
     exps = _experiments(names)
+    if sets:   # checked before anything runs; handed to the runs (and parallel children) through the environment
+        from lab.experiments import _wave2
+
+        _wave2.export_sets(_wave2.parse_sets(exps, sets))
     out_root = out or runner.default_out_dir()
     if kernels:
         _run_in_guests(exps, kernels, out_root, jobs, as_json)

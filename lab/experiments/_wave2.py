@@ -3,9 +3,12 @@ and a sock_diag census (how many sockets of each state a namespace holds for som
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +16,9 @@ from lab.errors import UsageError
 from lab.kernel import sockdiag
 
 if TYPE_CHECKING:
-    from lab.run.context import RunContext
+    from lab.run.context import Experiment, RunContext
+
+SET_ENV = "TWLAB_SET"   # {experiment: {knob: value}} for this process and the runs it starts (parallel children)
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,55 @@ class Knob:
                 "type": "int" if self.integer else "float"}
 
 
+def knobs_of(exp: Experiment) -> dict[str, Knob]:
+    """The knobs an experiment documents: its module's KNOBS (none for most experiments)."""
+    module = sys.modules.get(getattr(exp.run, "__module__", ""))
+    found = getattr(module, "KNOBS", None)
+    return dict(found) if isinstance(found, Mapping) else {}
+
+
+def parse_sets(exps: Iterable[Experiment], pairs: Sequence[str]) -> dict[str, dict[str, float]]:
+    """`--set key=value` pairs checked against the knobs of the experiments named: {experiment: {knob: value}}
+    for every experiment that has the knob. UsageError (one line, naming the valid keys or range) otherwise."""
+    exps = list(exps)
+    out: dict[str, dict[str, float]] = {}
+    valid = sorted({k for e in exps for k in knobs_of(e)})
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(f"--set {pair!r}: not key=value", f"valid keys: {', '.join(valid) or 'none'}")
+        hits = [e for e in exps if key in knobs_of(e)]
+        if not hits:
+            where = ", ".join(e.id for e in exps) if len(exps) <= 3 else f"the {len(exps)} experiments named"
+            raise UsageError(f"--set {key}: not a knob of {where}",
+                             f"valid keys: {', '.join(valid)}" if valid else "these experiments have no knobs "
+                             "('twlab list --json' shows each experiment's knobs)")
+        for e in hits:
+            out.setdefault(e.id, {})[key] = knobs_of(e)[key].parse(key, text.strip())
+    return out
+
+
+def export_sets(sets: Mapping[str, Mapping[str, float]]) -> None:
+    """Hand the parsed values to this process's runs and the processes it starts."""
+    os.environ[SET_ENV] = json.dumps(sets)
+
+
+def _given(ctx: RunContext) -> dict[str, Any]:
+    if "set" in ctx.options:
+        return dict(ctx.options.get("set") or {})
+    try:
+        every = json.loads(os.environ.get(SET_ENV) or "{}")
+    except ValueError:
+        return {}
+    mine = every.get(ctx.experiment.id) if isinstance(every, dict) else None
+    return dict(mine) if isinstance(mine, dict) else {}
+
+
 def knob(ctx: RunContext, knobs: Mapping[str, Knob], name: str) -> Any:
-    """The value of one knob for this run: `ctx.options["set"][name]` when given, else its default."""
-    given = (ctx.options.get("set") or {}).get(name)
+    """The value of one knob for this run: given with `twlab run --set` (or `ctx.options["set"]`), else its
+    default."""
+    given = _given(ctx).get(name)
     k = knobs[name]
     value = k.default if given is None else given
     return int(value) if k.integer else float(value)
@@ -54,7 +105,7 @@ def knob(ctx: RunContext, knobs: Mapping[str, Knob], name: str) -> Any:
 
 def knob_record(ctx: RunContext, knobs: Mapping[str, Knob]) -> dict[str, Any]:
     """Every knob's value in this run, for the observations (what was set and what was the default)."""
-    given = ctx.options.get("set") or {}
+    given = _given(ctx)
     return {name: {"value": knob(ctx, knobs, name), "unit": k.unit, "given": name in given}
             for name, k in knobs.items()}
 
