@@ -350,6 +350,83 @@ def class_03_crossed_fins_in_order(ctx: RunContext, family: str = "inet") -> Jud
     return j
 
 
+def _kernel_server_closed(lab: PeerLab, *, shutdown: bool = False) -> tuple[socket.socket, socket.socket]:
+    """Handshake, then the kernel server closes (close(), or shutdown(WR) to keep reading); its FIN expected."""
+    lst = lab.listener()
+    lab.run(_handshake())
+    srv = _accept(lab, lst)
+    if shutdown:
+        srv.shutdown(socket.SHUT_WR)
+    else:
+        srv.close()
+    lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}}])
+    return lst, srv
+
+
+def class_03_pure_ack_overtaken_by_fin(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47434, 47534, family=family)
+    lst, _srv = _kernel_server_closed(lab)
+    # the peer ACKs the kernel's FIN, then sends its own FIN (both seq P): the FIN arrives first
+    lab.run([{"label": "fin", "send": {"flags": "FA"}},
+             {"label": "kernel-final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"label": "earlier-pure-ack", "send": {"flags": "A", "seq": "peer.nxt-1"}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("03_pure_ack_overtaken_by_fin", 3, "kernel server closes; the peer ACKs that FIN (seq P) and "
+                   "then sends its own FIN (seq P); the FIN arrives first, the pure ACK after it: a four-way close "
+                   "delivered out of order (the ACK's seq, equal to the FIN's, shows it was sent before)", kernel,
+                   {"sent": ["ACK seq P", "FIN seq P"], "arrived": ["FIN", "ACK"]})
+    j.expect = {"connections": 1, "conns": [{"kind": "four-way", "initiator": "server", "time_wait": ["server"]}]}
+    lst.close()
+    return j
+
+
+def class_03_ack_overtakes_fin(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47435, 47535, family=family)
+    lst, _srv = _kernel_server_closed(lab)
+    # the peer answers the kernel's FIN with FIN+ACK (three-way), then sends an ACK (seq P+1); the ACK
+    # arrives first
+    lab.run([{"label": "later-ack", "send": {"flags": "A", "seq": "peer.nxt+1"}},
+             {"label": "fin-ack", "send": {"flags": "FA", "seq": "peer.nxt-1"}},
+             {"label": "kernel-final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2,
+                                                      "skip_other": True}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "sockdiag_after": lab.diag_states()}
+    j = lab.judged("03_ack_overtakes_fin", 3, "kernel server closes; the peer answers with FIN+ACK (seq P) and "
+                   "then an ACK (seq P+1); the ACK arrives first: a three-way close delivered out of order (the "
+                   "ACK's seq, past the FIN, shows it was sent after)", kernel,
+                   {"sent": ["FIN+ACK seq P", "ACK seq P+1"], "arrived": ["ACK", "FIN+ACK"]})
+    j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "server", "time_wait": ["server"]}]}
+    lst.close()
+    return j
+
+
+def class_03_half_close_data_overtakes_ack(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47436, 47536, family=family)
+    lst, srv = _kernel_server_closed(lab, shutdown=True)
+    # the peer ACKs the kernel's FIN, then sends data (both seq P, data after the FIN: a half-close); the data
+    # arrives first
+    lab.run([{"label": "data", "send": {"flags": "PA", "data": "late"}},
+             {"label": "data-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"set": {"after.data": "peer.nxt"}},
+             {"label": "earlier-pure-ack", "send": {"flags": "A", "seq": "peer.nxt-4"}}])
+    got = srv.recv(100)
+    lab.run([{"label": "fin", "send": {"flags": "FA", "seq": "after.data"}},
+             {"label": "kernel-final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2,
+                                                      "skip_other": True}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "recv_after_own_fin": got.decode(),
+              "sockdiag_after": lab.diag_states()}
+    srv.close()
+    j = lab.judged("03_half_close_data_overtakes_ack", 3, "kernel server shuts down its sending side (FIN); the "
+                   "peer ACKs it, then sends data (the application reads it after its own FIN: a half-close), "
+                   "then its FIN; the data arrives before the pure ACK", kernel,
+                   {"sent": ["ACK seq P", "data seq P", "FIN"], "arrived": ["data", "ACK", "FIN"]})
+    j.expect = {"connections": 1, "conns": [{"kind": "half-close", "initiator": "server", "time_wait": ["server"]}]}
+    lst.close()
+    return j
+
+
 # ---------------------------------------------------------------------------------------------
 # class 4: an unacceptable SYN-ACK, the client's RST, then the right SYN-ACK with the same ISN
 
@@ -938,6 +1015,12 @@ SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "03_crossed_fins_reordered_v6": _v6(class_03_crossed_fins_reordered),
     "03_crossed_fins_in_order": class_03_crossed_fins_in_order,
     "03_crossed_fins_in_order_v6": _v6(class_03_crossed_fins_in_order),
+    "03_pure_ack_overtaken_by_fin": class_03_pure_ack_overtaken_by_fin,
+    "03_pure_ack_overtaken_by_fin_v6": _v6(class_03_pure_ack_overtaken_by_fin),
+    "03_ack_overtakes_fin": class_03_ack_overtakes_fin,
+    "03_ack_overtakes_fin_v6": _v6(class_03_ack_overtakes_fin),
+    "03_half_close_data_overtakes_ack": class_03_half_close_data_overtakes_ack,
+    "03_half_close_data_overtakes_ack_v6": _v6(class_03_half_close_data_overtakes_ack),
     "04_synack_bad_ack_then_good": class_04_synack_bad_ack_then_good,
     "04_synack_bad_ack_then_good_v6": _v6(class_04_synack_bad_ack_then_good),
     "05_stale_peer_ack": class_05_stale_peer_ack,
