@@ -181,9 +181,11 @@ class _Side:
 
     __slots__ = (
         "acked",
+        "acked_before_own_fin",
         "acked_peer_fin",
         "acked_peer_fin_ts",
         "base",
+        "data_max",
         "ep",
         "fin_ack_applied",
         "fin_ack_val",
@@ -233,6 +235,7 @@ class _Side:
         self.base = NONE                      # ISN, or first seq - 1 without a SYN (as Wireshark numbers)
         self.syn_frame = 0
         self.snd_max = NONE                   # highest seq + len sent
+        self.data_max = NONE                  # highest end of its data seen, from its FIN on (what was new)
         self.acked = NONE                     # highest ACK field sent: its rcv_nxt as the wire proves it
         self.fin_seq = NONE                   # sequence number the FIN occupies
         self.fin_frame = 0
@@ -245,6 +248,7 @@ class _Side:
         self.fin_crossed = False              # its FIN was sent before it received the peer's (crossed FINs)
         self.got_fin = False                  # this side has received the peer's FIN
         self.got_fin_frame = 0                # ... proved by this side's ACK in this frame
+        self.acked_before_own_fin = False     # a bare ACK of the peer's FIN sent before its own FIN (seen later)
         self.acked_peer_fin = 0               # this side's latest segment that ACKs the peer's FIN
         self.acked_peer_fin_ts = 0.0
         self.syn_ts = 0.0
@@ -721,7 +725,7 @@ class Analyzer:
             self._sent_without_syn(conn, s, frame, ts, seq, flags)
         # what this side proves it received (its ACK field), then what the peer receives from it
         if flags & _ACK:
-            self._ack(conn, s, frame, ts, ack, flags)
+            self._ack(conn, s, frame, ts, seq, ack, flags)
         if flags & _FIN:
             self._fin(conn, s, frame, ts, seq, ack, flags, plen)
         self._advance(conn, s, frame, seq, flags, win, plen, tsval)
@@ -841,7 +845,7 @@ class Analyzer:
             for inp in _LISTEN_TO_EST:
                 self._go(conn, s, inp, frame, ts, True)
 
-    def _ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int, flags: int) -> None:
+    def _ack(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int, flags: int) -> None:
         """Side s's ACK field: what it has received of the peer's SYN and FIN; the peer receives the ACK."""
         side = conn.sides[s]
         p = s ^ 1
@@ -854,6 +858,9 @@ class Analyzer:
         if fin_acked:
             side.acked_peer_fin = frame
             side.acked_peer_fin_ts = ts
+            if side.fin_seq >= 0 and seq == side.fin_seq and not flags & _FIN:
+                # its sequence number is not past its own FIN: sent before that FIN, though seen after it
+                side.acked_before_own_fin = True
         if side.state == SYN_SENT and peer.syn_frame and peer.isn >= 0 and ack_ok \
                 and _d(ack, peer.isn) >= 1 and not flags & _SYN:
             self._go(conn, s, RCV_SYNACK, frame, ts, False)
@@ -908,6 +915,7 @@ class Analyzer:
     def _first_fin(self, conn: _Conn, s: int, frame: int, ts: float, fseq: int, ack_val: int) -> None:
         side = conn.sides[s]
         peer = conn.sides[s ^ 1]
+        side.data_max = side.snd_max           # before the FIN: bytes below it seen later are new
         side.fin_seq = fseq
         side.fin_frame = frame
         side.fin_ts = ts
@@ -994,10 +1002,18 @@ class Analyzer:
         peer's FIN proves a half-close."""
         side = conn.sides[s]
         end = (seq + plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _M32
-        if side.snd_max < 0 or _d(end, side.snd_max) > 0:
-            if plen and 0 < side.got_fin_frame < frame and not conn.half_close_frame and side.snd_max >= 0:
-                conn.half_close_frame = frame
+        grew = side.snd_max < 0 or _d(end, side.snd_max) > 0
+        # bytes below its FIN that reached the capture after the FIN (reordered): new data all the same
+        filled = not grew and plen > 0 and side.fin_seq >= 0 and side.data_max >= 0 and _d(end, side.data_max) > 0
+        if ((grew and side.snd_max >= 0) or filled) and plen and side.acked_peer_fin == frame \
+                and not flags & _FIN and not conn.half_close_frame:
+            # new data sent after its sender received the peer's FIN: its own ACK field covers that FIN (also
+            # when it reached the capture before the bare ACK); a FIN with data is its close
+            conn.half_close_frame = frame
+        if grew:
             side.snd_max = end
+        if filled:
+            side.data_max = end
         if tsval >= 0:
             if side.ts_first < 0:
                 side.ts_first = tsval
@@ -1278,7 +1294,7 @@ class Analyzer:
                 kind = "half-close"
             elif not other.fin_frame:
                 kind = "incomplete"
-            elif other.got_fin_frame == other.fin_frame:
+            elif other.got_fin_frame == other.fin_frame and not other.acked_before_own_fin:
                 kind = "three-way"
             else:
                 kind = "four-way"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lab.core.narrate import frame_notes
 from lab.core.tracker import analyze
-from tests.unit.synth import A, Capture, F, Flow
+from tests.unit.synth import A, Capture, F, Flow, P
 
 U32 = st.integers(min_value=0, max_value=(1 << 32) - 1)
 NEAR_WRAP = st.integers(min_value=(1 << 32) - 3000, max_value=(1 << 32) - 1)
@@ -191,3 +191,204 @@ def test_any_segment_soup_gives_a_consistent_report(soup: list[tuple[int, int, i
     d = r.to_dict()
     assert Report.from_dict(d).to_dict() == d
     frame_notes(r, segs[0].ts_s if segs else 0.0)
+
+
+# --- closes from a model of both endpoints, captured in any causal order ----------------------------------
+#
+# Two endpoints (RFC 9293 states, Linux's RST checks) exchange segments through a network that delays each
+# one at random: a segment passes the capture point after it is sent and before it is delivered, so the
+# capture order is any order the causality allows - FINs that cross, a FIN captured after its sender's later
+# ACK, ACKs overtaking data. What the endpoints went through is the truth the analyzer must recover.
+
+_EST, _FW1, _FW2, _CW, _CLOSING, _LA, _TW, _CLOSED = ("ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT",
+                                                      "CLOSING", "LAST_ACK", "TIME_WAIT", "CLOSED")
+
+
+@dataclass
+class _End:
+    name: str
+    nxt: int
+    rcv: int
+    plan: str                        # close | react | combined | after_data
+    state: str = _EST
+    fin_seq: int | None = None
+    fin_before_peer_fin: bool = False
+    got_fin: bool = False
+    was_tw: bool = False
+    half_closed: bool = False
+    aborted: bool = False
+    reset: bool = False
+    ooo: dict[int, tuple[int, bool]] | None = None
+
+
+@dataclass
+class _Net:
+    cap: Capture
+    f: Flow
+    rnd: object
+    max_delay: float
+    events: list[tuple[float, int, str, object]]
+    n: int = 0
+    captured: list[tuple[float, int, object]] | None = None
+    rst_accepted: str | None = None
+    fin_acked: set[str] | None = None
+
+
+def _model_close(p: dict[str, object], rnd: object) -> tuple[list[object], dict[str, object]]:
+    """Run the model; the captured segments in capture order and the truth."""
+    import heapq
+    import random
+
+    from lab.core.model import Segment
+    assert isinstance(rnd, random.Random)
+    cap = Capture()
+    f = cap.flow(cisn=int(p["cisn"]), sisn=int(p["sisn"]))    # type: ignore[call-overload]
+    f.handshake()
+    f.data("client", 100)
+    f.ack("server")
+    t0 = cap.t + 0.01
+    c, s = f.ends["client"], f.ends["server"]
+    ends = {"client": _End("client", c.nxt, s.nxt, str(p["client"])),
+            "server": _End("server", s.nxt, c.nxt, str(p["server"]))}
+    for e in ends.values():
+        e.ooo = {}
+    events: list[tuple[float, int, str, object]] = []
+    count = [0]
+    out: list[tuple[float, int, Segment]] = []
+    fin_acked: set[str] = set()
+    rst_accepted: list[str] = []
+    delay = float(p["delay"])   # type: ignore[arg-type]
+
+    def push(t: float, kind: str, what: object) -> None:
+        count[0] += 1
+        heapq.heappush(events, (t, count[0], kind, what))
+
+    def send(e: _End, now: float, flags: int, plen: int = 0) -> None:
+        other = ends[Flow.other(e.name)]
+        peer_end = f.ends[other.name]
+        me = f.ends[e.name]
+        ack = e.rcv if flags & A else 0
+        seg = Segment(0, 0.0, me.ip, me.port, peer_end.ip, peer_end.port, e.nxt, ack, flags, 65535, plen)
+        e.nxt = (e.nxt + plen + (1 if flags & F else 0)) & 0xFFFFFFFF
+        t_cap = now + rnd.uniform(0.0001, delay)
+        out.append((t_cap, count[0], seg))
+        push(t_cap + rnd.uniform(0.0001, delay), "deliver", (other.name, seg))
+
+    def close(e: _End, now: float) -> None:
+        if e.aborted or e.state not in (_EST, _CW):
+            return
+        e.fin_seq = e.nxt
+        e.fin_before_peer_fin = not e.got_fin
+        e.state = _FW1 if e.state == _EST else _LA
+        send(e, now, F | A)
+
+    def deliver(e: _End, seg: Segment, now: float) -> None:
+        if e.aborted or e.state == _CLOSED:
+            return
+        if seg.flags & 0x04:                          # RST: Linux takes seq == rcv_nxt (tcp_reset_check: -1 too)
+            if seg.seq == e.rcv or (e.state in (_CW, _CLOSING, _LA) and seg.seq == (e.rcv - 1) & 0xFFFFFFFF):
+                e.state, e.reset = _CLOSED, True
+                rst_accepted.append(Flow.other(e.name))
+            return
+        if e.fin_seq is not None and ((seg.ack - e.fin_seq - 1) & 0xFFFFFFFF) < (1 << 31):
+            if e.name not in fin_acked:
+                fin_acked.add(e.name)
+            e.state = {_FW1: _FW2, _CLOSING: _TW, _LA: _CLOSED}.get(e.state, e.state)
+        if e.state == _TW:
+            e.was_tw = True
+        seg_len = seg.payload_len + (1 if seg.flags & F else 0)
+        if not seg_len:
+            return
+        assert e.ooo is not None
+        e.ooo[seg.seq] = (seg.payload_len, bool(seg.flags & F))
+        fin_now = False
+        while e.rcv in e.ooo:
+            n, fin = e.ooo.pop(e.rcv)
+            e.rcv = (e.rcv + n + (1 if fin else 0)) & 0xFFFFFFFF
+            if fin:
+                e.got_fin = fin_now = True
+                e.state = {_EST: _CW, _FW1: _CLOSING, _FW2: _TW}[e.state]
+                e.was_tw = e.was_tw or e.state == _TW
+        if fin_now and e.state == _CW and e.plan == "combined":
+            close(e, now)                              # FIN + ACK in one segment: three-way
+            return
+        send(e, now, A)
+        if fin_now and e.state == _CW:
+            if e.plan == "after_data":
+                e.half_closed = True
+                send(e, now + 0.0002, P | A, 500)
+                push(now + 0.0004, "close", e.name)
+            elif e.plan == "react":
+                push(now + rnd.uniform(0.0001, delay), "close", e.name)
+
+    for name, e in ends.items():
+        if e.plan == "close":
+            push(t0 + float(p[f"{name}_at"]), "close", name)    # type: ignore[arg-type]
+    if p["abort"]:
+        push(t0 + float(p["abort_at"]), "abort", p["abort"])    # type: ignore[arg-type]
+    while events:
+        now, _n, kind, what = heapq.heappop(events)
+        if kind == "close":
+            close(ends[str(what)], now)
+        elif kind == "abort":
+            e = ends[str(what)]
+            if not e.aborted and e.state in (_EST, _CW):       # an application can abort before it closes
+                send(e, now, 0x04)
+                e.aborted = True
+                e.state = _CLOSED
+        else:
+            to, seg = what    # type: ignore[misc]
+            deliver(ends[to], seg, now)
+    out.sort(key=lambda x: (x[0], x[1]))
+    segs = list(cap.segments)
+    for i, (t, _n, seg) in enumerate(out, start=len(segs) + 1):
+        segs.append(seg._replace(frame=i, ts_s=t))
+    # whose FIN an ACK on the wire covers (what the analyzer can see)
+    acked_on_wire = {e.name for e in ends.values() if e.fin_seq is not None and any(
+        x.flags & A and (x.src_ip, x.sport) != (f.ends[e.name].ip, f.ends[e.name].port)
+        and ((x.ack - e.fin_seq - 1) & 0xFFFFFFFF) < (1 << 31) for _t, _n, x in out)}
+    truth = {"ends": ends, "fin_acked": acked_on_wire, "rst_accepted": rst_accepted}
+    return segs, truth
+
+
+@st.composite
+def model_plans(draw: st.DrawFn) -> dict[str, object]:
+    first = draw(st.sampled_from(["client", "server"]))
+    second = Flow.other(first)
+    p: dict[str, object] = {first: "close", f"{first}_at": 0.0,
+                            second: draw(st.sampled_from(["close", "react", "combined", "after_data"])),
+                            f"{second}_at": draw(st.floats(0.0, 0.004)),
+                            "delay": draw(st.sampled_from([0.0005, 0.002, 0.01])),
+                            "cisn": draw(st.one_of(U32, NEAR_WRAP)), "sisn": draw(st.one_of(U32, NEAR_WRAP)),
+                            "abort": draw(st.sampled_from([None, None, "client", "server"])),
+                            "abort_at": draw(st.floats(0.0, 0.02))}
+    return p
+
+
+@settings(max_examples=300, deadline=None)
+@given(model_plans(), st.randoms(use_true_random=False))
+def test_closes_from_a_model_of_both_endpoints(p: dict[str, object], rnd: object) -> None:
+    """Issue 12: crossed FINs arriving in any order, RSTs at every point of a close, half-closes with data
+    before/after the ACK of the first FIN: kind, initiator and TIME_WAIT sides as the endpoints lived them."""
+    segs, truth = _model_close(p, rnd)
+    r = analyze(segs)
+    assert len(r.connections) == 1
+    [c] = r.connections
+    ends: dict[str, _End] = truth["ends"]           # type: ignore[assignment]
+    rsts: list[str] = truth["rst_accepted"]         # type: ignore[assignment]
+    both_acked = truth["fin_acked"] == {"client", "server"}
+    if any(e.aborted for e in ends.values()):
+        if rsts and not both_acked:
+            assert (c.close.kind, c.close.initiator) == ("rst", rsts[0]), (p, c.close)
+        return        # an ignored RST leaves the model's endpoints where a kernel would answer with more RSTs
+    fins = [e for e in ends.values() if e.fin_seq is not None]
+    assert len(fins) == 2
+    crossed = all(e.fin_before_peer_fin for e in fins)
+    if crossed:
+        assert (c.close.kind, c.close.initiator) == ("simultaneous", "both"), (p, c.close)
+    else:
+        first = next(e.name for e in fins if e.fin_before_peer_fin)
+        second = ends[Flow.other(first)]
+        kind = "half-close" if second.half_closed else "three-way" if second.plan == "combined" else "four-way"
+        assert (c.close.kind, c.close.initiator) == (kind, first), (p, c.close)
+    assert sorted(w.side for w in c.time_wait) == sorted(e.name for e in ends.values() if e.was_tw), (p, c)

@@ -516,6 +516,32 @@ def test_capture_seeing_a_fin_twice_is_not_a_retransmission(dt: float, ipids: tu
         assert r.findings[0].frames == (fin.frame + 1,) and r.findings[0].extra["repeats"] == [fin.frame]
 
 
+def test_kind_is_judged_by_sequence_space_not_capture_order() -> None:
+    """The second side's bare ACK of the first FIN (seq = its own FIN's) reaching the capture after its FIN
+    was still sent first: four-way, not three-way. Its data below its FIN, seen after the FIN and acking the
+    first FIN: a half-close."""
+    def close(data: bool) -> Report:
+        cap, f = established()
+        f.fin("client")
+        ack = f.ack("server", capture=False)
+        extra = f.data("server", 50) if data else None
+        if extra is not None:
+            cap.segments.pop()
+            cap.frame -= 1
+        fin = f.fin("server")
+        cap.frame += 1
+        cap.add(ack._replace(frame=cap.frame, ts_s=cap.t))
+        if extra is not None:
+            cap.frame += 1
+            cap.add(extra._replace(frame=cap.frame, ts_s=cap.t))
+        f.ack("client")
+        assert fin.frame < cap.frame
+        return analyze(cap.segments)
+
+    assert (close(False).connections[0].close.kind, close(True).connections[0].close.kind) == \
+        ("four-way", "half-close")
+
+
 # --- what the capture saw: windows and connections at its end ------------------------------------------
 
 def test_time_wait_still_running_at_capture_end_says_how_much_was_left() -> None:
