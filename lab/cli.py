@@ -854,38 +854,17 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, width: int | None, 
 
     Pick it by --connection (twlab's id), --stream (Wireshark's tcp.stream) or --port/--host (the first
     connection with a close among those); default: the first connection with a close."""
-    from lab.analysis.ladder import print_ladder
-    from lab.errors import UsageError
-    from lab.pcap.annotate import capture_t0
-    from lab.pcap.readers import read_segments
+    from lab.analysis.ladder import choose, print_ladder
     from lab.ui import console
 
     _check_file(file)
     file = click.get_current_context().with_resource(_seekable(file))   # read twice: a pipe is copied first
-    report, doc = _analyze_file(file, profile, time_wait_s, _segment_filter(ports, hosts, since, until), strict)
-    conns = doc["connections"]
-    if not conns:
-        raise UsageError(f"{file}: no TCP connection in this file{' matches the filter' if ports or hosts else ''}",
-                         "nothing to draw")
-    if stream is not None:
-        chosen = _by_stream(conns, stream, file)
-    elif conn_id is None:
-        chosen = next((c for c in conns if c["close"]["kind"] != "incomplete"), conns[0])
-    else:
-        found = [c for c in conns if c["id"] == conn_id]
-        if not found:
-            raise UsageError(f"{file}: no connection {conn_id}",
-                             f"ids are {conns[0]['id']}..{conns[-1]['id']}; 'twlab analyze {file}' lists them")
-        chosen = found[0]
-    obj = next(c for c in report.connections if c.id == chosen["id"])
-    ends = {obj.client, obj.server}
-    segs, capture_end = [], None
-    for s in read_segments(file):
-        capture_end = s.ts_s
-        if obj.first_frame <= s.frame <= obj.last_frame and {str(s.src), str(s.dst)} == ends:
-            segs.append(s)
-    print_ladder(console(), obj, segs, capture_t0(file), width=width, capture_end=capture_end, max_rows=max_rows,
-                 title=str(file), findings=report.findings)
+    # streams, and stops reading once the chosen connection is finished (lab.analysis.ladder.choose)
+    chosen = choose(file, conn_id, stream, profile=profile, time_wait_s=time_wait_s,
+                    filt=_segment_filter(ports, hosts, since, until), lenient=not strict)
+    _warn(chosen.warnings)
+    print_ladder(console(), chosen.conn, chosen.segments, chosen.t0, width=width, max_rows=max_rows,
+                 title=str(file), findings=chosen.findings)
 
 
 @cli.command("annotate")

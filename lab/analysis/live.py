@@ -35,12 +35,14 @@ class LiveRun:
     """The feeder for one live capture; `interrupted` says whether Ctrl-C ended it."""
 
     def __init__(self, src: LiveSource, duration_s: float | None, filt: SegmentFilter | None = None,
-                 out: BinaryIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 out: BinaryIO | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_start: Callable[[], None] | None = None) -> None:
         self.src = src
         self.duration_s = duration_s
         self.filt = filt if filt is not None and filt.active else None
         self.writer = PcapngWriter(out, app="twlab analyze -i (raw AF_PACKET)") if out is not None else None
         self.clock = clock
+        self.on_start = on_start   # told once the analysis loop runs (Ctrl-C from then on ends it cleanly)
         self.interrupted = False
         self.stats = ReaderStats()
         self._filtered = 0
@@ -48,6 +50,8 @@ class LiveRun:
     def __call__(self, analyzer: Analyzer, on_batch: Callable[[], None]) -> ReaderStats:
         deadline = float("inf") if self.duration_s is None else self.clock() + self.duration_s
         try:
+            if self.on_start is not None:
+                self.on_start()
             while self.clock() < deadline:
                 pkts = self.src.take()
                 if pkts:

@@ -463,13 +463,11 @@ class _Source:
         except (OSError, ValueError, AttributeError):
             self.stream = False
 
-    def read(self, n: int, frame: int, need: int = 0) -> bytes:
-        """Up to n bytes: n unless the input ends first; from a stream at least `need` (fewer only at its end)."""
+    def read(self, n: int, frame: int, need: int = -1) -> bytes:
+        """Up to n bytes: n unless the input ends first; from a stream at least `need` (default n; fewer only
+        at its end)."""
         try:
-            if self.stream:
-                data = self._read_stream(n, need)
-            else:
-                data = self.f.read(n)
+            data = self._read_stream(n, n if need < 0 else need) if self.stream else self.f.read(n)
         except EOFError as exc:   # gzip: "Compressed file ended before the end-of-stream marker was reached"
             raise self.fail(f"compressed stream cut short: {exc}", frame, _HINT_TRUNC) from None
         except (OSError, zlib.error) as exc:
