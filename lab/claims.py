@@ -207,6 +207,29 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("exhaustion", "Client-side TIME_WAIT exhausts a narrow ephemeral range (EADDRNOTAVAIL); "
           "tcp_tw_reuse lets connect() reuse TIME_WAIT ports.", "FAQ; ip-sysctl.rst",
           ("ephemeral-exhaustion",), _by_lore_holds("ephemeral-exhaustion")),
+    # wave 2 (issue 17): the failure cases people bring, some with real server software (nginx, curl)
+    Claim("close-wait", "CLOSE_WAIT piling up means the application never calls close(); the peer's orphaned "
+          "FIN_WAIT_2 ends after tcp_fin_timeout.", "FAQ; ip-sysctl.rst tcp_fin_timeout",
+          ("close-wait-pileup",), _by_lore_holds("close-wait-pileup")),
+    Claim("bind-before-connect", "bind(0) before connect() exhausts ephemeral ports sooner (EADDRINUSE); "
+          "IP_BIND_ADDRESS_NO_PORT restores sharing.", "ip(7) IP_BIND_ADDRESS_NO_PORT",
+          ("bind-before-connect",), _by_lore_holds("bind-before-connect")),
+    Claim("tw-bucket-overflow", "Above tcp_max_tw_buckets TIME_WAIT sockets are destroyed at once "
+          "('time wait bucket table overflow').", "ip-sysctl.rst tcp_max_tw_buckets",
+          ("time-wait-bucket-overflow",), _by_lore_holds("time-wait-bucket-overflow")),
+    Claim("tw-recycle", "Set tcp_tw_recycle=1 to get rid of TIME_WAIT.", "old tuning guides",
+          ("tcp-tw-recycle",), _by_lore_holds("tcp-tw-recycle")),
+    Claim("http-close-side", "An HTTP/1.0 server collects TIME_WAIT (it closes first); keep-alive lets the client "
+          "close and hold it.", "RFC 9112 9.6; FAQ", ("http-close-side",), _by_lore_holds("http-close-side")),
+    Claim("proxy-exhaustion", "nginx 'connect() failed (99: Cannot assign requested address) while connecting to "
+          "upstream': TIME_WAIT exhausts the proxy's ports; upstream keepalive fixes it.", "nginx docs; FAQ",
+          ("proxy-port-exhaustion",), _by_lore_holds("proxy-port-exhaustion")),
+    Claim("challenge-ack", "A SYN meeting a connection the peer still holds gets a challenge ACK, an RST, and "
+          "connects after the ~1 s SYN retransmission.", "RFC 5961 4",
+          ("challenge-ack",), _by_lore_holds("challenge-ack")),
+    Claim("conntrack-time-wait", "A NAT's conntrack keeps its own TIME_WAIT (120 s) beside the endpoints' 60 s, "
+          "holding the outside port.", "nf_conntrack-sysctl.rst", ("conntrack-time-wait",),
+          _by_lore_holds("conntrack-time-wait")),
 )
 
 
