@@ -3,13 +3,15 @@
 A guest is Debian's `user-mode-linux` kernel of one suite (installed by `bash setup.sh kernels VER` into
 kernels_dir()/VER) booted as an ordinary host process: the host's root read-only through hostfs, the run
 folder mounted writable at the same path, tmpfs for /tmp, /run and /var/tmp, the kernel's own modules
-(TUN, veth, IPv6, netfilter) loaded with `modprobe -d`, iptables-legacy where the kernel has no nftables.
+(TUN, veth, IPv6, netfilter, bridge) loaded with `modprobe -d`, and the iptables flavour (nft or legacy) that
+can put a rule into a base chain of its filter table (none on Debian's 7.2: experiments needing it could not run).
 Its init (a generated shell script in the run folder) runs `python -m lab run NAMES --json` and powers the
 guest off; results, captures and events land in the host's run folder like those of a host run.
 
 The guest never outlives its run: a boot deadline and a run deadline (both scaled), every process of the
 guest recorded in the run's ledger by pid (UML's helper threads are processes of their own and survive the
-main one, so the whole process group is swept by exact pid), and a sweep on every exit path.
+main one, so the whole process group is swept by exact pid), a sweep on every exit path, and the kernel dies with
+the thread that started it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ from lab.run.resources import Ledger
 KERNELS_ENV = "TWLAB_KERNELS"
 DEFAULT_KERNELS_DIR = Path("/var/lib/twlab/kernels")
 SUITES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie", "7.2": "sid"}   # Debian's user-mode-linux
-DEFAULT_INSTALL = ("6.1", "6.12")
 GUEST_MEMORY = "768M"
-BOOT_DEADLINE_S = 30.0          # boot to init's first mark: ~2 s here; scaled
+BOOT_DEADLINE_S = 30.0          # boot to the guest's record (guest.json): 3-10 s here; scaled
 GUEST_SLOWDOWN = 4.0            # an experiment in a UML guest vs on the host (every syscall is ptraced)
 RUN_MARGIN_S = 60.0             # python start-up, module loading, power-off
 POLL_S = 0.1
