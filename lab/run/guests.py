@@ -496,8 +496,9 @@ def missing_results(run: GuestRun, exps: list[Experiment]) -> list[dict[str, Any
 
 
 def folder_name(kernel: Kernel) -> str:
-    """The kernel's folder inside a run folder: kernel-6.1, or kernel-<binary name> for a path."""
-    label = kernel.label if kernel.label in SUITES else re.sub(r"[^A-Za-z0-9._-]+", "_", kernel.binary.name)
+    """The kernel's folder inside a run folder: kernel-6.1, or kernel-<release> (else <binary name>) for a path."""
+    label = kernel.label if kernel.label in SUITES else re.sub(r"[^A-Za-z0-9._-]+", "_",
+                                                               kernel.release or kernel.binary.name)
     return f"kernel-{label}"
 
 
