@@ -373,7 +373,7 @@ def truth(m: Model) -> tuple[str, str | None, list[str]]:
 
 U32 = st.integers(min_value=0, max_value=M32)
 SIDE = st.sampled_from(SIDES)
-ON_FIN = st.sampled_from(["ack", "ack", "fin"])     # "data" (data on the FIN's ACK): an xfail example below
+ON_FIN = st.sampled_from(["ack", "ack", "fin", "data"])
 # "overtake" (reordering inside one channel) stays out of the property: see the class 3 examples below
 OP_KINDS = ["deliver", "deliver", "deliver", "lose", "close", "data", "rtx", "rst"]
 OPS = st.lists(st.tuples(st.sampled_from(OP_KINDS), SIDE), max_size=14)
@@ -490,8 +490,6 @@ def test_class_02_rst_while_the_peers_fin_is_in_flight() -> None:
     assert verdict(m) == truth(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 (Deliver, half-closes): data riding on the segment that ACKs the "
-                                       "first FIN is not counted as data after the FIN")
 @pytest.mark.parametrize("cap_at", SIDES)
 def test_half_close_with_data_on_the_ack_of_the_first_fin(cap_at: Side) -> None:
     """The server reads the client's FIN and answers with data on the ACK (it is in CLOSE_WAIT when it sends
@@ -509,9 +507,6 @@ def test_half_close_with_data_after_the_ack_of_the_first_fin(cap_at: Side) -> No
     assert verdict(m) == truth(m) == ("half-close", "client", ["client"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 class 3 (arrival order): a pure ACK overtaken by its sender's FIN "
-                                       "makes a four-way close read as three-way, though its seq (= the FIN's) shows "
-                                       "it was sent first")
 def test_class_03_pure_ack_overtaken_by_its_senders_fin() -> None:
     m = Model(1000, 5000, "client", PLAIN)
     m.close("client")
@@ -525,8 +520,6 @@ def test_class_03_pure_ack_overtaken_by_its_senders_fin() -> None:
     assert verdict(m) == truth(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 class 3 (arrival order): data overtaking the pure ACK of the first "
-                                       "FIN hides the half-close")
 def test_class_03_half_close_data_overtakes_the_ack_of_the_fin() -> None:
     m = Model(1000, 5000, "server", PLAIN)
     m.close("server")

@@ -298,6 +298,52 @@ def class_02_rst_after_lost_fins(ctx: RunContext, family: str = "inet") -> Judge
     return j
 
 
+def class_02_rst_races_the_kernels_fin(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47442, 47542, family=family)
+    lst, srv = _kernel_server_closed(lab, shutdown=True)
+    # the peer's FIN crossed the kernel's (ack = the kernel's FIN seq: not received); the kernel (CLOSING)
+    # ACKs it; then the peer aborts with RST+ACK whose ACK still does not cover the kernel's FIN
+    lab.run([{"set": {"kernel.fin": "kernel.seq"}},
+             {"label": "crossed-fin", "send": {"flags": "FA", "ack": "kernel.fin"}},
+             {"label": "kernel-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
+             {"label": "rst", "send": {"flags": "RA", "ack": "kernel.fin"}}])
+    lab.wait_state("CLOSED", "CLOSING")
+    kernel = {"socket": "server", "path": lab.path(), "errno_recv": _recv_errno(srv),
+              "sockdiag_after": lab.diag_states()}
+    srv.close()
+    j = lab.judged("02_rst_races_the_kernels_fin", 2, "kernel server shuts down (FIN); the peer's FIN crossed it "
+                   "(its ACK does not cover the kernel's FIN), the kernel goes to CLOSING and ACKs; the peer then "
+                   "aborts with RST+ACK whose ACK still shows it never got the kernel's FIN: the kernel accepts "
+                   "the RST (CLOSING -> CLOSED) and nobody holds TIME_WAIT", kernel,
+                   {"time_wait": False, "why": "aborted before it received the kernel's FIN"})
+    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [],
+                                             "close_frame": rst, "closed_at": {"server": rst}}]}
+    lst.close()
+    return j
+
+
+def half_close_data_on_the_fin_ack(ctx: RunContext, family: str = "inet") -> Judged:
+    lab = PeerLab(ctx, 47443, 47543, family=family)
+    lst, srv = _kernel_server_closed(lab, shutdown=True)
+    # the first segment the peer sends after the kernel's FIN carries data and ACKs that FIN
+    lab.run([{"label": "data-on-ack", "send": {"flags": "PA", "data": "after"}},
+             {"label": "data-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    got = srv.recv(100)
+    lab.run([{"label": "fin", "send": {"flags": "FA"}},
+             {"label": "kernel-final-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
+    lab.wait_state("CLOSED")
+    kernel = {"socket": "server", "path": lab.path(), "recv_after_own_fin": got.decode(),
+              "sockdiag_after": lab.diag_states()}
+    srv.close()
+    j = lab.judged("hc_data_on_the_fin_ack", 0, "kernel server shuts down its sending side (FIN); the peer's next "
+                   "segment carries data and ACKs that FIN (the application reads it after its own FIN), then the "
+                   "peer's FIN: a half-close whose data rides on the ACK of the first FIN", kernel)
+    j.expect = {"connections": 1, "conns": [{"kind": "half-close", "initiator": "server", "time_wait": ["server"]}]}
+    lst.close()
+    return j
+
+
 # ---------------------------------------------------------------------------------------------
 # class 3: crossed FINs, the peer's ACK (seq past its FIN) delivered before its FIN
 
@@ -1011,6 +1057,8 @@ SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "01_tfo_rst_after_synack_v6": _v6(class_01_tfo_rst_after_synack),
     "02_rst_after_lost_fins": class_02_rst_after_lost_fins,
     "02_rst_after_lost_fins_v6": _v6(class_02_rst_after_lost_fins),
+    "02_rst_races_the_kernels_fin": class_02_rst_races_the_kernels_fin,
+    "02_rst_races_the_kernels_fin_v6": _v6(class_02_rst_races_the_kernels_fin),
     "03_crossed_fins_reordered": class_03_crossed_fins_reordered,
     "03_crossed_fins_reordered_v6": _v6(class_03_crossed_fins_reordered),
     "03_crossed_fins_in_order": class_03_crossed_fins_in_order,
@@ -1044,4 +1092,7 @@ SCENARIOS: dict[str, Callable[[RunContext], Judged]] = {
     "11_real_fin_retransmission": class_11_real_fin_retransmission,
     "13_two_interfaces_v4": class_13_two_interfaces_v4,
     "13_two_interfaces_v6": class_13_two_interfaces_v6,
+    # issue 12 "Deliver": half-closes with data on the segment that acknowledges the first FIN
+    "hc_data_on_the_fin_ack": half_close_data_on_the_fin_ack,
+    "hc_data_on_the_fin_ack_v6": _v6(half_close_data_on_the_fin_ack),
 }
