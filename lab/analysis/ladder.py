@@ -18,9 +18,11 @@ row. `show` prints at the terminal's width, or at the natural width when stdout 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -30,7 +32,9 @@ from rich.text import Text
 
 from lab.core.model import Segment
 from lab.core.narrate import LadderRow, TimeWaitBar, ladder_footnote, ladder_rows, ladder_start, ladder_windows
-from lab.core.report import Connection
+from lab.core.report import Connection, Finding
+from lab.errors import UsageError
+from lab.pcap.filters import SegmentFilter
 
 _ARROW_PAD = 8           # an arrow is its label plus at least this many line characters and the head
 _ARROW_MIN = 12          # narrower than this an arrow stops reading as one
@@ -233,3 +237,131 @@ def print_ladder(con: Console, conn: Connection, segs: Sequence[Segment], t0: fl
         target = max(con.measure(rendered).maximum, 40)
     con.width = target
     con.print(rendered)
+
+
+# --- the data path of `twlab show`: one streaming pass that stops once the chosen connection is finished -------
+
+class _Found(Exception):
+    """Raised from the walk's batch hook: the chosen connection is known, nothing more needs reading."""
+
+
+@dataclass
+class Chosen:
+    """The connection `show` draws: its record, its findings, its segments (capture order), the capture's t0."""
+
+    conn: Connection
+    findings: list[Finding]
+    segments: list[Segment]
+    t0: float
+    read_all: bool                  # the walk reached the file's end (False: it stopped early)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Picker:
+    """Watches the drained records for the wanted connection.
+
+    want is None: the first connection (smallest id) with a close, else the first one; ids are given in order
+    of a connection's first frame, so that one is known once every smaller id was finished."""
+
+    def __init__(self, want: int | None) -> None:
+        self.want = want
+        self.best: Connection | None = None       # the answer so far
+        self.first: Connection | None = None      # id 0: the answer when no connection has a close
+        self.findings: dict[int, list[Finding]] = {}
+        self.low = 0                              # every id below this was finished
+        self.above: set[int] = set()              # finished ids above `low`
+        self.max_id = -1
+
+    def take(self, conns: list[Connection], findings: list[Finding]) -> bool:
+        """True once the answer cannot change any more."""
+        keep = set()
+        for c in conns:
+            cid = c.id
+            self.max_id = max(self.max_id, cid)
+            if self.want is not None:
+                if cid == self.want:
+                    self.best = c
+                    keep.add(cid)
+                continue
+            if cid == 0:
+                self.first = c
+                keep.add(cid)
+            if c.close.kind != "incomplete" and (self.best is None or cid < self.best.id):
+                if self.best is not None:
+                    self.findings.pop(self.best.id, None)
+                self.best = c
+                keep.add(cid)
+            self.above.add(cid)
+        for f in findings:
+            if f.connection in keep:
+                self.findings.setdefault(f.connection, []).append(f)
+        if self.want is not None:
+            return self.best is not None
+        while self.low in self.above:
+            self.above.discard(self.low)
+            self.low += 1
+        return self.best is not None and self.low > self.best.id
+
+    def answer(self) -> Connection | None:
+        return self.best if self.best is not None else self.first
+
+
+def choose(path: Path, conn_id: int | None = None, stream: int | None = None, *, profile: str = "linux",
+           time_wait_s: float | None = None, filt: SegmentFilter | None = None, lenient: bool = True) -> Chosen:
+    """The connection `twlab show` draws, read in two streaming passes that both stop early: the analyzer's
+    walk (lab.pcap.feed.feed_file, Analyzer(detail, keep=False)) ends once the chosen connection is finished
+    (and, by default, every earlier one), then the segments are read up to its last frame.
+
+    conn_id: twlab's id; stream: Wireshark's tcp.stream (twlab gives ids in order of the first frame, so the
+    N-th stream in first-frame order is id N); neither: the first connection with a close (else the first).
+    UsageError when there is no such connection."""
+    from lab.core.tracker import Analyzer
+    from lab.pcap.annotate import capture_t0
+    from lab.pcap.feed import feed_file
+    from lab.pcap.readers import read_segments
+
+    want = stream if stream is not None else conn_id
+    picker = _Picker(want)
+    analyzer = Analyzer(profile, time_wait_s, detail=True, keep=False)
+    drain = analyzer.drain
+
+    def on_batch() -> None:
+        conns, findings = drain()
+        if (conns or findings) and picker.take(conns, findings):
+            raise _Found
+
+    read_all = False
+    warnings: list[str] = []
+    try:
+        stats = feed_file(path, analyzer, on_batch, filt=filt, lenient=lenient)
+        read_all = True
+        if stats.cut:
+            warnings.append(stats.cut)
+        analyzer.finish()
+        on_batch()
+    except _Found:
+        pass
+    conn = picker.answer()
+    if conn is None:
+        _no_such(path, picker, conn_id, stream, filt)
+    assert conn is not None
+    ends = {conn.client, conn.server}
+    segs = []
+    with contextlib.closing(read_segments(path)) as all_segs:  # type: ignore[type-var]  # a generator
+        for s in all_segs:
+            if s.frame > conn.last_frame:
+                break
+            if s.frame >= conn.first_frame and {str(s.src), str(s.dst)} == ends:
+                segs.append(s)
+    return Chosen(conn, picker.findings.get(conn.id, []), segs, capture_t0(path), read_all, warnings)
+
+
+def _no_such(path: Path, picker: _Picker, conn_id: int | None, stream: int | None,
+             filt: SegmentFilter | None) -> None:
+    if picker.max_id < 0:
+        raise UsageError(f"{path}: no TCP connection in this file{' matches the filter' if filt else ''}",
+                         "nothing to draw")
+    if stream is not None:
+        raise UsageError(f"{path}: no stream {stream}", f"streams are 0..{picker.max_id}")
+    raise UsageError(f"{path}: no connection {conn_id}",
+                     f"ids are 0..{picker.max_id}; 'twlab analyze {path}' lists them")

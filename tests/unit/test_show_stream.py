@@ -1,0 +1,84 @@
+"""`twlab show`'s data path (lab.analysis.ladder.choose): the same connection record, findings and segments as
+analyzing the whole file, and the walk stops reading once the chosen connection is finished."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.analysis.ladder import choose
+from lab.core.tracker import analyze
+from lab.errors import UsageError
+from lab.pcap.annotate import PcapngWriter
+from lab.pcap.filters import SegmentFilter
+from lab.pcap.readers import iter_frames, read_segments
+
+FILES = ["zeek__echo-connections.pcap.gz", "deepflow__l4-source-port-reuse.pcap", "zeek__mysql__auth.pcap",
+         "chrissanders__tcp_teardown.pcapng", "deepflow__tcp-n-syn-ack.pcap"]
+
+
+def _segments_of(src: Path, conn: object) -> list[object]:
+    ends = {conn.client, conn.server}  # type: ignore[attr-defined]
+    return [s for s in read_segments(src) if conn.first_frame <= s.frame <= conn.last_frame  # type: ignore[attr-defined]
+            and {str(s.src), str(s.dst)} == ends]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_each_connection_as_the_whole_report_has_it(corpus: Path, name: str) -> None:
+    src = corpus / name
+    report = analyze(read_segments(src))
+    ids = [c.id for c in report.connections]
+    for cid in ids[:3] + ids[len(ids) // 2: len(ids) // 2 + 2] + ids[-2:]:
+        want = report.connection(cid)
+        got = choose(src, cid)
+        assert got.conn == want
+        assert got.findings == [f for f in report.findings if f.connection == cid]
+        assert got.segments == _segments_of(src, want)
+        assert choose(src, stream=cid).conn == want     # ids are given in first-frame order: stream N is id N
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_default_is_the_first_connection_with_a_close(corpus: Path, name: str) -> None:
+    src = corpus / name
+    report = analyze(read_segments(src))
+    want = next((c for c in report.connections if c.close.kind != "incomplete"), report.connections[0])
+    assert choose(src).conn == want
+
+
+def _repeated(src: Path, dst: Path, times: int, gap_s: float = 1000.0) -> None:
+    """`src` `times` times over, each copy `gap_s` later: the same four-tuples come back as new incarnations."""
+    frames = list(iter_frames(src))
+    with dst.open("wb") as out:
+        w = PcapngWriter(out)
+        for k in range(times):
+            for fr in frames:
+                w.write(fr.ts_ns + int(k * gap_s * 1e9), fr.data, fr.orig_len, interface=fr.interface,
+                        linktype=fr.linktype)
+
+
+def test_stops_reading_once_the_connection_is_finished(corpus: Path, tmp_path: Path) -> None:
+    src = tmp_path / "repeated.pcapng"
+    _repeated(corpus / "zeek__mysql__auth.pcap", src, 300)      # ~5 MB: several batches of the walk
+    report = analyze(read_segments(src))
+    first, last = report.connections[0], report.connections[-1]
+    early = choose(src, first.id)
+    assert early.read_all is False and early.conn == first
+    late = choose(src, last.id)
+    assert late.read_all is True and late.conn == last
+    assert late.segments == _segments_of(src, last)
+
+
+def test_filter_and_missing(corpus: Path) -> None:
+    src = corpus / "zeek__echo-connections.pcap.gz"
+    first = next(iter(read_segments(src)))
+    got = choose(src, filt=SegmentFilter((first.sport,)))
+    assert first.sport in (got.segments[0].sport, got.segments[0].dport)
+    with pytest.raises(UsageError, match="no connection 999999"):
+        choose(src, 999999)
+    with pytest.raises(UsageError, match="no stream"):
+        choose(src, stream=999999)
+    with pytest.raises(UsageError, match="no TCP connection"):
+        choose(src, filt=SegmentFilter((1,)))
+
+
