@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from lab.run.context import kernel_release
+from lab.run.context import kernel_release, timeout_scale_record
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,6 +41,7 @@ class RunResult:
     exit_code: int | None = None
     status: Status | None = None      # reproduced / not-reproduced / could-not-run (an environment verdict)
     lab_subnets: dict[str, Any] | None = None
+    timeout_scale: dict[str, Any] | None = None   # the scale every deadline was stretched by, and its source
     extra: dict[str, Any] = field(default_factory=dict)   # forward compatibility: keys a newer child wrote
 
     @classmethod
@@ -64,7 +65,8 @@ class RunResult:
             story=[list(s) for s in outcome.story] if outcome else [],
             notes=list(outcome.notes) if outcome else [], skipped=list(outcome.skipped) if outcome else [],
             folder=str(ctx.out_dir), started_wall_s=started, duration_s=round(time.time() - started, 3),
-            error=one_line(error) if error else None, exit_code=code, status=status, lab_subnets=lab_subnets)
+            error=one_line(error) if error else None, exit_code=code, status=status, lab_subnets=lab_subnets,
+            timeout_scale=timeout_scale_record())
 
     @classmethod
     def not_run(cls, exp: Experiment, folder: Path, error: str, exit_code: int, duration_s: float = 0.0,
