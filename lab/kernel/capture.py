@@ -25,6 +25,7 @@ from typing import Any
 
 from lab.errors import EnvironmentProblem, UsageError
 from lab.pcap.writer import PCAP_NS_MAGIC, write_pcap_ns, write_pcapng
+from lab.run.context import scaled
 
 __all__ = ["PCAP_NS_MAGIC", "CaptureStats", "LiveCapture", "write_pcap_ns", "write_pcapng"]
 
@@ -122,7 +123,7 @@ class LiveCapture:
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.iface}", daemon=True)
         self._t0 = time.monotonic()
         self._thread.start()
-        self._ready.wait(10)
+        self._ready.wait(scaled(10))   # the reader thread opens the socket and attaches the filter
         if self._error is not None:
             self._close_pipe()
             err = self._error

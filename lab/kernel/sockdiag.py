@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem
+from lab.run.context import scaled
 
 if TYPE_CHECKING:
     from lab.run.context import RunSpace
@@ -251,7 +252,7 @@ class Sampler:
     def __enter__(self) -> Sampler:
         self._thread = threading.Thread(target=self._loop, name=f"sampler-{self.netns or 'host'}", daemon=True)
         self._thread.start()
-        self._ready.wait(5)
+        self._ready.wait(scaled(5))    # the first dump is in
         self.ctx.stack.callback(self.stop)
         return self
 
