@@ -513,6 +513,10 @@ def gallery_cmd(run_dir: Path, into: Path | None) -> None:
         click.echo(f"{e['experiment']:28} {e.get('file') or '-':40} {e.get('note', '')}")
 
 
+_TCP_STATES = ("ESTABLISHED", "SYN_SENT", "SYN_RECEIVED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT", "CLOSED",
+               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING")
+
+
 @cli.command("watch")
 @click.option("--port", "-p", "ports", type=click.IntRange(1, 65535), multiple=True,
               help="Only sockets with this local or peer port (1-65535); repeatable.")
@@ -522,13 +526,20 @@ def gallery_cmd(run_dir: Path, into: Path | None) -> None:
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Stop after this many seconds.")
-def watch_cmd(ports: tuple[int, ...], netns: str | None, interval: float, once: bool, duration: float | None) -> None:
-    """A live table of TCP sockets with their states and TIME_WAIT timers counting down. Ctrl-C stops it
-    (exit 130, as every interrupted twlab command)."""
+@click.option("--state", "states", type=click.Choice(_TCP_STATES), multiple=True,
+              help="Only sockets in this state, e.g. TIME_WAIT or CLOSE_WAIT; repeatable.")
+@click.option("--group-by", "group_by", type=click.Choice(("port", "peer")), default=None,
+              help="Count sockets per local port or per peer address and state (the census, live).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON line per snapshot (totals, and groups or sockets) instead of the table.")
+def watch_cmd(ports: tuple[int, ...], netns: str | None, interval: float, once: bool, duration: float | None,
+              states: tuple[str, ...], group_by: str | None, as_json: bool) -> None:
+    """A live table of TCP sockets with their states and TIME_WAIT timers counting down (totals always on
+    screen). Ctrl-C stops it (exit 130, as every interrupted twlab command)."""
     from lab.watch import watch
 
     try:
-        watch(ports, netns, interval, once, duration)
+        watch(ports, netns, interval, once, duration, states, group_by, as_json)
     except KeyboardInterrupt as exc:
         sys.exit(getattr(exc, "exit_code", 130))
 
