@@ -26,7 +26,7 @@ RTO_MIN_MS = 5000
 def _state_trace(ctx: RunContext, skipped: list[str]) -> StateTrace | None:
     """The kernel's state transitions on the lab port (a private tracefs instance), or None where there is none."""
     try:
-        trace = StateTrace(ctx.name("tr"), ports=[cc.PORT]).__enter__()
+        trace = StateTrace(ctx.name("tr"), ports=[cc.PORT], ledger=ctx.ledger).__enter__()
     except (EnvironmentProblem, OSError) as exc:
         skipped.append(f"no inet_sock_set_state tracepoint ({exc}): CLOSING judged from sock_diag samples only")
         return None

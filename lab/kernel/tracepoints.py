@@ -7,9 +7,11 @@ instance (never the global one), so a judge of the analyzer comes from the kerne
     tr.events      # [StateEvent(ts, sport, dport, saddr, daddr, family, oldstate, newstate), ...]
 
 The event carries no network namespace, so it is filtered by port (sport or dport in `ports`): use ports that
-only the lab's scenario uses. If tracefs is not mounted anywhere, it is mounted privately on a temporary
-directory and unmounted on exit; the instance directory is removed on every exit path (rmdir of an instance
-disables its events and frees its buffer).
+only the lab's scenario uses. If tracefs is not mounted anywhere, it is mounted inside a private mount namespace
+held by a small helper process (docs/kernel-facts.md §16) and reached through /proc/<pid>/root: the host's mount
+table never changes, and the mount goes with the helper, which exits when this process closes its stdin or dies.
+The instance directory is removed on every exit path (rmdir of an instance disables its events and frees its
+buffer); with a ledger, it is recorded first, so `twlab doctor --cleanup` removes it after a kill -9.
 
 Linux emits no TIME_WAIT transition here: the full socket goes FIN_WAIT_2/CLOSING -> CLOSED when the
 timewait mini-socket replaces it (tcp_time_wait -> tcp_done); ask sock_diag for the TIME_WAIT socket.
@@ -33,6 +35,7 @@ from typing import Any
 
 from lab.errors import EnvironmentProblem
 from lab.kernel.sockdiag import STATE_NAMES
+from lab.run.resources import TRACEFS_INSTANCE, Ledger, private_tracefs_command
 
 EVENT = "sock/inet_sock_set_state"
 KNOWN_MOUNTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -101,14 +104,16 @@ def _find_tracefs() -> Path | None:
 class StateTrace:
     """A private tracefs instance with only inet_sock_set_state enabled, read by a thread into `events`."""
 
-    def __init__(self, name: str, ports: Sequence[int] = ()) -> None:
+    def __init__(self, name: str, ports: Sequence[int] = (), ledger: Ledger | None = None) -> None:
         if not re.fullmatch(r"twl[\w-]+", name):
             raise ValueError(f"instance name {name!r} must start with 'twl' (the lab's prefix)")
         self.name = name
         self.ports = tuple(ports)
+        self.ledger = ledger
         self.events: list[StateEvent] = []
         self._cond = threading.Condition()
-        self._mounted: Path | None = None
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._mountpoint: Path | None = None
         self._instance: Path | None = None
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = -1, -1
@@ -130,6 +135,8 @@ class StateTrace:
     def _start(self) -> None:
         root = _find_tracefs() or self._mount_private()
         inst = root / "instances" / self.name
+        if self.ledger is not None:
+            self.ledger.add(TRACEFS_INSTANCE, self.name)
         try:
             inst.mkdir()
         except FileExistsError:
@@ -148,13 +155,17 @@ class StateTrace:
 
     def _mount_private(self) -> Path:
         where = Path(tempfile.mkdtemp(prefix=f"{self.name}-tracefs-"))
-        res = subprocess.run(["mount", "-t", "tracefs", "nodev", str(where)], capture_output=True, text=True)
-        if res.returncode != 0:
-            where.rmdir()
-            raise EnvironmentProblem(f"cannot mount tracefs: {res.stderr.strip()}",
-                                     "run as root on a kernel with CONFIG_TRACING (tracefs)")
-        self._mounted = where
-        return where
+        self._mountpoint = where
+        self._helper = subprocess.Popen(private_tracefs_command(str(where), 'echo ok && read _'),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if self.ledger is not None:
+            self.ledger.add("pid", str(self._helper.pid))
+        assert self._helper.stdout is not None
+        if self._helper.stdout.readline().strip() != b"ok":
+            err = self._helper.stderr.read().decode(errors="replace").strip() if self._helper.stderr else ""
+            raise EnvironmentProblem(f"cannot mount tracefs in a private mount namespace: {err or 'no answer'}",
+                                     "run as root on a kernel with CONFIG_TRACING (tracefs) and util-linux unshare")
+        return Path(f"/proc/{self._helper.pid}/root{where}")
 
     def close(self) -> None:
         """Stop the reader, then remove the instance (and a private mount), whatever state we got to."""
@@ -180,11 +191,27 @@ class StateTrace:
                 except OSError:
                     time.sleep(0.02)
             self._instance = None
-        if self._mounted is not None:
-            subprocess.run(["umount", str(self._mounted)], capture_output=True)
+        if self.ledger is not None:
+            self.ledger.discard(TRACEFS_INSTANCE, self.name)
+        if self._helper is not None:
             with contextlib.suppress(OSError):
-                self._mounted.rmdir()
-            self._mounted = None
+                if self._helper.stdin is not None:
+                    self._helper.stdin.close()   # its `read` returns: the helper exits, its mount goes with it
+            try:
+                self._helper.wait(5)
+            except subprocess.TimeoutExpired:
+                self._helper.kill()
+                self._helper.wait()
+            for stream in (self._helper.stdout, self._helper.stderr):
+                if stream is not None:
+                    stream.close()
+            if self.ledger is not None:
+                self.ledger.discard("pid", str(self._helper.pid))
+            self._helper = None
+        if self._mountpoint is not None:
+            with contextlib.suppress(OSError):
+                self._mountpoint.rmdir()
+            self._mountpoint = None
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -72,6 +72,27 @@ class Ledger:
             self.path.unlink()
 
 
+TRACEFS_INSTANCE = "tracefs-instance"   # a private tracing instance (lab.kernel.tracepoints), by name
+
+
+def private_tracefs_command(mountpoint: str, then: str) -> list[str]:
+    """A shell in a private mount namespace that mounts tracefs on `mountpoint`, then runs `then` there; the host's
+    mount table never sees the mount (docs/kernel-facts.md §16)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t tracefs nodev "$1" && {then}', "sh", mountpoint]
+
+
+def _tracefs_instance(name: str, action: str) -> bool:
+    """Test for (`test -d`) or remove (`rmdir`) a tracing instance left by a dead run; True if that succeeded."""
+    where = tempfile.mkdtemp(prefix=f"{name}-tracefs-")
+    try:
+        return subprocess.run(private_tracefs_command(where, f'{action} "$1/instances/{name}"'),
+                              capture_output=True).returncode == 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(where)
+
+
 def _exists(item: dict[str, Any]) -> bool:
     kind, name = item["kind"], item["name"]
     if kind == "netns":
@@ -82,6 +103,8 @@ def _exists(item: dict[str, Any]) -> bool:
         return pid_alive(int(name), item.get("start"))
     if kind == "file":
         return Path(name).exists()
+    if kind == TRACEFS_INSTANCE:
+        return _tracefs_instance(name, "test -d")
     return False
 
 
@@ -99,6 +122,8 @@ def remove_item(item: dict[str, Any]) -> None:
     elif kind == "file":
         with contextlib.suppress(FileNotFoundError):
             Path(name).unlink()
+    elif kind == TRACEFS_INSTANCE:
+        _tracefs_instance(name, "rmdir")   # no reader is left: the instance goes with its events and buffer
 
 
 def _ledger_files() -> list[Path]:

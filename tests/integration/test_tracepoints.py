@@ -35,6 +35,7 @@ def test_state_trace_reports_the_kernels_close_path_and_leaves_no_instance(ctx: 
         assert tr.wait_for(lambda e: e.sport == cport and e.oldstate == "FIN_WAIT_2") is not None
         assert tr.wait_for(lambda e: e.sport == PORT and e.oldstate == "LAST_ACK") is not None
         lst.close()
+        assert name not in Path("/proc/self/mounts").read_text()   # tracefs is mounted privately, if at all
     # CLOSED -> SYN_SENT is reported before the port is bound (sport 0), so the client's path starts at SYN_SENT
     assert tr.path_of(cport, PORT) == ["SYN_SENT", "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSED"]
     assert tr.path_of(PORT, cport) == ["LISTEN", "SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
@@ -47,6 +48,44 @@ def test_state_trace_reports_the_kernels_close_path_and_leaves_no_instance(ctx: 
     for root in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
         assert not (root / "instances" / name).exists()
     assert parse_line("garbage") is None
+
+
+_HOLDER = """
+import sys, time
+from lab.run.resources import Ledger
+from lab.kernel.tracepoints import StateTrace
+ledger = Ledger(sys.argv[1])
+trace = StateTrace("twl" + sys.argv[1] + "tr", ports=[1], ledger=ledger).__enter__()
+print(trace._instance, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.root
+def test_doctor_cleanup_removes_the_instance_of_a_run_killed_by_sigkill(tmp_path: Path) -> None:
+    """kill -9 runs no cleanup: the ledger names the instance (and the private mount's helper), and cleanup()
+    removes exactly those."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+
+    from lab.run import resources
+
+    run_id = secrets.token_hex(3)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, run_id], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    instance = holder.stdout.readline().strip()
+    assert instance.endswith(f"/instances/twl{run_id}tr") and Path(instance).is_dir()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    holder.stdout.close()
+    item = {"kind": resources.TRACEFS_INSTANCE, "name": f"twl{run_id}tr"}
+    assert resources._exists(item)               # left behind in the kernel, as the ledger says
+    removed = resources.cleanup()
+    assert f"{resources.TRACEFS_INSTANCE} twl{run_id}tr" in removed
+    assert not resources._exists(item)
+    assert f"twl{run_id}" not in Path("/proc/mounts").read_text()
 
 
 def test_state_trace_rejects_a_name_outside_the_lab_prefix() -> None:
