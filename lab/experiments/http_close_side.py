@@ -4,6 +4,9 @@ page in the server's namespace; curl fetches it from the client's namespace:
      its listening port's four-tuple (server:8080 <-> client:port).
   B. HTTP/1.1 (keep-alive, nginx keeps the connection open for keepalive_timeout): curl closes when it exits
      (client-side close): TIME_WAIT on the client, nothing left on the server.
+The page goes through nginx's SSI filter, which drops Content-Length: in HTTP/1.0 the server's close is then the
+end of the response (curl reads to EOF), so nginx's FIN comes first however busy the machine is; with a length
+curl could close as soon as it has the bytes and race nginx's close. In HTTP/1.1 the body is chunked.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ KNOBS = {
 def _server_conf(addr: str, keepalive_s: int) -> str:
     return (f"    keepalive_timeout {keepalive_s}s;\n"
             f"    server {{\n        listen {addr}:{PORT};\n"
-            f"        location / {{ default_type text/plain; return 200 \"{BODY}\"; }}\n    }}")
+            f"        location / {{ default_type text/plain; ssi on; ssi_types text/plain; "
+            f"return 200 \"{BODY}\"; }}\n    }}")
 
 
 def _request_lines(access: list[str]) -> list[str]:
