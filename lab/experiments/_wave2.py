@@ -103,6 +103,11 @@ def knob(ctx: RunContext, knobs: Mapping[str, Knob], name: str) -> Any:
     return int(value) if k.integer else float(value)
 
 
+def is_given(ctx: RunContext, name: str) -> bool:
+    """Whether the user set this knob (`twlab run --set`), rather than its default applying."""
+    return name in _given(ctx)
+
+
 def knob_record(ctx: RunContext, knobs: Mapping[str, Knob]) -> dict[str, Any]:
     """Every knob's value in this run, for the observations (what was set and what was the default)."""
     given = _given(ctx)
