@@ -7,7 +7,8 @@
 
 Each nginx gets its own folder in the run folder (nginx.conf, nginx.pid, error.log, access.log, temp paths), runs
 in the foreground (`-g 'daemon off;'`) as a child of the lab inside `ip netns exec`, with its master and worker
-pids in the run's ledger, and is stopped by those pids (SIGTERM, then SIGKILL). The system's nginx service, its
+pids in the run's ledger, and is stopped by those pids (SIGTERM, then SIGKILL); if the lab process itself is
+killed, the kernel sends nginx SIGTERM (PR_SET_PDEATHSIG). The system's nginx service, its
 configuration (/etc/nginx) and its logs are never read or touched.
 """
 
@@ -56,6 +57,26 @@ def binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_lab() -> Any:
+    """A preexec_fn: the program gets SIGTERM when the lab process dies, even by SIGKILL (prctl PR_SET_PDEATHSIG;
+    it survives the exec of `ip netns exec` and of nginx), so no nginx outlives its run. SIGTERM is nginx's fast
+    shutdown: the master stops its workers. libc is loaded here, before the fork."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:   # the lab died before prctl took effect
+            os._exit(128 + int(signal.SIGTERM))
+
+    return preexec
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -90,7 +111,7 @@ class Nginx:
         argv = ["ip", "netns", "exec", netns, exe, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log"),
                 "-g", "daemon off;"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_lab())
         ctx.ledger.add("pid", str(proc.pid), role=f"nginx-{name}")
         web = cls(ctx, name, netns, d, proc, list(listen))
         ctx.stack.callback(web.stop)
@@ -189,7 +210,8 @@ def curl(ctx: RunSpace, netns: str, url: str, http10: bool = False, headers: Seq
     for h in headers:
         argv += ["-H", h]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    proc = subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=_die_with_lab())
     ctx.ledger.add("pid", str(proc.pid), role="curl")
     try:
         out, err = proc.communicate(timeout=scaled(CURL_S) + 5)
@@ -235,7 +257,7 @@ class UpstreamApp:
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "lab.kernel.nginx", "upstream", addr,
                 *map(str, ports)]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+                                stderr=subprocess.PIPE, env=env, start_new_session=True, preexec_fn=_die_with_lab())
         ctx.ledger.add("pid", str(proc.pid), role="upstream-app")
         app = cls(ctx, netns, proc, [(addr, p) for p in ports])
         ctx.stack.callback(app.stop)
