@@ -753,11 +753,15 @@ EXIT_FAIL_ON = 4   # analyze --fail-on: a finding of that kind occurred
 @click.option("--port-range", "port_range", default=None, metavar="A-B",
               help="The clients' ephemeral port range for the census (default: the profile's, Linux "
                    "32768-60999).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, metavar="N",
+              help="Processes: several files are analyzed N at once (output in the order named); one file is "
+                   "split by four-tuple into N shards and merged (the same records; --json lists connections by "
+                   "id). Regular files only.")
 @_profile_options
 def analyze_cmd(files: tuple[Path, ...], as_json: bool, as_jsonl: bool, detail: bool, iface: str | None,
                 bpf: str, netns: str | None, duration: float | None, write_to: Path | None,
                 ports: tuple[int, ...], hosts: tuple[str, ...], since: str | None, until: str | None, limit: int,
-                strict: bool, fail_on: tuple[str, ...], port_range: str | None, profile: str,
+                strict: bool, fail_on: tuple[str, ...], port_range: str | None, jobs: int, profile: str,
                 time_wait_s: float | None) -> None:
     """Connections, close kinds, TIME_WAIT windows, findings and the census of captures (pcap, pcapng, .gz;
     files, pipes and `-` for stdin) or of a live interface (-i).
@@ -779,6 +783,8 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, as_jsonl: bool, detail: 
                          "tcpdump -w - | twlab analyze -, or twlab analyze -i lo --duration 5")
     if not iface and (write_to or duration or netns):
         raise UsageError("-w, --duration and --netns go with -i IFACE", "twlab analyze -i lo --duration 5 -w x.pcapng")
+    if iface and jobs > 1:
+        raise UsageError("-j goes with capture files, not -i IFACE", "a live capture is analyzed in one process")
     if detail and not (as_json or as_jsonl):
         click.echo("twlab: note: --detail adds transitions and roles to --json/--jsonl output only; for one "
                    "connection's transitions use 'twlab show FILE --connection ID'", err=True)
@@ -813,11 +819,61 @@ def analyze_cmd(files: tuple[Path, ...], as_json: bool, as_jsonl: bool, detail: 
         if iface:
             if _analyze_live(iface, bpf, netns, duration, write_to, emit):
                 gate.received = None   # Ctrl-C is how a live analysis ends: the summary was printed
+        elif jobs > 1:
+            from lab.analysis.shard import Settings
+
+            settings = Settings(profile, time_wait_s, detail, not strict, base.port_range,
+                                (ports, hosts, since, until), fail_on, limit)
+            _analyze_jobs(files, jobs, "jsonl" if as_jsonl else "json" if as_json else "summary", settings, failing)
         else:
             _each_file(files, work)
     if failing.hits:
         click.echo(f"twlab: {failing.hits} finding(s) matched --fail-on {' '.join(fail_on)}", err=True)
         sys.exit(EXIT_FAIL_ON)
+
+
+def _analyze_jobs(files: tuple[Path, ...], jobs: int, kind: str, settings: Any, failing: Any) -> None:
+    """analyze -j N (lab.analysis.shard): one file in N shards, or several files N at once; a bad file costs
+    one line on stderr, the others still run; exit with the worst code."""
+    import stat
+
+    from lab.analysis import shard
+    from lab.analysis.view import summary_view
+    from lab.errors import UsageError
+    from lab.ui import console
+
+    for path in files:   # a missing file is reported in its turn, as without -j
+        if str(path) == "-" or (path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode)):
+            raise UsageError(f"-j reads regular files; {_one_line(str(path))} is a pipe or stream",
+                             "drop -j, or save the capture to a file first")
+
+    def show(summary: Any) -> None:
+        if summary is not None:
+            console().print(summary_view(summary))
+
+    if len(files) == 1:
+        _each_file(files, lambda path: show(shard.write_sharded(path, sys.stdout.buffer, kind, jobs, settings,
+                                                                 records=failing, warn=lambda w: _warn([w]))))
+        return
+    worst = 0
+
+    def each(path: Path, res: Any) -> None:
+        nonlocal worst
+        if isinstance(res, LabError):
+            click.echo(f"twlab: {_one_line(res.one_line())}", err=True)
+            worst = max(worst, res.exit_code)
+            return
+        _warn(res.warnings)
+        failing.hits += res.fail_on_hits
+        if res.summary is not None:
+            show(res.summary)
+        else:
+            sys.stdout.flush()
+            shard.copy_spool(res, sys.stdout.buffer)
+
+    shard.map_files(list(files), kind, jobs, settings, each)
+    if worst:
+        sys.exit(worst)
 
 
 def _analyze_live(iface: str, bpf: str, netns: str | None, duration: float | None, write_to: Path | None,

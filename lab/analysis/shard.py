@@ -1,0 +1,307 @@
+"""`twlab analyze -j N`: several captures in parallel processes, or one capture sharded by four-tuple.
+
+Files. Each capture is analyzed by lab.analysis.stream in a process of its own (up to N at once); the
+outputs come back in the order the files were named: a JSON document is spooled to a temporary file by the
+worker and copied to stdout by the parent; the people's Summary is pickled back and printed.
+
+Shards. One capture: N processes each read the whole file (the compiled walk) but feed their analyzer only
+the four-tuples whose hash falls in their share (ShardFilter: symmetric, so both directions of a
+connection land in the same shard, and every incarnation of a four-tuple too). Their records are merged by
+lab.core.merge (ids renumbered in first-segment order), so the result is the one a single analyzer makes;
+the analyzers' clock at the capture's end is the whole capture's (the latest timestamp any shard saw), so
+TIME_WAIT windows open at the end say the same. The merged connections are listed by id (one process lists
+them in the order they end). Memory: each shard holds its records until the merge (one process streams).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from lab.analysis import stream
+from lab.analysis.census import CensusFold
+from lab.core.merge import Merged, Part, merge_parts
+from lab.core.report import Connection, Finding, Report
+from lab.core.tracker import Analyzer
+from lab.errors import BadCapture, LabError
+from lab.pcap.feed import feed_file
+from lab.pcap.filters import FILTERED, SegmentFilter
+from lab.pcap.readers import ReaderStats
+
+OutputKind = str   # "json" | "jsonl" | "summary"
+
+
+class ShardFilter(SegmentFilter):
+    """keep() only the four-tuples of shard `index` of `count` (after the user's own filter, if any).
+
+    The hash is symmetric in the two ends and does not depend on the process (str hashes are salted per
+    process): ports plus a CRC of each address."""
+
+    def __init__(self, index: int, count: int, user: SegmentFilter | None = None) -> None:
+        super().__init__()
+        self.index = index
+        self.count = count
+        self.user = user if user is not None and user.active else None
+        self.foreign = 0                  # segments left to the other shards
+        self.last_ts = float("-inf")      # the latest segment any shard analyzes: the capture's clock at its end
+        self._crc: dict[str, int] = {}
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def first(self, ts: float) -> None:
+        if self.user is not None:
+            self.user.first(ts)
+
+    def _addr_hash(self, ip: str) -> int:
+        h = self._crc.get(ip)
+        if h is None:
+            if len(self._crc) > 65_536:
+                self._crc.clear()
+            h = self._crc[ip] = zlib.crc32(ip.encode())
+        return h
+
+    def keep(self, src: str, sport: int, dst: str, dport: int, ts: float) -> bool:
+        if self.user is not None and not self.user.keep(src, sport, dst, dport, ts):
+            return False
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if (sport + dport + self._addr_hash(src) + self._addr_hash(dst)) % self.count != self.index:
+            self.foreign += 1
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a worker needs to analyze (plain data: it is pickled to the worker process)."""
+
+    profile: str = "linux"
+    time_wait_s: float | None = None
+    detail: bool = False
+    lenient: bool = True
+    port_range: tuple[int, int] | None = None
+    filter_args: tuple[tuple[int, ...], tuple[str, ...], str | None, str | None] = ((), (), None, None)
+    fail_on: tuple[str, ...] = ()
+    limit: int = stream.SHOWN
+
+    def segment_filter(self) -> SegmentFilter | None:
+        filt = SegmentFilter(*self.filter_args)
+        return filt if filt.active else None
+
+    def options(self) -> stream.Options:
+        return stream.Options(self.profile, self.time_wait_s, self.detail, self.segment_filter(), self.lenient,
+                              self.port_range)
+
+
+# --- one capture in shards ----------------------------------------------------------------------------------
+
+@dataclass
+class ShardResult:
+    part: Part
+    stats: ReaderStats
+    last_ts: float
+
+
+def analyze_shard(path: Path, index: int, count: int, settings: Settings) -> ShardResult:
+    """Shard `index` of `count` of one capture: its records (ids its own) and the reader's stats (filtered-out
+    counts only what the user's filter left out)."""
+    filt = ShardFilter(index, count, settings.segment_filter())
+    analyzer = Analyzer(settings.profile, settings.time_wait_s, detail=settings.detail, keep=False)
+    conns: list[Connection] = []
+    findings: list[Finding] = []
+
+    def on_batch() -> None:
+        c, f = analyzer.drain()
+        conns.extend(c)
+        findings.extend(f)
+
+    stats = feed_file(path, analyzer, on_batch, filt=filt, lenient=settings.lenient)
+    # the capture's clock at its end is the whole capture's, not this shard's last segment (TIME_WAIT windows
+    # still open at the end are measured against it)
+    if filt.last_ts > analyzer._last_ts:
+        analyzer._last_ts = filt.last_ts
+    report = analyzer.finish()
+    on_batch()
+    left = stats.skipped.get(FILTERED, 0) - filt.foreign
+    if left > 0:
+        stats.skipped[FILTERED] = left
+    else:
+        stats.skipped.pop(FILTERED, None)
+    return ShardResult(Part(conns, findings, report.segments), stats, filt.last_ts)
+
+
+def analyze_sharded(path: Path, jobs: int, settings: Settings) -> tuple[Merged, ReaderStats, Report]:
+    """One capture analyzed by `jobs` processes, merged: the records one analyzer makes, by id."""
+    if not path.exists():
+        raise BadCapture(f"{path}: no such file", "check the path")
+    with _pool(jobs) as pool:
+        futures = [pool.submit(_call, analyze_shard, path, k, jobs, settings) for k in range(jobs)]
+        results: list[ShardResult] = [_result(f) for f in futures]
+    merged = merge_parts([r.part for r in results])
+    stats = results[0].stats   # every shard read the whole capture: the same packets, TCP segments, skips
+    prof = Analyzer(settings.profile, settings.time_wait_s, keep=False).finish()
+    report = Report((), (), prof.profile, prof.time_wait_s, merged.segments, stats.packets)
+    return merged, stats, report
+
+
+def write_sharded(path: Path, out: IO[bytes], kind: OutputKind, jobs: int, settings: Settings,
+                  records: stream.Records | None = None, name: str | None = None,
+                  warn: Callable[[str], None] | None = None) -> stream.Summary | None:
+    """`analyze -j N FILE`: the JSON document (kind "json"), the JSON lines ("jsonl") or the people's Summary
+    ("summary", returned) of one capture analyzed in `jobs` shards. warn(line): a capture cut short."""
+    merged, stats, report = analyze_sharded(path, jobs, settings)
+    if stats.cut and warn is not None:
+        warn(stats.cut)
+    conns, findings = list(merged.connections), list(merged.findings)
+    census = CensusFold()
+    census(conns, findings)
+    if records is not None:
+        records(conns, findings)
+    opts = settings.options()
+    name = name or str(path)
+    if kind == "summary":
+        return _summary(name, conns, findings, stats, report, census, settings)
+    head = stream.document_head(name)
+    prof = f'"profile": {stream._dumps(report.profile)}, "time_wait_s": {stream._dumps(report.time_wait_s)}'
+    tail = stream._tail_json(report, stats, census, opts)
+    if kind == "jsonl":
+        for c in conns:
+            out.write(f'{{"type": "connection", {stream.connection_json(c, settings.detail)[1:]}\n'.encode())
+        for f in findings:
+            out.write(f'{{"type": "finding", {stream.finding_json(f)[1:]}\n'.encode())
+        out.write(f'{{"type": "summary", {head}, {prof}, "connections": {len(conns)}, "findings": {len(findings)}, '
+                  f'{tail}}}\n'.encode())
+    else:
+        out.write(f'{{{head}, {prof}, "connections": ['.encode())
+        out.write(", ".join([stream.connection_json(c, settings.detail) for c in conns]).encode())
+        out.write(b'], "findings": [')
+        out.write(", ".join([stream.finding_json(f) for f in findings]).encode())
+        out.write(f'], {tail}}}\n'.encode())
+    out.flush()
+    return None
+
+
+def _summary(name: str, conns: list[Connection], findings: list[Finding], stats: ReaderStats, report: Report,
+             census: CensusFold, settings: Settings) -> stream.Summary:
+    summary = stream.Summary(name, limit=settings.limit)
+    counting = stream._Counting(summary)
+    counting(conns, findings)
+    summary.census = census.result(report.profile, report.time_wait_s, settings.port_range, stats.first_ts)
+    summary.warnings = stream.warnings_of(stats)
+    summary.profile, summary.time_wait_s, summary.segments = report.profile, report.time_wait_s, report.segments
+    summary.packets, summary.tcp_segments, summary.skipped = stats.packets, stats.tcp_segments, dict(stats.skipped)
+    summary.first_connections = [json.loads(stream.connection_json(c)) for c in counting.first_conns.sorted()]
+    summary.first_findings = [f.to_dict() for f in counting.first_finds.sorted()]
+    return summary
+
+
+# --- several captures in parallel ----------------------------------------------------------------------------
+
+@dataclass
+class FileResult:
+    """One capture's output: a spooled JSON document (json/jsonl) or a Summary, and --fail-on's hits."""
+
+    spool: str | None
+    summary: stream.Summary | None
+    fail_on_hits: int
+    warnings: list[str]
+
+
+def analyze_one(path: Path, kind: OutputKind, settings: Settings) -> FileResult:
+    """A worker: analyze one capture as `twlab analyze` does in one process."""
+    if not path.exists():
+        raise BadCapture(f"{path}: no such file", "check the path")
+    if path.is_dir():
+        raise BadCapture(f"{path}: is a directory", "give a pcap, pcapng or .gz capture file (or - for stdin)")
+    failing = stream.FailOn(settings.fail_on)
+    warnings: list[str] = []
+    opts = dataclasses.replace(settings.options(), warn=warnings.append)
+    if kind == "summary":
+        summary = stream.summarize(path, limit=settings.limit, opts=opts, records=failing, name=str(path))
+        return FileResult(None, summary, failing.hits, warnings)
+    fd, spool = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-doc-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write = stream.write_jsonl if kind == "jsonl" else stream.write_json
+            write(path, out, opts=opts, records=failing, name=str(path))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool)
+        raise
+    return FileResult(spool, None, failing.hits, warnings)
+
+
+def map_files(paths: Sequence[Path], kind: OutputKind, jobs: int, settings: Settings,
+              each: Callable[[Path, FileResult | LabError], None]) -> None:
+    """Analyze `paths` in up to `jobs` processes; each(path, result or its LabError) in the order given, as
+    soon as that file and every one before it are done. Spool files are removed after each() returns."""
+    with _pool(min(jobs, len(paths))) as pool:
+        futures = [pool.submit(_call, analyze_one, p, kind, settings) for p in paths]
+        try:
+            for p, fut in zip(paths, futures, strict=True):
+                try:
+                    res: FileResult | LabError = _result(fut)
+                except LabError as exc:
+                    res = exc
+                try:
+                    each(p, res)
+                finally:
+                    if isinstance(res, FileResult) and res.spool:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(res.spool)
+        finally:
+            for fut in futures:   # an interrupt: the rest are cancelled, spools already made are removed
+                fut.cancel()
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    r = fut.result()
+                    if isinstance(r, tuple) and isinstance(r[1], FileResult) and r[1].spool:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(r[1].spool)
+
+
+def copy_spool(res: FileResult, out: IO[bytes]) -> None:
+    assert res.spool is not None
+    with open(res.spool, "rb") as f:
+        shutil.copyfileobj(f, out, 1 << 20)
+    out.flush()
+
+
+# --- process plumbing ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    # fork: the workers start at once with everything imported (the CLI process is single-threaded here)
+    pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("fork"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    """Run in the worker: a LabError comes back as (kind, message, hint) (its pickle would lose the hint)."""
+    try:
+        return "ok", fn(*args)
+    except LabError as exc:
+        return "error", (type(exc), str(exc), exc.hint)
+
+
+def _result(fut: Future[tuple[str, Any]]) -> Any:
+    status, value = fut.result()
+    if status == "error":
+        cls, message, hint = value
+        raise cls(message, hint)
+    return value

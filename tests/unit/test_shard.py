@@ -1,0 +1,116 @@
+"""analyze -j N (lab.analysis.shard, lab.core.merge): one capture split by four-tuple into N analyzers and
+merged gives the records one analyzer gives (ids renumbered in first-segment order, finding ids and texts
+rewritten); several files in N processes give the same output, in the order named."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.analysis import shard, stream
+from lab.core.merge import Part, add_counts, merge_parts, renumber_finding
+from lab.core.report import Finding
+from lab.pcap.annotate import PcapngWriter
+from lab.pcap.readers import iter_frames
+
+FILES = ["zeek__echo-connections.pcap.gz", "zeek__mysql__auth.pcap", "arkime__tcp-reassembly-synthetic.pcap",
+         "arkime__tcp_handshake_synthetic.pcap", "deepflow__l4-source-port-reuse.pcap", "arkime__gtp-iphone.pcap"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _doc(path: Path, jobs: int, **kw: Any) -> dict[str, Any]:
+    buf = io.BytesIO()
+    if jobs == 1:
+        stream.write_json(path, buf, opts=shard.Settings(**kw).options())
+    else:
+        shard.write_sharded(path, buf, "json", jobs, shard.Settings(**kw))
+    doc = json.loads(buf.getvalue())
+    doc["connections"].sort(key=lambda c: c["id"])       # one analyzer lists them as they end; shards by id
+    doc["findings"].sort(key=lambda f: json.dumps(f, sort_keys=True))
+    return doc
+
+
+def _repeated(src: Path, dst: Path, times: int, gap_s: float) -> Path:
+    frames = list(iter_frames(src))
+    with dst.open("wb") as out:
+        w = PcapngWriter(out)
+        for k in range(times):
+            for fr in frames:
+                w.write(fr.ts_ns + int(k * gap_s * 1e9), fr.data, fr.orig_len, interface=fr.interface,
+                        linktype=fr.linktype)
+    return dst
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_sharded_is_the_single_analysis(corpus: Path, name: str, jobs: int) -> None:
+    src = corpus / name
+    assert _doc(src, jobs) == _doc(src, 1)
+
+
+def test_sharded_reuse_across_shards_and_detail(corpus: Path, tmp_path: Path) -> None:
+    # the same four-tuples again and again, 10 s apart (inside TIME_WAIT: reuse findings naming earlier ids)
+    src = _repeated(corpus / "zeek__mysql__auth.pcap", tmp_path / "again.pcapng", 40, 10.0)
+    single = _doc(src, 1, detail=True)
+    assert any(f.get("previous_connection") is not None for f in single["findings"])
+    assert _doc(src, 3, detail=True) == single
+    assert _doc(src, 2, filter_args=((3306,), (), None, None)) == _doc(src, 1, filter_args=((3306,), (), None, None))
+
+
+@pytest.mark.xfail(strict=True, reason="one analyzer with --since 100 on this capture ends connection 295's TIME_WAIT "
+                   "by timeout, although the next incarnation's SYN (frame 4525, 10 s later) ends it, as the "
+                   "unfiltered analysis and the shards say: the single analyzer's records depend on its global "
+                   "state (sweeps), reported to the tracker's owner")
+def test_sharded_with_since_is_the_single_analysis(corpus: Path, tmp_path: Path) -> None:
+    src = _repeated(corpus / "zeek__mysql__auth.pcap", tmp_path / "again.pcapng", 40, 10.0)
+    since = ((), (), "100", None)
+    assert _doc(src, 2, filter_args=since) == _doc(src, 1, filter_args=since)
+
+
+def test_merge_renumbers_in_first_segment_order() -> None:
+    from lab.core.report import Close, Connection
+
+    def conn(cid: int, first: int) -> Connection:
+        return Connection(cid, "192.0.2.1:1", "192.0.2.2:2", 0, first, first + 3, Close("clean", "client", ()))
+
+    p0 = Part([conn(0, 5), conn(1, 9)], [Finding("reuse-in-time-wait", 1, (9,), "new SYN into connection 0's",
+                                                 {"previous_connection": 0, "verdict": "x"})], 4)
+    p1 = Part([conn(0, 1), conn(1, 7)], [Finding("capture-duplicate", 0, (2,), "in connection 0")], 6)
+    m = merge_parts([p0, p1])
+    assert [(c.id, c.first_frame) for c in m.connections] == [(0, 1), (1, 5), (2, 7), (3, 9)]
+    assert m.segments == 10
+    assert m.findings[0] == Finding("capture-duplicate", 0, (2,), "in connection 0")
+    assert m.findings[1] == Finding("reuse-in-time-wait", 3, (9,), "new SYN into connection 1's",
+                                    {"previous_connection": 1, "verdict": "x"})
+    assert renumber_finding(Finding("rst", None, (1,), "no connection"), {}) == Finding("rst", None, (1,),
+                                                                                        "no connection")
+    assert add_counts([{"a": 1}, {"a": 2, "b": 1}]) == {"a": 3, "b": 1}
+
+
+def _twlab(*args: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lab", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+
+
+def test_cli_jobs_files_in_order_and_bad_file(corpus: Path) -> None:
+    files = [corpus / n for n in FILES[1:4]]
+    one = _twlab("analyze", "--json", *files)
+    par = _twlab("analyze", "--json", "-j", "2", *files)
+    assert one.returncode == par.returncode == 0, par.stderr
+    assert par.stdout == one.stdout
+    bad = _twlab("analyze", "--json", "-j", "2", files[0], "/nonexistent.pcap", files[1])
+    assert bad.returncode == 2 and "nonexistent" in bad.stderr
+    assert [json.loads(x)["file"] for x in bad.stdout.splitlines()] == [str(files[0]), str(files[1])]
+
+
+def test_cli_jobs_refuses_a_pipe(corpus: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "lab", "analyze", "-j", "2", "-"], input=b"", capture_output=True,
+                       cwd=REPO, check=False)
+    assert r.returncode == 2
+    assert len(r.stderr.decode().strip().splitlines()) == 1 and b"-j" in r.stderr
