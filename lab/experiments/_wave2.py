@@ -75,6 +75,13 @@ def parse_sets(exps: Iterable[Experiment], pairs: Sequence[str]) -> dict[str, di
                              "('twlab list --json' shows each experiment's knobs)")
         for e in hits:
             out.setdefault(e.id, {})[key] = knobs_of(e)[key].parse(key, text.strip())
+    for e in exps:   # rules between knobs (module knob_rule: values -> the problem, or None)
+        rule = getattr(sys.modules.get(getattr(e.run, "__module__", "")), "knob_rule", None)
+        if e.id in out and callable(rule):
+            values = {k: out[e.id].get(k, v.default) for k, v in knobs_of(e).items()}
+            problem = rule(values)
+            if problem:
+                raise UsageError(f"--set for {e.id}: {problem}", "'twlab list --json' shows its knobs")
     return out
 
 

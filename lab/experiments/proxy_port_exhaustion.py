@@ -37,6 +37,15 @@ KNOBS = {
 }
 
 
+
+def knob_rule(values: dict[str, float]) -> str | None:
+    """The rule between this experiment's knobs (lab.experiments._wave2.parse_sets looks it up by name)."""
+    if values["requests"] <= values["range_size"]:
+        return (f"requests ({values['requests']:g}) must exceed range_size ({values['range_size']:g}) for the "
+                "range to run out")
+    return None
+
+
 @dataclass(frozen=True)
 class Case:
     key: str

@@ -165,6 +165,12 @@ def test_set_rejects_bad_keys_and_values(arg: str, says: str, tmp_path: Path) ->
     assert not (tmp_path / "r").exists()
 
 
+def test_set_checks_the_rule_between_knobs(tmp_path: Path) -> None:
+    res = _cli("run", "proxy-port-exhaustion", "--set", "requests=20", "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "must exceed range_size" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_set_changes_the_run_and_list_shows_knobs(tmp_path: Path) -> None:
     res = _cli("run", "close-wait-pileup", "--set", "fin_timeout=2", "--set", "connections=2", "--json",
                "--out", str(tmp_path))
