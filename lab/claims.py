@@ -217,7 +217,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("tw-bucket-overflow", "Above tcp_max_tw_buckets TIME_WAIT sockets are destroyed at once "
           "('time wait bucket table overflow').", "ip-sysctl.rst tcp_max_tw_buckets",
           ("time-wait-bucket-overflow",), _by_lore_holds("time-wait-bucket-overflow")),
-    Claim("tw-recycle", "Set tcp_tw_recycle=1 to get rid of TIME_WAIT.", "old tuning guides",
+    Claim("tw-recycle", "tcp_tw_recycle (old tuning guides: 'set it to 1 to get rid of TIME_WAIT') is gone since "
+          "Linux 4.12: it broke clients behind NAT.", "Linux 4.12 release notes",
           ("tcp-tw-recycle",), _by_lore_holds("tcp-tw-recycle")),
     Claim("http-close-side", "An HTTP/1.0 server collects TIME_WAIT (it closes first); keep-alive lets the client "
           "close and hold it.", "RFC 9112 9.6; FAQ", ("http-close-side",), _by_lore_holds("http-close-side")),
