@@ -104,6 +104,11 @@ def run(ctx: RunContext) -> Outcome:
     rst = next((s for s in segs if s.sport == port and s.flags & Flags.RST and challenge is not None
                 and s.ts_s > challenge.ts_s), None)
     retx = second_syns[1] if len(second_syns) > 1 else None
+    lost = next((s for s in segs if s.sport == port and s.flags & Flags.RST and (not syns or len(syns) < 2
+                                                                                 or s.ts_s < syns[1].ts_s)), None)
+    if lost is not None:
+        rec.note(lost.frame, "this RST never reached the server: iptables in its namespace dropped it (rule counter "
+                             "1), so the server is still ESTABLISHED")
     if second_syns:
         rec.note(second_syns[0].frame, "a new SYN from the same port; the server still holds the old connection "
                                        "(ESTABLISHED: the client's RST was dropped)")

@@ -205,8 +205,11 @@ def run(ctx: RunContext) -> Outcome:
                               f"tuple :{CLIENT_PORT} is still held by A's conntrack entry (TIME_WAIT)")
     c_syn = next((s for s in syns[1:] if s.sport == c_peer == a_peer), None)
     if c_syn is not None:
+        left = f"{a_sock_after[0].expires_ms / 1000:.0f} s" if a_sock_after else "some time"
         rec.note(c_syn.frame, f"C (client {c_addr}:{CLIENT_PORT}) leaves the NAT as port {c_peer}: A's conntrack "
-                              "entry expired, the outside four-tuple is reused")
+                              "entry expired, the outside four-tuple is reused by another host. A's own TIME_WAIT "
+                              f"is on {a_addr} inside (still ~{left} left) and the server held none; behind a NAT "
+                              "the outside capture cannot tell the hosts apart")
     capture = rec.save()
     a_client_tw_left = a_sock_after[0].expires_ms / 1000 if a_sock_after else None
     reproduced = bool(a_peer == CLIENT_PORT and b_peer != CLIENT_PORT and c_peer == CLIENT_PORT
