@@ -1,28 +1,36 @@
-"""Analyzer throughput and memory against tshark, on a ~1 M-packet capture of real loopback churn.
+"""Analyzer throughput and memory against tshark, argus, tcptrace and tcpdump, on ~1 M packets of real loopback
+churn, on a capture whose four-tuples never repeat, and (opt-in) on 10 M packets.
 
-Generation (cached in benchmarks/out/, --regen to redo it): in a lab namespace made for this run
-(twl<id>churn, deleted at the end), benchmarks/churn.py opens connections on lo with a narrowed
-ip_local_port_range (that namespace only) so four-tuples come back during TIME_WAIT; clients and servers
-alternately close first and some connections end with an SO_LINGER {1,0} RST. tcpdump -i lo inside the
-namespace writes the first --packets packets.
+Captures (cached in benchmarks/out/, --regen to redo them):
+    churn     in a lab namespace made for this run (twl<id>churn, deleted at the end), benchmarks/churn.py
+              opens connections on lo with a narrowed ip_local_port_range (that namespace only) so four-tuples
+              come back during TIME_WAIT; clients and servers alternately close first and some connections end
+              with an SO_LINGER {1,0} RST. tcpdump -i lo inside the namespace writes the first --packets packets.
+    prefix    its first --prefix packets (memory must follow open connections, not file size)
+    distinct  --distinct four-tuples that never repeat (benchmarks/synth.py: handshake + RST each, 4 packets)
+    10M       --scale: the churn file 10 times over (benchmarks/synth.repeated), opt-in: it takes a while
 
-Measurement, one tool at a time in a fresh process pinned to one core (taskset -c 0), best of --repeat:
-    twlab analyze FILE --json           (python -m lab analyze; the streamed JSON of every connection and
-                                          finding; output to a file on the first run, checked: it parses and
-                                          lists every connection; /dev/null afterwards)
-    twlab analyze FILE --json --detail  (the same with every connection's transitions and segment roles)
-    reader only                         (lab.pcap.readers.CaptureReader over the file; never compiled)
-    reader + analyzer, no output        (lab.pcap.feed.feed_file into a streaming Analyzer, records dropped)
-    tshark -q -z conv,tcp -r FILE
-    tshark -T fields -e frame.number -e tcp.stream -e tcp.flags -r FILE
-wall time, CPU time (wait4), packets/s, and peak RSS (GNU time's %M), on the whole file and
-on its first 100 k packets (memory must follow open connections, not file size). Whether the compiled
-accelerator (lab.accel, `python -m lab.build`) was active is recorded with the figures.
+Measurement, one tool at a time in a fresh process pinned to one core (taskset -c 0), best of --repeat
+(distinct and 10M: once): wall time, CPU time (wait4: the tool and its children, e.g. both ends of
+argus | ra), and peak RSS (GNU time's %M: the largest process). Rows:
+    twlab analyze FILE --json           (output to a file on the first run, checked: it parses and lists every
+                                          connection; /dev/null afterwards); also pure Python and --detail
+    reader only / reader + analyzer     (CaptureReader; lab.pcap.feed.feed_file into a streaming Analyzer)
+    argus -r FILE -w - | ra -n -r -     (Debian argus-server, argus-client: flow records)
+    tcptrace -n -l FILE                 (per-connection long output)
+    tcpdump -r FILE -nn                 (decode and print every packet)
+    tshark -q -z conv,tcp; tshark -T fields (3 fields)
+    twlab annotate FILE -o OUT          (churn: a pcapng with the narrator's comments)
+    twlab show FILE [--connection ID]   (churn: the default connection, and one 90 % into the file)
+    twlab verify FILE                   (churn, --verify: the tshark cross-check, and tshark's own pass)
+and on two cores (taskset -c 0,1): `twlab analyze --json F F` (one after the other) against `-j 2 F F`, and
+one file in two shards (`-j 2 F`).
 
-    sudo .venv/bin/python -m benchmarks analyze [--packets=1000000] [--regen] [--repeat=2]
+    sudo .venv/bin/python -m benchmarks analyze [--packets=1000000] [--distinct=1000000] [--scale] [--verify]
+                                                [--regen] [--repeat=2]
 (options in --name=value form: python -m benchmarks takes bare words for benchmark names)
 
-Writes benchmarks/out/analyze.json.
+Writes benchmarks/out/analyze.json and prints the README's tables.
 """
 
 from __future__ import annotations
@@ -164,8 +172,8 @@ def pcap_prefix(src: Path, dst: Path, count: int) -> int:
 
 # --- measurement --------------------------------------------------------------------------------------
 
-def run_measured(cmd: list[str], stdout: Path | None = None) -> dict[str, Any]:
-    """One run in a fresh process on core 0: wall and CPU seconds, peak RSS.
+def run_measured(cmd: list[str], stdout: Path | None = None, cpus: str = "0") -> dict[str, Any]:
+    """One run in a fresh process on core(s) `cpus`: wall and CPU seconds, peak RSS.
 
     Peak RSS comes from GNU time (%M), which forks the tool from its own small process: wait4's ru_maxrss of
     a child we spawn directly starts at *this* process's peak (subprocess uses vfork, and Linux carries the
@@ -173,7 +181,7 @@ def run_measured(cmd: list[str], stdout: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryFile() as err, open(stdout or os.devnull, "wb") as out, \
             tempfile.NamedTemporaryFile("r", prefix=f"twl{new_run_id()}rss-") as rss:
         t0 = time.perf_counter()
-        p = subprocess.Popen(["taskset", "-c", "0", GNU_TIME, "-f", "%M", "-o", rss.name, *cmd], stdout=out,
+        p = subprocess.Popen(["taskset", "-c", cpus, GNU_TIME, "-f", "%M", "-o", rss.name, *cmd], stdout=out,
                              stderr=err, cwd=REPO)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
@@ -204,27 +212,159 @@ def check_output(path: Path, packets: int) -> dict[str, Any]:
     return {"bytes": len(text), "connections": len(ids), "findings": len(doc["findings"])}
 
 
-def markdown_table(rows: list[dict[str, Any]], accel: str, big: int, small: int) -> str:
-    """The figures as a README table: per tool, full file and prefix side by side."""
-    out = [f"| tool (one core) | {big // 1000} k packets: pkts/s | CPU s | peak RSS | first {small // 1000} k: "
-           "pkts/s | peak RSS |", "|---|---:|---:|---:|---:|---:|"]
-    tools = list(dict.fromkeys(r["tool"] for r in rows))
-    for tool in tools:
-        full = next(r for r in rows if r["tool"] == tool and r["file"] == "full")
-        pre = next(r for r in rows if r["tool"] == tool and r["file"] == "prefix")
-        name = f"`{tool}`" if tool.startswith(("twlab", "tshark")) else tool
-        out.append(f"| {name} | {full['pkts_per_s']:,} | {full['cpu_s']:.2f} | {full['peak_rss_mib']:,.0f} MiB | "
-                   f"{pre['pkts_per_s']:,} | {pre['peak_rss_mib']:,.0f} MiB |")
-    out.append(f"\naccelerator (lab.accel): {accel}")
+# --- the tools ----------------------------------------------------------------------------------------------
+
+ARGUS = "argus -r F -w - | ra -n -r -"
+TCPTRACE = "tcptrace -n -l"
+TCPDUMP = "tcpdump -r F -nn"
+FIELDS = "tshark -T fields (3 fields)"
+ANNOTATE = "twlab annotate (-o pcapng)"
+SHOW_FIRST = "twlab show (default connection)"
+SHOW_LATE = "twlab show --connection (90 % into the file)"
+VERIFY = "twlab verify"
+TSHARK_PASS = "tshark -r F (its own pass)"
+TWLAB = [sys.executable, "-m", "lab"]
+DEBIAN = {"argus": "argus-server", "ra": "argus-client", "tcptrace": "tcptrace", "tcpdump": "tcpdump",
+          "tshark": "tshark"}
+
+
+def base_tools() -> list[tuple[str, list[str]]]:
+    twlab = [*TWLAB, "analyze", "{file}", "--json"]
+    return [(OURS, twlab),
+            (OURS_PURE, ["env", "TWLAB_PURE=1", *twlab]),   # the README's "pure Python is Nx slower"
+            (OURS_DETAIL, [*twlab, "--detail"]),
+            ("reader only (CaptureReader, Python)", [sys.executable, "-c", READER_ONLY, "{file}"]),
+            ("reader + analyzer, no output", [sys.executable, "-c", ANALYZER_ONLY, "{file}"]),
+            (CONV, ["tshark", "-q", "-z", "conv,tcp", "-r", "{file}"]),
+            (FIELDS, ["tshark", "-T", "fields", "-e", "frame.number", "-e", "tcp.stream", "-e", "tcp.flags",
+                      "-r", "{file}"])]
+
+
+def flow_tools(tcptrace: bool = True) -> list[tuple[str, list[str]]]:
+    """The other flow tools (Debian packages argus-server, argus-client, tcptrace, tcpdump)."""
+    tools = [(ARGUS, ["sh", "-c", 'argus -r "$1" -w - | ra -n -r -', "sh", "{file}"]),
+             (TCPDUMP, ["tcpdump", "-r", "{file}", "-nn"])]
+    if tcptrace:
+        tools.append((TCPTRACE, ["tcptrace", "-n", "-l", "{file}"]))
+    return tools
+
+
+def command_tools(late_id: int, verify: bool) -> list[tuple[str, list[str]]]:
+    tools = [(ANNOTATE, [*TWLAB, "annotate", "{file}", "-o", "{out}"]),
+             (SHOW_FIRST, [*TWLAB, "show", "{file}", "--width", "120"]),
+             (SHOW_LATE, [*TWLAB, "show", "{file}", "--width", "120", "--connection", str(late_id)])]
+    if verify:
+        tools += [(VERIFY, [*TWLAB, "verify", "{file}"]), (TSHARK_PASS, ["tshark", "-r", "{file}"])]
+    return tools
+
+
+def install_flow_tools() -> None:
+    """bench mode only: the Debian packages of the comparison tools, when missing (root)."""
+    missing = sorted({DEBIAN[t] for t in DEBIAN if shutil.which(t) is None})
+    if not missing:
+        return
+    if not is_root():
+        raise SystemExit(f"bench analyze: missing {' '.join(missing)}: apt-get install -y {' '.join(missing)}")
+    print(f"installing {' '.join(missing)} (Debian packages, for the comparison rows)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def measure(tools: list[tuple[str, list[str]]], f: Path, label: str, packets: int, repeat: int,
+            rows: list[dict[str, Any]], outputs: dict[str, dict[str, Any]], cpus: str = "0") -> None:
+    """Each tool `repeat` times on `f` (round-robin: load changes hit every tool alike); the best wall and
+    CPU time and the largest peak RSS go into `rows`."""
+    best: dict[str, dict[str, Any]] = {}
+    for rep in range(repeat):
+        for name, cmd in tools:
+            out_file = Path(tempfile.gettempdir()) / f"twl{new_run_id()}bench-out.pcapng"
+            argv = [str(f) if c == "{file}" else str(out_file) if c == "{out}" else c for c in cmd]
+            try:
+                if rep == 0 and name == OURS:
+                    fd, spool = tempfile.mkstemp(prefix=f"twl{new_run_id()}bench-", suffix=".json")
+                    os.close(fd)
+                    try:
+                        m = run_measured(argv, stdout=Path(spool), cpus=cpus)
+                        outputs[label] = check_output(Path(spool), packets)
+                    finally:
+                        os.unlink(spool)
+                else:
+                    m = run_measured(argv, cpus=cpus)
+            finally:
+                out_file.unlink(missing_ok=True)
+            print(f"  {label:<9} {name:<46} cpu {m['cpu_s']:8.2f} s  wall {m['wall_s']:8.2f} s  "
+                  f"rss {m['peak_rss_mib']:8.1f} MiB", flush=True)
+            b = best.setdefault(name, dict(m))
+            b["wall_s"] = min(b["wall_s"], m["wall_s"])
+            b["cpu_s"] = min(b["cpu_s"], m["cpu_s"])
+            b["peak_rss_mib"] = max(b["peak_rss_mib"], m["peak_rss_mib"])
+    for name, _ in tools:
+        m = best[name]
+        rows.append({"tool": name, "file": label, "packets": packets, "cores": cpus,
+                     "wall_s": round(m["wall_s"], 3), "cpu_s": round(m["cpu_s"], 3),
+                     "pkts_per_s": round(packets / m["wall_s"]),
+                     "pkts_per_cpu_s": round(packets / m["cpu_s"]) if m["cpu_s"] else None,
+                     "peak_rss_mib": round(m["peak_rss_mib"], 1)})
+
+
+def markdown_table(rows: list[dict[str, Any]], label: str, title: str) -> str:
+    """One file's rows as a README table, with each tool's CPU time against `twlab analyze --json`'s."""
+    mine = [r for r in rows if r["file"] == label]
+    ours = next((r for r in mine if r["tool"] == OURS), None)
+    out = [f"{title}\n", "| tool | CPU s | wall s | packets per CPU s | peak RSS | CPU vs `twlab analyze --json` |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in mine:
+        name = f"`{r['tool']}`" if r["tool"].startswith(("twlab", "tshark", "argus", "tcp")) else r["tool"]
+        if r["cores"] != "0":
+            name += " (2 cores)"
+        ratio = f"{r['cpu_s'] / ours['cpu_s']:.2f}x" if ours and ours["cpu_s"] else "-"
+        out.append(f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['pkts_per_cpu_s'] or 0:,} | "
+                   f"{r['peak_rss_mib']:,.0f} MiB | {ratio} |")
     return "\n".join(out)
 
 
+def _packets(f: Path) -> int:
+    from lab.pcap.readers import CaptureReader
+
+    reader = CaptureReader(f)
+    sum(1 for _ in reader)
+    return reader.stats.packets
+
+
+def churn_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | None:
+    big = OUT / f"churn-{args.packets}.pcap"
+    meta_path = big.with_suffix(".json")
+    if args.regen or not big.exists() or not meta_path.exists():
+        if not is_root():
+            print("bench analyze: generating the churn capture needs root (a lab namespace and tcpdump): "
+                  "sudo .venv/bin/python -m benchmarks analyze", file=sys.stderr)
+            return None
+        print(f"generating {big.name}: real loopback churn in a lab namespace ...", flush=True)
+        gen_meta = generate(big, args.packets, args.clients, args.servers)
+        meta_path.write_text(json.dumps(gen_meta, indent=2) + "\n")
+    else:
+        gen_meta = json.loads(meta_path.read_text())
+        print(f"using cached {big} (--regen to capture a new one)", flush=True)
+    ch = gen_meta.get("churn", {})
+    print(f"  {gen_meta.get('packets_captured')} packets, {ch.get('connections')} connections "
+          f"(C {ch.get('mode_C')}, S {ch.get('mode_S')}, RST {ch.get('mode_R', 0) + ch.get('mode_r_abort', 0)}),"
+          f" {ch.get('retries')} EADDRNOTAVAIL retries, tcpdump drops {gen_meta.get('tcpdump_kernel_drops')},"
+          f" generated in {gen_meta.get('generation_s')} s", flush=True)
+    return big, gen_meta
+
+
 def main(argv: list[str]) -> int:
+    from benchmarks import synth
+
     ap = argparse.ArgumentParser(prog="benchmarks analyze")
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--prefix", type=int, default=100_000, help="packets in the small file for the memory check")
+    ap.add_argument("--distinct", type=int, default=1_000_000, help="four-tuples of the distinct capture (0: skip)")
+    ap.add_argument("--scale", action="store_true", help="also the 10x file (10 M packets): takes a while")
+    ap.add_argument("--verify", action="store_true", help="also twlab verify (the tshark cross-check)")
     ap.add_argument("--regen", action="store_true", help="capture a new churn file even if one is cached")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per tool and file; the best wall time counts")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per tool and file; the best time counts")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--servers", type=int, default=4)
     ap.add_argument("--file", type=Path, default=None, help="measure this capture instead of the churn file")
@@ -235,115 +375,130 @@ def main(argv: list[str]) -> int:
             print(f"bench analyze: {tool} not found: apt-get install -y tshark tcpdump iproute2 util-linux time",
                   file=sys.stderr)
             return 3
+    install_flow_tools()
     OUT.mkdir(parents=True, exist_ok=True)
     gen_meta: dict[str, Any] = {}
     if args.file:
         big = args.file
     else:
-        big = OUT / f"churn-{args.packets}.pcap"
-        meta_path = big.with_suffix(".json")
-        if args.regen or not big.exists() or not meta_path.exists():
-            if not is_root():
-                print("bench analyze: generating the churn capture needs root (a lab namespace and tcpdump): "
-                      "sudo .venv/bin/python -m benchmarks analyze", file=sys.stderr)
-                return 3
-            print(f"generating {big.name}: real loopback churn in a lab namespace ...", flush=True)
-            gen_meta = generate(big, args.packets, args.clients, args.servers)
-            meta_path.write_text(json.dumps(gen_meta, indent=2) + "\n")
-        else:
-            gen_meta = json.loads(meta_path.read_text())
-            print(f"using cached {big} (--regen to capture a new one)", flush=True)
-        ch = gen_meta.get("churn", {})
-        print(f"  {gen_meta.get('packets_captured')} packets, {ch.get('connections')} connections "
-              f"(C {ch.get('mode_C')}, S {ch.get('mode_S')}, RST {ch.get('mode_R', 0) + ch.get('mode_r_abort', 0)}),"
-              f" {ch.get('retries')} EADDRNOTAVAIL retries, tcpdump drops {gen_meta.get('tcpdump_kernel_drops')},"
-              f" generated in {gen_meta.get('generation_s')} s", flush=True)
+        got = churn_file(args)
+        if got is None:
+            return 3
+        big, gen_meta = got
     small = OUT / f"{big.stem}-first{args.prefix}.pcap"
     if args.regen or not small.exists() or small.stat().st_mtime < big.stat().st_mtime:
         pcap_prefix(big, small, args.prefix)
-
-    from lab.pcap.readers import CaptureReader
-
-    counts = {}
-    for f in (big, small):
-        reader = CaptureReader(f)
-        sum(1 for _ in reader)
-        counts[f] = reader.stats.packets
+    files: list[tuple[Path, str]] = [(big, "full"), (small, "prefix")]
+    if args.distinct:
+        dist = OUT / f"distinct-{args.distinct}.pcap"
+        if args.regen or not dist.exists():
+            print(f"writing {dist.name}: {args.distinct} four-tuples that never repeat ...", flush=True)
+            synth.distinct(dist, args.distinct)
+        files.append((dist, "distinct"))
+    if args.scale:
+        ten = OUT / f"{big.stem}-x10.pcap"
+        if args.regen or not ten.exists() or ten.stat().st_mtime < big.stat().st_mtime:
+            print(f"writing {ten.name}: the churn file 10 times over ...", flush=True)
+            synth.repeated(big, ten, 10)
+        files.append((ten, "x10"))
+    counts = {label: _packets(f) for f, label in files}
     accel = accelerator()
     print(f"accelerator: {accel}", flush=True)
-    twlab = [sys.executable, "-m", "lab", "analyze", "{file}", "--json"]
-    tools = [(OURS, twlab),
-             (OURS_PURE, ["env", "TWLAB_PURE=1", *twlab]),   # the README's "pure Python is Nx slower"
-             (OURS_DETAIL, [*twlab, "--detail"]),
-             ("reader only (CaptureReader, Python)", [sys.executable, "-c", READER_ONLY, "{file}"]),
-             ("reader + analyzer, no output", [sys.executable, "-c", ANALYZER_ONLY, "{file}"]),
-             (CONV, ["tshark", "-q", "-z", "conv,tcp", "-r", "{file}"]),
-             ("tshark -T fields (3 fields)", ["tshark", "-T", "fields", "-e", "frame.number", "-e", "tcp.stream",
-                                              "-e", "tcp.flags", "-r", "{file}"])]
+
     rows: list[dict[str, Any]] = []
     outputs: dict[str, dict[str, Any]] = {}
-    for f, label in ((big, "full"), (small, "prefix")):
-        best: dict[str, dict[str, Any]] = {}
-        for rep in range(args.repeat):
-            for name, cmd in tools:
-                argv = [str(f) if c == "{file}" else c for c in cmd]
-                if rep == 0 and name == OURS:
-                    fd, spool = tempfile.mkstemp(prefix=f"twl{new_run_id()}bench-", suffix=".json")
-                    os.close(fd)
-                    try:
-                        m = run_measured(argv, stdout=Path(spool))
-                        outputs[label] = check_output(Path(spool), counts[f])
-                    finally:
-                        os.unlink(spool)
-                else:
-                    m = run_measured(argv)
-                b = best.setdefault(name, m)
-                if m["wall_s"] < b["wall_s"]:
-                    b.update(wall_s=m["wall_s"], cpu_s=m["cpu_s"])
-                b["peak_rss_mib"] = max(b["peak_rss_mib"], m["peak_rss_mib"])
-                b["cpu_s"] = min(b["cpu_s"], m["cpu_s"])
-        for name, _ in tools:
-            m = best[name]
-            rows.append({"tool": name, "file": label, "packets": counts[f], "wall_s": round(m["wall_s"], 3),
-                         "cpu_s": round(m["cpu_s"], 3), "pkts_per_s": round(counts[f] / m["wall_s"]),
-                         "pkts_per_cpu_s": round(counts[f] / m["cpu_s"]) if m["cpu_s"] else None,
-                         "peak_rss_mib": round(m["peak_rss_mib"], 1)})
+    measure(base_tools() + flow_tools(), big, "full", counts["full"], args.repeat, rows, outputs)
+    late = outputs["full"]["connections"] * 9 // 10    # ids follow first frames: ~90 % into the file
+    measure(command_tools(late, args.verify), big, "full", counts["full"], args.repeat, rows, outputs)
+    measure(base_tools(), small, "prefix", counts["prefix"], args.repeat, rows, outputs)
+    if args.distinct:
+        measure([base_tools()[0], base_tools()[5], *flow_tools()], files[2][0], "distinct", counts["distinct"], 1,
+                rows, outputs)
+    if args.scale:
+        measure([base_tools()[0], base_tools()[5], *flow_tools(tcptrace=False)], files[-1][0], "x10",
+                counts["x10"], 1, rows, outputs)
+    cores = measure_cores(big, counts["full"], args.repeat, rows, outputs)
 
-    print(f"\n{'tool':<38} {'file':<7} {'packets':>9} {'wall s':>8} {'cpu s':>8} {'pkts/s':>10} "
-          f"{'peak RSS MiB':>13}")
-    for r in rows:
-        print(f"{r['tool']:<38} {r['file']:<7} {r['packets']:>9} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
-              f"{r['pkts_per_s']:>10} {r['peak_rss_mib']:>13.1f}")
+    result = summarize_rows(rows, cores, accel, gen_meta, args, big)
+    tmp_out = args.out.with_suffix(".json.tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp_out.replace(args.out)
     for label, o in outputs.items():
         print(f"{OURS} output ({label}): {o['bytes'] / 2**20:.1f} MiB, {o['connections']} connections, "
               f"{o['findings']} findings: parses, ids 0..n-1 each once")
+    print()
+    for label, title in TITLES.items():
+        if any(r["file"] == label for r in rows):
+            print(markdown_table(rows, label, title.format(n=counts.get(label, counts["full"]))) + "\n")
+    print(f"accelerator (lab.accel): {accel}")
+    for k, v in result["targets"].items():
+        print(f"target {'met' if v else 'NOT met'}: {k}")
+    print(f"written {args.out}")
+    return 0 if all(result["targets"].values()) else 1
 
-    def row(tool: str, label: str) -> dict[str, Any]:
-        return next(r for r in rows if r["tool"] == tool and r["file"] == label)
 
-    ours, conv = row(OURS, "full"), row(CONV, "full")
-    ours_small = row(OURS, "prefix")
+TITLES = {"full": "churn, {n:,} packets (one core)", "prefix": "its first {n:,} packets",
+          "distinct": "{n:,} packets, four-tuples never repeat (one core, one run)",
+          "x10": "churn x10, {n:,} packets (one core, one run)", "cores": "two files / two shards (two cores)"}
+
+
+def measure_cores(big: Path, packets: int, repeat: int, rows: list[dict[str, Any]],
+                  outputs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """`analyze --json F F` one after the other against `-j 2 F F` (and one file in two shards), on two cores."""
+    twice = OUT / f"{big.stem}-copy{big.suffix}"
+    if not twice.exists() or twice.stat().st_mtime < big.stat().st_mtime:
+        shutil.copyfile(big, twice)
+    seq = ("twlab analyze --json F G (one after the other)", [*TWLAB, "analyze", "--json", str(big), str(twice)])
+    par = ("twlab analyze -j 2 --json F G", [*TWLAB, "analyze", "-j", "2", "--json", str(big), str(twice)])
+    one = ("twlab analyze --json F", [*TWLAB, "analyze", "--json", str(big)])
+    shards = ("twlab analyze -j 2 --json F (two shards)", [*TWLAB, "analyze", "-j", "2", "--json", str(big)])
+    measure([seq, par, one, shards], big, "cores", packets, repeat, rows, outputs, cpus="0,1")
+    by = {r["tool"]: r for r in rows if r["file"] == "cores"}
+    return {"two_files_parallel_vs_sequential_wall": round(by[par[0]]["wall_s"] / by[seq[0]]["wall_s"], 3),
+            "shards_vs_one_wall": round(by[shards[0]]["wall_s"] / by[one[0]]["wall_s"], 3)}
+
+
+def summarize_rows(rows: list[dict[str, Any]], cores: dict[str, float], accel: str, gen_meta: dict[str, Any],
+                   args: argparse.Namespace, big: Path) -> dict[str, Any]:
+    def row(tool: str, label: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["tool"] == tool and r["file"] == label), None)
+
+    def cpu(tool: str, label: str = "full") -> float:
+        r = row(tool, label)
+        return r["cpu_s"] if r else float("nan")
+
+    ours, conv, ours_small = row(OURS, "full"), row(CONV, "full"), row(OURS, "prefix")
+    assert ours and conv and ours_small
     speedup = ours["pkts_per_s"] / conv["pkts_per_s"]
     mem_ratio = ours["peak_rss_mib"] / conv["peak_rss_mib"]
     growth = ours["peak_rss_mib"] / ours_small["peak_rss_mib"]
     # CPU seconds, not wall: on a busy machine the wall clock measures the neighbours
-    pure_slowdown = row(OURS_PURE, "full")["cpu_s"] / ours["cpu_s"]
-    result = {
-        "benchmark": "analyze", "kernel": os.uname().release, "file": str(big), "generation": gen_meta,
-        "ours": OURS, "accelerator": accel, "output": outputs, "rows": rows, "repeat": args.repeat, "core": 0,
-        "throughput_vs_tshark_conv": round(speedup, 2), "memory_vs_tshark_conv": round(mem_ratio, 3),
-        "ours_rss_full_vs_prefix": round(growth, 2), "pure_python_slowdown": round(pure_slowdown, 2),
-        "targets": {"throughput >= 2x tshark -z conv,tcp": speedup >= 2.0,
-                    "peak RSS <= 1/4 of tshark -z conv,tcp": mem_ratio <= 0.25},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
-    print(f"\n{OURS}: {speedup:.2f}x the throughput of tshark -z conv,tcp (target >= 2x), "
-          f"{mem_ratio:.2f} of its peak RSS (target <= 0.25); RSS {counts[big] // 1000}k vs "
-          f"{counts[small] // 1000}k packets: {growth:.2f}x; pure Python (TWLAB_PURE=1): {pure_slowdown:.1f}x the "
-          "CPU time")
-    print(markdown_table(rows, accel, counts[big], counts[small]))
-    print(f"written {args.out}")
-    return 0 if all(result["targets"].values()) else 1
+    ratios = {"pure_python_slowdown": cpu(OURS_PURE) / cpu(OURS), "argus_vs_ours_cpu": cpu(ARGUS) / cpu(OURS),
+              "annotate_vs_analyze_cpu": cpu(ANNOTATE) / cpu(OURS),
+              "show_late_vs_analyze_cpu": cpu(SHOW_LATE) / cpu(OURS),
+              "show_first_vs_analyze_cpu": cpu(SHOW_FIRST) / cpu(OURS)}
+    targets = {"throughput >= 2x tshark -z conv,tcp": speedup >= 2.0,
+               "peak RSS <= 1/4 of tshark -z conv,tcp": mem_ratio <= 0.25,
+               "analyze CPU <= argus | ra": ratios["argus_vs_ours_cpu"] >= 1.0,
+               "annotate CPU <= 2x analyze": ratios["annotate_vs_analyze_cpu"] <= 2.0,
+               "show (90 % into the file) CPU <= 1.5x analyze": ratios["show_late_vs_analyze_cpu"] <= 1.5,
+               "analyze -j 2 on two files <= 0.6x one after the other (wall)":
+                   cores["two_files_parallel_vs_sequential_wall"] <= 0.6}
+    d_ours, d_conv = row(OURS, "distinct"), row(CONV, "distinct")
+    distinct: dict[str, Any] = {}
+    if d_ours and d_conv:
+        distinct = {"rss_vs_tshark_conv": round(d_ours["peak_rss_mib"] / d_conv["peak_rss_mib"], 3),
+                    "ours_rss_kib_per_four_tuple": round(d_ours["peak_rss_mib"] * 1024 / args.distinct, 2)}
+        targets["distinct four-tuples: peak RSS <= 1/4 of tshark conv"] = distinct["rss_vs_tshark_conv"] <= 0.25
+    if row(VERIFY, "full") and row(TSHARK_PASS, "full"):
+        ratios["verify_vs_tshark_pass_cpu"] = cpu(VERIFY) / cpu(TSHARK_PASS)
+        targets["verify CPU <= 1.5x tshark's own pass"] = ratios["verify_vs_tshark_pass_cpu"] <= 1.5
+    x10 = row(OURS, "x10")
+    scaling = {"cpu_x10_vs_x1": round(x10["cpu_s"] / ours["cpu_s"], 2),
+               "rss_x10_vs_x1": round(x10["peak_rss_mib"] / ours["peak_rss_mib"], 2)} if x10 else {}
+    return {"benchmark": "analyze", "kernel": os.uname().release, "file": str(big), "generation": gen_meta,
+            "ours": OURS, "accelerator": accel, "rows": rows, "repeat": args.repeat,
+            "throughput_vs_tshark_conv": round(speedup, 2), "memory_vs_tshark_conv": round(mem_ratio, 3),
+            "ours_rss_full_vs_prefix": round(growth, 2), **{k: round(v, 3) for k, v in ratios.items()},
+            "cores": cores, "distinct": distinct, "scaling": scaling, "targets": targets}
