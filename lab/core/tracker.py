@@ -753,30 +753,34 @@ class Analyzer:
              wscale: int) -> None:
         """A SYN or SYN-ACK: a retransmission (same ISN) or this side's ISN."""
         side = conn.sides[s]
+        note = ""
         if side.syn_frame and seq == side.isn:
             if not flags & _ACK:
-                role = "SYN retransmission"
+                what = "SYN retransmission"
             elif side.syn_ack < 0:
                 # its SYN's ISN, now with an ACK: simultaneous open, it answers the peer's SYN (SYN_SENT ->
                 # SYN_RECEIVED, RFC 9293 3.5 figure 7)
-                role = self._syn_ack(conn, s, frame, ts, ack, f"SYN-ACK (ISN {seq}, its SYN's: simultaneous open)")
+                note = self._syn_ack(conn, s, frame, ts, ack)
+                what = "SYN-ACK (ISN %d, its SYN's: simultaneous open)"
             elif side.state == LISTEN or ack != side.syn_ack:
                 # the same ISN again after an RST took it back to LISTEN, or acknowledging another SYN
-                role = self._syn_ack(conn, s, frame, ts, ack, f"SYN-ACK (ISN {seq}) again")
+                note = self._syn_ack(conn, s, frame, ts, ack)
+                what = "SYN-ACK (ISN %d) again"
             else:
-                role = "SYN-ACK retransmission"
+                what = "SYN-ACK retransmission"
         else:
             if not flags & _ACK and side.state == LISTEN and side.snd_max < 0:
                 # a SYN from the side assumed to listen: an active opener (simultaneous open), so CLOSED
                 side.state = CLOSED
             self._take_isn(conn, s, frame, ts, seq, wscale)
             if flags & _ACK:
-                role = self._syn_ack(conn, s, frame, ts, ack, f"SYN-ACK (ISN {seq})")
+                note = self._syn_ack(conn, s, frame, ts, ack)
+                what = "SYN-ACK (ISN %d)"
             else:
                 self._go(conn, s, SEND_SYN, frame, ts, False)
-                role = f"SYN (ISN {seq})"
+                what = "SYN (ISN %d)"
         if self.detail:
-            conn.roles.append((frame, s, role))
+            conn.roles.append((frame, s, (what % seq if "%d" in what else what) + note))
 
     @staticmethod
     def _take_isn(conn: _Conn, s: int, frame: int, ts: float, seq: int, wscale: int) -> None:
@@ -794,17 +798,18 @@ class Analyzer:
             peer.shift = min(peer.ws, 14) if on else 0
             conn.ws_known = True
 
-    def _syn_ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int, role: str) -> str:
-        """Side s answers the peer's SYN: it has received that SYN. Its role, with why the SYN's sender will
-        not take it when its ACK is not acceptable in SYN_SENT."""
+    def _syn_ack(self, conn: _Conn, s: int, frame: int, ts: float, ack: int) -> str:
+        """Side s answers the peer's SYN: it has received that SYN. Returns a note for its role when the SYN's
+        sender cannot take its ACK in SYN_SENT ("" otherwise)."""
         side = conn.sides[s]
         peer = conn.sides[s ^ 1]
         side.syn_ack = ack
+        role = ""
         if peer.state == SYN_SENT and peer.isn >= 0 and not _acks_syn_sent(peer, ack):
             # RFC 9293 3.10.7.3: SEG.ACK =< ISS or > SND.NXT: the SYN's sender answers <SEQ=SEG.ACK><CTL=RST>
             # and stays in SYN_SENT (Linux tcp_rcv_synsent_state_process: reset_and_undo)
             conn.owed_rst = ack
-            role += f": its ACK is not acceptable to the {_name(s ^ 1)} in SYN_SENT"
+            role = f": its ACK is not acceptable to the {_name(s ^ 1)} in SYN_SENT"
         r = conn.reuse
         if r is not None and r.verdict == "refused" and r.old is not None and not r.old.done:
             # answered although TIME_WAIT should have refused it: no TIME_WAIT was there
