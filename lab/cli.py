@@ -1023,12 +1023,15 @@ def _run_ledgers(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, list[di
 
 @cli.command("verify")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (classes and every row).")
+@click.option("--rows", type=click.IntRange(min=0), default=None, metavar="N",
+              help="List N disagreement rows (default: all up to 30, else only the classes with counts).")
 @_filter_options
 @click.option("--strict", is_flag=True, help="A capture cut short is an error (exit 2), not a warning.")
 @_profile_options
-def verify_cmd(files: tuple[Path, ...], as_json: bool, ports: tuple[int, ...], hosts: tuple[str, ...],
-               since: str | None, until: str | None, strict: bool, profile: str, time_wait_s: float | None) -> None:
+def verify_cmd(files: tuple[Path, ...], as_json: bool, rows: int | None, ports: tuple[int, ...],
+               hosts: tuple[str, ...], since: str | None, until: str | None, strict: bool, profile: str,
+               time_wait_s: float | None) -> None:
     """Cross-check the analyzer against tshark: streams, FIN/RST, port reuse, FIN retransmissions.
 
     With --port/--host/--since/--until both read a copy holding only the matching TCP packets (frame
@@ -1045,8 +1048,9 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, ports: tuple[int, ...], h
             filt = _segment_filter(ports, hosts, since, until)
             if filt is not None:
                 path = stack.enter_context(_filtered_copy(path, filt))
+            theirs = tshark.scan_in_background(path)   # tshark reads while the lab analyzes
             report, _ = _analyze_file(path, profile, time_wait_s, None, strict)
-            res = tshark.verify(path, report).to_dict()
+            res = tshark.verify(path, report, theirs()).to_dict()
         results.append(res["ok"])
         if as_json:
             click.echo(json.dumps(res))
@@ -1054,7 +1058,8 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, ports: tuple[int, ...], h
         from lab.analysis.view import verify_view
         from lab.ui import console
 
-        console().print(verify_view(res))
+        shown = rows if rows is not None else (None if len(res["disagreements"]) <= 30 else 0)
+        console().print(verify_view(res, shown))
 
     _each_file(files, work)
     sys.exit(0 if all(results) else 1)

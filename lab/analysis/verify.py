@@ -11,10 +11,12 @@ tshark's rules and the lab's.
 from __future__ import annotations
 
 import bisect
+import re
 import shutil
 import subprocess
+import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -77,6 +79,11 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+def _cut_short(stderr: bytes) -> bool:
+    """tshark read a capture cut short up to the cut (and said so, exit 2): what twlab also analyzes."""
+    return b"cut short in the middle of a packet" in stderr
+
+
 def _run_fields(path: Path, fields: Iterable[str], display_filter: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
@@ -86,8 +93,8 @@ def _run_fields(path: Path, fields: Iterable[str], display_filter: str | None = 
         cmd += ["-Y", display_filter]
     for f in fields:
         cmd += ["-e", f]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
-    if proc.returncode != 0:
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0 and not _cut_short(proc.stderr):
         raise BadCapture(f"{path}: tshark could not read it (exit {proc.returncode})",
                          f"run 'tshark -r {path}' to see why")
     # not splitlines(): it also splits on \x1e (our aggregator), \x85 and \u2028, which comments may hold
@@ -264,10 +271,25 @@ class VerifyResult:
     def ok(self) -> bool:
         return not self.unexplained
 
+    def classes(self) -> list[dict[str, Any]]:
+        """The disagreements summarised: one row per class (check, explained, the reason with its numbers
+        taken out) with a count and the first frames, unexplained classes first, then the largest."""
+        groups: dict[tuple[str, bool, str], list[Disagreement]] = {}
+        for d in self.disagreements:
+            groups.setdefault((d.check, d.explained, _NUMBERS.sub("N", d.reason)), []).append(d)
+        rows = [{"check": check, "explained": explained, "reason": reason, "count": len(ds),
+                 "frames": [f for d in ds[:_CLASS_FRAMES] for f in d.frames[:1]], "example": ds[0].reason}
+                for (check, explained, reason), ds in groups.items()]
+        return sorted(rows, key=lambda r: (r["explained"], -r["count"], r["check"], r["reason"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "tshark_version": self.tshark_version, "packets": self.packets, "ok": self.ok,
-                "checks": [c.to_dict() for c in self.checks],
+                "checks": [c.to_dict() for c in self.checks], "classes": self.classes(),
                 "disagreements": [d.to_dict() for d in self.disagreements]}
+
+
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+_CLASS_FRAMES = 5   # example frames per class
 
 
 _REUSE_KINDS = ("reuse-in-time-wait", "reuse-after-time-wait")
@@ -313,14 +335,37 @@ def _flag_text(flags: int) -> str:
     return Flags.text(flags)
 
 
-def verify(path: Path, report: Any) -> VerifyResult:
-    """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading."""
-    from lab.pcap.readers import read_segments
+def scan_in_background(path: Path) -> Callable[[], TsharkScan]:
+    """Start scan(path) in a thread (tshark runs as its own process, on another core) and return a function
+    that waits for it: verify's analysis runs meanwhile, so verify takes about tshark's own time."""
+    box: list[Any] = []
+
+    def work() -> None:
+        try:
+            box.append(scan(path))
+        except BaseException as exc:  # handed to the caller
+            box.append(exc)
+
+    t = threading.Thread(target=work, name="tshark-scan", daemon=True)
+    t.start()
+
+    def result() -> TsharkScan:
+        t.join()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+    return result
+
+
+def verify(path: Path, report: Any, tshark_scan: TsharkScan | None = None) -> VerifyResult:
+    """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading (scan(path),
+    unless given)."""
+    from lab.pcap.readers import CaptureReader
 
     path = Path(path)
     rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
-    ts = scan(path)
-    segs = {s.frame: s for s in read_segments(path)}
+    ts = tshark_scan if tshark_scan is not None else scan(path)
+    segs = {s.frame: s for s in CaptureReader(path, lenient=True)}   # up to a cut, as tshark reads it
     ver = version()
     dis: list[Disagreement] = []
     checks: list[Check] = []
@@ -344,7 +389,7 @@ def verify(path: Path, report: Any) -> VerifyResult:
 
     # --- streams against connections ---------------------------------------------------------------
     conns = rep["connections"]
-    conn_by_id = {c["id"]: c for c in conns}
+    incarnations = _Incarnations(conns)
     checks.append(Check("streams", ts.streams, len(conns), ts.streams == len(conns)))
     ours_of = _conn_of_frames(rep, segs)
     stream_frames = ts.stream_frames()
@@ -389,7 +434,7 @@ def verify(path: Path, report: Any) -> VerifyResult:
     checks.append(Check("reused-ports", len(theirs), len(reuse_frames), theirs == set(reuse_frames)))
     new_incarnation = {c["first_frame"]: c for c in conns if c["incarnation"] > 0}
     for n in sorted(theirs - set(reuse_frames)):
-        dis.append(_reuse_theirs_only(ver, n, segs.get(n), new_incarnation.get(n), conn_by_id, ours_of))
+        dis.append(_reuse_theirs_only(ver, n, segs.get(n), new_incarnation.get(n), incarnations, ours_of))
     for n in sorted(set(reuse_frames) - theirs):
         tf = ts.frames.get(n)
         old_syn = _old_isn_frame(n, segs)
@@ -557,7 +602,7 @@ def _pairing_reason(ver: str, stream: int, cid: int, frames: list[int], their_ci
 
 
 def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any] | None,
-                       conn_by_id: Mapping[int, Mapping[str, Any]], ours_of: Mapping[int, int]) -> Disagreement:
+                       incarnations: _Incarnations, ours_of: Mapping[int, int]) -> Disagreement:
     if seg is None:
         return Disagreement("reused-ports", (n,), "Port numbers reused", "not a TCP segment",
                             "the reader did not decode this frame", False)
@@ -568,7 +613,7 @@ def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any
                             "differs from the conversation's, and a SYN-ACK after an RST; the lab judges reuse "
                             "on the client's SYN only", True)
     if seg.flags & _SYN and incarnation is not None:
-        prev = _previous_incarnation(incarnation, conn_by_id)
+        prev = incarnations.previous(incarnation)
         kind = prev["close"]["kind"] if prev else "?"
         if prev and prev["time_wait"]:
             sides = ", ".join(w["side"] for w in prev["time_wait"])
@@ -591,12 +636,26 @@ def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any
                         "tshark flags a segment without SYN", False)
 
 
-def _previous_incarnation(conn: Mapping[str, Any], conn_by_id: Mapping[int, Mapping[str, Any]]
-                          ) -> Mapping[str, Any] | None:
-    key = frozenset((conn["client"], conn["server"]))
-    prev = [c for c in conn_by_id.values()
-            if frozenset((c["client"], c["server"])) == key and c["first_frame"] < conn["first_frame"]]
-    return max(prev, key=lambda c: c["first_frame"]) if prev else None
+class _Incarnations:
+    """One index from four-tuple to its connections in first-frame order: the previous incarnation of a
+    connection is a bisect, not a scan of every connection (which made verify quadratic in reuse)."""
+
+    def __init__(self, conns: Iterable[Mapping[str, Any]]) -> None:
+        self.by_tuple: dict[frozenset[str], list[tuple[int, int, Mapping[str, Any]]]] = defaultdict(list)
+        for c in conns:
+            self.by_tuple[frozenset((c["client"], c["server"]))].append((c["first_frame"], c["id"], c))
+        for lst in self.by_tuple.values():
+            lst.sort(key=lambda t: (t[0], t[1]))
+        self.firsts = {k: [t[0] for t in lst] for k, lst in self.by_tuple.items()}
+
+    def previous(self, conn: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The latest connection on the same four-tuple that started before `conn`."""
+        key = frozenset((conn["client"], conn["server"]))
+        firsts = self.firsts.get(key)
+        if not firsts:
+            return None
+        i = bisect.bisect_left(firsts, conn["first_frame"]) - 1
+        return self.by_tuple[key][i][2] if i >= 0 else None
 
 
 def _retransmitted_fins(frames: Iterable[int], segs: Mapping[int, Any]) -> set[int]:

@@ -225,7 +225,22 @@ def _ports_view(nc: Mapping[str, Any]) -> list[Any]:
     return parts
 
 
-def verify_view(res: Mapping[str, Any]) -> Group:
+def verify_classes_table(res: Mapping[str, Any]) -> Table:
+    """Disagreements by class, with counts and the first frames (verify's default for many rows)."""
+    t = Table(title=f"disagreements by class ({len(res['disagreements'])} in all; --rows N lists them)",
+              title_justify="left")
+    t.add_column("check")
+    t.add_column("count", justify="right", style="bold")
+    t.add_column("first frames")
+    t.add_column("reason (numbers as N)")
+    for c in res.get("classes", []):
+        mark = Text("explained:", style="green") if c["explained"] else Text("UNEXPLAINED:", style="bold red")
+        t.add_row(c["check"], str(c["count"]), ", ".join(map(str, c["frames"])),
+                  Text.assemble(mark, " ", c["reason"]))
+    return t
+
+
+def verify_view(res: Mapping[str, Any], rows: int | None = None) -> Group:
     head = Text(f"{res['file']}: the lab vs tshark {res['tshark_version']}", style="bold")
     t = Table()
     t.add_column("check")
@@ -236,14 +251,17 @@ def verify_view(res: Mapping[str, Any]) -> Group:
         t.add_row(c["check"], str(c["tshark"]), str(c["ours"]),
                   Text("agree", style="green") if c["agree"] else Text("differ", style="yellow"))
     parts: list[Any] = [head, t]
-    if res["disagreements"]:
+    listed = res["disagreements"] if rows is None else res["disagreements"][:rows]
+    if res["disagreements"] and len(listed) < len(res["disagreements"]):
+        parts.append(verify_classes_table(res))
+    if listed:
         d = Table(title="disagreements", title_justify="left", show_lines=True)
         d.add_column("check")
         d.add_column("frames")
         d.add_column("tshark")
         d.add_column("lab")
         d.add_column("reason")
-        for x in res["disagreements"]:
+        for x in listed:
             mark = Text("explained:", style="green") if x["explained"] else Text("UNEXPLAINED:", style="bold red")
             reason = Text.assemble(mark, " ", x["reason"])
             d.add_row(x["check"], ", ".join(map(str, x["frames"])), Text(x["tshark"]), Text(x["ours"]), reason)

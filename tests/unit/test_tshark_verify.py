@@ -170,3 +170,49 @@ def test_verify_on_the_lab_gallery(path: Path) -> None:
     names = {c.name: c for c in res.checks}
     if "comments" in names:
         assert names["comments"].agree and names.get("comments-pyshark", names["comments"]).agree
+
+
+# --- verify at scale (issue 14 item 7): one index of incarnations, classes with counts -----------------------
+
+def test_previous_incarnation_index_equals_a_scan(corpus: Path) -> None:
+    for name in ("zeek__echo-connections.pcap.gz", "deepflow__l4-source-port-reuse.pcap",
+                 "arkime__tcp-reassembly-synthetic.pcap"):
+        conns = analyze(read_segments(corpus / name)).to_dict()["connections"]
+        index = tshark._Incarnations(conns)
+        for c in conns:
+            key = {c["client"], c["server"]}
+            earlier = [p for p in conns if {p["client"], p["server"]} == key and p["first_frame"] < c["first_frame"]]
+            want = max(earlier, key=lambda p: p["first_frame"]) if earlier else None
+            got = index.previous(c)
+            assert (got["id"] if got else None) == (want["id"] if want else None), (name, c["id"])
+
+
+def test_disagreements_are_summarised_by_class(corpus: Path) -> None:
+    res = _verify(corpus, "zeek__echo-connections.pcap.gz")
+    doc = res.to_dict()
+    classes = doc["classes"]
+    assert sum(c["count"] for c in classes) == len(doc["disagreements"])
+    assert len(classes) <= len(doc["disagreements"])
+    for c in classes:
+        assert c["frames"] and all(isinstance(f, int) for f in c["frames"]) and "N" in c["reason"] + "N"
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lab.analysis.view import verify_view
+
+    if doc["disagreements"]:
+        out = StringIO()
+        Console(file=out, width=160).print(verify_view(doc, 0))
+        assert "by class" in out.getvalue() and "disagreements\n" not in out.getvalue()
+
+
+def test_verify_reads_a_capture_cut_short(corpus: Path, tmp_path: Path) -> None:
+    raw = (corpus / "zeek__mysql__auth.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(raw[:len(raw) - 10])
+    from lab.pcap.readers import CaptureReader
+
+    reader = CaptureReader(cut, lenient=True)
+    res = tshark.verify(cut, analyze(reader))
+    assert reader.stats.cut and res.packets == reader.stats.packets and res.ok
