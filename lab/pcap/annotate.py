@@ -1,9 +1,8 @@
 """Per-packet comments into a pcapng: copy every packet of a capture, keep its bytes, timestamp and
 existing comments, and add the lab's notes for its frame number.
 
-The writer is a few lines of struct packing (SHB, one IDB per interface and link type with
-if_tsresol=9, EPB with opt_comment options) because that is all Wireshark needs and it streams:
-memory stays constant however large the capture is.
+The pcapng writer and the atomic write are lab.pcap.writer's (the one writer every capture the lab writes
+goes through); PcapngWriter is re-exported here for existing callers.
 """
 
 from __future__ import annotations
@@ -11,93 +10,18 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-import struct
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
-from lab.errors import UsageError
+from lab.pcap.writer import PcapngWriter, atomic_write
 
 if TYPE_CHECKING:
     from lab.pcap.filters import SegmentFilter
 
-_SHB = 0x0A0D0D0A
-_IDB = 0x00000001
-_EPB = 0x00000006
-_BYTE_ORDER_MAGIC = 0x1A2B3C4D
-_OPT_ENDOFOPT = 0
-_OPT_COMMENT = 1
-_IF_NAME = 2
-_IF_TSRESOL = 9
-_SHB_USERAPPL = 4
-_MAX_OPT = 0xFFFF - 3  # option length is 16 bits; keep the padded length representable
-_EPB_HEAD = struct.Struct("<IIIIIII")   # block type, total length, interface, ts high, ts low, caplen, len
-_U32 = struct.Struct("<I")
-_PADS = (b"", b"\0", b"\0\0", b"\0\0\0")   # by -len % 4: the zeros that pad data to 4 bytes
-
-
-def _pad4(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 4)
-
-
-def _option(code: int, value: bytes) -> bytes:
-    return struct.pack("<HH", code, len(value)) + _pad4(value)
-
-
-def _options(opts: Iterable[tuple[int, bytes]]) -> bytes:
-    body = b"".join(_option(c, v) for c, v in opts)
-    return body + struct.pack("<HH", _OPT_ENDOFOPT, 0) if body else b""
-
-
-def _block(btype: int, body: bytes) -> bytes:
-    total = 12 + len(body)
-    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
-
-
-def _comment_bytes(text: str) -> bytes:
-    raw = text.encode("utf-8", errors="replace")
-    if len(raw) <= _MAX_OPT:
-        return raw
-    # cut at a character boundary so Wireshark still sees valid UTF-8
-    return raw[:_MAX_OPT].decode("utf-8", errors="ignore").encode("utf-8")
-
-
-class PcapngWriter:
-    """Streaming little-endian pcapng writer: section header, interfaces on first use, EPBs."""
-
-    def __init__(self, out: BinaryIO, app: str = "twlab") -> None:
-        self._out = out
-        self._ifaces: dict[tuple[int, int], int] = {}
-        shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _options([(_SHB_USERAPPL, app.encode())])
-        out.write(_block(_SHB, shb))
-
-    def _interface(self, interface: int, linktype: int) -> int:
-        key = (interface, linktype)
-        idx = self._ifaces.get(key)
-        if idx is None:
-            idx = len(self._ifaces)
-            self._ifaces[key] = idx
-            # snaplen 0 = no limit: packets keep whatever length the source file had
-            body = struct.pack("<HHI", linktype, 0, 0) + _options(
-                [(_IF_NAME, f"if{interface}".encode()), (_IF_TSRESOL, b"\x09")])
-            self._out.write(_block(_IDB, body))
-        return idx
-
-    def write(self, ts_ns: int, data: bytes, orig_len: int, comments: Sequence[str] = (), *,
-              interface: int = 0, linktype: int = 1) -> None:
-        idx = self._ifaces.get((interface, linktype))
-        if idx is None:
-            idx = self._interface(interface, linktype)
-        n = len(data)
-        pad = -n % 4
-        opts = _options((_OPT_COMMENT, _comment_bytes(c)) for c in comments) if comments else b""
-        total = 32 + n + pad + len(opts)    # 28 bytes of block and EPB header, the data, options, 4 of trailer
-        # one write per packet, packed in one go: a million packets are a second of this loop
-        self._out.write(b"".join((_EPB_HEAD.pack(_EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF,
-                                                 n, orig_len if orig_len > n else n),
-                                  data, _PADS[pad], opts, _U32.pack(total))))
+__all__ = ["PcapngWriter", "annotate_file", "capture_t0", "narrated", "write_annotated"]
 
 
 def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) -> int:
@@ -115,38 +39,21 @@ def _copy_with_notes(src: Path, dst: Path, notes_of: Callable[[int], Sequence[st
     from lab.pcap.readers import iter_frames
 
     src, dst = Path(src), Path(dst)
-    if dst.is_dir():
-        raise UsageError(f"{dst} is a directory", "give a file name for the annotated pcapng, e.g. -o out.pcapng")
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
-    # ".NAME.<pid>.*.twl-tmp": the writer's pid lets doctor --cleanup remove it after a kill -9 (lab.run.resources)
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dst.name}.{os.getpid()}.", suffix=".twl-tmp")
-    tmp = Path(tmp_name)
     count = annotated = 0
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            w = PcapngWriter(out)
-            write = w.write
-            for fr in iter_frames(src):
-                add = notes_of(fr.frame)
-                if add:
-                    annotated += 1
-                    # a note the packet already carries is not added twice (annotating a file again is idempotent)
-                    extra = [t for t in add if t not in fr.comments]
-                    comments: Sequence[str] = (*fr.comments, *extra)
-                else:
-                    comments = fr.comments
-                write(fr.ts_ns, fr.data, fr.orig_len, comments, interface=fr.interface, linktype=fr.linktype)
-                count += 1
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a capture is meant to be opened by the user's tools
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_write(dst) as out:   # lab.pcap.writer: complete or not at all; dst == src is allowed
+        w = PcapngWriter(out)
+        write = w.write
+        for fr in iter_frames(src):
+            add = notes_of(fr.frame)
+            if add:
+                annotated += 1
+                # a note the packet already carries is not added twice (annotating a file again is idempotent)
+                extra = [t for t in add if t not in fr.comments]
+                comments: Sequence[str] = (*fr.comments, *extra)
+            else:
+                comments = fr.comments
+            write(fr.ts_ns, fr.data, fr.orig_len, comments, interface=fr.interface, linktype=fr.linktype)
+            count += 1
     return count, annotated
 
 
