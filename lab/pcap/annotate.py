@@ -59,7 +59,7 @@ def _copy_with_notes(src: Path, dst: Path, notes_of: Callable[[int], Sequence[st
 
 # --- streaming annotate: notes spooled in sorted runs while the analyzer streams, merged while copying ----
 
-_RUN_NOTES = 1 << 18      # notes held in memory before they go to the spool as one sorted run
+_RUN_NOTES = 1 << 15      # notes in memory before they go to the spool as one sorted run (~60 MiB peak)
 _READ_CHUNK = 1 << 16
 
 

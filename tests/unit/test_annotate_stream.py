@@ -29,7 +29,7 @@ def _whole_report_notes(src: Path) -> dict[int, list[str]]:
 
 
 @pytest.mark.parametrize("name", FILES)
-@pytest.mark.parametrize("run_notes", [7, 1 << 18])   # many small sorted runs, or everything in one
+@pytest.mark.parametrize("run_notes", [7, 1 << 20])   # many small sorted runs, or everything in one
 def test_same_comments_as_the_whole_report(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            name: str, run_notes: int) -> None:
     monkeypatch.setattr(annotate, "_RUN_NOTES", run_notes)
