@@ -23,6 +23,8 @@ OPTIONAL_USE = {
     "tcpdump": "not needed by the lab (its own capture is a raw socket); handy to compare",
     "nstat": "only the counters some experiments add to their evidence",
     "iptables": "only the experiments that drop or hold a segment (lost-final-ack, time-wait-zero, ...)",
+    "nginx": "only http-close-side and proxy-port-exhaustion (a real nginx in lab namespaces)",
+    "curl": "only http-close-side (the real HTTP client)",
 }
 ESSENTIAL = ("root", "CAP_NET_ADMIN", "CAP_NET_RAW", "ip", "netns")
 
@@ -87,6 +89,8 @@ def checks() -> list[Check]:
         _tool("iptables", "apt-get install -y iptables"),
         _tool("ip", "apt-get install -y iproute2"),
         _tool("nstat", "apt-get install -y iproute2"),
+        _tool("nginx", "apt-get install -y nginx (or run: bash setup.sh)"),
+        _tool("curl", "apt-get install -y curl (or run: bash setup.sh)"),
         _netns_usable(),
         Check("accelerator", *accel.doctor_check(), need="optional"),
     ]

@@ -13,6 +13,9 @@ _ORDER = [
     "time-wait-duration", "lost-final-ack", "time-wait-zero", "abortive-close", "syn-in-time-wait",
     "delayed-duplicate", "time-wait-assassination", "ephemeral-exhaustion", "ephemeral-port-allocation",
     "reuseaddr-uses", "reuseport", "multicast-reuse", "bind-matrix",
+    # wave 2: the cases people bring from incidents
+    "close-wait-pileup", "bind-before-connect", "time-wait-bucket-overflow", "tcp-tw-recycle", "http-close-side",
+    "proxy-port-exhaustion", "challenge-ack", "conntrack-time-wait",
 ]
 
 
