@@ -19,6 +19,7 @@ from collections.abc import Callable
 from lab.core.tracker import Analyzer
 from lab.pcap import readers
 from lab.pcap.filters import FILTERED, SegmentFilter
+from lab.pcap.frag import Reassembler
 from lab.pcap.readers import ReaderStats, _Source
 
 _CACHE_MAX = 65_536   # bound the address caches on scans with many addresses
@@ -51,6 +52,7 @@ class _Dec:
         self.tcp = 0
         self.last_key = -1          # the last IPv4 address looked up: most packets repeat it (a dict
         self.last_str = ""          # lookup needs a boxed key)
+        self.frags = Reassembler(skipped)   # fragments (never fast: the fallback reassembles them), one per walk
 
     def v4str(self, buf: bytes, p: int) -> str:
         key = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
@@ -85,7 +87,7 @@ class _Dec:
                 filt.first(ts)
         if not self.fast(lt, buf, off, end, frame, ts):
             try:
-                r = readers._decode(lt, buf, off, end, frame, ts, ())
+                r = readers._decode(lt, buf, off, end, frame, ts, (), self.frags)
             except (struct.error, IndexError):
                 r = readers.MALFORMED
             if isinstance(r, str):
@@ -98,8 +100,10 @@ class _Dec:
                 self.a.feed(r)
 
     def done(self, stats: ReaderStats, frame: int) -> None:
+        self.frags.finish()
         stats.packets = frame
         stats.tcp_segments = self.tcp
+        stats.reassembled = self.frags.reassembled
         if frame:
             stats.first_ts = self.first_ts
         if self.filtered:
@@ -145,7 +149,7 @@ class _Dec:
             if off + 20 > end:
                 return False
             ihl = (buf[off] & 15) << 2
-            if ihl < 20 or buf[off + 9] != 6 or ((buf[off + 6] & 0x1F) << 8) | buf[off + 7]:
+            if ihl < 20 or buf[off + 9] != 6 or ((buf[off + 6] & 0x3F) << 8) | buf[off + 7]:  # any fragment
                 return False
             tot = (buf[off + 2] << 8) | buf[off + 3]
             ip_end = off + tot if tot >= ihl else end  # tot 0: TSO capture; use what was captured

@@ -101,6 +101,7 @@ def _feed_plain(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | N
     finally:
         got = reader.stats
         stats.packets, stats.tcp_segments, stats.first_ts = got.packets, got.tcp_segments, got.first_ts
+        stats.reassembled = got.reassembled
         stats.skipped.update(got.skipped)
         if filtered:
             stats.skipped[FILTERED] = filtered

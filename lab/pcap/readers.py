@@ -5,9 +5,12 @@ several sections, IDB with if_tsresol/if_tsoffset, EPB, SPB, OPB, per-packet opt
 them gzip-compressed (detected by magic, not by the file name).
 
 Link types: Ethernet (802.1Q/QinQ tags), Linux cooked SLL (113) and SLL2 (276), raw IP (12, 14, 101, 228,
-229), BSD loopback NULL (0) and LOOP (108). Network: IPv4 and IPv6 (extension headers skipped; non-first
-fragments skipped and counted). Tunnels: GTP-U (UDP 2152), IP-in-IP / IPv6-in-IPv4 (4/41) and GRE: the
-innermost IP/TCP is the segment's four-tuple.
+229), BSD loopback NULL (0) and LOOP (108), Linux NFLOG (239). Network: IPv4 and IPv6 (extension headers
+skipped); fragments are reassembled per walk (lab.pcap.frag: the segment comes at the frame completing its
+datagram, as in tshark; ReaderStats.reassembled, skipped "ip-fragment-reassembled" / "ip-fragment").
+Tunnels: GTP-U (UDP 2152), IP-in-IP / IPv6-in-IPv4 (4/41), GRE, and lab.pcap.encap's (MPLS, PPPoE, PBB,
+VN-Tag, E-Tag, ERSPAN, VXLAN(-GPE), Geneve, GRE-in-UDP, Teredo, AYIYA): the innermost IP/TCP is the
+segment's four-tuple.
 
 Frame numbers count every packet (1-based) and equal tshark's frame.number. A packet too short for its
 TCP header is a counted skip ("truncated-packet"); a damaged *file* (record or block past end of file,
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from lab.core.model import Segment
 from lab.errors import BadCapture
+from lab.pcap import encap
+from lab.pcap.frag import Reassembler
 
 if TYPE_CHECKING:
     pass
@@ -59,6 +64,7 @@ class ReaderStats:
     skipped: dict[str, int] = field(default_factory=dict)
     cut: str | None = None        # lenient reads of a capture cut short: the one warning line
     first_ts: float | None = None  # the capture's first frame (any protocol): the zero of Wireshark's Time column
+    reassembled: int = 0           # IP datagrams put together from fragments (lab.pcap.frag)
 
 
 def lenient(stats: ReaderStats, read: Callable[[], Any]) -> Any:
@@ -84,8 +90,8 @@ LINKTYPE_LOOP = 108
 LINKTYPE_SLL = 113
 LINKTYPE_SLL2 = 276
 _RAW_LINKTYPES = frozenset({12, 14, 101, 228, 229})
-SUPPORTED_LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_SLL, LINKTYPE_SLL2}
-                                | _RAW_LINKTYPES)
+SUPPORTED_LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_SLL, LINKTYPE_SLL2,
+                                 encap.LINKTYPE_NFLOG} | _RAW_LINKTYPES)
 
 _PCAP_MAGIC_US = 0xA1B2C3D4
 _PCAP_MAGIC_NS = 0xA1B23C4D
@@ -192,8 +198,9 @@ def _tcp(buf: bytes, t: int, ip_end: int, end: int, src: str, dst: str, frame: i
 
 
 def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
-        depth: int) -> Segment | str:
-    """IPv4/IPv6 at buf[off:end] (end = captured end); tunnels recurse to the innermost IP."""
+        depth: int, frags: Reassembler | None = None) -> Segment | str:
+    """IPv4/IPv6 at buf[off:end] (end = captured end); tunnels recurse to the innermost IP. With `frags` a
+    fragment goes to the walk's reassembler (without: a first fragment is read as is, the others skipped)."""
     if off >= end:
         return TRUNC
     v = buf[off] >> 4
@@ -204,6 +211,13 @@ def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[s
         ihl = (vihl & 15) << 2
         if ihl < 20:
             return MALFORMED
+        if frag & 0x3FFF and frags is not None:   # more fragments or an offset: reassemble
+            if depth >= _MAX_TUNNEL_DEPTH:
+                return MALFORMED
+            whole = frags.ipv4(buf, off, end, ts)
+            if isinstance(whole, str):
+                return whole
+            return _ip(whole, 0, len(whole), frame, ts, comments, depth + 1, frags)
         if frag & 0x1FFF:
             return FRAGMENT
         ip_end = off + tot if tot >= ihl else end  # tot 0: TSO capture; use what was captured
@@ -223,7 +237,15 @@ def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[s
             if p + 8 > end:
                 return TRUNC
             if proto == 44:
-                if _H.unpack_from(buf, p + 2)[0] & 0xFFF8:
+                fo = _H.unpack_from(buf, p + 2)[0]
+                if fo & 0xFFF9 and frags is not None:   # an offset or more fragments (not atomic): reassemble
+                    if depth >= _MAX_TUNNEL_DEPTH:
+                        return MALFORMED
+                    whole = frags.ipv6(buf, off, p, ip_end, end, ts)
+                    if isinstance(whole, str):
+                        return whole
+                    return _ip(whole, 0, len(whole), frame, ts, comments, depth + 1, frags)
+                if fo & 0xFFF8:
                     return FRAGMENT
                 hlen = 8
             elif proto == 51:
@@ -242,21 +264,45 @@ def _ip(buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[s
         return MALFORMED
     inner_end = ip_end if ip_end < end else end
     if proto == 4 or proto == 41:
-        return _ip(buf, p, inner_end, frame, ts, comments, depth + 1)
+        return _ip(buf, p, inner_end, frame, ts, comments, depth + 1, frags)
     if proto == 17:
         if p + 8 > inner_end:
             return NON_TCP
         sport, dport = _HH.unpack_from(buf, p)
         if sport == 2152 or dport == 2152:
-            return _gtpu(buf, p + 8, inner_end, frame, ts, comments, depth)
-        return NON_TCP
+            return _gtpu(buf, p + 8, inner_end, frame, ts, comments, depth, frags)
+        inner = encap.udp(sport, dport, buf, p + 8, inner_end)
+        if inner is None:
+            return NON_TCP
+        return _inner(inner, buf, inner_end, frame, ts, comments, depth + 1, frags)
     if proto == 47:
-        return _gre(buf, p, inner_end, frame, ts, comments, depth)
+        return _gre(buf, p, inner_end, frame, ts, comments, depth, frags)
     return NON_TCP
 
 
+def _inner(inner: encap.Inner, buf: bytes, end: int, frame: int, ts: float, comments: tuple[str, ...],
+           depth: int, frags: Reassembler | None) -> Segment | str:
+    """Walk on from what a lab.pcap.encap decoder found: an IP packet, an Ethernet frame or a GRE header."""
+    if isinstance(inner, str):
+        return inner
+    kind, p = inner
+    if depth > _MAX_TUNNEL_DEPTH:
+        return MALFORMED
+    if kind == encap.IP:
+        return _ip(buf, p, end, frame, ts, comments, depth, frags)
+    if kind == encap.ETHER:
+        return _link(LINKTYPE_ETHERNET, buf, p, end, frame, ts, comments, depth, frags)
+    return _gre(buf, p, end, frame, ts, comments, depth, frags)
+
+
+def _ether_other(et: int, buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
+                 depth: int, frags: Reassembler | None) -> Segment | str:
+    """An Ethernet/SLL payload that is not plain IPv4/IPv6: tags, MPLS, PPPoE, PBB, ERSPAN (lab.pcap.encap)."""
+    return _inner(encap.ethertype(et, buf, off, end), buf, end, frame, ts, comments, depth + 1, frags)
+
+
 def _gtpu(buf: bytes, g: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
-          depth: int) -> Segment | str:
+          depth: int, frags: Reassembler | None = None) -> Segment | str:
     if g + 8 > end:
         return NON_TCP
     gflags = buf[g]
@@ -276,11 +322,11 @@ def _gtpu(buf: bytes, g: int, end: int, frame: int, ts: float, comments: tuple[s
                 return MALFORMED
             nxt = buf[p + elen - 1]
             p += elen
-    return _ip(buf, p, end, frame, ts, comments, depth + 1)
+    return _ip(buf, p, end, frame, ts, comments, depth + 1, frags)
 
 
 def _gre(buf: bytes, g: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
-         depth: int) -> Segment | str:
+         depth: int, frags: Reassembler | None = None) -> Segment | str:
     if g + 4 > end:
         return NON_TCP
     gflags, ptype = _HH.unpack_from(buf, g)
@@ -288,14 +334,16 @@ def _gre(buf: bytes, g: int, end: int, frame: int, ts: float, comments: tuple[st
         return NON_TCP
     p = g + 4 + (4 if gflags & 0x8000 else 0) + (4 if gflags & 0x2000 else 0) + (4 if gflags & 0x1000 else 0)
     if ptype == 0x0800 or ptype == 0x86DD:
-        return _ip(buf, p, end, frame, ts, comments, depth + 1)
+        return _ip(buf, p, end, frame, ts, comments, depth + 1, frags)
     if ptype == 0x6558:  # transparent Ethernet bridging
-        return _link(LINKTYPE_ETHERNET, buf, p, end, frame, ts, comments, depth + 1)
+        return _link(LINKTYPE_ETHERNET, buf, p, end, frame, ts, comments, depth + 1, frags)
+    if ptype == 0x8847 or ptype == 0x88BE or ptype == 0x22EB:  # MPLS in GRE (RFC 4023), ERSPAN II/III
+        return _ether_other(ptype, buf, p, end, frame, ts, comments, depth, frags)
     return NON_TCP
 
 
 def _link(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
-          depth: int = 0) -> Segment | str:
+          depth: int = 0, frags: Reassembler | None = None) -> Segment | str:
     if lt == 1:
         if off + 14 > end:
             return TRUNC
@@ -307,31 +355,34 @@ def _link(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, commen
             et = (buf[off + 2] << 8) | buf[off + 3]
             off += 4
         if et != 0x0800 and et != 0x86DD:
-            return NON_IP
+            return _ether_other(et, buf, off, end, frame, ts, comments, depth, frags)
     elif lt == 113:
         if off + 16 > end:
             return TRUNC
         et = (buf[off + 14] << 8) | buf[off + 15]
         if et != 0x0800 and et != 0x86DD:
-            return NON_IP
+            return _ether_other(et, buf, off + 16, end, frame, ts, comments, depth, frags)
         off += 16
     elif lt == 276:
         if off + 20 > end:
             return TRUNC
         et = (buf[off] << 8) | buf[off + 1]
         if et != 0x0800 and et != 0x86DD:
-            return NON_IP
+            return _ether_other(et, buf, off + 20, end, frame, ts, comments, depth, frags)
         off += 20
     elif lt == 0 or lt == 108:
         off += 4  # address family in either byte order; the IP version nibble decides
+    elif lt == encap.LINKTYPE_NFLOG:
+        return _inner(encap.nflog(buf, off, end), buf, end, frame, ts, comments, depth, frags)
     elif lt not in _RAW_LINKTYPES:
         return f"linktype-{lt}"
-    return _ip(buf, off, end, frame, ts, comments, depth)
+    return _ip(buf, off, end, frame, ts, comments, depth, frags)
 
 
-def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...]
-            ) -> Segment | str:
-    """_link with the one-unpack shortcut for link/IPv4/TCP (same logic as inlined in _pcap_segments)."""
+def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comments: tuple[str, ...],
+            frags: Reassembler | None = None) -> Segment | str:
+    """_link with the one-unpack shortcut for link/IPv4/TCP (same logic as inlined in _pcap_segments);
+    `frags`: the walk's fragment reassembler (None: each packet on its own)."""
     fast = _FAST.get(lt)
     if fast is not None:
         l2 = fast[1]
@@ -339,7 +390,7 @@ def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comm
             et, vihl, tot, ipid, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = \
                 fast[0].unpack_from(buf, off)
             thl = (doff >> 4) << 2
-            if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
+            if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and tot >= 20
                     and (thl == 20 or (thl == 32 and end - off >= l2 + 52) or (thl == 40 and end - off >= l2 + 60))):
                 tsval = tsecr = wscale = None
                 if thl == 32:
@@ -359,13 +410,15 @@ def _decode(lt: int, buf: bytes, off: int, end: int, frame: int, ts: float, comm
                     return _new(Segment, (frame, ts, _ip_cache.get(s) or _ipstr(s), sport,
                                           _ip_cache.get(d) or _ipstr(d), dport, seq, ack, flags, win,
                                           plen if plen > 0 else 0, tsval, tsecr, comments, wscale, ipid))
-    return _link(lt, buf, off, end, frame, ts, comments)
+    return _link(lt, buf, off, end, frame, ts, comments, 0, frags)
 
 
-def decode_frame(linktype: int, data: bytes, frame: int, ts_ns: int) -> Segment | None:
-    """One captured packet -> its innermost TCP segment, or None (not TCP, cut short, malformed)."""
+def decode_frame(linktype: int, data: bytes, frame: int, ts_ns: int,
+                 frags: Reassembler | None = None) -> Segment | None:
+    """One captured packet -> its innermost TCP segment, or None (not TCP, cut short, malformed, a fragment
+    held by `frags`, the caller's lab.pcap.frag.Reassembler kept across its packets)."""
     try:
-        r = _decode(linktype, data, 0, len(data), frame, ts_ns / 1e9, ())
+        r = _decode(linktype, data, 0, len(data), frame, ts_ns / 1e9, (), frags)
     except (struct.error, IndexError):
         return None
     return None if type(r) is str else r  # type: ignore[return-value]
@@ -541,7 +594,7 @@ def _pcap_header(src: _Source, head: bytes) -> _PcapHeader:
 def _check_linktype(src: _Source, lt: int, frame: int) -> None:
     if lt not in SUPPORTED_LINKTYPES:
         raise src.fail(f"unsupported link type {lt}", frame,
-                       "supported: Ethernet, Linux SLL/SLL2, raw IP, BSD loopback; "
+                       "supported: Ethernet, Linux SLL/SLL2, raw IP, BSD loopback, NFLOG; "
                        "convert with editcap or capture with tcpdump -i any")
 
 
@@ -601,6 +654,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
     frame = 0
     tcp = 0
     skipped = stats.skipped
+    frags = Reassembler(skipped)
     read = src.read
     try:
         while True:
@@ -635,7 +689,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                 # the common case in one unpack: link header, option-less IPv4, TCP (no or NOP NOP TS options)
                 et, vihl, tot, ipid, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast(buf, start)
                 thl = (doff >> 4) << 2
-                if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x1FFF and tot >= 20
+                if (et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and tot >= 20
                         and (thl == 20 or (thl == 32 and end - start >= l2 + 52)
                              or (thl == 40 and end - start >= l2 + 60))):
                     tsval = tsecr = wscale = None
@@ -659,7 +713,7 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                                             plen if plen > 0 else 0, tsval, tsecr, (), wscale, ipid))
                         continue
             try:
-                r = link(lt, buf, start, end, frame, sec + frac * scale, ())
+                r = link(lt, buf, start, end, frame, sec + frac * scale, (), 0, frags)
             except (struct.error, IndexError):
                 r = MALFORMED
             if type(r) is str:
@@ -668,8 +722,10 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                 tcp += 1
                 yield r  # type: ignore[misc]
     finally:
+        frags.finish()
         stats.packets = frame
         stats.tcp_segments = tcp
+        stats.reassembled = frags.reassembled
         src.close()
 
 
@@ -727,6 +783,7 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
     u32 = struct.Struct("<I").unpack_from
     epb = struct.Struct("<IIIII").unpack_from
     skipped = stats.skipped if stats is not None else {}
+    frags = Reassembler(skipped)
     decode = _decode
     try:
         while True:
@@ -810,7 +867,7 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
                 if lt not in SUPPORTED_LINKTYPES:
                     _check_linktype(src, lt, frame)
                 try:
-                    r = decode(lt, buf, data, data + incl, frame, ts_ns / 1e9, comments)
+                    r = decode(lt, buf, data, data + incl, frame, ts_ns / 1e9, comments, frags)
                 except (struct.error, IndexError):
                     r = MALFORMED
                 if type(r) is str:
@@ -833,8 +890,10 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
             # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
     finally:
         if stats is not None:
+            frags.finish()
             stats.packets = frame
             stats.tcp_segments = tcp
+            stats.reassembled = frags.reassembled
         src.close()
 
 
