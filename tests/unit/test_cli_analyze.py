@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from lab.analysis import verify as tshark
+from lab.core import report
 
-CLOSE_KINDS = {"four-way", "three-way", "simultaneous", "half-close", "rst", "incomplete"}
-FINDING_KINDS = {"fin-retransmitted", "final-ack-lost", "rst-after-fin", "reuse-in-time-wait",
-                 "reuse-after-time-wait", "delayed-duplicate", "time-wait-assassinated"}
+CLOSE_KINDS = set(report.CLOSE_KINDS)        # the Literal types' members: one list of kinds
+FINDING_KINDS = set(report.FINDING_KINDS)
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 
 
