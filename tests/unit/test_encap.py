@@ -22,7 +22,7 @@ from lab.core.tracker import analyze
 from lab.pcap import encap, frag, readers
 from lab.pcap.frag import Reassembler
 from lab.pcap.readers import CaptureReader, decode_frame
-from tests.unit.test_fastdecode import mismatches, segment_rows_differ
+from tests.unit.test_fastdecode import _in_pure_subprocess, assert_same
 from tests.unit.test_readers import tshark_rows
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "encap"
@@ -82,9 +82,9 @@ def test_segments_agree_with_tshark(path: Path) -> None:
 
 
 def test_compiled_and_plain_walks_agree() -> None:
-    names = [str(p) for p in FILES]
-    assert mismatches(names) == []
-    assert segment_rows_differ(names) == []
+    """feed_file (compiled when built) == CaptureReader, here and with the .py sources (TWLAB_PURE=1)."""
+    assert_same(FILES)
+    assert _in_pure_subprocess(FILES) == []
 
 
 def test_fragments_file_datagrams() -> None:
