@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Protocol
 
 from lab.core.tracker import Analyzer
 from lab.pcap.filters import FILTERED, SegmentFilter
+from lab.pcap.frag import Reassembler
 from lab.pcap.readers import ReaderStats, decode_frame
 from lab.pcap.writer import PcapngWriter
 
@@ -46,6 +47,7 @@ class LiveRun:
         self.interrupted = False
         self.stats = ReaderStats()
         self._filtered = 0
+        self._frags = Reassembler({})   # fragments held across take()s (their packets count as not-tcp)
 
     def __call__(self, analyzer: Analyzer, on_batch: Callable[[], None]) -> ReaderStats:
         deadline = float("inf") if self.duration_s is None else self.clock() + self.duration_s
@@ -79,7 +81,8 @@ class LiveRun:
                 st.first_ts = ts_ns / 1e9
             if write is not None:
                 write(ts_ns, data, orig_len, linktype=lt)
-            seg = decode_frame(lt, data, st.packets, ts_ns)
+            seg = decode_frame(lt, data, st.packets, ts_ns, self._frags)
+            st.reassembled = self._frags.reassembled
             if seg is None:
                 st.skipped["not-tcp"] = st.skipped.get("not-tcp", 0) + 1
                 continue
