@@ -623,16 +623,13 @@ def _analyze_file(path: Path, profile: str, time_wait_s: float | None, filt: Any
                   strict: bool = False) -> tuple[Any, dict[str, Any]]:
     """The analyzer's Report for one file and its `analyze --json` object (contract in docs/design.md).
     A capture cut short is analyzed up to the cut with one warning (strict: BadCapture, exit 2)."""
-    from lab.core.tracker import analyze
-    from lab.pcap.readers import CaptureReader
+    from lab.core.tracker import Analyzer
+    from lab.pcap.feed import feed_file
 
     _check_file(path)
-    reader = CaptureReader(path, lenient=not strict)
-    segs: Any = reader
-    if filt is not None:
-        segs = (s for s in reader if filt.keep(s.src_ip, s.sport, s.dst_ip, s.dport, s.ts_s))
-    report = analyze(segs, profile=profile, time_wait_s=time_wait_s)
-    st = reader.stats
+    analyzer = Analyzer(profile, time_wait_s, detail=True)   # keeps every record: tracker.analyze(), but the
+    st = feed_file(path, analyzer, filt=filt, lenient=not strict)   # compiled walk when built
+    report = analyzer.finish()
     if st.cut:
         _warn([st.cut])
     doc: dict[str, Any] = {"file": str(path), "packets": st.packets, "tcp_segments": st.tcp_segments,

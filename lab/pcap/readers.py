@@ -20,6 +20,8 @@ Memory stays bounded: the file is read in 1 MiB chunks and no record may exceed 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import stat
@@ -81,6 +83,7 @@ def lenient(stats: ReaderStats, read: Callable[[], Any]) -> Any:
 # --- limits and constants ---------------------------------------------------------------------------------
 
 _CHUNK = 1 << 20
+_F_SETPIPE_SZ = 1031   # fcntl.F_SETPIPE_SZ (Linux; the constant is in the fcntl module only from 3.10 on some builds)
 MAX_RECORD = 16 << 20  # larger than any real packet or block; bounds memory on garbage lengths
 _MAX_TUNNEL_DEPTH = 8
 
@@ -512,7 +515,11 @@ class _Source:
         # a pipe, FIFO or terminal: hand over what has arrived instead of waiting for a whole chunk, so a live
         # feed (tcpdump -w - | twlab analyze - --jsonl) is analyzed as it comes
         try:
-            self.stream = not stat.S_ISREG(os.fstat(self.f.fileno()).st_mode) and hasattr(self.f, "read1")
+            mode = os.fstat(self.f.fileno()).st_mode
+            self.stream = not stat.S_ISREG(mode) and hasattr(self.f, "read1")
+            if stat.S_ISFIFO(mode):   # a 1 MiB pipe (ours only): the writer runs ahead instead of 64 KiB ping-pong
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(self.f.fileno(), _F_SETPIPE_SZ, _CHUNK)
         except (OSError, ValueError, AttributeError):
             self.stream = False
 

@@ -1,0 +1,196 @@
+"""The analyzer in an incident (issue 14): stdin versus file throughput, live analysis at the churn limit, and
+`twlab verify` against tshark's own pass.
+
+    .venv/bin/python -m benchmarks incident [--file F] [--repeat 3] [--rates 1000,2000,5000,10000,20000]
+
+- stdin vs file: `twlab analyze --json F` against `cat F | twlab analyze --json -` (the same walk over a
+  pipe), interleaved rounds, the best wall and CPU seconds of each (CPU includes cat's, ~1 %); target: the
+  same within 10 %.
+- live: in a lab namespace (twl<id>bench, deleted at the end) `twlab analyze -i lo --netns NS` runs while
+  benchmarks/bench_capture.py's generator opens connections at rising rates; the kernel's own count
+  (TcpOutSegs + TcpRetransSegs of the namespace; on lo each segment sent is received once) against the
+  packets twlab analyzed; target: 0 % loss at every rate the generator reaches.
+- verify: `twlab verify F` against `tshark -T fields` with the fields verify reads, wall, CPU and peak RSS.
+
+The churn file is benchmarks/bench_analyze.py's (cached in benchmarks/out/, made there when missing).
+Writes benchmarks/out/incident.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_analyze import OUT as ANALYZE_OUT
+from benchmarks.bench_analyze import generate, run_measured
+from benchmarks.bench_capture import GENERATOR, _kernel_segs, _ns
+from lab.run.context import is_root, new_run_id
+from lab.run.resources import Ledger
+
+OUT = Path(__file__).resolve().parent / "out" / "incident.json"
+REPO = Path(__file__).resolve().parent.parent
+TWLAB = [sys.executable, "-m", "lab"]
+RATES = (1000, 2000, 5000, 10000, 20000)
+
+
+def churn(packets: int) -> Path:
+    path = ANALYZE_OUT / f"churn-{packets}.pcap"
+    if not path.exists():
+        if not is_root():
+            raise SystemExit("bench incident: generating the churn capture needs root; or pass --file")
+        print(f"generating {path.name} ...", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = generate(path, packets, 4, 4)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def stdin_vs_file(f: Path, repeat: int) -> dict[str, Any]:
+    tw = " ".join(TWLAB)
+    ways = {"file": [*TWLAB, "analyze", "--json", str(f)],
+            "stdin": ["sh", "-c", f"cat '{f}' | {tw} analyze --json -"]}
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):                     # interleaved: load changes hit both alike
+        for name, cmd in ways.items():
+            m = run_measured(cmd, cpus="0,1")
+            b = best.setdefault(name, m)
+            best[name] = {k: min(b[k], m[k]) for k in m}
+    ratio_wall = best["stdin"]["wall_s"] / best["file"]["wall_s"]
+    ratio_cpu = best["stdin"]["cpu_s"] / best["file"]["cpu_s"]
+    return {"file": best["file"], "stdin": best["stdin"], "stdin_over_file_wall": round(ratio_wall, 3),
+            "stdin_over_file_cpu": round(ratio_cpu, 3), "target_met": ratio_wall <= 1.10}
+
+
+def verify_vs_tshark(f: Path) -> dict[str, Any]:
+    from lab.analysis.verify import _FIELDS
+
+    fields = [x for _, field in _FIELDS for x in ("-e", field)]
+    theirs = run_measured(["tshark", "-n", "-r", str(f), "-T", "fields", "-E", "occurrence=a", *fields], cpus="0,1")
+    ours = run_measured([*TWLAB, "verify", "--json", str(f)], cpus="0,1")
+    return {"tshark": theirs, "verify": ours, "wall_ratio": round(ours["wall_s"] / theirs["wall_s"], 3),
+            "cpu_ratio": round(ours["cpu_s"] / theirs["cpu_s"], 3),
+            "target_met": ours["wall_s"] <= 1.5 * theirs["wall_s"]}
+
+
+def _live_step(ns: str, rate: int, duration_s: float, port: int, nproc: int) -> dict[str, Any]:
+    env = dict(os.environ, TERM="dumb")
+    tw = subprocess.Popen([*TWLAB, "analyze", "-i", "lo", "--netns", ns, "-f", f"tcp port {port}", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    assert tw.stderr is not None
+    ready = tw.stderr.readline()
+    if "capturing on" not in ready:
+        tw.kill()
+        raise RuntimeError(f"twlab analyze -i did not start: {ready.strip()}")
+    before = _kernel_segs(ns)
+    gen = subprocess.run(_ns(ns, sys.executable, "-c", GENERATOR, str(rate), str(duration_s), str(port), str(nproc)),
+                         capture_output=True, text=True, timeout=duration_s * 20 + 60)
+    if gen.returncode != 0:
+        tw.kill()
+        raise RuntimeError(f"generator failed: {gen.stderr.strip()[-300:]}")
+    conns, elapsed = gen.stdout.split()
+    time.sleep(0.3)   # delayed ACKs of the last connections
+    after = _kernel_segs(ns)
+    tw.send_signal(signal.SIGINT)   # Ctrl-C: twlab drains what the kernel queued and prints its summary
+    out, err = tw.communicate(timeout=300)
+    doc = json.loads(out)
+    m = re.search(r"captured (\d+) packets, kernel drops (\d+)", err)
+    kernel = after - before
+    ours = int(doc["packets"])
+    return {"rate_target": rate, "connections": int(conns), "rate_achieved": round(int(conns) / float(elapsed)),
+            "kernel_segments": kernel, "analyzed_packets": ours, "analyzed_connections": len(doc["connections"]),
+            "lost_pct": round(100.0 * (kernel - ours) / kernel, 3) if kernel else 0.0,
+            "kernel_drops": int(m.group(2)) if m else None}
+
+
+def live(rates: list[int], duration_s: float, nproc: int) -> dict[str, Any]:
+    run_id = new_run_id()
+    ns = f"twl{run_id}bench"
+    ledger = Ledger(run_id)
+    rows: list[dict[str, Any]] = []
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        ledger.add("netns", ns)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(_ns(ns, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"), check=True)
+        for i, rate in enumerate(rates):
+            row = _live_step(ns, rate, duration_s, 21000 + i, nproc)
+            rows.append(row)
+            print(f"  live {row['rate_target']:>6}/s target, {row['rate_achieved']:>6}/s achieved: kernel "
+                  f"{row['kernel_segments']} segments, analyzed {row['analyzed_packets']} "
+                  f"({row['lost_pct']} % lost, kernel drops {row['kernel_drops']})", flush=True)
+            if row["rate_achieved"] < 0.8 * rate:   # the generator is at the machine's limit
+                break
+    finally:
+        ledger.close()
+    return {"rows": rows, "max_rate_achieved": max((r["rate_achieved"] for r in rows), default=0),
+            "target_met": all(r["lost_pct"] <= 0 for r in rows)}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    out = ["| measure | twlab | reference | ratio |", "|---|---|---|---|"]
+    sv = res.get("stdin_vs_file")
+    if sv:
+        out.append(f"| analyze --json, stdin vs file (wall s) | {sv['stdin']['wall_s']:.2f} | "
+                   f"{sv['file']['wall_s']:.2f} | {sv['stdin_over_file_wall']:.2f}x |")
+    ve = res.get("verify")
+    if ve:
+        out.append(f"| verify vs tshark -T fields (wall s) | {ve['verify']['wall_s']:.2f} | "
+                   f"{ve['tshark']['wall_s']:.2f} | {ve['wall_ratio']:.2f}x |")
+        out.append(f"| verify vs tshark (peak RSS MiB) | {ve['verify']['peak_rss_mib']:.0f} | "
+                   f"{ve['tshark']['peak_rss_mib']:.0f} | "
+                   f"{ve['verify']['peak_rss_mib'] / ve['tshark']['peak_rss_mib']:.2f}x |")
+    lv = res.get("live")
+    if lv and lv["rows"]:
+        top = max(lv["rows"], key=lambda r: r["rate_achieved"])
+        out.append(f"| analyze -i lo at {top['rate_achieved']:,} conn/s: packets analyzed vs kernel | "
+                   f"{top['analyzed_packets']:,} | {top['kernel_segments']:,} | {top['lost_pct']} % lost |")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks incident")
+    ap.add_argument("--file", type=Path, default=None, help="capture for stdin-vs-file and verify")
+    ap.add_argument("--packets", type=int, default=1_000_000, help="churn file size when no --file")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rates", default=",".join(map(str, RATES)))
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds of churn per live rate")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: stdin,verify,live")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    for tool in ("tshark", "taskset") + (() if "live" in skip else ("nstat", "ip")):
+        if not shutil.which(tool):
+            print(f"bench incident: {tool} not found: apt-get install -y tshark util-linux iproute2",
+                  file=sys.stderr)
+            return 3
+    f = args.file or churn(args.packets)
+    res: dict[str, Any] = {"benchmark": "incident", "file": str(f), "kernel": os.uname().release}
+    if "stdin" not in skip:
+        res["stdin_vs_file"] = stdin_vs_file(f, args.repeat)
+        print(f"  stdin/file wall {res['stdin_vs_file']['stdin_over_file_wall']}x, "
+              f"cpu {res['stdin_vs_file']['stdin_over_file_cpu']}x", flush=True)
+    if "verify" not in skip:
+        res["verify"] = verify_vs_tshark(f)
+        print(f"  verify/tshark wall {res['verify']['wall_ratio']}x, cpu {res['verify']['cpu_ratio']}x", flush=True)
+    if "live" not in skip:
+        if not is_root():
+            print("bench incident: the live part needs root (--skip live)", file=sys.stderr)
+            return 3
+        res["live"] = live([int(r) for r in args.rates.split(",")], args.duration, args.procs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(markdown(res))
+    print(f"written {args.out}")
+    return 0
