@@ -198,6 +198,7 @@ class _Side:
         "fin_ts",
         "got_fin",
         "got_fin_frame",
+        "got_fin_seq",
         "isn",
         "last_fin_frame",
         "last_fin_ts",
@@ -248,6 +249,7 @@ class _Side:
         self.fin_crossed = False              # its FIN was sent before it received the peer's (crossed FINs)
         self.got_fin = False                  # this side has received the peer's FIN
         self.got_fin_frame = 0                # ... proved by this side's ACK in this frame
+        self.got_fin_seq = NONE               # ... whose seq was this
         self.acked_before_own_fin = False     # a bare ACK of the peer's FIN sent before its own FIN (seen later)
         self.acked_peer_fin = 0               # this side's latest segment that ACKs the peer's FIN
         self.acked_peer_fin_ts = 0.0
@@ -873,7 +875,7 @@ class Analyzer:
             if self.detail:
                 conn.roles.append((frame, s, "ACK — handshake complete"))
         if fin_acked and not side.got_fin_frame:
-            self._acks_peer_fin(conn, s, frame, ts)
+            self._acks_peer_fin(conn, s, frame, ts, seq)
         elif side.reack_pending and peer.fin_seq >= 0 and ack == (peer.fin_seq + 1) & _M32:
             side.reack_pending = False
             if self.detail:
@@ -894,11 +896,12 @@ class Analyzer:
                 # Linux: any ACK-bearing segment reaching TIME_WAIT restarts its 60 s timer
                 self._tw_restart(peer, frame, ts)
 
-    def _acks_peer_fin(self, conn: _Conn, s: int, frame: int, ts: float) -> None:
+    def _acks_peer_fin(self, conn: _Conn, s: int, frame: int, ts: float, seq: int) -> None:
         """Side s's first segment that acknowledges the peer's FIN: it has received that FIN."""
         side = conn.sides[s]
         p = s ^ 1
         side.got_fin_frame = frame
+        side.got_fin_seq = seq
         self._rtt(side, ts - conn.sides[p].fin_ts)
         if not side.got_fin:
             side.got_fin = True
@@ -938,6 +941,13 @@ class Analyzer:
         late = 0
         if side.fin_crossed and side.got_fin:
             late = self._fin_sent_before_its_receipt(conn, s, frame, ts)
+        elif side.got_fin and side.got_fin_seq >= 0 and _d(side.got_fin_seq, fseq) > 0 \
+                and self._go_back(conn, s, RCV_FIN) >= 0:
+            # the ACK that seemed to show the receipt first is past this FIN in sequence space: sent after it
+            # (it overtook this FIN+ACK), so this FIN+ACK is the first proof of the receipt (three-way)
+            side.got_fin_frame = frame
+            side.got_fin_seq = NONE
+            self._go(conn, s, RCV_FIN, frame, ts, False)
         if self.detail:
             base = side.base
             rel = f" (seq {(fseq - base) & _M32} rel. to {_name(s)} ISN)" if base >= 0 else ""
@@ -1057,6 +1067,8 @@ class Analyzer:
         if side.state == SYN_SENT and not flags & _ACK and conn.owed_rst >= 0:
             self._rst_from_syn_sent(conn, s, frame, ts, seq, ack, flags)
             return
+        if flags & _ACK and side.got_fin and peer.fin_seq >= 0 and _d(ack, peer.fin_seq) < 1:
+            self._rst_sent_before_receipts(conn, s)
         # a FIN answered by RST: the RST is the sender's next segment after the peer's (latest) FIN
         if peer.fin_seq >= 0 and prev_last < peer.last_fin_frame < frame:
             had_tw = side.tw is not None
@@ -1095,6 +1107,19 @@ class Analyzer:
                      "elapsed_s": round(ts - w.start_ts, 6)}),)
                 self._tw_end(peer, "rst", frame, ts)
         self._go(conn, p, RCV_RST, frame, ts, False)
+
+    def _rst_sent_before_receipts(self, conn: _Conn, s: int) -> None:
+        """Side s's RST+ACK does not acknowledge the peer's FIN (an RST carries its sender's rcv_nxt: Linux
+        tcp_send_active_reset): it was sent before s received that FIN, and before anything the peer sent
+        after it. The receipts applied to s from there on are taken back (e.g. a TIME_WAIT it never held)."""
+        side = conn.sides[s]
+        peer = conn.sides[s ^ 1]
+        if side.fin_ack_applied and side.fin_acked_frame > peer.fin_frame:
+            self._go_back(conn, s, RCV_ACK_OF_FIN)
+            side.fin_acked_frame = 0
+        if self._go_back(conn, s, RCV_FIN) >= 0:
+            side.got_fin = False
+            side.got_fin_frame = 0
 
     def _rst_from_syn_sent(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, ack: int,
                            flags: int) -> None:

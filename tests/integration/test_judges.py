@@ -46,12 +46,7 @@ RIGHT_TODAY = frozenset({"01_tfo_rst_after_synack", "01_tfo_rst_after_synack_v6"
 
 
 # single cases still wrong in a class otherwise fixed: id (and its _v6 twin) -> mechanism
-_WRONG = {
-    "02_rst_races_the_kernels_fin": "the RST's own ACK shows its sender never got the kernel's FIN, yet the "
-                                    "analyzer gives the RST's sender TIME_WAIT",
-    "03_ack_overtakes_fin": "arrival order: an ACK sent after the FIN+ACK (seq past the FIN) arriving first reads "
-                            "as four-way",
-}
+_WRONG: dict[str, str] = {}   # none left (02_rst_races_the_kernels_fin, 03_ack_overtakes_fin: fixed)
 WRONG_TODAY = {sid + v6: why for sid, why in _WRONG.items() for v6 in ("", "_v6")}
 
 

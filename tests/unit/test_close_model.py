@@ -475,8 +475,6 @@ def test_class_08_rst_below_rcv_nxt_in_close_wait() -> None:
     assert verdict(m)[:2] == ("rst", "client")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 class 2: the RST's own ACK field shows its sender never got the "
-                                       "peer's FIN, yet the analyzer gives the RST sender TIME_WAIT")
 def test_class_02_rst_while_the_peers_fin_is_in_flight() -> None:
     """Crossed FINs seen at the server; the client aborts (RST+ACK, ack = the server's FIN seq: not received)
     while the server's FIN is still on its way: the client never enters TIME_WAIT."""
@@ -531,9 +529,6 @@ def test_class_03_half_close_data_overtakes_the_ack_of_the_fin() -> None:
     assert verdict(m) == truth(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 class 3 (arrival order): an ACK sent after a FIN+ACK overtakes it, "
-                                       "and a three-way close reads as four-way, though its seq (past the FIN) shows "
-                                       "it came later")
 def test_class_03_ack_after_the_fin_overtakes_it() -> None:
     m = Model(1000, 5000, "server", {"client": "fin", "server": "ack"})
     m.close("server")
