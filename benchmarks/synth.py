@@ -1,10 +1,12 @@
 """Synthetic captures for the analyzer benchmark (stdlib only, written straight as pcap).
 
 distinct(path, tuples): `tuples` connections whose four-tuples never repeat, each a handshake and an abort
-(SYN, SYN-ACK, ACK, RST-ACK from the client: four packets), 50 us apart, so the capture spans
-~tuples/20,000 s and the analyzer's sweeps run. Clients are 198.51.100.1.. with ports 1025..61024 (60,000 per
-address), the server 203.0.113.1:80 (documentation ranges; nothing is sent anywhere). What it measures: the
-memory an analyzer keeps per four-tuple it has seen when none comes back.
+(SYN, SYN-ACK, ACK, RST-ACK from the client: four packets), 1 ms apart, so the capture spans ~tuples/1,000 s:
+a connection is over long before the capture ends (an analyzer's sweep finishes it after its 2*MSL idle, so
+~60 k are open at any time) and what stays is what an analyzer keeps of a four-tuple it saw once. Clients
+are 198.51.100.1.. with ports 1025..61024 (60,000 per address), the server 203.0.113.1:80 (documentation
+ranges; nothing is sent anywhere). What it measures: the memory an analyzer keeps per four-tuple it has
+seen when none comes back.
 
 repeated(src, dst, times): a pcap `times` times over, each copy shifted by the source's span plus 1 s (the
 same four-tuples come back, as in a longer run of the same churn): the 10 M-packet scaling file.
@@ -21,7 +23,7 @@ _REC = struct.Struct("<IIII")
 _ETH = bytes(6) + bytes.fromhex("020000000001") + b"\x08\x00"
 _SYN, _ACK, _RST = 0x02, 0x10, 0x04
 PORTS_PER_CLIENT = 60_000
-GAP_US = 50
+GAP_US = 1000
 SERVER = bytes([203, 0, 113, 1])
 
 
