@@ -1,7 +1,8 @@
 """The analyzer's reach (issue 12 class 12): encapsulations (lab.pcap.encap) and IP fragment reassembly
-(lab.pcap.frag), on the small captures of tests/data/encap (built with scapy by build.py there, plus
-nflog-kernel.pcap: this machine's kernel logging loopback TCP through `iptables -j NFLOG`, captured with
-`tcpdump -i nflog:5`; see nflog-kernel.sh). Every file's segments must agree with tshark's; the compiled and
+(lab.pcap.frag), on the small captures of tests/data/encap: built with scapy by build.py there, plus two
+from this machine's kernel: nflog-kernel.pcap (loopback TCP logged by `iptables -j NFLOG`, captured with
+`tcpdump -i nflog:5`; nflog-kernel.sh) and vxlan-kernel.pcap (TCP over a kernel VXLAN whose outer IPv4 the
+kernel fragments; vxlan-kernel.sh). Every file's segments must agree with tshark's; the compiled and
 the plain walk must agree with CaptureReader (the judges of test_fastdecode)."""
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ EXPECT = {
     "pppoe.pcap": (9, 8, {"non-ip": 1}),
     "teredo.pcap": (5, 4, {"non-tcp": 1}),
     "vntag.pcap": (8, 8, {}),
+    "vxlan-kernel.pcap": (53, 36, {"non-tcp": 9, "non-ip": 2, "ip-fragment-reassembled": 6}),
     "vxlan.pcap": (9, 8, {"non-tcp": 1}),
 }
 
-INNER = {"192.0.2.1", "198.51.100.2", "2001:db8::1", "2001:db8:1::2", "127.0.0.1", "::1"}
+INNER = {"192.0.2.1", "198.51.100.2", "2001:db8::1", "2001:db8:1::2", "127.0.0.1", "::1",
+         "203.0.113.1", "203.0.113.2", "2001:db8:1::1"}
 
 
 def _rows(path: Path) -> list[tuple[int, str, int, int, int, int]]:
@@ -256,3 +259,14 @@ def test_live_analysis_reassembles_across_batches() -> None:
     assert stats.reassembled == 5 and stats.tcp_segments == 8
     if type(a) is not Analyzer:
         assert fed == [(s.frame, s.seq, s.payload_len) for s in CaptureReader(path)]
+
+
+def test_vxlan_kernel_capture_fragments() -> None:
+    """Real kernel output: full-sized inner segments ride in outer IPv4 fragments (UDP 4789); each is
+    reassembled and both connections (inner IPv4 and IPv6) close by the client's FIN."""
+    reader = CaptureReader(DATA / "vxlan-kernel.pcap")
+    rep = analyze(reader)
+    assert reader.stats.reassembled == 6
+    assert [(c.close.kind, c.close.initiator) for c in rep.connections] == [("three-way", "client")] * 2
+    assert [c.server for c in rep.connections] == ["203.0.113.2:8080", "[2001:db8:1::2]:8080"]
+    assert sum(1 for s in CaptureReader(DATA / "vxlan-kernel.pcap") if s.payload_len >= 1400) == 6
