@@ -14,9 +14,10 @@ import bisect
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -85,6 +86,11 @@ def _cut_short(stderr: bytes) -> bool:
 
 
 def _run_fields(path: Path, fields: Iterable[str], display_filter: str | None = None) -> list[str]:
+    return list(_iter_fields(path, fields, display_filter))
+
+
+def _iter_fields(path: Path, fields: Iterable[str], display_filter: str | None = None) -> Iterator[str]:
+    """tshark -T fields' lines as tshark writes them (parsing overlaps tshark's own pass)."""
     path = Path(path)
     if not path.is_file():
         raise BadCapture(f"{path}: no such file", "check the path")
@@ -93,12 +99,26 @@ def _run_fields(path: Path, fields: Iterable[str], display_filter: str | None = 
         cmd += ["-Y", display_filter]
     for f in fields:
         cmd += ["-e", f]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0 and not _cut_short(proc.stderr):
-        raise BadCapture(f"{path}: tshark could not read it (exit {proc.returncode})",
-                         f"run 'tshark -r {path}' to see why")
-    # not splitlines(): it also splits on \x1e (our aggregator), \x85 and \u2028, which comments may hold
-    return [line for line in proc.stdout.decode("utf-8", errors="replace").split("\n") if line]
+    with tempfile.TemporaryFile() as err, \
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err) as proc:
+        assert proc.stdout is not None
+        rest = b""
+        while True:
+            chunk = proc.stdout.read(1 << 20)
+            if not chunk:
+                break
+            # not splitlines(): it also splits on \x1e (our aggregator), \x85 and \u2028, which comments may hold
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                if line:
+                    yield line.decode("utf-8", errors="replace")
+        code = proc.wait()
+        err.seek(0)
+        if code != 0 and not _cut_short(err.read()):
+            raise BadCapture(f"{path}: tshark could not read it (exit {code})", f"run 'tshark -r {path}' to see why")
+        if rest:
+            yield rest.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +193,7 @@ def _last_int(cell: str, base: int = 10) -> int | None:
 
 def scan(path: Path) -> TsharkScan:
     """One tshark pass over `path`: every frame's TCP facts and comments."""
-    lines = _run_fields(path, [f for _, f in _FIELDS])
+    lines = _iter_fields(path, [f for _, f in _FIELDS])
     frames: dict[int, TsharkFrame] = {}
     ncols = len(_FIELDS)
     packets = 0
