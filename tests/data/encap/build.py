@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from scapy.contrib.erspan import ERSPAN_II
+from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.geneve import GENEVE
 from scapy.contrib.gtp import GTP_U_Header
 from scapy.contrib.mpls import MPLS
@@ -87,6 +87,8 @@ def vxlan() -> None:
     pkts: list[Packet | bytes] = [outer4(VXLAN(vni=42) / eth(p), 4789) for p in exchange()]
     pkts += [outer4(VXLAN(vni=42) / eth(p, Dot1Q(vlan=5)), 4789) for p in exchange(v6=True, cport=40002)]
     pkts.append(outer4(VXLAN(vni=42) / eth(IP(src=C4, dst=S4) / ICMP()), 4789))
+    gpe = bytes([0x0C, 0, 0, 1]) + struct.pack("!I", 42 << 8)   # VXLAN-GPE: I and P flags, next protocol IPv4
+    pkts += [outer4(gpe + raw(p), 4790) for p in exchange(cport=40003)]
     write("vxlan.pcap", pkts)
 
 
@@ -144,8 +146,12 @@ def pbb() -> None:
 def vntag() -> None:
     def tag(p: Packet, et: int) -> bytes:
         return raw(Ether(src=MAC1, dst=MAC2, type=0x8926)) + b"\x80\x05\x00\x07" + struct.pack("!H", et) + raw(p)
+
+    def etag(p: Packet) -> bytes:   # 802.1BR E-Tag: 6 bytes after its ethertype
+        return raw(Ether(src=MAC1, dst=MAC2, type=0x893F)) + b"\x00\x00\x10\x05\x00\x00\x08\x00" + raw(p)
     pkts: list[Packet | bytes] = [tag(p, 0x0800) for p in exchange()]
     pkts += [tag(p, 0x86DD) for p in exchange(v6=True, cport=40002)]
+    pkts += [etag(p) for p in exchange(cport=40003)]
     write("vntag.pcap", pkts)
 
 
@@ -153,6 +159,8 @@ def erspan() -> None:
     pkts: list[Packet | bytes] = [Ether(src=MAC1, dst=MAC2) / IP(src=T1, dst=T2) / GRE(proto=0x88BE, seqnum_present=1,
                                                                                           seqence_number=i)
                                   / ERSPAN_II(session_id=1) / eth(p) for i, p in enumerate(exchange())]
+    pkts += [Ether(src=MAC1, dst=MAC2) / IP(src=T1, dst=T2) / GRE(proto=0x22EB, seqnum_present=1, seqence_number=i)
+             / ERSPAN_III(session_id=2, o=0) / eth(p) for i, p in enumerate(exchange(v6=True, cport=40002))]
     write("erspan.pcap", pkts)
 
 
