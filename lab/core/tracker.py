@@ -713,7 +713,8 @@ class Analyzer:
             return
         peer = conn.sides[s ^ 1]
         if flags & _ACK and not flags & (_SYN | _RST) and peer.state == SYN_SENT and peer.isn >= 0 \
-                and not _acks_syn_sent(peer, ack):
+                and not side.syn_frame and not _acks_syn_sent(peer, ack):
+            # (after a SYN-ACK of its own, an ACK above SND.NXT rather shows data the capture missed)
             self._stale_answer(conn, s, frame, ts, ack)
             return
         prev_last = side.last_frame

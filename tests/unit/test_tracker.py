@@ -417,6 +417,21 @@ def test_stale_peer_answering_a_new_syn_is_named_not_a_handshake() -> None:
     assert "client's next seq in connection" in f.detail and f.extra["elapsed_s"] >= 0
 
 
+def test_data_the_capture_missed_after_a_syn_ack_is_not_a_stale_peer() -> None:
+    """The SYN-ACK was captured; the server's next segment ACKs client data the capture never saw (above the
+    client's SND.NXT as the capture knows it): the handshake went on, no stale-peer-ack."""
+    cap = Capture()
+    f = cap.flow()
+    f.send("client", S)
+    f.send("server", S | A)
+    f.send("client", A, capture=False)
+    f.send("client", P | A, 50, capture=False)
+    f.data("server", 100)
+    r = analyze(cap.segments)
+    assert [fi.kind for fi in r.findings] == []
+    assert not any("stale" in role for _f, _i, role in r.connections[0].roles)
+
+
 def test_simultaneous_open_story() -> None:
     """Issue 12 class 6: crossed SYNs; each side's SYN-ACK (its SYN's ISN) answers the other's SYN:
     CLOSED -> SYN_SENT -> SYN_RECEIVED -> ESTABLISHED on both sides, no LISTEN, no retransmission."""
