@@ -34,7 +34,7 @@ _IP6_FIXED = 40
 class _Datagram:
     """The pieces of one datagram so far."""
 
-    __slots__ = ("covered", "first_ts", "header", "nbytes", "pieces", "total")
+    __slots__ = ("covered", "first_ts", "header", "nbytes", "pieces", "tags", "total")
 
     def __init__(self, ts: float) -> None:
         self.first_ts = ts
@@ -43,6 +43,7 @@ class _Datagram:
         self.covered: list[tuple[int, int]] = []       # sorted, disjoint [start, end) byte ranges
         self.total = -1                                # payload length, once the last piece came
         self.nbytes = 0
+        self.tags: list[object] = []                   # the caller's handles of the pieces' packets
 
     def add(self, start: int, data: bytes, last: bool) -> bool:
         """Add one piece; False when it contradicts what arrived before (a second, different end)."""
@@ -97,6 +98,8 @@ class Reassembler:
         self.held = 0
         self.now = float("-inf")   # the latest capture time seen (captures can step back in time)
         self.reassembled = 0       # datagrams put together
+        self.tag: object = None    # optional: the caller's handle of the packet it is decoding now ...
+        self.completed: tuple[object, ...] = ()   # ... and those of the pieces of the last datagram completed
 
     # -- the walk's entry points: a str result is the skip reason the walk counts for the piece's packet
 
@@ -161,12 +164,14 @@ class Reassembler:
         if len(dg.pieces) >= MAX_PIECES or not dg.add(start, data, last):
             return self._give_up(key)
         self.held += len(data)
+        dg.tags.append(self.tag)
         if header and not dg.header:
             dg.header = header
         if not dg.complete():
             return PENDING
         del self.pending[key]
         self.held -= dg.nbytes
+        self.completed = tuple(dg.tags)
         self._move(len(dg.pieces) - 1, MERGED)   # the completing piece is its datagram's own packet
         self.reassembled += 1
         return dg.header, dg.payload()
