@@ -764,11 +764,11 @@ class Analyzer:
                 # its SYN's ISN, now with an ACK: simultaneous open, it answers the peer's SYN (SYN_SENT ->
                 # SYN_RECEIVED, RFC 9293 3.5 figure 7)
                 note = self._syn_ack(conn, s, frame, ts, ack)
-                what = "SYN-ACK (ISN %d, its SYN's: simultaneous open)"
+                what = "SYN-ACK (ISN {isn}, its SYN's: simultaneous open)"
             elif side.state == LISTEN or ack != side.syn_ack:
                 # the same ISN again after an RST took it back to LISTEN, or acknowledging another SYN
                 note = self._syn_ack(conn, s, frame, ts, ack)
-                what = "SYN-ACK (ISN %d) again"
+                what = "SYN-ACK (ISN {isn}) again"
             else:
                 what = "SYN-ACK retransmission"
         else:
@@ -778,12 +778,12 @@ class Analyzer:
             self._take_isn(conn, s, frame, ts, seq, wscale)
             if flags & _ACK:
                 note = self._syn_ack(conn, s, frame, ts, ack)
-                what = "SYN-ACK (ISN %d)"
+                what = "SYN-ACK (ISN {isn})"
             else:
                 self._go(conn, s, SEND_SYN, frame, ts, False)
-                what = "SYN (ISN %d)"
+                what = "SYN (ISN {isn})"
         if self.detail:
-            conn.roles.append((frame, s, (what % seq if "%d" in what else what) + note))
+            conn.roles.append((frame, s, what.replace("{isn}", str(seq)) + note))
 
     @staticmethod
     def _take_isn(conn: _Conn, s: int, frame: int, ts: float, seq: int, wscale: int) -> None:
