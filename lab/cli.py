@@ -704,9 +704,11 @@ def _by_stream(conns: list[dict[str, Any]], stream: int, file: Path) -> dict[str
 @contextlib.contextmanager
 def _filtered_copy(path: Path, filt: Any) -> Any:
     """A temporary pcapng (twl-<pid>-filtered-*) with only the TCP packets `filt` keeps, for tools that read
-    the file themselves (tshark in verify)."""
+    the file themselves (tshark in verify). A segment reassembled from IP fragments keeps all its pieces (written
+    together, in frame order, where the datagram completes)."""
     import tempfile
 
+    from lab.pcap.frag import Reassembler
     from lab.pcap.readers import decode_frame, iter_frames
     from lab.pcap.writer import PcapngWriter
 
@@ -715,14 +717,18 @@ def _filtered_copy(path: Path, filt: Any) -> Any:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             w = PcapngWriter(out)
             first = True
+            frags = Reassembler({})
             for fr in iter_frames(path):
                 if first:
                     filt.first(fr.ts_ns / 1e9)
                     first = False
-                seg = decode_frame(fr.linktype, fr.data, fr.frame, fr.ts_ns)
+                frags.tag = fr
+                seg = decode_frame(fr.linktype, fr.data, fr.frame, fr.ts_ns, frags)
                 if seg is not None and filt.keep(seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.ts_s):
-                    w.write(fr.ts_ns, fr.data, fr.orig_len, fr.comments, interface=fr.interface,
-                            linktype=fr.linktype)
+                    done: tuple[Any, ...] = frags.completed if frags.completed[-1:] == (fr,) else (fr,)
+                    for k in sorted(done, key=lambda f: f.frame):
+                        w.write(k.ts_ns, k.data, k.orig_len, k.comments, interface=k.interface,
+                                linktype=k.linktype)
         yield Path(name)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -1060,7 +1066,7 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, rows: int | None, ports: 
                 path = stack.enter_context(_filtered_copy(path, filt))
             theirs = tshark.scan_in_background(path)   # tshark reads while the lab analyzes
             report = _report_of(path, profile, time_wait_s, strict)
-            res = tshark.verify(path, report, theirs()).to_dict()
+            res = tshark.verify(path, report, theirs).to_dict()
         results.append(res["ok"])
         if as_json:
             click.echo(json.dumps(res))

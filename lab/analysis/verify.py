@@ -377,15 +377,22 @@ def scan_in_background(path: Path) -> Callable[[], TsharkScan]:
     return result
 
 
-def verify(path: Path, report: Any, tshark_scan: TsharkScan | None = None) -> VerifyResult:
-    """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading (scan(path),
-    unless given)."""
+def _theirs(path: Path, given: TsharkScan | Callable[[], TsharkScan] | None) -> TsharkScan:
+    if given is None:
+        return scan(path)
+    return given if isinstance(given, TsharkScan) else given()
+
+
+def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], TsharkScan] | None = None
+           ) -> VerifyResult:
+    """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading: scan(path),
+    unless given, or a function that waits for it (scan_in_background: the lab's side is read meanwhile)."""
     from lab.pcap.readers import CaptureReader
 
     path = Path(path)
     rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
-    ts = tshark_scan if tshark_scan is not None else scan(path)
     segs = {s.frame: s for s in CaptureReader(path, lenient=True)}   # up to a cut, as tshark reads it
+    ts = _theirs(path, tshark_scan)
     ver = version()
     dis: list[Disagreement] = []
     checks: list[Check] = []
