@@ -65,6 +65,17 @@ def test_sharded_reuse_across_shards_and_detail(corpus: Path, tmp_path: Path) ->
         assert _doc(src, 2, filter_args=filt) == _doc(src, 1, filter_args=filt), filt
 
 
+@pytest.mark.xfail(strict=True, reason="timestamps that go backwards (each copy of this 169 s capture starts 10 s "
+                   "after the previous one): one analyzer's sweep at a later timestamp finishes connection 295 "
+                   "(idle 60 s by that clock) before the SYN that ends its TIME_WAIT in the next copy, the shards "
+                   "sweep at other moments; records depend on the sweep schedule when time is not monotonic "
+                   "(tracker)")
+def test_sharded_with_time_going_backwards_is_the_single_analysis(corpus: Path, tmp_path: Path) -> None:
+    src = _repeated(corpus / "zeek__mysql__auth.pcap", tmp_path / "again.pcapng", 40, 10.0)
+    since = ((), (), "100", None)
+    assert _doc(src, 2, filter_args=since) == _doc(src, 1, filter_args=since)
+
+
 def test_merge_renumbers_in_first_segment_order() -> None:
     from lab.core.report import Close, Connection
 
