@@ -270,3 +270,23 @@ def test_vxlan_kernel_capture_fragments() -> None:
     assert [(c.close.kind, c.close.initiator) for c in rep.connections] == [("three-way", "client")] * 2
     assert [c.server for c in rep.connections] == ["203.0.113.2:8080", "[2001:db8:1::2]:8080"]
     assert sum(1 for s in CaptureReader(DATA / "vxlan-kernel.pcap") if s.payload_len >= 1400) == 6
+
+
+@pytest.mark.parametrize("port", [40001, 40002, 5060])
+def test_filtered_copy_keeps_every_piece_of_a_kept_datagram(port: int) -> None:
+    """verify --port reads a copy of the kept packets: a reassembled segment brings all its fragments, so the
+    copy gives the same segments (and tshark can reassemble them too)."""
+    from lab.cli import _filtered_copy
+    from lab.pcap.filters import SegmentFilter
+
+    path = DATA / "fragments.pcap"
+    filt = SegmentFilter(ports=(port,))
+    want = [(s.seq, s.payload_len, s.flags) for s in CaptureReader(path) if port in (s.sport, s.dport)]
+    with _filtered_copy(path, filt) as copy:
+        reader = CaptureReader(copy)
+        got = [(s.seq, s.payload_len, s.flags) for s in reader]
+        assert got == want
+        assert reader.stats.skipped.get("ip-fragment", 0) == 0   # no piece left without its datagram
+        if TSHARK:
+            rows = tshark_rows(copy, ["tcp.seq_raw", "tcp.len"])
+            assert [(int(a), int(b)) for a, b in rows] == [(s, n) for s, n, _ in want]
