@@ -290,3 +290,25 @@ def test_filtered_copy_keeps_every_piece_of_a_kept_datagram(port: int) -> None:
         if TSHARK:
             rows = tshark_rows(copy, ["tcp.seq_raw", "tcp.len"])
             assert [(int(a), int(b)) for a, b in rows] == [(s, n) for s, n, _ in want]
+
+
+_FRAMES = [(f.linktype, f.data) for p in FILES for f in readers.iter_frames(p)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_FRAMES) - 1), st.lists(st.tuples(st.integers(0, 4095),
+       st.integers(0, 255)), min_size=1, max_size=6), st.integers(0, 4096))
+def test_damaged_packets_only_fail_as_the_walk_expects(which: int, flips: list[tuple[int, int]], cut: int) -> None:
+    """Any byte of any test packet changed (and the packet cut anywhere): the decoder gives a segment or a
+    skip reason, or raises only what the walks turn into `malformed` (struct.error, IndexError)."""
+    lt, data = _FRAMES[which]
+    buf = bytearray(data)
+    for pos, val in flips:
+        buf[pos % len(buf)] = val
+    pkt = bytes(buf[:max(1, len(buf) - cut % len(buf))])
+    r = Reassembler({})
+    for frame in (1, 2):   # twice: the second may complete a datagram with the first
+        try:
+            readers._decode(lt, pkt, 0, len(pkt), frame, 0.0, (), r)
+        except (struct.error, IndexError):
+            pass
