@@ -97,12 +97,10 @@ def mpls(buf: bytes, off: int, end: int) -> Inner:
 
 
 def pppoe_session(buf: bytes, off: int, end: int) -> Inner:
-    """PPPoE session stage (RFC 2516): version/type 0x11, code 0, then PPP; IPv4 0x0021, IPv6 0x0057
-    (a one-byte protocol field when compressed, RFC 1661 6.5)."""
+    """PPPoE session stage (RFC 2516): 6 bytes (version/type, code, session, length; read as tshark does,
+    unchecked), then PPP: IPv4 0x0021, IPv6 0x0057 (a one-byte protocol field when compressed, RFC 1661 6.5)."""
     if off + 7 > end:
         return TRUNC
-    if buf[off] != 0x11 or buf[off + 1] != 0:
-        return MALFORMED
     p = off + 6
     if buf[p] & 1:
         proto, p = buf[p], p + 1
@@ -160,11 +158,9 @@ def udp(sport: int, dport: int, buf: bytes, p: int, end: int) -> Inner | None:
 
 
 def vxlan(buf: bytes, p: int, end: int) -> Inner:
-    """VXLAN (RFC 7348): 8 bytes with the I flag, then Ethernet."""
+    """VXLAN (RFC 7348): 8 bytes, then Ethernet (the flags are not checked: tshark does not either)."""
     if p + 8 > end:
         return TRUNC
-    if not buf[p] & 0x08:
-        return MALFORMED
     return ETHER, p + 8
 
 

@@ -87,6 +87,7 @@ def vxlan() -> None:
     pkts: list[Packet | bytes] = [outer4(VXLAN(vni=42) / eth(p), 4789) for p in exchange()]
     pkts += [outer4(VXLAN(vni=42) / eth(p, Dot1Q(vlan=5)), 4789) for p in exchange(v6=True, cport=40002)]
     pkts.append(outer4(VXLAN(vni=42) / eth(IP(src=C4, dst=S4) / ICMP()), 4789))
+    pkts.append(outer4(VXLAN(flags=0, vni=42) / eth(exchange(cport=40004)[0]), 4789))   # no I flag: still read
     gpe = bytes([0x0C, 0, 0, 1]) + struct.pack("!I", 42 << 8)   # VXLAN-GPE: I and P flags, next protocol IPv4
     pkts += [outer4(gpe + raw(p), 4790) for p in exchange(cport=40003)]
     write("vxlan.pcap", pkts)
