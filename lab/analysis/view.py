@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from lab.analysis.stream import Summary
 
 _KIND_STYLE = {"four-way": "green", "three-way": "green", "simultaneous": "cyan", "half-close": "yellow",
-               "rst": "red", "incomplete": "dim"}
+               "rst": "red", "refused": "magenta", "incomplete": "dim"}   # every report.CLOSE_KINDS
 
 
 def _secs(value: float) -> str:

@@ -207,3 +207,10 @@ def test_verify_without_tshark_exit_3(corpus: Path, tmp_path: Path) -> None:
                        capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode == 3
     assert len(r.stderr.strip().splitlines()) == 1 and "apt-get install -y tshark" in r.stderr
+
+
+def test_the_analyze_table_styles_every_close_kind() -> None:
+    from lab.analysis.view import _KIND_STYLE
+    from lab.core.report import CLOSE_KINDS
+
+    assert set(_KIND_STYLE) == set(CLOSE_KINDS)
