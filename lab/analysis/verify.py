@@ -11,6 +11,7 @@ tshark's rules and the lab's.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lab.errors import BadCapture, EnvironmentProblem
 
@@ -121,8 +122,10 @@ def _iter_fields(path: Path, fields: Iterable[str], display_filter: str | None =
             yield rest.decode("utf-8", errors="replace")
 
 
-@dataclass(frozen=True, slots=True)
-class TsharkFrame:
+class TsharkFrame(NamedTuple):
+    """One frame as tshark reads it (a NamedTuple: a million are built per million packets, and a frozen
+    dataclass's __init__ costs several times more)."""
+
     frame: int
     stream: int | None
     flags: int
@@ -197,20 +200,23 @@ def scan(path: Path) -> TsharkScan:
     frames: dict[int, TsharkFrame] = {}
     ncols = len(_FIELDS)
     packets = 0
+    agg = _AGG
+    new = tuple.__new__
     for line in lines:
         cols = line.split("\t", ncols - 1)
         if len(cols) < ncols or not cols[0].isdigit():
             continue
         packets += 1
-        stream = _last_int(cols[1])
-        comments = tuple(_unescape(c) for c in cols[10].split(_AGG)) if cols[10] else ()
+        cell = cols[1]
+        stream = (int(cell) if cell and agg not in cell else _last_int(cell))   # one TCP header: the usual case
+        comments = tuple(_unescape(c) for c in cols[10].split(agg)) if cols[10] else ()
         if stream is None and not comments:
             continue
-        frames[int(cols[0])] = TsharkFrame(
-            frame=int(cols[0]), stream=stream, flags=_last_int(cols[2], 16) or 0,
-            reused_ports=bool(cols[3]), retransmission=bool(cols[4]), fast_retransmission=bool(cols[5]),
-            spurious_retransmission=bool(cols[6]), out_of_order=bool(cols[7]), icmp=bool(cols[8] or cols[9]),
-            comments=comments)
+        cell = cols[2]
+        flags = (int(cell, 16) if cell and agg not in cell else _last_int(cell, 16)) or 0
+        n = int(cols[0])
+        frames[n] = new(TsharkFrame, (n, stream, flags, bool(cols[3]), bool(cols[4]), bool(cols[5]), bool(cols[6]),
+                                      bool(cols[7]), bool(cols[8] or cols[9]), comments))
     return TsharkScan(str(path), packets, frames)
 
 
@@ -231,6 +237,7 @@ def comments_pyshark(path: Path) -> dict[int, list[str]]:
     pyshark takes it for the frame layer (docs/kernel-facts.md §2)."""
     tshark_bin()
     import pyshark
+    from pyshark.capture.capture import TSharkCrashException
 
     out: dict[int, list[str]] = {}
     cap = pyshark.FileCapture(str(path), use_json=True, keep_packets=False, display_filter="frame.comment")
@@ -241,8 +248,17 @@ def comments_pyshark(path: Path) -> dict[int, list[str]]:
                 continue
             value = layer.comment
             out[int(pkt.number)] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    except TSharkCrashException as exc:
+        # tshark exits 2 on a file cut inside a packet after reading what precedes the cut, as the
+        # tshark -T fields pass did: keep those comments; any other crash is the file's problem
+        if "cut short" not in str(exc):
+            raise BadCapture(f"{path}: tshark (through pyshark) could not read it: {str(exc).splitlines()[-1]}",
+                             "check the file with: tshark -r FILE") from None
     finally:
-        cap.close()
+        with contextlib.suppress(TSharkCrashException):
+            cap.close()
+        # after a raising close pyshark still lists the exited tshark, and its __del__ would raise again
+        cap._running_processes.clear()
     return out
 
 
