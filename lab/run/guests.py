@@ -155,6 +155,19 @@ def _sh(value: str | Path) -> str:
     return shlex.quote(str(value))
 
 
+GUEST_TMPFS = ("/tmp", "/run", "/var/tmp")   # the guest's own scratch space over the host's read-only root
+
+
+def _host_paths_back(workdir: Path) -> str:
+    """Mount lines that bring back, read-only, the host folders the guest needs but its tmpfs hides: the project
+    and its Python environment when they live under /tmp or /run (a CI clone in /tmp, say)."""
+    root = Path(__file__).resolve().parents[2]    # the folder holding lab/
+    needed = sorted({root, Path(sys.prefix).resolve(), workdir.resolve()})
+    hidden = [p for p in needed if any(p == Path(d) or Path(d) in p.parents for d in GUEST_TMPFS)]
+    outer = [p for p in hidden if not any(q in p.parents for q in hidden)]
+    return "".join(f"mkdir -p {_sh(p)}\nmount -r -t hostfs none {_sh(p)} -o {_sh(p)}\n" for p in outer)
+
+
 def init_script(kernel: Kernel, share: Path, lab_argv: list[str], workdir: Path, env: dict[str, str],
                 net: GuestNet | None = None) -> str:
     """The guest's PID 1: mounts, modules, iptables flavour, a record of the guest, the lab run, power-off."""
@@ -180,8 +193,8 @@ mount -t sysfs sys /sys
 mkdir -p /dev/pts /dev/shm /dev/net
 mount -t devpts devpts /dev/pts
 mount -t tmpfs shm /dev/shm
-for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs "$d"; done
-mkdir -p {_sh(share)} /run/twlab/bin
+for d in {' '.join(GUEST_TMPFS)}; do mount -t tmpfs tmpfs "$d"; done
+{_host_paths_back(workdir)}mkdir -p {_sh(share)} /run/twlab/bin
 mount -t hostfs none {_sh(share)} -o {_sh(share)} || {{ echo "twlab guest: cannot mount the run folder"; \
 echo o > /proc/sysrq-trigger; }}
 {modules}[ -e /dev/net/tun ] || mknod /dev/net/tun c 10 200
