@@ -286,3 +286,27 @@ def test_census_on_churn_against_an_independent_count(tmp_path: Path) -> None:
     assert dest["utilisation"] > 1 and census["new_connections"]["fixes"]   # the churn outruns 1000 ports / 60 s
     people = twlab("analyze", "--port-range", f"{lo}-{hi}", path).stdout.decode()
     assert "census" in people and "runs out" in people
+
+
+# --- progress ---------------------------------------------------------------------------------------------
+
+def test_progress_bar_only_on_a_terminal_and_only_after_the_delay(corpus: Path) -> None:
+    from lab.analysis.view import ReadProgress
+
+    f = corpus / MYSQL
+    quiet = ReadProgress(f, enabled=False)
+    quiet.DELAY_S = 0.0
+    quiet(100)
+    assert quiet._bar is None                      # stderr not a terminal: never a bar
+    early = ReadProgress(f, enabled=True)
+    early(100)
+    assert early._bar is None                      # a read shorter than ~2 s shows nothing
+    late = ReadProgress(f, enabled=True)
+    late.DELAY_S = 0.0
+    with late:
+        late(f.stat().st_size // 2)
+        assert late._bar is not None and late.total == f.stat().st_size
+        assert late._bar.tasks[0].completed == f.stat().st_size // 2
+    # the CLI in a pipe: stderr carries no progress output at all
+    r = twlab("analyze", "--json", f)
+    assert r.returncode == 0 and b"\x1b[" not in r.stderr and b"\r" not in r.stderr and b"MB" not in r.stderr
