@@ -438,8 +438,9 @@ def main(argv: list[str]) -> int:
               f"{o['findings']} findings: parses, ids 0..n-1 each once")
     print()
     for label, title in TITLES.items():
-        if any(r["file"] == label for r in rows):
-            print(markdown_table(rows, label, title.format(n=counts.get(label, counts["full"]))) + "\n")
+        mine = [r for r in rows if r["file"] == label]
+        if mine:
+            print(markdown_table(rows, label, title.format(n=mine[0]["packets"])) + "\n")
     print(f"accelerator (lab.accel): {accel}")
     for k, v in result["targets"].items():
         print(f"target {'met' if v else 'NOT met'}: {k}")
