@@ -407,7 +407,7 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
 
     path = Path(path)
     rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
-    segs = {s.frame: s for s in CaptureReader(path, lenient=True)}   # up to a cut, as tshark reads it
+    segs = _Segments(CaptureReader(path, lenient=True))   # up to a cut, as tshark reads it
     ts = _theirs(path, tshark_scan)
     ver = version()
     dis: list[Disagreement] = []
@@ -533,16 +533,43 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
     return VerifyResult(str(path), ver, ts.packets, tuple(checks), tuple(dis))
 
 
-def _old_isn_frame(n: int, segs: Mapping[int, Any]) -> int | None:
+class _Segments(dict[int, Any]):
+    """frame -> segment, plus each four-tuple's frames (either direction) in order: the reasons look at a
+    segment's neighbours on its own four-tuple instead of scanning the whole capture per disagreement."""
+
+    def __init__(self, segs: Iterable[Any]) -> None:
+        super().__init__()
+        self.by_tuple: dict[tuple[tuple[str, int], tuple[str, int]], list[int]] = defaultdict(list)
+        for s in segs:
+            self[s.frame] = s
+            self.by_tuple[_tuple_key(s)].append(s.frame)   # file order: ascending frames
+
+    def before(self, s: Any) -> list[int]:
+        """The frames on s's four-tuple before s, nearest first."""
+        frames = self.by_tuple.get(_tuple_key(s), [])
+        return frames[:bisect.bisect_left(frames, s.frame)][::-1]
+
+    def after(self, s: Any) -> list[int]:
+        """The frames on s's four-tuple after s, in order."""
+        frames = self.by_tuple.get(_tuple_key(s), [])
+        return frames[bisect.bisect_right(frames, s.frame):]
+
+
+def _tuple_key(s: Any) -> tuple[tuple[str, int], tuple[str, int]]:
+    a, b = (s.src_ip, s.sport), (s.dst_ip, s.dport)
+    return (a, b) if a <= b else (b, a)
+
+
+def _old_isn_frame(n: int, segs: _Segments) -> int | None:
     """An earlier frame that shows the SYN in frame `n` carries an ISN already used on its four-tuple:
     a SYN from the same sender with the same sequence number, or a SYN-ACK from the peer acknowledging it."""
     s = segs.get(n)
     if s is None:
         return None
     fwd = (s.src_ip, s.sport, s.dst_ip, s.dport)
-    for m in range(n - 1, 0, -1):
-        p = segs.get(m)
-        if p is None or not p.flags & _SYN:
+    for m in segs.before(s):
+        p = segs[m]
+        if not p.flags & _SYN:
             continue
         if not p.flags & _ACK and p.seq == s.seq and (p.src_ip, p.sport, p.dst_ip, p.dport) == fwd:
             return m
@@ -560,7 +587,7 @@ def _close_between(a: int, b: int, frames: Iterable[int], segs: Mapping[int, Any
 
 
 def _split_reason(ver: str, stream: int, cid: int, start: int, ts: TsharkScan,
-                  segs: Mapping[int, Any]) -> Disagreement:
+                  segs: _Segments) -> Disagreement:
     """tshark keeps `start` in `stream`; the lab starts connection `cid` there."""
     tf = ts.frames.get(start)
     seg = segs.get(start)
@@ -603,14 +630,13 @@ def _split_reason(ver: str, stream: int, cid: int, start: int, ts: TsharkScan,
 
 
 def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame | None, seg: Any,
-                  segs: Mapping[int, Any]) -> Disagreement:
+                  segs: _Segments) -> Disagreement:
     flags = _flag_text(seg.flags) if seg is not None else "?"
     theirs = f"stream {stream} starts" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
     ours = f"still connection {cid}"
     if seg is not None and seg.flags & _SYN and not seg.flags & _ACK:
-        reply = next((segs[m] for m in sorted(segs) if m > start and segs[m].src_ip == seg.dst_ip
-                      and segs[m].sport == seg.dport and segs[m].dst_ip == seg.src_ip and segs[m].dport == seg.sport),
-                     None)
+        reply = next((segs[m] for m in segs.after(seg) if segs[m].src_ip == seg.dst_ip
+                      and segs[m].sport == seg.dport), None)
         if reply is not None and reply.flags & _ACK and reply.ack != (seg.seq + 1) & 0xFFFFFFFF:
             return Disagreement("streams", (start,), theirs, ours,
                                 f"tshark {ver} opens a new stream on any SYN with a new ISN; the peer answered it "
@@ -717,18 +743,18 @@ def _retransmitted_fins(frames: Iterable[int], segs: Mapping[int, Any]) -> set[i
     return out
 
 
-def _finrx_theirs_only(ver: str, n: int, segs: Mapping[int, Any]) -> Disagreement:
+def _finrx_theirs_only(ver: str, n: int, segs: _Segments) -> Disagreement:
     s = segs.get(n)
     if s is None:
         return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "not a TCP segment",
                             "the reader did not decode this frame", False)
-    earlier = [p for m, p in segs.items() if m < n and p.flags & _FIN and (p.src_ip, p.sport) == (s.src_ip, s.sport)
-               and (p.dst_ip, p.dport) == (s.dst_ip, s.dport)]
+    earlier = [segs[m] for m in segs.before(s)
+               if segs[m].flags & _FIN and (segs[m].src_ip, segs[m].sport) == (s.src_ip, s.sport)]
     if not earlier:
         return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "first FIN of its sender",
                             f"tshark {ver}'s retransmission rule looks at sequence numbers only (e.g. a segment "
                             "below the highest sequence seen); this is the first FIN its sender put on the wire, "
                             "so it is not a repeated FIN", True)
     return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "no fin-retransmitted finding",
-                        f"the sender sent a FIN before (frame {earlier[-1].frame}); the analyzer did not report "
+                        f"the sender sent a FIN before (frame {earlier[0].frame}); the analyzer did not report "
                         "this repeat", False)
