@@ -61,7 +61,9 @@ def renumber_finding(f: Finding, ids: Mapping[int, int]) -> Finding:
     def mapped(i: int | None) -> int | None:
         return None if i is None else ids.get(i, i)
 
-    detail = _ID_IN_TEXT.sub(lambda m: f"connection {mapped(int(m.group(1)))}", f.detail)
+    detail = f.detail
+    if "connection " in detail:
+        detail = _ID_IN_TEXT.sub(lambda m: f"connection {mapped(int(m.group(1)))}", detail)
     extra = f.extra
     if any(k in extra for k in _ID_FACTS):
         extra = {k: (mapped(v) if k in _ID_FACTS and isinstance(v, int) else v) for k, v in extra.items()}
