@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -332,7 +333,31 @@ _REUSE_KINDS = ("reuse-in-time-wait", "reuse-after-time-wait")
 PYSHARK_MAX_COMMENTED = 5000  # pyshark parses each commented packet in Python: keep verify quick
 
 
-def _conn_of_frames(report: Mapping[str, Any], segs: Mapping[int, Any]) -> dict[int, int]:
+class _ConnOf:
+    """frame -> our connection id, as one array indexed by frame (-1: none): a dict of a million frames
+    costs a hundred bytes each."""
+
+    def __init__(self, size: int) -> None:
+        self.ids = array("i", [-1]) * size
+
+    def __setitem__(self, n: int, cid: int) -> None:
+        self.ids[n] = cid
+
+    def get(self, n: int) -> int | None:
+        cid = self.ids[n] if 0 <= n < len(self.ids) else -1
+        return None if cid < 0 else cid
+
+    def __getitem__(self, n: int) -> int:
+        cid = self.get(n)
+        if cid is None:
+            raise KeyError(n)
+        return cid
+
+    def __contains__(self, n: object) -> bool:
+        return isinstance(n, int) and self.get(n) is not None
+
+
+def _conn_of_frames(report: Mapping[str, Any], segs: _Segments) -> _ConnOf:
     """Our connection id for every TCP frame, from the connections' frame spans on its four-tuple: the
     latest-starting connection whose [first_frame, last_frame] holds the frame (incarnations may overlap,
     e.g. a one-segment SYN incarnation inside a handshake), else the latest one started before it."""
@@ -343,21 +368,23 @@ def _conn_of_frames(report: Mapping[str, Any], segs: Mapping[int, Any]) -> dict[
     for key, span_list in by_tuple.items():
         span_list.sort()
         firsts[key] = [f for f, _, _ in span_list]
-    out: dict[int, int] = {}
-    for n, s in segs.items():
-        key = frozenset((_ep(s.src_ip, s.sport), _ep(s.dst_ip, s.dport)))
+    out = _ConnOf(len(segs.row_of))
+    for (a, b), frames in segs.by_tuple.items():   # per four-tuple: its key once, then its frames
+        key = frozenset((_ep(*a), _ep(*b)))
         spans = by_tuple.get(key)
         if not spans:
             continue
-        i = bisect.bisect_right(firsts[key], n) - 1
-        if i < 0:
-            continue
-        chosen = spans[i][2]
-        for j in range(i, max(i - 16, -1), -1):  # a few steps back suffice: overlaps are short
-            if spans[j][1] >= n:
-                chosen = spans[j][2]
-                break
-        out[n] = chosen
+        starts = firsts[key]
+        for n in frames:
+            i = bisect.bisect_right(starts, n) - 1
+            if i < 0:
+                continue
+            chosen = spans[i][2]
+            for j in range(i, max(i - 16, -1), -1):  # a few steps back suffice: overlaps are short
+                if spans[j][1] >= n:
+                    chosen = spans[j][2]
+                    break
+            out[n] = chosen
     return out
 
 
@@ -416,7 +443,7 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
     # --- FIN and RST frames: the reader against tshark's dissector --------------------------------
     for name, bit in (("fin", _FIN), ("rst", _RST)):
         theirs = set(ts.with_flag(bit))
-        ours = {n for n, s in segs.items() if s.flags & bit}
+        ours = segs.with_flag(bit)
         checks.append(Check(name, len(theirs), len(ours), theirs == ours))
         for n in sorted(theirs - ours):
             if ts.frames[n].icmp:
@@ -513,7 +540,7 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
     # --- packet comments: the reader against tshark --------------------------------------------------
     tcomm = {n: list(f.comments) for n, f in ts.frames.items() if f.comments}
     if tcomm:
-        ours_c = {n: list(s.comments) for n, s in segs.items() if s.comments}
+        ours_c = {n: list(c) for n, c in segs.comments.items()}
         tcp_tc = {n: c for n, c in tcomm.items() if n in segs}
         agree = tcp_tc == ours_c
         checks.append(Check("comments", len(tcp_tc), len(ours_c), agree))
@@ -533,26 +560,114 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
     return VerifyResult(str(path), ver, ts.packets, tuple(checks), tuple(dis))
 
 
-class _Segments(dict[int, Any]):
-    """frame -> segment, plus each four-tuple's frames (either direction) in order: the reasons look at a
-    segment's neighbours on its own four-tuple instead of scanning the whole capture per disagreement."""
+class _Segments:
+    """frame -> segment, held as columns (a few dozen bytes per segment instead of a few hundred for a
+    Segment in a dict), plus each four-tuple's frames (either direction) in order: the reasons look at a
+    segment's neighbours on its own four-tuple instead of scanning the whole capture per disagreement.
+    Segments are built again on access (window, timestamps and options are not kept: verify does not read
+    them)."""
 
     def __init__(self, segs: Iterable[Any]) -> None:
-        super().__init__()
-        self.by_tuple: dict[tuple[tuple[str, int], tuple[str, int]], list[int]] = defaultdict(list)
+        self.row_of = array("i")              # frame -> row (-1: no TCP segment)
+        self.frames = array("I")
+        self.ts = array("d")
+        self.src = array("I")                 # address ids (self.addrs)
+        self.dst = array("I")
+        self.sport = array("H")
+        self.dport = array("H")
+        self.seq = array("I")
+        self.ack = array("I")
+        self.flags = array("H")
+        self.plen = array("I")
+        self.comments: dict[int, tuple[str, ...]] = {}
+        self.addrs: list[str] = []
+        self._addr_id: dict[str, int] = {}
+        self.by_tuple: dict[tuple[tuple[str, int], tuple[str, int]], array[int]] = {}
         for s in segs:
-            self[s.frame] = s
-            self.by_tuple[_tuple_key(s)].append(s.frame)   # file order: ascending frames
+            self._add(s)
+
+    def _addr(self, ip: str) -> int:
+        i = self._addr_id.get(ip)
+        if i is None:
+            i = self._addr_id[ip] = len(self.addrs)
+            self.addrs.append(ip)
+        return i
+
+    def _add(self, s: Any) -> None:
+        n = s.frame
+        if n >= len(self.row_of):
+            self.row_of.extend([-1] * (n + 1 - len(self.row_of) + len(self.row_of) // 2))
+        self.row_of[n] = len(self.frames)
+        self.frames.append(n)
+        self.ts.append(s.ts_s)
+        self.src.append(self._addr(s.src_ip))
+        self.dst.append(self._addr(s.dst_ip))
+        self.sport.append(s.sport)
+        self.dport.append(s.dport)
+        self.seq.append(s.seq)
+        self.ack.append(s.ack)
+        self.flags.append(s.flags)
+        self.plen.append(s.payload_len)
+        if s.comments:
+            self.comments[n] = s.comments
+        key = _tuple_key(s)
+        frames = self.by_tuple.get(key)
+        if frames is None:
+            frames = self.by_tuple[key] = array("I")
+        frames.append(n)   # file order: ascending frames
+
+    def _row(self, n: int) -> int:
+        return self.row_of[n] if 0 <= n < len(self.row_of) else -1
+
+    def _segment(self, r: int) -> Any:
+        from lab.core.model import Segment
+
+        n = self.frames[r]
+        return Segment(n, self.ts[r], self.addrs[self.src[r]], self.sport[r], self.addrs[self.dst[r]],
+                       self.dport[r], self.seq[r], self.ack[r], self.flags[r], payload_len=self.plen[r],
+                       comments=self.comments.get(n, ()))
+
+    def get(self, n: int) -> Any:
+        r = self._row(n)
+        return None if r < 0 else self._segment(r)
+
+    def __getitem__(self, n: int) -> Any:
+        r = self._row(n)
+        if r < 0:
+            raise KeyError(n)
+        return self._segment(r)
+
+    def __contains__(self, n: object) -> bool:
+        return isinstance(n, int) and self._row(n) >= 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.frames)
+
+    def items(self) -> Iterator[tuple[int, Any]]:
+        for r in range(len(self.frames)):
+            yield self.frames[r], self._segment(r)
+
+    def with_flag(self, bit: int) -> set[int]:
+        """The frames whose segment has `bit` set (without building the segments)."""
+        frames, flags = self.frames, self.flags
+        return {frames[r] for r in range(len(frames)) if flags[r] & bit}
 
     def before(self, s: Any) -> list[int]:
         """The frames on s's four-tuple before s, nearest first."""
-        frames = self.by_tuple.get(_tuple_key(s), [])
-        return frames[:bisect.bisect_left(frames, s.frame)][::-1]
+        frames = self.by_tuple.get(_tuple_key(s))
+        if frames is None:
+            return []
+        return frames[:bisect.bisect_left(frames, s.frame)].tolist()[::-1]
 
     def after(self, s: Any) -> list[int]:
         """The frames on s's four-tuple after s, in order."""
-        frames = self.by_tuple.get(_tuple_key(s), [])
-        return frames[bisect.bisect_right(frames, s.frame):]
+        frames = self.by_tuple.get(_tuple_key(s))
+        if frames is None:
+            return []
+        return frames[bisect.bisect_right(frames, s.frame):].tolist()
 
 
 def _tuple_key(s: Any) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -578,7 +693,7 @@ def _old_isn_frame(n: int, segs: _Segments) -> int | None:
     return None
 
 
-def _close_between(a: int, b: int, frames: Iterable[int], segs: Mapping[int, Any]) -> int | None:
+def _close_between(a: int, b: int, frames: Iterable[int], segs: _Segments) -> int | None:
     """The first FIN or RST among `frames` strictly between a and b."""
     for m in sorted(frames):
         if a < m < b and m in segs and segs[m].flags & (_FIN | _RST):
@@ -651,7 +766,7 @@ def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame |
 
 
 def _pairing_reason(ver: str, stream: int, cid: int, frames: list[int], their_cid: int | None, stream_start: int,
-                    segs: Mapping[int, Any]) -> Disagreement:
+                    segs: _Segments) -> Disagreement:
     theirs = f"stream {stream} (starts at frame {stream_start})"
     ours = f"connection {cid}" + (f", not {their_cid}" if their_cid is not None else "")
     syn = segs.get(stream_start)
@@ -671,7 +786,7 @@ def _pairing_reason(ver: str, stream: int, cid: int, frames: list[int], their_ci
 
 
 def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any] | None,
-                       incarnations: _Incarnations, ours_of: Mapping[int, int]) -> Disagreement:
+                       incarnations: _Incarnations, ours_of: _ConnOf) -> Disagreement:
     if seg is None:
         return Disagreement("reused-ports", (n,), "Port numbers reused", "not a TCP segment",
                             "the reader did not decode this frame", False)
@@ -727,7 +842,7 @@ class _Incarnations:
         return self.by_tuple[key][i][2] if i >= 0 else None
 
 
-def _retransmitted_fins(frames: Iterable[int], segs: Mapping[int, Any]) -> set[int]:
+def _retransmitted_fins(frames: Iterable[int], segs: _Segments) -> set[int]:
     """The repeats among a finding's frames: FINs from a sender that already sent a FIN earlier
     with the same sequence number (the first one is the original, not a retransmission)."""
     out: set[int] = set()
