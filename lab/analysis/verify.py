@@ -21,7 +21,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -150,7 +150,7 @@ class TsharkFrame(NamedTuple):
         return ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)   # no slots: stream_frames is cached on the instance
 class TsharkScan:
     path: str
     packets: int
@@ -181,6 +181,11 @@ class TsharkScan:
         return sorted(n for n, f in self.frames.items() if f.flags & _FIN and f.retransmission)
 
     def stream_frames(self) -> dict[int, list[int]]:
+        """stream -> its frames in order; built once per scan (verify asks for it per disagreement)."""
+        return self._stream_frames
+
+    @cached_property
+    def _stream_frames(self) -> dict[int, list[int]]:
         out: dict[int, list[int]] = defaultdict(list)
         for n, f in sorted(self.frames.items()):
             if f.stream is not None:
