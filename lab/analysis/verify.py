@@ -150,18 +150,87 @@ class TsharkFrame(NamedTuple):
         return ""
 
 
+_REUSED, _RETX, _FAST_RETX, _SPURIOUS, _OOO, _ICMP = (1 << i for i in range(6))   # _FrameTable.bits
+
+
+class _FrameTable(Mapping[int, TsharkFrame]):
+    """tshark's frames as columns (tens of bytes per frame instead of a TsharkFrame in a dict); a frame is
+    built as a TsharkFrame on access. Rows are in frame order, as tshark writes them."""
+
+    def __init__(self) -> None:
+        self.row_of = array("i")
+        self.frames = array("I")
+        self.streams = array("i")      # -1: no TCP stream (e.g. only a comment)
+        self.flags = array("H")
+        self.bits = array("B")
+        self.comments: dict[int, tuple[str, ...]] = {}
+
+    def add(self, n: int, stream: int | None, flags: int, bits: int, comments: tuple[str, ...]) -> None:
+        if n >= len(self.row_of):
+            self.row_of.extend([-1] * (n + 1 - len(self.row_of) + len(self.row_of) // 2))
+        self.row_of[n] = len(self.frames)
+        self.frames.append(n)
+        self.streams.append(-1 if stream is None else stream)
+        self.flags.append(flags)
+        self.bits.append(bits)
+        if comments:
+            self.comments[n] = comments
+
+    def _row(self, n: int) -> int:
+        return self.row_of[n] if 0 <= n < len(self.row_of) else -1
+
+    def __getitem__(self, n: int) -> TsharkFrame:
+        r = self._row(n)
+        if r < 0:
+            raise KeyError(n)
+        st, b = self.streams[r], self.bits[r]
+        return TsharkFrame(n, None if st < 0 else st, self.flags[r], bool(b & _REUSED), bool(b & _RETX),
+                           bool(b & _FAST_RETX), bool(b & _SPURIOUS), bool(b & _OOO), bool(b & _ICMP),
+                           self.comments.get(n, ()))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __contains__(self, n: object) -> bool:
+        return isinstance(n, int) and self._row(n) >= 0
+
+    def stream(self, n: int) -> int | None:
+        r = self._row(n)
+        return None if r < 0 or self.streams[r] < 0 else self.streams[r]
+
+    def streamed(self) -> Iterator[tuple[int, int]]:
+        """(frame, stream) of every frame in a TCP stream, in frame order."""
+        frames, streams = self.frames, self.streams
+        for r in range(len(frames)):
+            if streams[r] >= 0:
+                yield frames[r], streams[r]
+
+    def where(self, flag_mask: int = 0, bit_mask: int = 0) -> list[int]:
+        """The frames (in order) with all of `flag_mask`'s TCP flags and all of `bit_mask`'s analysis bits."""
+        frames, flags, bits = self.frames, self.flags, self.bits
+        return [frames[r] for r in range(len(frames))
+                if flags[r] & flag_mask == flag_mask and bits[r] & bit_mask == bit_mask]
+
+    def is_icmp(self, n: int) -> bool:
+        r = self._row(n)
+        return r >= 0 and bool(self.bits[r] & _ICMP)
+
+
 @dataclass(frozen=True)   # no slots: stream_frames is cached on the instance
 class TsharkScan:
     path: str
     packets: int
-    frames: Mapping[int, TsharkFrame]  # TCP frames only
+    frames: _FrameTable  # TCP frames (and frames with comments) only
 
     @property
     def streams(self) -> int:
-        return len({f.stream for f in self.frames.values() if f.stream is not None})
+        return len({st for _, st in self.frames.streamed()})
 
     def with_flag(self, bit: int) -> list[int]:
-        return sorted(n for n, f in self.frames.items() if f.flags & bit)
+        return self.frames.where(flag_mask=bit)
 
     @property
     def fin_frames(self) -> list[int]:
@@ -173,12 +242,12 @@ class TsharkScan:
 
     @property
     def reused_port_frames(self) -> list[int]:
-        return sorted(n for n, f in self.frames.items() if f.reused_ports)
+        return self.frames.where(bit_mask=_REUSED)
 
     @property
     def fin_retransmissions(self) -> list[int]:
         """As the corpus README counts them: tcp.flags.fin==1 && tcp.analysis.retransmission."""
-        return sorted(n for n, f in self.frames.items() if f.flags & _FIN and f.retransmission)
+        return self.frames.where(flag_mask=_FIN, bit_mask=_RETX)
 
     def stream_frames(self) -> dict[int, list[int]]:
         """stream -> its frames in order; built once per scan (verify asks for it per disagreement)."""
@@ -187,9 +256,8 @@ class TsharkScan:
     @cached_property
     def _stream_frames(self) -> dict[int, list[int]]:
         out: dict[int, list[int]] = defaultdict(list)
-        for n, f in sorted(self.frames.items()):
-            if f.stream is not None:
-                out[f.stream].append(n)
+        for n, st in self.frames.streamed():
+            out[st].append(n)
         return dict(out)
 
 
@@ -203,11 +271,11 @@ def _last_int(cell: str, base: int = 10) -> int | None:
 def scan(path: Path) -> TsharkScan:
     """One tshark pass over `path`: every frame's TCP facts and comments."""
     lines = _iter_fields(path, [f for _, f in _FIELDS])
-    frames: dict[int, TsharkFrame] = {}
+    frames = _FrameTable()
+    add = frames.add
     ncols = len(_FIELDS)
     packets = 0
     agg = _AGG
-    new = tuple.__new__
     for line in lines:
         cols = line.split("\t", ncols - 1)
         if len(cols) < ncols or not cols[0].isdigit():
@@ -220,9 +288,9 @@ def scan(path: Path) -> TsharkScan:
             continue
         cell = cols[2]
         flags = (int(cell, 16) if cell and agg not in cell else _last_int(cell, 16)) or 0
-        n = int(cols[0])
-        frames[n] = new(TsharkFrame, (n, stream, flags, bool(cols[3]), bool(cols[4]), bool(cols[5]), bool(cols[6]),
-                                      bool(cols[7]), bool(cols[8] or cols[9]), comments))
+        bits = ((_REUSED if cols[3] else 0) | (_RETX if cols[4] else 0) | (_FAST_RETX if cols[5] else 0)
+                | (_SPURIOUS if cols[6] else 0) | (_OOO if cols[7] else 0) | (_ICMP if cols[8] or cols[9] else 0))
+        add(int(cols[0]), stream, flags, bits, comments)
     return TsharkScan(str(path), packets, frames)
 
 
@@ -451,7 +519,7 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
         ours = segs.with_flag(bit)
         checks.append(Check(name, len(theirs), len(ours), theirs == ours))
         for n in sorted(theirs - ours):
-            if ts.frames[n].icmp:
+            if ts.frames.is_icmp(n):
                 dis.append(Disagreement(name, (n,), f"{name.upper()} flag set", "no TCP segment",
                                         "the TCP header is quoted inside an ICMP error message, not a segment "
                                         "on the wire; the lab skips ICMP", True))
@@ -468,13 +536,13 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
     checks.append(Check("streams", ts.streams, len(conns), ts.streams == len(conns)))
     ours_of = _conn_of_frames(rep, segs)
     stream_frames = ts.stream_frames()
-    stream_of = {n: f.stream for n, f in ts.frames.items() if f.stream is not None}
     our_starts = {c["first_frame"]: c["id"] for c in conns}
     ts_starts = {frames[0]: st for st, frames in stream_frames.items()}
     # the lab starts a connection where tshark goes on with a stream
     for n in sorted(set(our_starts) - set(ts_starts)):
-        if n in stream_of:
-            dis.append(_split_reason(ver, stream_of[n], our_starts[n], n, ts, segs))
+        st = ts.frames.stream(n)
+        if st is not None:
+            dis.append(_split_reason(ver, st, our_starts[n], n, ts, segs))
     # tshark starts a stream where the lab goes on with a connection
     for n in sorted(set(ts_starts) - set(our_starts)):
         if n in ours_of:
@@ -483,16 +551,16 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
     # stream that starts their connection (e.g. after a SYN both tools see, replies tshark moves to the new
     # stream while the lab keeps them in the old connection)
     conn_at = {st: ours_of.get(frames[0]) for st, frames in stream_frames.items()}
-    stream_at = {c["id"]: stream_of.get(c["first_frame"]) for c in conns}
+    stream_at = {c["id"]: ts.frames.stream(c["first_frame"]) for c in conns}
     odd: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for n, st in sorted(stream_of.items()):
+    for n, st in ts.frames.streamed():
         cid = ours_of.get(n)
         if cid is not None and conn_at.get(st) != cid and stream_at.get(cid) != st:
             odd[(st, cid)].append(n)
     for (st, cid), frames in sorted(odd.items()):
         dis.append(_pairing_reason(ver, st, cid, frames, conn_at.get(st), stream_frames[st][0], segs))
     # frames tshark puts in a stream that belong to no connection of ours
-    lost = sorted(n for n, f in ts.frames.items() if f.stream is not None and n not in ours_of and not f.icmp)
+    lost = [n for n, _ in ts.frames.streamed() if n not in ours_of and not ts.frames.is_icmp(n)]
     if lost:
         dis.append(Disagreement("streams", tuple(lost[:20]), "in a TCP stream", "in no connection",
                                 f"{len(lost)} TCP frame(s) the analyzer did not assign to a connection", False))
@@ -543,7 +611,7 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
                                     "tshark does not label this FIN", False))
 
     # --- packet comments: the reader against tshark --------------------------------------------------
-    tcomm = {n: list(f.comments) for n, f in ts.frames.items() if f.comments}
+    tcomm = {n: list(c) for n, c in ts.frames.comments.items()}
     if tcomm:
         ours_c = {n: list(c) for n, c in segs.comments.items()}
         tcp_tc = {n: c for n, c in tcomm.items() if n in segs}
