@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import multiprocessing
 import os
@@ -177,6 +178,19 @@ def write_sharded(path: Path, out: IO[bytes], kind: OutputKind, jobs: int, setti
                   warn: Callable[[str], None] | None = None) -> stream.Summary | None:
     """`analyze -j N FILE`: the JSON document (kind "json"), the JSON lines ("jsonl") or the people's Summary
     ("summary", returned) of one capture analyzed in `jobs` shards. warn(line): a capture cut short."""
+    # as lab.analysis.stream.run: the cyclic GC would walk every record again and again (no cycles here)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _write_sharded(path, out, kind, jobs, settings, records, name, warn)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _write_sharded(path: Path, out: IO[bytes], kind: OutputKind, jobs: int, settings: Settings,
+                   records: stream.Records | None, name: str | None,
+                   warn: Callable[[str], None] | None) -> stream.Summary | None:
     merged, stats, report = analyze_sharded(path, jobs, settings)
     if stats.cut and warn is not None:
         warn(stats.cut)

@@ -47,10 +47,9 @@ def merge_parts(parts: Sequence[Part]) -> Merged:
     new_id: list[dict[int, int]] = [{} for _ in parts]
     for n, (_frame, p, old) in enumerate(order):
         new_id[p][old] = n
-    conns: list[Connection] = []
     by_key = {(p, c.id): c for p, part in enumerate(parts) for c in part.connections}
-    for n, (_frame, p, old) in enumerate(order):
-        conns.append(by_key[p, old]._replace(id=n))
+    make = Connection._make     # _replace is Python code per call; the tuple with its new id is cheaper
+    conns = [make((n, *by_key[p, old][1:])) for n, (_frame, p, old) in enumerate(order)]
     findings = [renumber_finding(f, new_id[p]) for p, part in enumerate(parts) for f in part.findings]
     findings.sort(key=finding_order)
     return Merged(tuple(conns), tuple(findings), sum(part.segments for part in parts))
