@@ -565,6 +565,9 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
         dis.append(Disagreement("streams", tuple(lost[:20]), "in a TCP stream", "in no connection",
                                 f"{len(lost)} TCP frame(s) the analyzer did not assign to a connection", False))
 
+    # --- who closed: the sender of a stream's first FIN against the lab's initiator ------------------
+    checks.append(_close_initiators(ver, conns, ts, segs, dis))
+
     # --- port reuse ----------------------------------------------------------------------------------
     reuse_frames: dict[int, str] = {}
     for f in rep["findings"]:
@@ -746,6 +749,45 @@ class _Segments:
 def _tuple_key(s: Any) -> tuple[tuple[str, int], tuple[str, int]]:
     a, b = (s.src_ip, s.sport), (s.dst_ip, s.dport)
     return (a, b) if a <= b else (b, a)
+
+
+def _close_initiators(ver: str, conns: Iterable[Mapping[str, Any]], ts: TsharkScan, segs: _Segments,
+                      dis: list[Disagreement]) -> Check:
+    """Who closed first, as each tool reads it: tshark (by arrival order: the stream's first FIN on the wire)
+    against the lab's close initiator, for the connections that start where their stream starts and close
+    with FINs. Counts: the closes each tool puts on the client."""
+    stream_frames = ts.stream_frames()
+    theirs_client = ours_client = 0
+    agree = True
+    for c in conns:
+        ours = c["close"]["initiator"]
+        if ours is None or c["close"]["kind"] in ("rst", "refused", "incomplete"):
+            continue
+        st = ts.frames.stream(c["first_frame"])
+        if st is None or stream_frames[st][0] != c["first_frame"]:
+            continue   # the stream and the connection pair up differently: reported under "streams"
+        fin = next((m for m in stream_frames[st] if ts.frames.flags[ts.frames.row_of[m]] & _FIN and m in segs), None)
+        if fin is None:
+            continue
+        s = segs[fin]
+        theirs = "client" if _ep(s.src_ip, s.sport) == c["client"] else "server"
+        theirs_client += theirs == "client"
+        ours_client += ours == "client"
+        if theirs == ours:
+            continue
+        agree = False
+        if ours == "both":
+            dis.append(Disagreement("close-initiator", (fin,), f"first FIN from the {theirs} (frame {fin})",
+                                    f"connection {c['id']}: simultaneous close",
+                                    f"the FINs crossed (each was sent before the other arrived: neither "
+                                    f"acknowledges the other's), so the lab calls the close simultaneous; tshark "
+                                    f"{ver} has no close initiator, and by arrival order at the capture point the "
+                                    f"first FIN is the {theirs}'s", True))
+        else:
+            dis.append(Disagreement("close-initiator", (fin,), f"first FIN from the {theirs} (frame {fin})",
+                                    f"connection {c['id']}: the {ours} closed first",
+                                    "the lab names the other side as the one that closed first", False))
+    return Check("close-initiator", theirs_client, ours_client, agree)   # counts: closes put on the client
 
 
 def _old_isn_frame(n: int, segs: _Segments) -> int | None:

@@ -216,3 +216,13 @@ def test_verify_reads_a_capture_cut_short(corpus: Path, tmp_path: Path) -> None:
     reader = CaptureReader(cut, lenient=True)
     res = tshark.verify(cut, analyze(reader))
     assert reader.stats.cut and res.packets == reader.stats.packets and res.ok
+
+
+def test_who_closed_first_crossed_fins_are_explained(corpus: Path) -> None:
+    """The mysql capture's closes cross (simultaneous for the lab); tshark, by arrival order, has a first FIN."""
+    d = _verify(corpus, "zeek__mysql__auth.pcap").to_dict()
+    check = next(c for c in d["checks"] if c["check"] == "close-initiator")
+    rows = [x for x in d["disagreements"] if x["check"] == "close-initiator"]
+    assert rows and not check["agree"] and all(x["explained"] and "simultaneous" in x["ours"] for x in rows)
+    agree = _verify(corpus, "chrissanders__tcp_teardown.pcapng").to_dict()
+    assert next(c for c in agree["checks"] if c["check"] == "close-initiator")["agree"]
