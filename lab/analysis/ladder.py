@@ -318,7 +318,7 @@ def choose(path: Path, conn_id: int | None = None, stream: int | None = None, *,
     from lab.core.tracker import Analyzer
     from lab.pcap.annotate import capture_t0
     from lab.pcap.feed import feed_file
-    from lab.pcap.readers import read_segments
+    from lab.pcap.readers import CaptureReader
 
     want = stream if stream is not None else conn_id
     picker = _Picker(want)
@@ -347,7 +347,8 @@ def choose(path: Path, conn_id: int | None = None, stream: int | None = None, *,
     assert conn is not None
     ends = {conn.client, conn.server}
     segs = []
-    with contextlib.closing(read_segments(path)) as all_segs:  # type: ignore[type-var]  # a generator
+    # lenient like the walk: a capture cut short after the connection's last frame ends the loop quietly
+    with contextlib.closing(iter(CaptureReader(path, lenient=lenient))) as all_segs:  # type: ignore[type-var]
         for s in all_segs:
             if s.frame > conn.last_frame:
                 break

@@ -9,7 +9,7 @@ import pytest
 
 from lab.analysis.ladder import choose
 from lab.core.tracker import analyze
-from lab.errors import UsageError
+from lab.errors import BadCapture, UsageError
 from lab.pcap.annotate import PcapngWriter
 from lab.pcap.filters import SegmentFilter
 from lab.pcap.readers import iter_frames, read_segments
@@ -82,3 +82,14 @@ def test_filter_and_missing(corpus: Path) -> None:
         choose(src, filt=SegmentFilter((1,)))
 
 
+
+
+def test_capture_cut_short_after_the_connection(corpus: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((corpus / "zeek__mysql__auth.pcap").read_bytes()[:16000])   # ends inside frame 165
+    last = analyze(read_segments(corpus / "zeek__mysql__auth.pcap")).connections[-1].id
+    got = choose(cut, last)                       # its segments up to the cut, and one warning
+    assert got.segments and got.segments[-1].frame == 164
+    assert len(got.warnings) == 1 and "cut short" in got.warnings[0]
+    with pytest.raises(BadCapture):
+        choose(cut, last, lenient=False)
