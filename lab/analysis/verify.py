@@ -567,6 +567,8 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
 
     # --- who closed: the sender of a stream's first FIN against the lab's initiator ------------------
     checks.append(_close_initiators(ver, conns, ts, segs, dis))
+    # --- which RST ended it: the stream's first RST against the one the lab found acceptable ----------
+    checks.append(_closing_rsts(ver, conns, ts, dis))
 
     # --- port reuse ----------------------------------------------------------------------------------
     reuse_frames: dict[int, str] = {}
@@ -788,6 +790,38 @@ def _close_initiators(ver: str, conns: Iterable[Mapping[str, Any]], ts: TsharkSc
                                     f"connection {c['id']}: the {ours} closed first",
                                     "the lab names the other side as the one that closed first", False))
     return Check("close-initiator", theirs_client, ours_client, agree)   # counts: closes put on the client
+
+
+def _closing_rsts(ver: str, conns: Iterable[Mapping[str, Any]], ts: TsharkScan, dis: list[Disagreement]) -> Check:
+    """Which RST ended a connection, as each tool reads it: tshark has no acceptability rule, so by arrival
+    the stream's first RST ends it; the lab credits the first RST its receiver would accept (RFC 9293 3.10.7,
+    Linux tcp_validate_incoming / tcp_reset_check). Counts: RST-ended connections whose RST is the first."""
+    stream_frames = ts.stream_frames()
+    theirs_first = ours_first = 0
+    agree = True
+    for c in conns:
+        if c["close"]["kind"] not in ("rst", "refused"):
+            continue
+        st = ts.frames.stream(c["first_frame"])
+        if st is None or stream_frames[st][0] != c["first_frame"]:
+            continue   # paired differently: reported under "streams"
+        rsts = [m for m in stream_frames[st] if c["first_frame"] <= m <= c["last_frame"]
+                and ts.frames.flags[ts.frames.row_of[m]] & _RST]
+        ours = [m for m in c["close"]["frames"] if m in rsts]
+        if not rsts or not ours:
+            continue
+        theirs_first += 1
+        ours_first += ours[-1] == rsts[0]
+        if ours[-1] == rsts[0]:
+            continue
+        agree = False
+        dis.append(Disagreement("closing-rst", (rsts[0], ours[-1]), f"first RST of the stream: frame {rsts[0]}",
+                                f"connection {c['id']} ended by the RST in frame {ours[-1]}",
+                                f"the lab found the RST in frame {rsts[0]} not acceptable to its receiver (its "
+                                f"sequence number is not what the receiver's own segments show it expected), "
+                                f"so a later one ended the connection; tshark {ver} does not judge RST "
+                                f"acceptability", True))
+    return Check("closing-rst", theirs_first, ours_first, agree)
 
 
 def _old_isn_frame(n: int, segs: _Segments) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,30 @@ def test_who_closed_first_crossed_fins_are_explained(corpus: Path) -> None:
     assert rows and not check["agree"] and all(x["explained"] and "simultaneous" in x["ours"] for x in rows)
     agree = _verify(corpus, "chrissanders__tcp_teardown.pcapng").to_dict()
     assert next(c for c in agree["checks"] if c["check"] == "close-initiator")["agree"]
+
+
+def test_verify_says_which_rst_ended_the_connection_when_tshark_would_take_the_first(tmp_path: Path) -> None:
+    """An RST its receiver would not accept (sequence number far from what the receiver expects), then one at the
+    right sequence number: tshark has no acceptability rule, the lab credits the second; verify says so."""
+    from scapy.all import IP, TCP, wrpcap
+
+    c, s = ("198.51.100.2", 40000), ("198.51.100.1", 80)
+
+    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int, t: float) -> Any:
+        p = IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack)
+        p.time = t
+        return p
+
+    pkts = [seg(c, s, "S", 1000, 0, 1.0), seg(s, c, "SA", 5000, 1001, 1.001), seg(c, s, "A", 1001, 5001, 1.002),
+            seg(s, c, "R", (5001 - 100_000) % 2**32, 0, 1.5),   # below what the client expects: not acceptable
+            seg(s, c, "R", 5001, 0, 1.6)]
+    path = tmp_path / "two-rsts.pcap"
+    wrpcap(str(path), pkts)
+    report = analyze(read_segments(path))
+    (conn,) = report.connections
+    assert conn.close.kind == "rst" and 5 in conn.close.frames and 4 not in conn.close.frames
+    res = tshark.verify(path, report)
+    check = next(ch for ch in res.checks if ch.name == "closing-rst")
+    assert (check.tshark, check.ours, check.agree) == (1, 0, False)
+    (dis,) = [d for d in res.disagreements if d.check == "closing-rst"]
+    assert dis.frames == (4, 5) and dis.explained and "not acceptable" in dis.reason
