@@ -10,8 +10,11 @@ never added (flow.send(..., capture=False)).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lab.core.model import Flags, Segment
+from lab.pcap.annotate import PcapngWriter
+from lab.pcap.readers import iter_frames
 
 M32 = 0xFFFFFFFF
 F, S, R, P, A = Flags.FIN, Flags.SYN, Flags.RST, Flags.PSH, Flags.ACK
@@ -140,3 +143,16 @@ class Flow:
     @property
     def server_nxt(self) -> int:
         return self.ends["server"].nxt
+
+
+def repeated(src: Path, dst: Path, times: int, gap_s: float = 1000.0) -> Path:
+    """`src` `times` times over as pcapng, each copy `gap_s` later: the same four-tuples come back as new
+    incarnations."""
+    frames = list(iter_frames(src))
+    with dst.open("wb") as out:
+        w = PcapngWriter(out)
+        for k in range(times):
+            for fr in frames:
+                w.write(fr.ts_ns + int(k * gap_s * 1e9), fr.data, fr.orig_len, interface=fr.interface,
+                        linktype=fr.linktype)
+    return dst

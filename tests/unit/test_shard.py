@@ -16,8 +16,7 @@ import pytest
 from lab.analysis import shard, stream
 from lab.core.merge import Part, add_counts, merge_parts, renumber_finding
 from lab.core.report import Finding
-from lab.pcap.annotate import PcapngWriter
-from lab.pcap.readers import iter_frames
+from tests.unit.synth import repeated
 
 FILES = ["zeek__echo-connections.pcap.gz", "zeek__mysql__auth.pcap", "arkime__tcp-reassembly-synthetic.pcap",
          "arkime__tcp_handshake_synthetic.pcap", "deepflow__l4-source-port-reuse.pcap", "arkime__gtp-iphone.pcap"]
@@ -36,17 +35,6 @@ def _doc(path: Path, jobs: int, **kw: Any) -> dict[str, Any]:
     return doc
 
 
-def _repeated(src: Path, dst: Path, times: int, gap_s: float) -> Path:
-    frames = list(iter_frames(src))
-    with dst.open("wb") as out:
-        w = PcapngWriter(out)
-        for k in range(times):
-            for fr in frames:
-                w.write(fr.ts_ns + int(k * gap_s * 1e9), fr.data, fr.orig_len, interface=fr.interface,
-                        linktype=fr.linktype)
-    return dst
-
-
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("jobs", [2, 3])
 def test_sharded_is_the_single_analysis(corpus: Path, name: str, jobs: int) -> None:
@@ -57,7 +45,7 @@ def test_sharded_is_the_single_analysis(corpus: Path, name: str, jobs: int) -> N
 def test_sharded_reuse_across_shards_and_detail(corpus: Path, tmp_path: Path) -> None:
     # 4 connections (0.5 s) again and again, 5 s apart: the four-tuples come back inside TIME_WAIT, so findings
     # name earlier ids (previous_connection, "connection N" in their text); timestamps stay in order
-    src = _repeated(corpus / "zeek__tls__ocsp-revoked.pcap", tmp_path / "again.pcapng", 40, 5.0)
+    src = repeated(corpus / "zeek__tls__ocsp-revoked.pcap", tmp_path / "again.pcapng", 40, 5.0)
     single = _doc(src, 1, detail=True)
     assert any(f.get("previous_connection") for f in single["findings"])
     assert _doc(src, 3, detail=True) == single
@@ -71,7 +59,7 @@ def test_sharded_reuse_across_shards_and_detail(corpus: Path, tmp_path: Path) ->
                    "sweep at other moments; records depend on the sweep schedule when time is not monotonic "
                    "(tracker)")
 def test_sharded_with_time_going_backwards_is_the_single_analysis(corpus: Path, tmp_path: Path) -> None:
-    src = _repeated(corpus / "zeek__mysql__auth.pcap", tmp_path / "again.pcapng", 40, 10.0)
+    src = repeated(corpus / "zeek__mysql__auth.pcap", tmp_path / "again.pcapng", 40, 10.0)
     since = ((), (), "100", None)
     assert _doc(src, 2, filter_args=since) == _doc(src, 1, filter_args=since)
 

@@ -10,9 +10,9 @@ import pytest
 from lab.analysis.ladder import choose
 from lab.core.tracker import analyze
 from lab.errors import BadCapture, UsageError
-from lab.pcap.annotate import PcapngWriter
 from lab.pcap.filters import SegmentFilter
-from lab.pcap.readers import iter_frames, read_segments
+from lab.pcap.readers import read_segments
+from tests.unit.synth import repeated
 
 FILES = ["zeek__echo-connections.pcap.gz", "deepflow__l4-source-port-reuse.pcap", "zeek__mysql__auth.pcap",
          "chrissanders__tcp_teardown.pcapng", "deepflow__tcp-n-syn-ack.pcap"]
@@ -46,20 +46,9 @@ def test_default_is_the_first_connection_with_a_close(corpus: Path, name: str) -
     assert choose(src).conn == want
 
 
-def _repeated(src: Path, dst: Path, times: int, gap_s: float = 1000.0) -> None:
-    """`src` `times` times over, each copy `gap_s` later: the same four-tuples come back as new incarnations."""
-    frames = list(iter_frames(src))
-    with dst.open("wb") as out:
-        w = PcapngWriter(out)
-        for k in range(times):
-            for fr in frames:
-                w.write(fr.ts_ns + int(k * gap_s * 1e9), fr.data, fr.orig_len, interface=fr.interface,
-                        linktype=fr.linktype)
-
-
 def test_stops_reading_once_the_connection_is_finished(corpus: Path, tmp_path: Path) -> None:
     src = tmp_path / "repeated.pcapng"
-    _repeated(corpus / "zeek__mysql__auth.pcap", src, 300)      # ~5 MB: several batches of the walk
+    repeated(corpus / "zeek__mysql__auth.pcap", src, 300)      # ~5 MB: several batches of the walk
     report = analyze(read_segments(src))
     first, last = report.connections[0], report.connections[-1]
     early = choose(src, first.id)
