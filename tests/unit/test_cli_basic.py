@@ -228,6 +228,12 @@ def test_claims_without_any_run_is_one_line(tmp_path: Path) -> None:
     one_line_error(twlab("claims", cwd=tmp_path, env=env), 2)
 
 
+def _in_private_mount_namespace(script: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """`sh -c script` in a private mount namespace (its mounts never reach the host's), twlab from this repo."""
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=timeout_s, env={**os.environ, "PYTHONPATH": str(REPO), "TWLAB_PURE": "1"})
+
+
 @pytest.mark.root
 def test_read_only_folders_are_one_line_even_for_root(tmp_path: Path) -> None:
     """A read-only mount (in a private mount namespace: the host's mounts stay as they are) stops root too."""
@@ -240,8 +246,7 @@ def test_read_only_folders_are_one_line_even_for_root(tmp_path: Path) -> None:
     script = (f"mount --bind -o ro {tmp_path} {tmp_path} && "
               f"{py} claims --run '{run}' --write; echo rc=$?; "
               f"{py} annotate '{CAPTURE}' -o '{tmp_path}/x.pcapng'; echo rc=$?")
-    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "TWLAB_PURE": "1"})
+    res = _in_private_mount_namespace(script, timeout_s=120)
     assert res.stdout.count("rc=3") == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 2 and all(ln.startswith("twlab: ") and "Read-only file system" in ln for ln in lines), lines
@@ -265,8 +270,7 @@ def test_a_full_filesystem_is_one_line_and_leaves_nothing(tmp_path: Path) -> Non
     script = (f"mount -t tmpfs -o size=4k twltest '{full}' && "
               f"TMPDIR='{full}' {py} analyze '{big}' --json > '{tmp_path}/out.json'; echo rc=$?; "
               f"{py} annotate '{big}' -o '{full}/x.pcapng'; echo rc=$?; ls -A '{full}'")
-    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "TWLAB_PURE": "1"})
+    res = _in_private_mount_namespace(script, timeout_s=300)
     assert res.stdout.split() == ["rc=3", "rc=3"], res.stdout + res.stderr   # and the tmpfs is left empty
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 2 and all(ln.startswith("twlab: ") and "No space left" in ln for ln in lines), lines
