@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import lab_netns_of
@@ -21,6 +22,9 @@ from lab.errors import UsageError
 from lab.kernel.hosts.loopback import Loopback
 from lab.run.context import Experiment, Outcome, RunContext
 from lab.run.runner import open_context
+
+if TYPE_CHECKING:
+    from lab.kernel.hosts.netns import Namespace
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +36,16 @@ def _ctx(stack: ExitStack, tmp: Path) -> RunContext:
 
 def _host(key: str) -> str:
     return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
+
+
+def _listener(ns: Namespace, addr: str, port: int, family: socket.AddressFamily = socket.AF_INET
+              ) -> socket.socket:
+    """A socket of the namespace `ns` listening on addr:port."""
+    with ns.entered():
+        lst = socket.socket(family)
+        lst.bind((addr, port))
+        lst.listen()
+    return lst
 
 
 def test_namespace_sysctls_stay_inside_and_are_recorded(ctx: RunContext) -> None:
@@ -68,10 +82,7 @@ def test_pair_addresses_no_default_route_and_quick_connects(ctx: RunContext) -> 
         assert ns.run(["ip", "route", "show", "default"]).stdout.strip() == ""
         assert ns.run(["ip", "-6", "route", "show", "default"]).stdout.strip() == ""
     for fam, addr in ((socket.AF_INET, pair.server.addr4), (socket.AF_INET6, pair.server.addr6)):
-        with pair.server.entered():
-            lst = socket.socket(fam)
-            lst.bind((addr, 7000))
-            lst.listen()
+        lst = _listener(pair.server, addr, 7000, fam)
         with pair.client.entered():
             cli = socket.socket(fam)
         t0 = time.monotonic()
@@ -216,10 +227,7 @@ def test_drop_one_drops_exactly_one_and_is_removed(ctx: RunContext) -> None:
     from lab.kernel.impair import drop_one
 
     pair = NetnsPair.create(ctx)
-    with pair.server.entered():
-        lst = socket.socket()
-        lst.bind((pair.server.addr4, 7000))
-        lst.listen()
+    lst = _listener(pair.server, pair.server.addr4, 7000)
     rule = drop_one(ctx, pair.server, chain="INPUT", dport=7000, tcp_flags=("SYN", "SYN"))
     assert f"twl{ctx.run_id}drop" in pair.server.run(["iptables", "-S", "INPUT"]).stdout
     with pair.client.entered():
@@ -241,10 +249,7 @@ def test_nfqueue_hold_delays_the_chosen_packets(ctx: RunContext) -> None:
     from lab.kernel.impair import Hold
 
     pair = NetnsPair.create(ctx)
-    with pair.server.entered():
-        lst = socket.socket()
-        lst.bind((pair.server.addr4, 7000))
-        lst.listen()
+    lst = _listener(pair.server, pair.server.addr4, 7000)
     with Hold(ctx, pair.client, chain="OUTPUT", dport=7000, holds_ms=[300.0]) as hold:
         with pair.client.entered():
             cli = socket.socket()
@@ -269,10 +274,7 @@ def test_nfqueue_hold_until_released_is_an_event(ctx: RunContext) -> None:
     from lab.kernel.impair import Hold
 
     pair = NetnsPair.create(ctx)
-    with pair.server.entered():
-        lst = socket.socket()
-        lst.bind((pair.server.addr4, 7000))
-        lst.listen()
+    lst = _listener(pair.server, pair.server.addr4, 7000)
     # retransmitted SYNs are held too: only release(0) can let the connection through
     with Hold(ctx, pair.client, chain="OUTPUT", dport=7000, holds_ms=[None] * 8) as hold:
         with pair.client.entered():
