@@ -38,7 +38,7 @@ def _host(key: str) -> str:
     return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
 
 
-def _listener(ns: Namespace, addr: str, port: int, family: socket.AddressFamily = socket.AF_INET
+def _listener(ns: Namespace, addr: str | None, port: int, family: socket.AddressFamily = socket.AF_INET
               ) -> socket.socket:
     """A socket of the namespace `ns` listening on addr:port."""
     with ns.entered():
