@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,14 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"reference corpus not found at {CORPUS}")
     return CORPUS
+
+
+def reap(*procs: subprocess.Popen[Any]) -> None:
+    """A test's `finally`: kill each process still running and wait for it, so none outlives its test."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def lab_netns_of(run_id: str) -> list[str]:

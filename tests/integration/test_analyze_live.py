@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from conftest import reap
 
 pytestmark = pytest.mark.root
 CONNECTIONS = 7
@@ -103,10 +104,7 @@ def test_tcpdump_pipe_into_analyze_jsonl() -> None:
         td.wait(30)
         out, err = tw.communicate(timeout=120)
     finally:
-        for p in (td, tw):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(td, tw)
         srv.close()
     assert tw.returncode == 0, err
     lines = [json.loads(x) for x in out.decode().splitlines()]
@@ -130,9 +128,7 @@ def test_analyze_interface_for_a_duration_writes_json_and_pcapng(tmp_path: Path)
         _connections(srv)
         out, err = tw.communicate(timeout=120)
     finally:
-        if tw.poll() is None:
-            tw.kill()
-            tw.wait()
+        reap(tw)
         srv.close()
     assert tw.returncode == 0, err
     doc = json.loads(out)
@@ -159,9 +155,7 @@ def test_ctrl_c_ends_a_live_analysis_with_its_summary() -> None:
         tw.send_signal(signal.SIGINT)
         out, err = tw.communicate(timeout=120)
     finally:
-        if tw.poll() is None:
-            tw.kill()
-            tw.wait()
+        reap(tw)
         srv.close()
     assert tw.returncode == 0, err
     text = out.decode()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import lab_netns_of
+from conftest import lab_netns_of, reap
 
 from lab.errors import UsageError
 from lab.kernel.hosts.loopback import Loopback
@@ -160,9 +160,7 @@ def test_signal_mid_run_removes_everything(tmp_path: Path, sig: signal.Signals) 
         proc.send_signal(sig)
         proc.wait(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     assert proc.returncode != 0
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [n for n in names if n in left], left

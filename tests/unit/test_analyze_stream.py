@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import reap
 
 from lab.analysis import stream as analyze_stream
 from lab.core.tracker import analyze
@@ -206,9 +207,7 @@ def test_sigterm_removes_the_spool_files(long_file: Path, tmp_path: Path) -> Non
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert p.returncode == 128 + signal.SIGTERM and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
 
