@@ -191,6 +191,13 @@ def _accept(lab: PeerLab, lst: socket.socket) -> socket.socket:
     return s
 
 
+def _established(lab: PeerLab) -> tuple[socket.socket, socket.socket]:
+    """The kernel's listener and the connection it accepted from the peer's handshake."""
+    lst = lab.listener()
+    lab.run(_handshake())
+    return lst, _accept(lab, lst)
+
+
 def _recv_errno(s: socket.socket) -> str | None:
     try:
         s.recv(100)
@@ -211,13 +218,19 @@ def _send_errno(s: socket.socket) -> str | None:
 # class 1: a TFO SYN with data answered by RST ack ISN+11
 
 
-def class_01_tfo_rst(ctx: RunContext, family: str = "inet") -> Judged:
+def _tfo_syn_sent(ctx: RunContext, kport: int, pport: int, family: str) -> tuple[PeerLab, socket.socket]:
+    """A kernel client that sent a TFO SYN with 10 bytes of data (tcp_fastopen=5: no cookie needed)."""
     tfo_client_without_cookie = {"net.ipv4.tcp_fastopen": 5}
-    lab = PeerLab(ctx, 47401, 47501, sysctls=tfo_client_without_cookie, family=family)
+    lab = PeerLab(ctx, kport, pport, sysctls=tfo_client_without_cookie, family=family)
     s = lab.kernel_socket()
     s.setblocking(False)
     with contextlib.suppress(BlockingIOError):
         s.sendto(b"0123456789", MSG_FASTOPEN, (lab.peer_ip, lab.pport))
+    return lab, s
+
+
+def class_01_tfo_rst(ctx: RunContext, family: str = "inet") -> Judged:
+    lab, s = _tfo_syn_sent(ctx, 47401, 47501, family)
     lab.run([{"label": "tfo-syn", "expect": {"flags": "S", "len": 10, "timeout_s": 2}},
              {"label": "rst", "send": {"flags": "RA", "seq": 0, "ack": "kernel.nxt"}}])
     lab.wait_state("CLOSED", "SYN_SENT")
@@ -236,12 +249,7 @@ def class_01_tfo_rst(ctx: RunContext, family: str = "inet") -> Judged:
 
 
 def class_01_tfo_rst_after_synack(ctx: RunContext, family: str = "inet") -> Judged:
-    tfo_client_without_cookie = {"net.ipv4.tcp_fastopen": 5}
-    lab = PeerLab(ctx, 47431, 47531, sysctls=tfo_client_without_cookie, family=family)
-    s = lab.kernel_socket()
-    s.setblocking(False)
-    with contextlib.suppress(BlockingIOError):
-        s.sendto(b"0123456789", MSG_FASTOPEN, (lab.peer_ip, lab.pport))
+    lab, s = _tfo_syn_sent(ctx, 47431, 47531, family)
     lab.run([{"label": "tfo-syn", "expect": {"flags": "S", "len": 10, "timeout_s": 2}},
              # a server that does not take the SYN's data: its SYN-ACK acks the SYN only
              {"label": "syn-ack", "send": {"flags": "SA", "seq": 4_000_000, "ack": "kernel.isn+1", "mss": 1460}},
@@ -350,9 +358,7 @@ def half_close_data_on_the_fin_ack(ctx: RunContext, family: str = "inet") -> Jud
 
 def class_03_crossed_fins_reordered(ctx: RunContext, family: str = "inet") -> Judged:
     lab = PeerLab(ctx, 47403, 47503, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     srv.close()
     lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
              # the peer had sent FIN(seq P, ack K) before the kernel's FIN arrived, then ACKed that FIN with
@@ -376,9 +382,7 @@ def class_03_crossed_fins_reordered(ctx: RunContext, family: str = "inet") -> Ju
 
 def class_03_crossed_fins_in_order(ctx: RunContext, family: str = "inet") -> Judged:
     lab = PeerLab(ctx, 47433, 47533, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     srv.close()
     lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
              # the same crossing as 03_crossed_fins_reordered, delivered in the order sent
@@ -398,9 +402,7 @@ def class_03_crossed_fins_in_order(ctx: RunContext, family: str = "inet") -> Jud
 
 def _kernel_server_closed(lab: PeerLab, *, shutdown: bool = False) -> tuple[socket.socket, socket.socket]:
     """Handshake, then the kernel server closes (close(), or shutdown(WR) to keep reading); its FIN expected."""
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     if shutdown:
         srv.shutdown(socket.SHUT_WR)
     else:
@@ -631,9 +633,7 @@ def class_07_refused_peer(ctx: RunContext, family: str = "inet") -> Judged:
 
 def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext, family: str = "inet") -> Judged:
     lab = PeerLab(ctx, 47408, 47508, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     lab.run([{"label": "fin", "send": {"flags": "FA"}},
              {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
     lab.wait_state("CLOSE_WAIT")
@@ -654,9 +654,7 @@ def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext, family: str = "inet")
 
 def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext, family: str = "inet") -> Judged:
     lab = PeerLab(ctx, 47418, 47518, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     lab.run([{"label": "fin", "send": {"flags": "FA"}},
              {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
     lab.wait_state("CLOSE_WAIT")
@@ -683,9 +681,7 @@ def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext, family: str = "inet") -
 def _fin_again(ctx: RunContext, family: str, ports: tuple[int, int], delay_s: float) -> tuple[PeerLab, dict[str, Any]]:
     """The kernel server closes; the peer's FIN+ACK, the kernel's final ACK, the peer's FIN again after delay_s."""
     lab = PeerLab(ctx, *ports, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     srv.close()
     lab.run([{"label": "kernel-fin", "expect": {"flags": "FA", "timeout_s": 2}},
              {"label": "fin-ack", "send": {"flags": "FA"}},
@@ -730,9 +726,7 @@ def class_10_fin_again_after_an_rto(ctx: RunContext, family: str = "inet") -> Ju
 def _peer_four_way(ctx: RunContext, kport: int, pport: int, family: str
                    ) -> tuple[PeerLab, list[Packet], dict[str, Any]]:
     lab = PeerLab(ctx, kport, pport, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     lab.run([{"label": "data", "send": {"flags": "PA", "data": "hello"}},
              {"label": "data-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
              {"label": "fin", "send": {"flags": "FA"}},
@@ -752,9 +746,7 @@ def class_11_real_fin_retransmission(ctx: RunContext, family: str = "inet") -> J
     """The guard on the other side of class 11: the peer's FIN sent again 300 ms later (as after a lost ACK)
     is a retransmission, not a capture duplicate, although the bytes are the same (the peer's IP ID is fixed)."""
     lab = PeerLab(ctx, 47441, 47541, family=family)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     lab.run([{"label": "fin", "send": {"flags": "FA"}},
              {"label": "fin-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}},
              {"sleep": 0.3},
@@ -1019,9 +1011,7 @@ def derived_capture(truth: dict[str, Any], stored: Path, out_dir: Path) -> Path:
 
 def class_09_idle_with_unrelated_traffic(ctx: RunContext) -> Judged:
     lab = PeerLab(ctx, 47409, 47509)
-    lst = lab.listener()
-    lab.run(_handshake())
-    srv = _accept(lab, lst)
+    lst, srv = _established(lab)
     lab.run([{"label": "before", "send": {"flags": "PA", "data": "before"}},
              {"label": "before-ack", "expect": {"flags": "A", "ack": "peer.nxt", "timeout_s": 2}}])
     assert srv.recv(100) == b"before"
