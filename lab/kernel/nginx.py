@@ -21,14 +21,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.kernel import sockdiag
 from lab.run.context import CouldNotRun, scaled
-from lab.run.resources import pid_alive, proc_start_ticks
+from lab.run.resources import die_with_parent, pid_alive, proc_start_ticks
 
 if TYPE_CHECKING:
     from lab.run.context import RunSpace
@@ -57,24 +57,11 @@ def binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_lab() -> Any:
-    """A preexec_fn: the program gets SIGTERM when the lab process dies, even by SIGKILL (prctl PR_SET_PDEATHSIG;
-    it survives the exec of `ip netns exec` and of nginx), so no nginx outlives its run. SIGTERM is nginx's fast
-    shutdown: the master stops its workers. libc is loaded here, before the fork."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:   # the lab died before prctl took effect
-            os._exit(128 + int(signal.SIGTERM))
-
-    return preexec
+def _die_with_lab() -> Callable[[], None]:
+    """A preexec_fn: the program gets SIGTERM when the lab process dies, even by SIGKILL (it survives the exec of
+    `ip netns exec` and of nginx), so no nginx outlives its run. SIGTERM is nginx's fast shutdown: the master
+    stops its workers."""
+    return die_with_parent(signal.SIGTERM)
 
 
 def _children(pid: int) -> list[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.run.context import Experiment
+from lab.run.resources import die_with_parent
 from lab.run.result import RunResult
 from lab.run.runner import SignalGate
 
@@ -104,26 +105,6 @@ def _exit_code(code: int | None) -> int:
     return 128 - code if code < 0 else code
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn: in the child, before exec, ask for SIGTERM when the parent dies (even by SIGKILL), so the
-    child unwinds its namespaces instead of running on as an orphan (prctl PR_SET_PDEATHSIG). libc is loaded
-    here, in the parent: after fork (the live display has a thread) the child only calls it."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(128 + int(signal.SIGTERM))
-
-    return preexec
-
-
 def _stop_children(running: list[Job]) -> None:
     """SIGTERM to every child still running; wait for their teardown (bounded), then SIGKILL."""
     for job in running:
@@ -155,7 +136,7 @@ def run_parallel(exps: list[Experiment], out_root: Path, jobs: int = 4,
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    preexec = _die_with_parent()
+    preexec = die_with_parent()   # SIGTERM: an orphaned child unwinds its namespaces (the live display has a thread)
     with SignalGate() as gate:
         try:
             while queue or running:

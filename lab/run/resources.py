@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,26 @@ class Ledger:
 
 
 TRACEFS_INSTANCE = "tracefs-instance"   # a private tracing instance (lab.kernel.tracepoints), by name
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: in the child, before exec, ask for `sig` when the parent dies (even by SIGKILL; prctl
+    PR_SET_PDEATHSIG survives exec), so no child the lab started runs on as an orphan. libc is loaded here, in
+    the parent: after fork the child only calls it."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(128 + int(sig))
+
+    return preexec
 
 
 def private_tracefs_command(mountpoint: str, then: str) -> list[str]:
