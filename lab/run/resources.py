@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +151,22 @@ def _ledger_files() -> list[Path]:
     return sorted(p for p in ledger_dir().glob("twl*.json") if not p.name.startswith(OUTPUT_RECORD_PREFIX))
 
 
-def _stale_ledgers() -> list[tuple[Path, dict[str, Any]]]:
+def _stale(records: Iterable[Path], pid_key: str, start_key: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The JSON records (path, data) whose process (its pid and start ticks under these keys) is gone;
+    a record that cannot be read is skipped."""
     out = []
-    for p in _ledger_files():
+    for p in records:
         try:
             data = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        if not pid_alive(int(data.get("owner", 0)), data.get("owner_start")):
+        if not pid_alive(int(data.get(pid_key, 0)), data.get(start_key)):
             out.append((p, data))
     return out
+
+
+def _stale_ledgers() -> list[tuple[Path, dict[str, Any]]]:
+    return _stale(_ledger_files(), "owner", "owner_start")
 
 
 def leftovers() -> list[str]:
@@ -222,15 +228,7 @@ def glob_escape(name: str) -> str:
 
 
 def _stale_output_records() -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for p in ledger_dir().glob(f"{OUTPUT_RECORD_PREFIX}*.json"):
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if not pid_alive(int(data.get("pid", 0)), data.get("start")):
-            out.append((p, data))
-    return out
+    return _stale(ledger_dir().glob(f"{OUTPUT_RECORD_PREFIX}*.json"), "pid", "start")
 
 
 @contextlib.contextmanager
