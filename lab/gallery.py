@@ -44,19 +44,13 @@ def frames_to_look_at(summary: dict[str, Any], limit: int = 12) -> list[int]:
 
 def _run_results(run_dir: Path) -> list[dict[str, Any]]:
     """The run's result.json files; UsageError (one line, exit 2) when `run_dir` is not a run folder."""
+    from lab.claims import load_results
     from lab.errors import UsageError
 
     name = str(run_dir).encode("unicode_escape").decode("ascii")
     if not run_dir.is_dir():
         raise UsageError(f"{name}: not a folder", "pass the folder a 'twlab run' wrote (runs/<timestamp>)")
-    results = []
-    for p in sorted(run_dir.glob("*/result.json")):
-        try:
-            res = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(res, dict) and {"experiment", "claim", "kernel", "reproduced"} <= res.keys():
-            results.append(res)
+    results = [r for r in load_results(run_dir) if {"experiment", "claim", "kernel", "reproduced"} <= r.keys()]
     if not results:
         raise UsageError(f"{name}: no experiment results (*/result.json) in this folder",
                          "pass the folder a 'twlab run' wrote (runs/<timestamp>)")
