@@ -84,6 +84,10 @@ class Judged:
             raise AssertionError(f"{self.id}: the capture has no such segment (#{nth})")
         return hits[nth]
 
+    def first_rst(self) -> int:
+        """The frame of the capture's first RST."""
+        return self.frame_of(lambda g: bool(g.flags & Flags.RST))
+
     def truth(self) -> dict[str, Any]:
         out = {"id": self.id, "class": self.klass, "family": self.family, "scenario": self.scenario,
                "kernel": self.kernel, "peer": self.peer, "expect": self.expect}
@@ -240,7 +244,7 @@ def class_01_tfo_rst(ctx: RunContext, family: str = "inet") -> Judged:
     j = lab.judged("01_tfo_rst", 1, "kernel client sends a TFO SYN with 10 bytes (tcp_fastopen=5); the peer "
                    "answers RST+ACK with ack = ISN+11 (acking SYN and data); the kernel accepts it in SYN_SENT",
                    kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     # connect() got ECONNREFUSED: a SYN answered by RST, i.e. refused (class 7's kind), not an abort
     j.expect = {"connections": 1, "conns": [{"kind": "refused", "initiator": "server", "time_wait": [],
                                              "close_frame": rst}]}
@@ -262,7 +266,7 @@ def class_01_tfo_rst_after_synack(ctx: RunContext, family: str = "inet") -> Judg
     j = lab.judged("01_tfo_rst_after_synack", 1, "kernel client sends a TFO SYN with 10 bytes; the peer's SYN-ACK "
                    "acks the SYN only; the kernel sends the 10 bytes again; the peer answers RST+ACK seq 1 ack 11 "
                    "(relative): the kernel accepts it in ESTABLISHED", kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "server", "time_wait": [],
                                              "close_frame": rst, "closed_at": {"client": rst}}]}
     s.close()
@@ -298,7 +302,7 @@ def class_02_rst_after_lost_fins(ctx: RunContext, family: str = "inet") -> Judge
     j = lab.judged("02_rst_after_lost_fins", 2, "peer (client) sends FIN, dropped by netfilter after the capture "
                    "point, 4 times; the kernel's data still acks the FIN's seq; the peer's RST with seq = FIN seq "
                    "is exactly the kernel's rcv_nxt: ESTABLISHED -> CLOSED, recv gets ECONNRESET", kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [],
                                              "close_frame": rst, "no_state": ["CLOSE_WAIT", "LAST_ACK"]}]}
     srv.close()
@@ -324,7 +328,7 @@ def class_02_rst_races_the_kernels_fin(ctx: RunContext, family: str = "inet") ->
                    "aborts with RST+ACK whose ACK still shows it never got the kernel's FIN: the kernel accepts "
                    "the RST (CLOSING -> CLOSED) and nobody holds TIME_WAIT", kernel,
                    {"time_wait": False, "why": "aborted before it received the kernel's FIN"})
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [],
                                              "close_frame": rst, "closed_at": {"server": rst}}]}
     lst.close()
@@ -503,7 +507,7 @@ def class_04_synack_bad_ack_then_good(ctx: RunContext, family: str = "inet") -> 
     j = lab.judged("04_synack_bad_ack_then_good", 4, "kernel client; the peer's SYN-ACK acks ISN+1001: the kernel "
                    "answers RST (seq = that ack) and stays SYN_SENT; the right SYN-ACK with the same ISN completes "
                    "the connection, which the kernel then closes (three-way)", kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "three-way", "initiator": "client", "time_wait": ["client"],
                                              "not_close_frame": rst}]}
     return j
@@ -621,7 +625,7 @@ def class_07_refused_peer(ctx: RunContext, family: str = "inet") -> Judged:
     s.close()
     j = lab.judged("07_refused_peer", 7, "kernel client's SYN answered by RST+ACK ack ISN+1 (a closed port): "
                    "connect fails with ECONNREFUSED", kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "refused", "initiator": "server", "time_wait": [],
                                              "close_frame": rst}]}
     return j
@@ -644,7 +648,7 @@ def class_08_rst_below_rcv_nxt_close_wait(ctx: RunContext, family: str = "inet")
     j = lab.judged("08_rst_below_rcv_nxt_close_wait", 8, "peer (client) sends FIN, the kernel ACKs (CLOSE_WAIT); "
                    "the peer's RST carries its FIN's seq = rcv_nxt - 1: Linux accepts it (tcp_reset_check), "
                    "the socket goes to CLOSED and send() fails with EPIPE", kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [],
                                              "close_frame": rst, "closed_at": {"server": rst}}]}
     srv.close()
@@ -666,7 +670,7 @@ def class_08_rst_below_rcv_nxt_last_ack(ctx: RunContext, family: str = "inet") -
     j = lab.judged("08_rst_below_rcv_nxt_last_ack", 8, "peer (client) sends FIN, the kernel ACKs and closes "
                    "(LAST_ACK); instead of the final ACK the peer sends RST with its FIN's seq = rcv_nxt - 1: "
                    "Linux accepts it in LAST_ACK and the socket is gone", kernel)
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     # both FINs were sent, the kernel's was never acknowledged: the RST ended it
     j.expect = {"connections": 1, "conns": [{"kind": "rst", "initiator": "client", "time_wait": [], "close_frame": rst,
                                              "closed_at": {"server": rst}}]}
@@ -882,7 +886,7 @@ def class_07_refused_v6(ctx: RunContext) -> Judged:
     j = Judged("07_refused_v6", 7, "inet6", "client namespace connects to a port nobody listens on in the server "
                "namespace (IPv6): the server kernel answers RST, connect fails with ECONNREFUSED", packets, lts,
                kernel, {})
-    rst = j.frame_of(lambda g: bool(g.flags & Flags.RST))
+    rst = j.first_rst()
     j.expect = {"connections": 1, "conns": [{"kind": "refused", "initiator": "server", "time_wait": [],
                                              "close_frame": rst}]}
     return j
