@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -33,6 +34,14 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"reference corpus not found at {CORPUS}")
     return CORPUS
+
+
+def loopback_listener() -> socket.socket:
+    """A listening socket on 127.0.0.1 with a port of its own: a capture filter on that port sees only this test."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    return srv
 
 
 def reap(*procs: subprocess.Popen[Any]) -> None:

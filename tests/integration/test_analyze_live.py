@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import reap
+from conftest import loopback_listener, reap
 
 pytestmark = pytest.mark.root
 CONNECTIONS = 7
-
-
-def _listener() -> socket.socket:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))    # a port of our own: nothing else on lo is in the capture filter
-    srv.listen(64)
-    return srv
 
 
 def _connections(srv: socket.socket, n: int = CONNECTIONS) -> None:
@@ -89,7 +82,7 @@ def _ours(conns: list[dict[str, Any]], port: int) -> list[dict[str, Any]]:
 def test_tcpdump_pipe_into_analyze_jsonl() -> None:
     if not shutil.which("tcpdump"):
         pytest.skip("tcpdump not installed")
-    srv = _listener()
+    srv = loopback_listener()
     port = srv.getsockname()[1]
     td = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "-w", "-", f"tcp port {port}"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -118,7 +111,7 @@ def test_tcpdump_pipe_into_analyze_jsonl() -> None:
 
 
 def test_analyze_interface_for_a_duration_writes_json_and_pcapng(tmp_path: Path) -> None:
-    srv = _listener()
+    srv = loopback_listener()
     port = srv.getsockname()[1]
     keep = tmp_path / "live.pcapng"
     tw = _twlab("analyze", "-i", "lo", "-f", f"tcp port {port}", "--duration", "5", "--json", "-w", str(keep))
@@ -145,7 +138,7 @@ def test_analyze_interface_for_a_duration_writes_json_and_pcapng(tmp_path: Path)
 
 
 def test_ctrl_c_ends_a_live_analysis_with_its_summary() -> None:
-    srv = _listener()
+    srv = loopback_listener()
     port = srv.getsockname()[1]
     tw = _twlab("analyze", "-i", "lo", "-f", f"tcp port {port}")
     assert tw.stderr is not None

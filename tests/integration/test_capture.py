@@ -14,18 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import loopback_listener
 
 from lab.kernel.capture import LiveCapture, write_pcapng
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _nobody
-
-
-def _listener() -> socket.socket:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    return srv
 
 
 def _one_connection(srv: socket.socket) -> None:
@@ -63,7 +57,7 @@ def _tcp_flags(pkt: bytes) -> int:
 def test_each_loopback_packet_once_same_bytes_as_tcpdump(tmp_path: Path) -> None:
     if not shutil.which("tcpdump"):
         pytest.skip("tcpdump not installed (apt-get install -y tcpdump)")
-    srv = _listener()
+    srv = loopback_listener()
     port = srv.getsockname()[1]
     ref = tmp_path / "tcpdump.pcap"
     td = subprocess.Popen(["tcpdump", "-i", "lo", "-w", str(ref), "--immediate-mode", "-n", f"tcp port {port}"],
@@ -98,7 +92,7 @@ def test_each_loopback_packet_once_same_bytes_as_tcpdump(tmp_path: Path) -> None
 
 @pytest.mark.root
 def test_kernel_drops_are_counted_when_the_buffer_overflows() -> None:
-    srv = _listener()
+    srv = loopback_listener()
     srv.listen(4096)
     port = srv.getsockname()[1]
     stop = threading.Event()
