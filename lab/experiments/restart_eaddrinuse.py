@@ -62,13 +62,21 @@ def _time_wait(port: int) -> tuple[list[Any], str | None]:
     return [s for s in found if s.state == "TIME_WAIT" and port in (s.sport, s.dport)], None
 
 
-def _server_steps(case: Case, port: int, reuse: bool) -> list[dict[str, Any]]:
+def _listen_steps(port: int, reuse: bool) -> list[dict[str, Any]]:
+    """Socket "l" listening on HOST:port (with SO_REUSEADDR set before bind when `reuse`)."""
     steps: list[dict[str, Any]] = [{"op": "socket", "sock": "l"}]
     if reuse:
         steps.append({"op": "setsockopt", "sock": "l", "opt": "SO_REUSEADDR", "value": 1})
     steps += [
         {"op": "bind", "sock": "l", "addr": [HOST, port], "label": "bind"},
         {"op": "listen", "sock": "l", "label": "listen"},
+    ]
+    return steps
+
+
+def _server_steps(case: Case, port: int, reuse: bool) -> list[dict[str, Any]]:
+    steps = _listen_steps(port, reuse)
+    steps += [
         {"op": "accept", "sock": "l", "as": "c", "label": "accept", "timeout_s": ACCEPT_S},
         {"op": "recv", "sock": "c", "label": "recv"},
         {"op": "send", "sock": "c", "data": "hello from the server\n"},
@@ -93,15 +101,7 @@ def _client_steps(case: Case, port: int) -> list[dict[str, Any]]:
 
 
 def _restart_steps(port: int, reuse: bool) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = [{"op": "socket", "sock": "l"}]
-    if reuse:
-        steps.append({"op": "setsockopt", "sock": "l", "opt": "SO_REUSEADDR", "value": 1})
-    steps += [
-        {"op": "bind", "sock": "l", "addr": [HOST, port], "label": "bind"},
-        {"op": "listen", "sock": "l", "label": "listen"},
-        {"op": "close", "sock": "l"},
-    ]
-    return steps
+    return [*_listen_steps(port, reuse), {"op": "close", "sock": "l"}]
 
 
 def side_of(sample: Any, port: int) -> str:
