@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,11 @@ def kernels_of(results: list[dict[str, Any]]) -> list[str]:
 
 def ledger_document(entries: list[Entry], run_dir: Path | None, results: list[dict[str, Any]]) -> dict[str, Any]:
     """claims.json and `twlab claims --json`: one shape."""
-    return {"run": str(run_dir) if run_dir is not None else None, "kernels": kernels_of(results),
+    result = {"run": str(run_dir) if run_dir is not None else None, "kernels": kernels_of(results),
             "claims": ledger_dicts(entries), "not_run": sum(1 for e in entries if e.verdict == NOT_RUN)}
+    if len(kernels_of(results)) > 1:  # one column per kernel (helper E2)
+        result["by_kernel"] = [row.to_dict() for row in judge_kernels(results)]
+    return result
 
 
 def render_markdown(entries: list[Entry], results: list[dict[str, Any]]) -> str:
@@ -283,7 +287,11 @@ def render_markdown(entries: list[Entry], results: list[dict[str, Any]]) -> str:
         cell = e.evidence.replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {e.claim.lore} | {e.claim.source} | {', '.join(e.claim.experiments) or '-'} "
                      f"| **{e.verdict}** | {cell} |")
-    return "\n".join(lines) + "\n"
+    result = "\n".join(lines) + "\n"
+    if len(kernels_of(results)) > 1:  # one column per kernel (helper E2)
+        result = (f"# twlab claims ledger\n\nKernels: {', '.join(kernels_of(results))}\n"
+                  + render_kernel_markdown(judge_kernels(results)))
+    return result
 
 
 def write_ledger(entries: list[Entry], run_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
@@ -322,7 +330,7 @@ def _printable(path: Path) -> str:
 
 def load_results(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for p in sorted(run_dir.glob("*/result.json")):
+    for p in sorted([*run_dir.glob("*/result.json"), *run_dir.glob(KERNEL_FOLDERS)]):
         try:
             res = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -354,7 +362,7 @@ def record_last_run(run_dir: Path) -> None:
 
 
 def _is_run(d: Path) -> bool:
-    return d.is_dir() and any(d.glob("*/result.json"))
+    return d.is_dir() and (any(d.glob("*/result.json")) or any(d.glob(KERNEL_FOLDERS)))
 
 
 def latest_run(runs: Path = Path("runs")) -> Path | None:
@@ -405,3 +413,120 @@ def ledger_table(entries: list[Entry], only_tested: bool = True) -> Any:
         t.add_row(e.claim.lore, ", ".join(e.claim.experiments) or "-",
                   f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]", shorten(e.evidence, TABLE_EVIDENCE_CHARS))
     return t
+
+
+# --- per kernel (helper E2): one column per kernel when a run covers several (`twlab run --kernel VER ...`
+# writes RUN/kernel-VER/EXPERIMENT/result.json; a host run into the same folder adds this kernel's column)
+
+KERNEL_FOLDERS = "kernel-*/*/result.json"
+BEHAVIOUR_WORD = re.compile(r"[A-Za-z0-9_.+:=-]{1,40}")   # 'clock-based', 'old-snd-nxt+65537': not paths, not prose
+
+
+def _behaviour_value(value: Any) -> bool:
+    """Observations that name a behaviour (yes/no, one word); not the run's names (twl...), paths or sentences."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, str) and bool(BEHAVIOUR_WORD.fullmatch(value)) and not value.startswith("twl")
+
+
+def _version_key(kernel: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", kernel.split("-", 1)[0])[:3])
+
+
+def results_by_kernel(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The results grouped by the kernel they were measured on (`uname -r`), oldest kernel first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(str(r.get("kernel") or "unknown"), []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: _version_key(kv[0])))
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One claim across kernels: its verdict and evidence on each, and the measured values that changed."""
+
+    claim: Claim
+    cells: dict[str, Entry]
+    changes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim.id, "lore": self.claim.lore, "source": self.claim.source,
+                "experiments": list(self.claim.experiments),
+                "verdicts": {k: {"verdict": e.verdict, "evidence": e.evidence} for k, e in self.cells.items()},
+                "changes": list(self.changes)}
+
+
+def _runs_of_values(seq: list[tuple[str, Any]]) -> list[tuple[Any, list[str]]]:
+    """Consecutive kernels with the same value: [(value, [kernels])...] in kernel order."""
+    runs: list[tuple[Any, list[str]]] = []
+    for kernel, value in seq:
+        if runs and runs[-1][0] == value:
+            runs[-1][1].append(kernel)
+        else:
+            runs.append((value, [kernel]))
+    return runs
+
+
+def measured_changes(claim: Claim, groups: dict[str, list[dict[str, Any]]]) -> tuple[str, ...]:
+    """Text and yes/no observations of the claim's experiments that differ across kernels, each value with the
+    kernels it was measured on: 'since when' as the measurements show it (e.g. isn_rule: clock-based on 5.10.46,
+    6.1.176; old-snd-nxt+65537 since 6.12.113)."""
+    out = []
+    for exp in claim.experiments:
+        seen = [(k, (r.get("observations") or {})) for k, rs in groups.items()
+                for r in rs if r.get("experiment") == exp and r.get("status", "reproduced") != "could-not-run"]
+        keys = sorted({key for _, o in seen for key, v in o.items() if key != "kernel" and _behaviour_value(v)})
+        for key in keys:
+            runs = _runs_of_values([(k, o[key]) for k, o in seen if key in o])
+            if len({repr(v) for v, _ in runs}) < 2:
+                continue
+            parts = [f"{v} on {', '.join(ks)}" for v, ks in runs[:-1]]
+            last_value, last_kernels = runs[-1]
+            parts.append(f"{last_value} since {last_kernels[0]}")
+            out.append(f"{exp} {key}: " + "; ".join(parts))
+    return tuple(out)
+
+
+def judge_kernels(results: list[dict[str, Any]]) -> list[KernelRow]:
+    """Every claim judged on each kernel separately (judge_all per kernel), with what changed across them."""
+    groups = results_by_kernel(results)
+    per_kernel = {k: {e.claim.id: e for e in judge_all(rs)} for k, rs in groups.items()}
+    return [KernelRow(c, {k: per_kernel[k][c.id] for k in groups}, measured_changes(c, groups)) for c in CLAIMS]
+
+
+def render_kernel_markdown(rows: list[KernelRow]) -> str:
+    kernels = list(rows[0].cells) if rows else []
+    lines = ["", "## By kernel", "", "| claim | " + " | ".join(kernels) + " | measured changes |",
+             "|---|" + "---|" * len(kernels) + "---|"]
+    for row in rows:
+        if not any(e.tested for e in row.cells.values()):
+            continue
+        changes = "; ".join(row.changes).replace("|", "\\|") or "-"
+        lines.append(f"| {row.claim.lore} | " + " | ".join(f"**{e.verdict}**" for e in row.cells.values())
+                     + f" | {changes} |")
+    lines += ["", "Evidence per kernel:", ""]
+    for row in rows:
+        tested = {k: e for k, e in row.cells.items() if e.tested}
+        if tested:
+            lines.append(f"- {row.claim.id}: " + " ".join(f"**{k}**: {e.evidence.replace(chr(10), ' ')}"
+                                                          for k, e in tested.items()))
+    return "\n".join(lines) + "\n"
+
+
+def kernel_table(rows: list[KernelRow]) -> Any:
+    """The lore's claims, one column per kernel, for people."""
+    from rich.table import Table
+
+    style = {HOLDS: "green", DIFFERS: "magenta", NEEDS_ROOT: "yellow", NOT_TESTABLE: "yellow", NOT_RUN: "dim"}
+    kernels = list(rows[0].cells) if rows else []
+    t = Table(title="claims ledger by kernel", show_lines=True, expand=True)
+    t.add_column("the lore's claim", ratio=3)
+    for k in kernels:
+        t.add_column(k, no_wrap=True)
+    t.add_column("measured changes (since when)", ratio=3)
+    for row in rows:
+        if any(e.tested for e in row.cells.values()):
+            t.add_row(row.claim.lore, *(f"[{style.get(e.verdict, 'white')}]{e.verdict}[/]" for e in row.cells.values()),
+                      "; ".join(row.changes) or "-")
+    return t
+# --- end per kernel

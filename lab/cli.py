@@ -409,6 +409,10 @@ def _run_in_guests(exps: list[Any], specs: tuple[str, ...], out_root: Path, jobs
         except BaseException:
             stop.set()   # every guest still running is stopped and swept by its own thread before we unwind
             raise
+    claims.write_ledger(claims.judge_all(results), out_root, results)   # RUN/claims.md: one column per kernel
+    claims.record_last_run(out_root)
+    if con is not None and len(claims.kernels_of(results)) > 1:
+        con.print(claims.kernel_table(claims.judge_kernels(results)))
     sys.exit(3 if 3 in codes else 0 if all(r.get("reproduced") for r in results) else 1)
 
 
@@ -495,7 +499,10 @@ def claims_cmd(run_dir: Path | None, as_json: bool, write: bool) -> None:
     from lab.ui import console
 
     con = console()
-    con.print(claims.ledger_table(ledger))
+    if len(claims.kernels_of(results)) > 1:  # one column per kernel (helper E2)
+        con.print(claims.kernel_table(claims.judge_kernels(results)))
+    else:
+        con.print(claims.ledger_table(ledger))
     con.print(f"run folder: {run_dir}" + (f"   written: {', '.join(str(p) for p in written)}" if written else ""))
 
 

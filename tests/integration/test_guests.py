@@ -195,3 +195,29 @@ def test_the_guest_init_mounts_only_the_run_folder_writable(tmp_path: Path) -> N
     assert "modprobe -d /run/twlab/mods" in text and "sysrq-trigger" in text
     net = guests.GuestNet("twlabcdefh", "twlabcdeftp", "203.0.113.2/24")
     assert "ip addr add 203.0.113.2/24 dev eth0" in guests.init_script(kernel, tmp_path, ["true"], REPO, {}, net)
+
+
+def test_claims_have_one_column_per_kernel_and_say_since_when(tmp_path: Path) -> None:
+    from lab.experiments import syn_in_time_wait as sitw
+
+    measured = (("kernel-6.1", "6.1.176", [1055026, 5531702]), ("kernel-6.12", "6.12.113", [65537, 65537]))
+    for folder, kernel, gaps in measured:   # what two guests write (RUN/kernel-VER/EXPERIMENT/result.json)
+        rule = sitw.isn_rule(list(gaps))
+        out = tmp_path / folder / "syn-in-time-wait"
+        out.mkdir(parents=True)
+        (out / "result.json").write_text(json.dumps({
+            "experiment": "syn-in-time-wait", "reproduced": True, "status": "reproduced", "claim": "c", "lore": "l",
+            "kernel": kernel, "observations": {"isn_rule": rule, "new_isn_minus_old_snd_nxt": gaps},
+            "notes": [sitw.isn_note(rule, list(gaps))]}))
+    res = twlab("claims", "--run", str(tmp_path), "--json", cwd=tmp_path, env={"TWLAB_PURE": "1"})
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["kernels"] == ["6.1.176", "6.12.113"]
+    row = next(r for r in doc["by_kernel"] if r["claim"] == "syn-in-time-wait")
+    assert {k: v["verdict"] for k, v in row["verdicts"].items()} == {"6.1.176": "holds", "6.12.113": "holds"}
+    assert row["changes"] == ["syn-in-time-wait isn_rule: clock-based on 6.1.176; old-snd-nxt+65537 since 6.12.113"]
+    old, new = row["verdicts"]["6.1.176"]["evidence"], row["verdicts"]["6.12.113"]["evidence"]
+    assert "clock-based ISN" in old and "65537 (measured" not in old   # never +65537 beside other values
+    assert "old snd_nxt + 65537 (measured: [65537])" in new and "since 6.10" in new
+    table = twlab("claims", "--run", str(tmp_path), cwd=tmp_path, env={"TWLAB_PURE": "1", "COLUMNS": "200"})
+    assert "6.1.176" in table.stdout and "6.12.113" in table.stdout and "since 6.12.113" in table.stdout
