@@ -58,6 +58,7 @@ RNDADDENTROPY = 0x40085203
 CREDIT_SEED = ("import fcntl, os, struct, sys; d = open(sys.argv[1], 'rb').read(); "
                f"fcntl.ioctl(os.open('/dev/random', os.O_WRONLY), {RNDADDENTROPY}, "
                "struct.pack('ii', 8 * len(d), len(d)) + d)")
+UNIX_SOCKET_PATH_MAX = 100      # sun_path is 108 bytes with its NUL; UML's mconsole socket lives in uml_dir
 CONTROL = "guest"               # the folder (inside the run folder) with the guest's init, marks and console
 
 
@@ -322,9 +323,14 @@ def _die_with_parent() -> Callable[[], None]:
 
 
 @contextmanager
-def _uml_dir(run_id: str) -> Iterator[Path]:
-    """UML's own folder (mconsole socket, pid file); short, since a socket path has 108 bytes."""
-    d = Path(tempfile.mkdtemp(prefix=f"twl{run_id}-uml-"))
+def _uml_dir(run_id: str, ctl: Path) -> Iterator[Path]:
+    """UML's own folder (mconsole socket, pid file): in the run folder, so that even a killed run leaves nothing
+    elsewhere; in the temp directory when that path is too long for the socket (108 bytes)."""
+    if len(str(ctl / "uml" / f"twl{run_id}" / "mconsole")) < UNIX_SOCKET_PATH_MAX:
+        d = ctl / "uml"
+        d.mkdir(exist_ok=True)
+    else:
+        d = Path(tempfile.mkdtemp(prefix=f"twl{run_id}-uml-"))
     try:
         yield d
     finally:
@@ -375,7 +381,7 @@ def boot_program(kernel: Kernel, argv: list[str], out_dir: Path, deadline_s: flo
     ledger = Ledger(run_id)
     t0 = time.monotonic()
     try:
-        with _uml_dir(run_id) as uml_dir, (ctl / "console.log").open("wb") as console:
+        with _uml_dir(run_id, ctl) as uml_dir, (ctl / "console.log").open("wb") as console:
             kernel_argv = _kernel_argv(kernel, init, f"twl{run_id}", uml_dir)
             if net is not None:  # `ip netns exec` execs the kernel: the pid stays the one recorded
                 kernel_argv = ["ip", "netns", "exec", net.netns, *kernel_argv, f"eth0=tuntap,{net.tap}"]
