@@ -36,6 +36,17 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
 )}
 
 
+def linux_timer_slack_s(seconds: float, hz: int) -> float:
+    """How late Linux's timer wheel may fire a timer set `seconds` ahead at CONFIG_HZ=hz: the bucket width of
+    the wheel level it lands in (kernel/time/timer.c: 64 buckets a level, each level 8 times coarser; level n
+    holds what is due in less than 63 << 3n jiffies). A 60 s TIME_WAIT: 2.048 s at HZ=250, 5.12 s at HZ=100."""
+    delta = int(seconds * hz)
+    level = 0
+    while level < 8 and delta >= 63 << (3 * level):
+        level += 1
+    return (1 << (3 * level)) / hz
+
+
 def get_profile(name: str, time_wait_s: float | None = None) -> Profile:
     """The named profile, with its TIME_WAIT length replaced by `time_wait_s` when given."""
     try:

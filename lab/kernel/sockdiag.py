@@ -175,6 +175,18 @@ def sockets(netns: str | None = None, ports: Sequence[int] = (), states: Iterabl
 # counters
 
 
+def config_hz() -> int | None:
+    """This kernel's CONFIG_HZ from /proc/config.gz (None where the kernel does not expose its config)."""
+    import gzip
+    import re
+
+    with contextlib.suppress(OSError, EOFError, gzip.BadGzipFile):
+        with gzip.open("/proc/config.gz") as fh:
+            m = re.search(rb"^CONFIG_HZ=(\d+)$", fh.read(), re.M)
+        return int(m.group(1)) if m else None
+    return None
+
+
 def parse_snmp(text: str) -> dict[str, int]:
     """/proc/net/snmp and /proc/net/netstat: pairs of 'Tcp: names' / 'Tcp: values' lines -> {'TcpOutSegs': n}."""
     out: dict[str, int] = {}
