@@ -406,7 +406,7 @@ def ledger_table(entries: list[Entry], only_tested: bool = True) -> Any:
     caption = "; ".join(parts) or None
     t = Table(title="claims ledger: the lore on this kernel", caption=caption, show_lines=True, expand=True)
     t.add_column("claim", ratio=3)
-    t.add_column("experiment", ratio=1)
+    t.add_column("experiment", ratio=1, overflow="fold")   # an id is folded at 80 columns, never cut to "…"
     t.add_column("verdict", no_wrap=True)
     t.add_column("evidence", ratio=3)
     for e in shown:
