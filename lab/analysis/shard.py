@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import glob
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -276,10 +278,12 @@ def analyze_one(path: Path, kind: OutputKind, settings: Settings) -> FileResult:
 def map_files(paths: Sequence[Path], kind: OutputKind, jobs: int, settings: Settings,
               each: Callable[[Path, FileResult | LabError], None]) -> None:
     """Analyze `paths` in up to `jobs` processes; each(path, result or its LabError) in the order given, as
-    soon as that file and every one before it are done. Spool files are removed after each() returns."""
-    with _pool(min(jobs, len(paths))) as pool:
-        futures = [pool.submit(_call, analyze_one, p, kind, settings) for p in paths]
-        try:
+    soon as that file and every one before it are done. Spool files are removed after each() returns, and on
+    an interrupt once the pool has stopped (a worker still running then finishes its file first)."""
+    futures: list[Future[tuple[str, Any]]] = []
+    try:
+        with _pool(min(jobs, len(paths))) as pool:
+            futures = [pool.submit(_call, analyze_one, p, kind, settings) for p in paths]
             for p, fut in zip(paths, futures, strict=True):
                 try:
                     res: FileResult | LabError = _result(fut)
@@ -288,17 +292,17 @@ def map_files(paths: Sequence[Path], kind: OutputKind, jobs: int, settings: Sett
                 try:
                     each(p, res)
                 finally:
-                    if isinstance(res, FileResult) and res.spool:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(res.spool)
-        finally:
-            for fut in futures:   # an interrupt: the rest are cancelled, spools already made are removed
-                fut.cancel()
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    r = fut.result()
-                    if isinstance(r, tuple) and isinstance(r[1], FileResult) and r[1].spool:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(r[1].spool)
+                    _remove_spool(res)
+    finally:
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                _remove_spool(fut.result()[-1])
+
+
+def _remove_spool(res: object) -> None:
+    if isinstance(res, FileResult) and res.spool:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(res.spool)
 
 
 def copy_spool(res: FileResult, out: IO[bytes]) -> None:
@@ -313,11 +317,35 @@ def copy_spool(res: FileResult, out: IO[bytes]) -> None:
 @contextlib.contextmanager
 def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     # fork: the workers start at once with everything imported (the CLI process is single-threaded here)
-    pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("fork"),
+                               initializer=_worker_signals)
     try:
         yield pool
+    except BaseException:
+        # an interrupt (or an error): the workers stop now (SIGTERM: they remove their temporary files and
+        # exit) instead of finishing their file and the one the pool has queued ahead
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_signals() -> None:
+    """In each worker: Ctrl-C is the parent's to handle (the terminal sends it to the whole group); SIGTERM
+    from the parent ends the worker at once, after removing its temporary files (named twl-spool-<pid>-*).
+    Raising from the handler instead could land inside the compiled walk (mypyc aborts there); the handlers
+    inherited from the CLI would os._exit without cleaning up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_term)
+
+
+def _worker_term(signum: int, frame: object) -> None:
+    for name in glob.glob(os.path.join(tempfile.gettempdir(), f"twl-spool-{os.getpid()}-*")):
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    os._exit(128 + signum)
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +108,26 @@ def test_cli_jobs_refuses_a_pipe(corpus: Path) -> None:
                        cwd=REPO, check=False)
     assert r.returncode == 2
     assert len(r.stderr.decode().strip().splitlines()) == 1 and b"-j" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_jobs_interrupted_stops_the_workers_and_removes_their_spools(corpus: Path, tmp_path: Path,
+                                                                         sig: signal.Signals) -> None:
+    big = repeated(corpus / "zeek__echo-connections.pcap.gz", tmp_path / "big.pcapng", 6, 10.0)
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "lab", "analyze", "-j", "2", "--json", big, big, big, big],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         start_new_session=True, env={**os.environ, "TMPDIR": str(spools)})
+    deadline = time.monotonic() + 60
+    while not list(spools.glob("twl-spool-*-conns-*")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)                          # the event: a worker has started writing its document
+    assert p.poll() is None, "the analysis ended before it could be interrupted"
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, sig)                     # Ctrl-C: the terminal signals the whole group
+    else:
+        p.send_signal(sig)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 128 + sig, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+    assert list(spools.iterdir()) == []
