@@ -109,8 +109,13 @@ def test_simultaneous_close_both_closing_both_time_wait(tmp_path: Path) -> None:
     obs = res["observations"]
     assert res["reproduced"] is True
     assert obs["crossed_fins"] is True
-    assert obs["client_states"][-2:] == ["CLOSING", "TIME_WAIT"]
-    assert obs["server_states"][-2:] == ["CLOSING", "TIME_WAIT"]
+    # CLOSING lasts about one held ACK: the 10 ms sampler may miss it, the kernel's own transitions and the
+    # sock_diag reading taken while both ACKs are held do not
+    for side in ("client", "server"):
+        assert obs[f"{side}_states"][-1] == "TIME_WAIT"
+        path = (obs["kernel_transitions"] or {}).get(side)
+        assert path is None or path[-3:] == ["FIN_WAIT_1", "CLOSING", "CLOSED"], path
+        assert obs["states_while_acks_held"][side] == "CLOSING"
     assert obs["time_wait_sides"] == ["client", "server"]
     assert all(len(h["held"]) >= 2 for h in obs["nfqueue"])
     if obs.get("analyzer"):
