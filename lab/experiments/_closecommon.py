@@ -132,7 +132,10 @@ def watch(ctx: RunContext, pair: NetnsPair, ports: Sequence[int], interval_s: fl
 
 
 def side_states(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int) -> dict[str, list[str]]:
-    """The states each side of one connection was seen in (sock_diag, in order)."""
+    """The states each side of one connection was seen in (sock_diag, in order), up to now: one dump of each
+    host is taken first, so a final state reached since the samplers' last periodic dump is in the list."""
+    cs.sample_now()
+    ss.sample_now()
     return {"client": cs.states_of(local_port=client_port), "server": ss.states_of(remote_port=client_port)}
 
 
