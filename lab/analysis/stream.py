@@ -15,16 +15,12 @@ tests/unit/test_analyze_stream.py checks that the text parses to exactly what to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import json
-import os
 import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _q  # json.dumps' string quoting (C), ASCII output
 from pathlib import Path
@@ -39,6 +35,7 @@ from lab.errors import UsageError
 from lab.pcap.feed import Progress, feed_file
 from lab.pcap.filters import SegmentFilter
 from lab.pcap.readers import ReaderStats
+from lab.pcap.writer import spool
 
 try:
     from _json import make_encoder as _make_encoder  # json.dumps' C encoder
@@ -239,22 +236,6 @@ def finding_json(f: Finding) -> str:
     return head + ", " + _fast_dumps(extra if type(extra) is dict else dict(extra))[1:]
 
 
-@contextmanager
-def _spool(role: str) -> Iterator[IO[bytes]]:
-    """A temporary file in the system temp dir, removed after. Created inside the `try` (a signal right after
-    it is still cleaned up) and named twl-spool-<pid>-<role>-*: after a kill -9, `twlab doctor --cleanup` removes
-    it because its pid is dead (lab.run.resources.stale_temp_files)."""
-    name = ""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-{role}-", suffix=".json")
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-    finally:
-        if name:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-
-
 class _JsonSpools:
     """Receives batches of records and appends their JSON text to two spool files."""
 
@@ -287,7 +268,7 @@ def write_json(path: Path | Feeder, out: IO[bytes], profile: str = "linux", time
     Returns (connections, findings) written."""
     if opts is None:
         opts = Options(profile, time_wait_s, detail)
-    with _spool("conns") as conns, _spool("finds") as finds:
+    with spool("conns", ".json") as conns, spool("finds", ".json") as finds:
         sink = _JsonSpools(conns, finds, opts.detail)
         census = CensusFold()
         report, stats = run(path, tee(sink, census, *(() if records is None else (records,))), opts=opts)

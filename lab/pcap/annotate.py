@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from lab.pcap.writer import PcapngWriter, atomic_write
+from lab.pcap.writer import PcapngWriter, atomic_write, spool
 
 if TYPE_CHECKING:
     from lab.pcap.filters import SegmentFilter
@@ -194,8 +193,8 @@ def narrated(src: Path, profile: str = "linux", time_wait_s: float | None = None
     t0 = capture_t0(src)
     analyzer = Analyzer(profile, time_wait_s, detail=True, keep=False)
     name, tw = analyzer.profile.name, analyzer.tw_s
-    with _spool_file() as spool:
-        result = Narrated(Path(src), _NoteSpool(spool))
+    with spool("notes", ".txt") as notes_file:
+        result = Narrated(Path(src), _NoteSpool(notes_file))
 
         def on_batch() -> None:
             conns, findings = analyzer.drain()
@@ -215,20 +214,6 @@ def annotate_file(src: Path, dst: Path, profile: str = "linux", time_wait_s: flo
     """Both passes: narrate `src` as it streams, then copy it to `dst` with the notes."""
     with narrated(src, profile, time_wait_s, filt) as n:
         return n.write(dst)
-
-
-@contextlib.contextmanager
-def _spool_file() -> Iterator[IO[bytes]]:
-    """A temporary file named twl-spool-<pid>-notes-* (doctor --cleanup removes it after a kill -9)."""
-    name = ""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-notes-", suffix=".txt")
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-    finally:
-        if name:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
 
 
 def capture_t0(src: Path) -> float:

@@ -39,6 +39,22 @@ _BUFFER = 1 << 20
 
 
 @contextlib.contextmanager
+def spool(role: str, suffix: str) -> Iterator[BinaryIO]:
+    """A temporary file in the system temp dir, removed after. Created inside the `try` (a signal right after
+    it is still cleaned up) and named twl-spool-<pid>-<role>-*: after a kill -9, `twlab doctor --cleanup` removes
+    it because its pid is dead (lab.run.resources.stale_temp_files)."""
+    name = ""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-{role}-", suffix=suffix)
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+    finally:
+        if name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+@contextlib.contextmanager
 def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Open a temporary `.NAME.*.twl-tmp` next to `path` for writing; on a clean exit flush, fsync and
     rename it over `path`; on any error (Ctrl-C included) remove it and leave an existing `path` untouched.

@@ -195,8 +195,8 @@ def test_doctor_cleanup_removes_temp_files_of_killed_writers(tmp_path: Path) -> 
         "cm = output_record(out); cm.__enter__()\n"
         "(out.parent / f'.{out.name}.{os.getpid()}.abc.twl-tmp').write_bytes(b'x')"))
     _killed_writer(tmp_path, (
-        "from lab.analysis.stream import _spool\n"
-        "cm = _spool('conns'); f = cm.__enter__(); f.write(b'x'); f.flush()"))
+        "from lab.pcap.writer import spool\n"
+        "cm = spool('conns', '.json'); f = cm.__enter__(); f.write(b'x'); f.flush()"))
     keep = tmp_path / f"twl-spool-{os.getpid()}-live-x.json"   # a live process's spool stays
     keep.write_text("x")
     left = list(out.parent.glob(".x.pcapng.*.twl-tmp")) + list(tmp_path.glob("twl-spool-*"))
