@@ -37,7 +37,7 @@ from typing import Any
 
 from lab.errors import EnvironmentProblem, UsageError
 from lab.run.context import Experiment, new_run_id, scaled
-from lab.run.resources import Ledger
+from lab.run.resources import Ledger, die_with_parent
 
 KERNELS_ENV = "TWLAB_KERNELS"
 DEFAULT_KERNELS_DIR = Path("/var/lib/twlab/kernels")
@@ -303,24 +303,6 @@ def _check_share(path: Path) -> None:
                          "pass --out with a plain path")
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn: the guest's kernel gets SIGKILL when the thread that started it dies, even by SIGKILL (then
-    `twlab doctor --cleanup` finds its helper processes in the ledger). libc is loaded here, before the fork."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(128 + int(signal.SIGKILL))
-
-    return preexec
-
 
 @contextmanager
 def _uml_dir(run_id: str, ctl: Path) -> Iterator[Path]:
@@ -386,7 +368,7 @@ def boot_program(kernel: Kernel, argv: list[str], out_dir: Path, deadline_s: flo
             if net is not None:  # `ip netns exec` execs the kernel: the pid stays the one recorded
                 kernel_argv = ["ip", "netns", "exec", net.netns, *kernel_argv, f"eth0=tuntap,{net.tap}"]
             proc = subprocess.Popen(kernel_argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent())
+                                    start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL))
             pgid = proc.pid
             ledger.add("pid", str(proc.pid), what="uml guest", kernel=kernel.label)
             try:
