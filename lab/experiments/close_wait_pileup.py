@@ -93,6 +93,11 @@ def run(ctx: RunContext) -> Outcome:
         t0 = time.time()
         client.release("close")
         cc._ok(client.wait(f"close{n - 1}"), client)
+        # the census starts once the server's kernel has ACKed every FIN (all n in FIN_WAIT_2), not while some
+        # ACKs are still on their way (FIN_WAIT_1): an event, not a sleep
+        if not cc.wait_until(lambda: w2.census(pair.client.name, [PORT]).get("FIN_WAIT_2", 0) == n, cc.SETTLE_S,
+                             0.005):
+            raise CouldNotRun(f"the client's {n} sockets did not all reach FIN_WAIT_2 within {scaled(cc.SETTLE_S):g} s")
         ctx.say(f"the client closed; waiting for tcp_fin_timeout={fin_timeout} s to reap its FIN_WAIT_2", 0.3)
         rows, reaped_at = _watch_reap(ctx, pair, n, fin_timeout, t0)
         after_reap = w2.census(pair.server.name, [PORT])
