@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from lab.run.context import Experiment, Outcome, RunContext
 from lab.run.runner import open_context
@@ -66,3 +67,10 @@ def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunContext]:
         c = open_context(exp, tmp_path, stack)
         yield c
     assert not lab_netns_of(c.run_id), "namespace left behind"
+
+
+# Property tests draw the same examples on every run (CI must not turn red on a draw no one changed);
+# TWLAB_HYPOTHESIS=explore draws new ones, for a person hunting for failures.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("TWLAB_HYPOTHESIS", "ci"))
