@@ -33,7 +33,7 @@ F, S, R, P, A = Flags.FIN, Flags.SYN, Flags.RST, Flags.PSH, Flags.ACK
 Side = Literal["client", "server"]
 SIDES: tuple[Side, Side] = ("client", "server")
 ADDR: dict[Side, tuple[str, int]] = {"client": ("192.0.2.1", 40000), "server": ("192.0.2.2", 80)}
-FLUSH_ROUNDS = 200     # enough for every retransmission the longest op list can need: the truth is read once nothing moves
+FLUSH_ROUNDS = 200     # more than any op list needs: the truth is read once nothing moves
 PLAIN: dict[Side, str] = {"client": "ack", "server": "ack"}
 ABORTABLE = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2")
 
