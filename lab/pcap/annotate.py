@@ -8,14 +8,14 @@ goes through); PcapngWriter is re-exported here for existing callers.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from lab.pcap.writer import PcapngWriter, atomic_write, spool
+from lab.pcap.writer import EPB, EPB_HEAD, PADS, U32, PcapngWriter, atomic_write, comment_options, spool
 
 if TYPE_CHECKING:
     from lab.pcap.filters import SegmentFilter
@@ -30,36 +30,104 @@ def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) ->
     Returns the number of packets written. Atomic: `dst` appears complete or not at all, and an existing
     `dst` is left untouched on any error; `dst == src` is allowed.
     """
-    return _copy_with_notes(src, dst, lambda frame: notes.get(frame, ()))[0]
+    def notes_of(frame: int) -> list[bytes] | None:
+        texts = notes.get(frame)
+        return [t.encode("utf-8", errors="replace") for t in texts] if texts else None
+    return _copy_with_notes(src, dst, notes_of)[0]
 
 
-def _copy_with_notes(src: Path, dst: Path, notes_of: Callable[[int], Sequence[str]]) -> tuple[int, int]:
-    """write_annotated with notes_of(frame) asked once per frame in file order; (packets, frames annotated)."""
-    from lab.pcap.readers import iter_frames
+NotesOf = Callable[[int], "list[bytes] | None"]   # a frame's notes as UTF-8, asked once per frame in file order
 
+
+def _copy_with_notes(src: Path, dst: Path, notes_of: NotesOf,
+                     options_of: Callable[[int], dict[int, bytes]] | None = None) -> tuple[int, int]:
+    """write_annotated with notes_of(frame) asked once per frame in file order; (packets, frames annotated).
+    `options_of(w)`: the packed comment options of the frames of window w (_NoteSpool.options), for the hot
+    loop of a classic pcap, else notes_of is asked there too."""
     src, dst = Path(src), Path(dst)
-    count = annotated = 0
     with atomic_write(dst) as out:   # lab.pcap.writer: complete or not at all; dst == src is allowed
         w = PcapngWriter(out)
-        write = w.write
-        for fr in iter_frames(src):
-            add = notes_of(fr.frame)
+        copied = _copy_pcap(src, w, out, options_of or _options_by_window(notes_of))
+        return copied if copied is not None else _copy_frames(src, w, notes_of)
+
+
+def _options_by_window(notes_of: NotesOf) -> Callable[[int], dict[int, bytes]]:
+    """options_of(w) from notes_of: asks it about each frame of the window (for write_annotated's dict)."""
+    def options_of(w: int) -> dict[int, bytes]:
+        out = {}
+        for frame in range(w << _WINDOW_BITS, (w + 1) << _WINDOW_BITS):
+            add = notes_of(frame)
             if add:
-                annotated += 1
-                # a note the packet already carries is not added twice (annotating a file again is idempotent)
-                extra = [t for t in add if t not in fr.comments]
-                comments: Sequence[str] = (*fr.comments, *extra)
-            else:
-                comments = fr.comments
-            write(fr.ts_ns, fr.data, fr.orig_len, comments, interface=fr.interface, linktype=fr.linktype)
-            count += 1
+                out[frame] = comment_options(add)
+        return out
+    return options_of
+
+
+def _copy_frames(src: Path, w: PcapngWriter, notes_of: NotesOf) -> tuple[int, int]:
+    """Any capture, frame by frame (lab.pcap.readers.iter_frames), its own comments kept."""
+    from lab.pcap.readers import iter_frames
+
+    count = annotated = 0
+    for fr in iter_frames(src):
+        add = notes_of(fr.frame)
+        if not add:
+            w.write(fr.ts_ns, fr.data, fr.orig_len, fr.comments, interface=fr.interface, linktype=fr.linktype)
+        elif fr.comments:
+            annotated += 1
+            # a note the packet already carries is not added twice (annotating a file again is idempotent)
+            texts = [t.decode("utf-8") for t in add]
+            extra = [t for t in texts if t not in fr.comments]
+            w.write(fr.ts_ns, fr.data, fr.orig_len, (*fr.comments, *extra), interface=fr.interface,
+                    linktype=fr.linktype)
+        else:
+            annotated += 1
+            w.write_options(fr.ts_ns, fr.data, fr.orig_len, comment_options(add), interface=fr.interface,
+                            linktype=fr.linktype)
+        count += 1
     return count, annotated
 
 
-# --- streaming annotate: notes spooled in sorted runs while the analyzer streams, merged while copying ----
+def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes],
+               options_of: Callable[[int], dict[int, bytes]]) -> tuple[int, int] | None:
+    """A classic pcap (no comments of its own): its records packed straight into EPBs, the hot loop of the
+    copy, with the notes of a window of frames at a time; None for any other format."""
+    from lab.pcap import readers
 
-_RUN_NOTES = 1 << 15      # notes in memory before they go to the spool as one sorted run (~60 MiB peak)
-_READ_CHUNK = 1 << 16
+    source = readers._Source(src)
+    try:
+        head, kind = readers._file_header(source)
+        if kind != "pcap":
+            return None
+        hdr = readers._pcap_header(source, head)
+        idx = w.interface_index(0, hdr.linktype)
+        mul = 1 if hdr.ns else 1000
+        pack, trailer, pads, write = EPB_HEAD.pack, U32.pack, PADS, out.write
+        bits = _WINDOW_BITS
+        frame = annotated = 0
+        next_window = 0                 # the first frame past the window whose notes are in `options`
+        options: dict[int, bytes] = {}
+        for frame, sec, frac, buf, start, end, orig in readers._pcap_records(source, hdr):
+            if frame >= next_window:
+                options = options_of(frame >> bits)
+                next_window = ((frame >> bits) + 1) << bits
+            ts_ns = sec * 1_000_000_000 + frac * mul
+            n = end - start
+            opts = options.get(frame, b"")
+            if opts:
+                annotated += 1
+            total = 32 + n + (-n % 4) + len(opts)
+            write(b"".join((pack(EPB, total, idx, ts_ns >> 32 & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, n,
+                                 orig if orig > n else n), buf[start:end], pads[-n % 4], opts, trailer(total))))
+        return frame, annotated   # frames are numbered from 1: the last one is the count
+    finally:
+        source.close()
+
+
+# --- streaming annotate: notes spooled by window of frames while the analyzer streams, read back while copying -
+
+_SPOOL_BYTES = 8 << 20    # note bytes in memory before they go to the spool file
+_WINDOW_BITS = 16         # the copy pass holds the notes of 2**16 frames at a time
+_NOTE = struct.Struct("<QI")   # a spooled note: frame, length of the UTF-8 text that follows
 
 
 @dataclass(frozen=True)
@@ -73,93 +141,96 @@ class Annotated:
 
 
 class _NoteSpool:
-    """Per-frame notes of finished connections, in bounded memory: up to _RUN_NOTES in a list, then sorted by
-    frame into the spool file as one run; merged() yields every (frame, note) in frame order (heapq.merge of
-    the runs: stable, so the notes of one frame keep the order the narrator gave them)."""
+    """Per-frame notes of finished connections, in bounded memory. Each note is a record (frame, UTF-8 text)
+    appended to the buffer of its window (2**_WINDOW_BITS frames); past _SPOOL_BYTES every buffer goes to the
+    spool file as one extent of its window. window(w) reads a window's extents in the order they were written,
+    then what is still buffered: the notes of a frame keep the order the narrator gave them, batch after batch."""
 
     def __init__(self, spool: IO[bytes]) -> None:
         self.spool = spool
-        self.pending: list[tuple[int, str]] = []
-        self.runs: list[tuple[int, int]] = []     # (offset, length) in the spool
+        self.pending: dict[int, bytearray] = {}
+        self.pending_bytes = 0
+        self.extents: dict[int, list[tuple[int, int]]] = {}   # window -> (offset, length) in the spool
+        self.size = 0
 
     def add(self, notes: Mapping[int, Sequence[str]]) -> None:
         pending = self.pending
+        head = _NOTE.pack
+        bits = _WINDOW_BITS
+        added = 0
         for frame, texts in notes.items():
+            buf = pending.get(frame >> bits)
+            if buf is None:
+                buf = pending[frame >> bits] = bytearray()
             for t in texts:
-                pending.append((frame, t))
-        if len(pending) >= _RUN_NOTES:
+                raw = t.encode("utf-8", errors="replace")
+                buf += head(frame, len(raw))
+                buf += raw
+                added += len(raw) + 12
+        self.pending_bytes += added
+        if self.pending_bytes >= _SPOOL_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        self.pending.sort(key=_frame_of)
-        text = "".join([f"{f}\t{_escape(t)}\n" for f, t in self.pending])
-        data = text.encode("utf-8", errors="replace")
-        at = self.spool.seek(0, os.SEEK_END)
-        self.spool.write(data)
-        self.runs.append((at, len(data)))
-        self.pending = []
+        for w, buf in self.pending.items():
+            self.spool.write(buf)
+            self.extents.setdefault(w, []).append((self.size, len(buf)))
+            self.size += len(buf)
+        self.pending = {}
+        self.pending_bytes = 0
 
-    def merged(self) -> Iterator[tuple[int, str]]:
-        if not self.runs:
-            self.pending.sort(key=_frame_of)
-            return iter(self.pending)
-        self.flush()
-        self.spool.flush()
-        fd = self.spool.fileno()
-        return heapq.merge(*(_run(fd, at, n) for at, n in self.runs), key=_frame_of)
-
-
-def _frame_of(item: tuple[int, str]) -> int:
-    return item[0]
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n") if ("\n" in text or "\\" in text) else text
-
-
-def _unescape(text: str) -> str:
-    if "\\" not in text:
-        return text
-    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
-
-
-def _run(fd: int, at: int, length: int) -> Iterator[tuple[int, str]]:
-    """One sorted run of the spool, read in chunks with pread (the runs share one file descriptor)."""
-    end = at + length
-    rest = b""
-    while at < end:
-        chunk = os.pread(fd, min(_READ_CHUNK, end - at), at)
-        if not chunk:
-            break
-        at += len(chunk)
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            frame, _, text = line.decode("utf-8").partition("\t")
-            yield int(frame), _unescape(text)
-
-
-class _Lookup:
-    """notes_of(frame) over the merged (frame, note) stream; frames are asked in increasing order."""
-
-    def __init__(self, merged: Iterator[tuple[int, str]]) -> None:
-        self.merged = merged
-        self.head = next(merged, None)
-
-    def __call__(self, frame: int) -> Sequence[str]:
-        head = self.head
-        if head is None or head[0] > frame:
-            return ()
-        out: list[str] = []
-        merged = self.merged
-        while head is not None and head[0] <= frame:
-            if head[0] == frame:
-                out.append(head[1])
-            head = next(merged, None)
-        self.head = head
+    def window(self, w: int) -> dict[int, list[bytes]]:
+        """The notes of window w's frames: {frame: [UTF-8 text, ...]} in the order they were added."""
+        parts: list[bytes] = []
+        extents = self.extents.get(w)
+        if extents:
+            self.spool.flush()
+            fd = self.spool.fileno()
+            parts += (_pread(fd, n, at) for at, n in extents)
+        buffered = self.pending.get(w)
+        if buffered:
+            parts.append(bytes(buffered))
+        out: dict[int, list[bytes]] = {}
+        unpack = _NOTE.unpack_from
+        for data in parts:
+            pos, size = 0, len(data)
+            while pos < size:
+                frame, n = unpack(data, pos)
+                pos += 12
+                texts = out.get(frame)
+                if texts is None:
+                    out[frame] = [data[pos:pos + n]]
+                else:
+                    texts.append(data[pos:pos + n])
+                pos += n
         return out
+
+    def options(self, w: int) -> dict[int, bytes]:
+        """window(w) as each frame's packed comment options (lab.pcap.writer.comment_options)."""
+        return {frame: comment_options(texts) for frame, texts in self.window(w).items()}
+
+    def notes_of(self) -> NotesOf:
+        """notes_of(frame) for the copy pass: frames are asked in increasing order, a window at a time."""
+        current: list[object] = [-1, {}]    # window number, its notes
+        bits = _WINDOW_BITS
+
+        def notes_of(frame: int) -> list[bytes] | None:
+            w = frame >> bits
+            if w != current[0]:
+                current[0], current[1] = w, self.window(w)
+            notes: dict[int, list[bytes]] = current[1]   # type: ignore[assignment]
+            return notes.get(frame)
+        return notes_of
+
+
+def _pread(fd: int, n: int, at: int) -> bytes:
+    data = os.pread(fd, n, at)
+    while len(data) < n:   # a short read (regular files rarely do): ask for the rest
+        more = os.pread(fd, n - len(data), at + len(data))
+        if not more:
+            raise OSError(f"note spool cut short at {at + len(data)}")
+        data += more
+    return data
 
 
 class Narrated:
@@ -173,7 +244,7 @@ class Narrated:
 
     def write(self, dst: Path) -> Annotated:
         """The second pass: copy every packet of the capture to `dst` with its notes (atomically)."""
-        packets, annotated = _copy_with_notes(self.src, dst, _Lookup(self.notes.merged()))
+        packets, annotated = _copy_with_notes(self.src, dst, self.notes.notes_of(), self.notes.options)
         return Annotated(packets, annotated, self.connections, self.findings)
 
 
@@ -193,7 +264,7 @@ def narrated(src: Path, profile: str = "linux", time_wait_s: float | None = None
     t0 = capture_t0(src)
     analyzer = Analyzer(profile, time_wait_s, detail=True, keep=False)
     name, tw = analyzer.profile.name, analyzer.tw_s
-    with spool("notes", ".txt") as notes_file:
+    with spool("notes", ".bin") as notes_file:
         result = Narrated(Path(src), _NoteSpool(notes_file))
 
         def on_batch() -> None:

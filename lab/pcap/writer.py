@@ -18,11 +18,11 @@ from typing import BinaryIO
 
 from lab.errors import UsageError
 
-__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "write_pcap_ns", "write_pcapng"]
+__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "comment_options", "write_pcap_ns", "write_pcapng"]
 
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
-_EPB = 0x00000006
+EPB = 0x00000006
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 _OPT_ENDOFOPT = 0
 _OPT_COMMENT = 1
@@ -32,9 +32,9 @@ _SHB_USERAPPL = 4
 _MAX_OPT = 0xFFFF - 3  # option length is 16 bits; keep the padded length representable
 PCAP_NS_MAGIC = 0xA1B23C4D
 _TMP_SUFFIX = ".twl-tmp"
-_EPB_HEAD = struct.Struct("<IIIIIII")   # block type, total length, interface, ts high, ts low, caplen, len
-_U32 = struct.Struct("<I")
-_PADS = (b"", b"\0", b"\0\0", b"\0\0\0")   # by -len % 4: the zeros that pad data to 4 bytes
+EPB_HEAD = struct.Struct("<IIIIIII")   # block type, total length, interface, ts high, ts low, caplen, len
+U32 = struct.Struct("<I")
+PADS = (b"", b"\0", b"\0\0", b"\0\0\0")   # by -len % 4: the zeros that pad data to 4 bytes
 _BUFFER = 1 << 20
 
 
@@ -101,11 +101,34 @@ def _block(btype: int, body: bytes) -> bytes:
 
 
 def _comment_bytes(text: str) -> bytes:
-    raw = text.encode("utf-8", errors="replace")
+    return _fit_comment(text.encode("utf-8", errors="replace"))
+
+
+def _fit_comment(raw: bytes) -> bytes:
     if len(raw) <= _MAX_OPT:
         return raw
     # cut at a character boundary so Wireshark still sees valid UTF-8
     return raw[:_MAX_OPT].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+_COMMENT_HEAD = {n: struct.pack("<HH", _OPT_COMMENT, n) for n in range(256)}   # the common short comments
+_END_OF_OPTIONS = struct.pack("<HH", _OPT_ENDOFOPT, 0)
+
+
+def comment_options(comments: Iterable[bytes]) -> bytes:
+    """UTF-8 comments as an EPB's options (one opt_comment each, then opt_endofopt); b"" for none. The same
+    bytes as PcapngWriter.write(..., comments) with the texts: for write_options, when the comments are bytes."""
+    parts = []
+    for c in comments:
+        raw = _fit_comment(c)
+        n = len(raw)
+        parts.append(_COMMENT_HEAD.get(n) or struct.pack("<HH", _OPT_COMMENT, n))
+        parts.append(raw)
+        parts.append(PADS[-n % 4])
+    if not parts:
+        return b""
+    parts.append(_END_OF_OPTIONS)
+    return b"".join(parts)
 
 
 class PcapngWriter:
@@ -116,6 +139,11 @@ class PcapngWriter:
         self._ifaces: dict[tuple[int, int], int] = {}
         shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _options([(_SHB_USERAPPL, app.encode())])
         out.write(_block(_SHB, shb))
+
+    def interface_index(self, interface: int, linktype: int) -> int:
+        """The IDB index of (interface, linktype), written on first use: for callers that pack EPBs themselves."""
+        idx = self._ifaces.get((interface, linktype))
+        return self._interface(interface, linktype) if idx is None else idx
 
     def _interface(self, interface: int, linktype: int) -> int:
         key = (interface, linktype)
@@ -131,17 +159,22 @@ class PcapngWriter:
 
     def write(self, ts_ns: int, data: bytes, orig_len: int, comments: Sequence[str] = (), *,
               interface: int = 0, linktype: int = 1) -> None:
+        opts = _options((_OPT_COMMENT, _comment_bytes(c)) for c in comments) if comments else b""
+        self.write_options(ts_ns, data, orig_len, opts, interface=interface, linktype=linktype)
+
+    def write_options(self, ts_ns: int, data: bytes, orig_len: int, opts: bytes, *,
+                      interface: int = 0, linktype: int = 1) -> None:
+        """write() with the options already packed (comment_options)."""
         idx = self._ifaces.get((interface, linktype))
         if idx is None:
             idx = self._interface(interface, linktype)
         n = len(data)
         pad = -n % 4
-        opts = _options((_OPT_COMMENT, _comment_bytes(c)) for c in comments) if comments else b""
         total = 32 + n + pad + len(opts)    # 28 bytes of block and EPB header, the data, options, 4 of trailer
         # one write per packet, packed in one go: a million packets are a second of this loop
-        self._out.write(b"".join((_EPB_HEAD.pack(_EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF,
+        self._out.write(b"".join((EPB_HEAD.pack(EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF,
                                                  n, orig_len if orig_len > n else n),
-                                  data, _PADS[pad], opts, _U32.pack(total))))
+                                  data, PADS[pad], opts, U32.pack(total))))
 
 
 def write_pcapng(path: Path, linktype: int, snaplen: int, packets: Iterable[tuple[int, bytes, int]],

@@ -1,6 +1,6 @@
 """Streaming annotate (lab.pcap.annotate.narrated / annotate_file): the same comments on the same frames as
-narrating the whole report at once (lab.core.narrate.frame_notes), with the notes spooled in many sorted
-runs and merged back in frame order; nothing written when the capture is bad."""
+narrating the whole report at once (lab.core.narrate.frame_notes), with the notes spooled in many extents
+and windows of frames and read back in frame order; nothing written when the capture is bad."""
 
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ def _whole_report_notes(src: Path) -> dict[int, list[str]]:
 
 
 @pytest.mark.parametrize("name", FILES)
-@pytest.mark.parametrize("run_notes", [7, 1 << 20])   # many small sorted runs, or everything in one
+@pytest.mark.parametrize(("spool_bytes", "window_bits"), [(7, 2), (1 << 30, 16)])   # many small extents, or none
 def test_same_comments_as_the_whole_report(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           name: str, run_notes: int) -> None:
-    monkeypatch.setattr(annotate, "_RUN_NOTES", run_notes)
+                                           name: str, spool_bytes: int, window_bits: int) -> None:
+    monkeypatch.setattr(annotate, "_SPOOL_BYTES", spool_bytes)
+    monkeypatch.setattr(annotate, "_WINDOW_BITS", window_bits)
     src = corpus / name
     whole = tmp_path / "whole.pcapng"
     streamed = tmp_path / "streamed.pcapng"
@@ -50,18 +51,26 @@ def test_same_comments_as_the_whole_report(corpus: Path, tmp_path: Path, monkeyp
     assert (done.connections, done.findings) == (len(report.connections), len(report.findings))
 
 
-def test_many_runs_keep_each_frames_note_order_and_odd_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(annotate, "_RUN_NOTES", 3)
+def test_many_extents_keep_each_frames_note_order_and_odd_text(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(annotate, "_SPOOL_BYTES", 40)
+    monkeypatch.setattr(annotate, "_WINDOW_BITS", 2)    # frames 0-3, 4-7, 8-11 ...
     texts = ["plain", "two\nlines", "back\\slash n\\n", "tab\there", "ünïcödé ✓", "a\\\nb"]
     batches = [{5: [texts[0], texts[1]], 1: [texts[2]]}, {3: [texts[3]], 5: [texts[4]]}, {1: [texts[5]], 9: ["z"]}]
     with (tmp_path / "spool").open("w+b") as f:
         spool = annotate._NoteSpool(f)
         for b in batches:
             spool.add(b)
-        assert len(spool.runs) >= 2
-        merged = list(spool.merged())
+        assert len(spool.extents[1]) == 2, "frame 5's notes in two extents"
+        assert spool.extents[0] and 0 in spool.pending, "frame 1's notes in the file and still buffered"
+        merged = [(frame, t.decode("utf-8")) for w in range(4) for frame, ts in sorted(spool.window(w).items())
+                  for t in ts]
+        notes_of = spool.notes_of()
+        asked = {frame: notes_of(frame) for frame in range(12)}
     assert merged == [(1, texts[2]), (1, texts[5]), (3, texts[3]), (5, texts[0]), (5, texts[1]), (5, texts[4]),
                       (9, "z")]
+    assert {f: [t.decode("utf-8") for t in ts] for f, ts in asked.items() if ts} == {
+        1: [texts[2], texts[5]], 3: [texts[3]], 5: [texts[0], texts[1], texts[4]], 9: ["z"]}
 
 
 def test_filter_annotates_only_its_connections(corpus: Path, tmp_path: Path) -> None:
