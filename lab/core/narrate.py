@@ -43,13 +43,13 @@ point could not see directly), notes (findings on this frame, retransmissions, d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from lab.core.model import Flags, Segment
 from lab.core.report import SIDES, Connection, Report, Side, TimeWaitWindow, Transition
 from lab.core.seqnum import MASK
-from lab.core.tcpstate import TcpState
+from lab.core.tcpstate import Input, TcpState
 
 INFERRED_MARK = "*"
 _LADDER_NOTE_WORDS = ("retrans", "duplicate", "lost", "challenge", "ignored", "refuses")
@@ -158,58 +158,102 @@ def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
     return roles
 
 
-def _chain(ts: Sequence[Transition], conn: Connection, t0: float, capture_end: float | None) -> str:
+Step = tuple[int, int, TcpState, TcpState, bool, Input]    # Connection.steps: frame, side index, from, to, ...
+_NAME: dict[TcpState, str] = {s: s.value for s in TcpState}   # Enum.value is a property: slow per call
+_ARROW: dict[tuple[TcpState, TcpState], str] = {(a, b): f"{a.value} -> {b.value}" for a in TcpState for b in TcpState}
+_NO_ROLES: tuple[int, list[str]] = (-1, [])
+
+
+def _roles_at(conn: Connection) -> dict[int, tuple[int, list[str]]]:
+    """frame -> (sender's side index, its roles) with FINs first: "FIN N + ACK M+1" (_roles_by_frame's)."""
+    roles: dict[int, tuple[int, list[str]]] = {}
+    for frame, i, role in conn.roles:
+        entry = roles.get(frame)
+        if entry is None:
+            roles[frame] = (i, [role])
+        elif role not in entry[1]:
+            entry[1].append(role)
+    for _sender, names in roles.values():
+        if len(names) > 1:
+            names.sort(key=_not_fin)
+    return roles
+
+
+def _not_fin(name: str) -> bool:
+    return not name.startswith("FIN")
+
+
+def _chain(sts: list[Step], conn: Connection, t0: float, capture_end: float | None) -> str:
     """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
     itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
     "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
-    text = " -> ".join([ts[0].from_state.value, *(t.to_state.value for t in ts)])
-    extra = [", ".join(t.to_state.value for t in ts if t.inferred) + " inferred"] if any(t.inferred for t in ts) \
-        else []
-    last = ts[-1]
-    if last.to_state is TcpState.TIME_WAIT:
-        w = next((w for w in conn.time_wait if w.side == last.side and w.start_frame == last.frame), None)
-        if w is not None:
-            extra.append(window_text(w, t0, capture_end))
-    return text + (f" ({'; '.join(extra)})" if extra else "")
-
-
-def _head(conn: Connection, frame: int, sender: str, names: list[str]) -> tuple[str, str]:
-    """The frame's roles and who sent it: ("FIN M (...)", "client active close")."""
-    head = " + ".join(names) if names else "segment"
-    if not sender:
-        return head, ""
-    first_close = conn.close.frames[0] if conn.close.frames and conn.close.kind not in ("rst", "incomplete") \
-        else None
-    who = sender
-    if frame == first_close and any(n.startswith("FIN") for n in names):
-        who += " active close" if conn.close.initiator != "both" else " closes first (the FINs cross)"
-    return head, who
+    last = sts[-1]
+    if len(sts) == 1:
+        text = _ARROW[last[2], last[3]]
+        extra = [_NAME[last[3]] + " inferred"] if last[4] else []
+    else:
+        text = " -> ".join([_NAME[sts[0][2]], *[_NAME[st[3]] for st in sts]])
+        inferred = [_NAME[st[3]] for st in sts if st[4]]
+        extra = [", ".join(inferred) + " inferred"] if inferred else []
+    if last[3] is TcpState.TIME_WAIT:
+        side, frame = SIDES[last[1]], last[0]
+        for w in conn.time_wait:
+            if w.side == side and w.start_frame == frame:
+                extra.append(window_text(w, t0, capture_end))
+                break
+    return f"{text} ({'; '.join(extra)})" if extra else text
 
 
 def _connection_notes(conn: Connection, t0: float, capture_end: float | None, notes: dict[int, list[str]],
                       later: dict[int, list[str]]) -> None:
     """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>"."""
-    by_frame = _by_frame(conn)
-    roles = _roles_by_frame(conn)
-    for frame in sorted(set(by_frame) | set(roles)):
-        sender, names = roles.get(frame, ("", []))
-        per_side: dict[str, list[Transition]] = {}
-        for t in by_frame.get(frame, ()):
-            per_side.setdefault(t.side, []).append(t)
-        head, who = _head(conn, frame, sender, names)
-        own = per_side.pop(sender, None) if sender else None
-        peers = [f"{side}: {_chain(ts, conn, t0, capture_end)}" for side, ts in per_side.items()]
+    by_frame: dict[int, list[Step]] = {}
+    for st in conn.steps:
+        here = by_frame.get(st[0])
+        if here is None:
+            by_frame[st[0]] = [st]
+        else:
+            here.append(st)
+    roles = _roles_at(conn)
+    close = conn.close
+    first_close = close.frames[0] if close.frames and close.kind not in ("rst", "incomplete") else None
+    active = " active close" if close.initiator != "both" else " closes first (the FINs cross)"
+    for frame in sorted(by_frame.keys() | roles.keys()):
+        sender, names = roles.get(frame, _NO_ROLES)
+        head = (names[0] if len(names) == 1 else " + ".join(names)) if names else "segment"
+        sts = by_frame.get(frame)
+        own: list[Step] | None = None
+        peers: list[str] = []
+        if sts is not None:
+            if sender >= 0 and all(st[1] == sender for st in sts):
+                own = sts
+            else:
+                per_side: dict[int, list[Step]] = {}   # sides in the order their first change comes
+                for st in sts:
+                    per_side.setdefault(st[1], []).append(st)
+                own = per_side.pop(sender, None)
+                peers = [f"{SIDES[i]}: {_chain(side_sts, conn, t0, capture_end)}" for i, side_sts in per_side.items()]
         if own:
-            text = f"{head} — {who}: " + "; ".join([_chain(own, conn, t0, capture_end), *peers])
-        elif sender:   # "FIN N retransmission from the server"; a role that already says "from": "sent by"
-            text = head + (f", sent by the {sender}" if " from " in head else f" from the {sender}")
+            who: str = SIDES[sender]
+            if frame == first_close and any(n.startswith("FIN") for n in names):
+                who += active
+            chain = _chain(own, conn, t0, capture_end)
+            text = f"{head} — {who}: {chain}; " + "; ".join(peers) if peers else f"{head} — {who}: {chain}"
+        elif sender >= 0:   # "FIN N retransmission from the server"; a role that already says "from": "sent by"
+            text = head + (f", sent by the {SIDES[sender]}" if " from " in head else f" from the {SIDES[sender]}")
             text += "; " + "; ".join(peers) if peers else ""
         else:
             text = head + (" — " + "; ".join(peers) if peers else "")
-        notes.setdefault(frame, []).append(text)
+        texts = notes.get(frame)
+        if texts is None:
+            notes[frame] = [text]
+        else:
+            texts.append(text)
     if conn.open_at_end:
         later.setdefault(conn.last_frame, []).append(open_at_end_text(conn))
     for w in conn.time_wait:
+        if not w.restarts and w.ended_by not in ("rst", "syn"):
+            continue
         length = f"{w.length_s:g} s" if w.length_s else "2MSL"
         for fr in w.restarts:
             later.setdefault(fr, []).append(f"{w.side}'s TIME_WAIT restarts: {length} from this frame")

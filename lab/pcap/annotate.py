@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from lab.pcap.writer import EPB, EPB_HEAD, PADS, U32, PcapngWriter, atomic_write, comment_options, spool
+from lab.pcap import fastcopy
+from lab.pcap.fastcopy import comment_option, comment_options
+from lab.pcap.writer import PcapngWriter, atomic_write, spool
 
 if TYPE_CHECKING:
     from lab.pcap.filters import SegmentFilter
+    from lab.pcap.readers import _Source
 
 __all__ = ["PcapngWriter", "annotate_file", "capture_t0", "narrated", "write_annotated"]
 
@@ -58,7 +61,7 @@ def _options_by_window(notes_of: NotesOf) -> Callable[[int], dict[int, bytes]]:
         for frame in range(w << _WINDOW_BITS, (w + 1) << _WINDOW_BITS):
             add = notes_of(frame)
             if add:
-                out[frame] = comment_options(add)
+                out[frame] = b"".join([comment_option(raw) for raw in add])
         return out
     return options_of
 
@@ -89,8 +92,8 @@ def _copy_frames(src: Path, w: PcapngWriter, notes_of: NotesOf) -> tuple[int, in
 
 def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes],
                options_of: Callable[[int], dict[int, bytes]]) -> tuple[int, int] | None:
-    """A classic pcap (no comments of its own): its records packed straight into EPBs, the hot loop of the
-    copy, with the notes of a window of frames at a time; None for any other format."""
+    """A classic pcap (no comments of its own): its records packed straight into EPBs with the notes of a window
+    of frames at a time (lab.pcap.fastcopy.pcap_epbs, the hot loop of the copy); None for any other format."""
     from lab.pcap import readers
 
     source = readers._Source(src)
@@ -101,33 +104,53 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes],
         hdr = readers._pcap_header(source, head)
         idx = w.interface_index(0, hdr.linktype)
         mul = 1 if hdr.ns else 1000
-        pack, trailer, pads, write = EPB_HEAD.pack, U32.pack, PADS, out.write
-        bits = _WINDOW_BITS
-        frame = annotated = 0
-        next_window = 0                 # the first frame past the window whose notes are in `options`
+        big = hdr.endian == ">"
+        buf, pos, frame, annotated = b"", 0, 0, 0
         options: dict[int, bytes] = {}
-        for frame, sec, frac, buf, start, end, orig in readers._pcap_records(source, hdr):
-            if frame >= next_window:
-                options = options_of(frame >> bits)
-                next_window = ((frame >> bits) + 1) << bits
-            ts_ns = sec * 1_000_000_000 + frac * mul
-            n = end - start
-            opts = options.get(frame, b"")
-            if opts:
-                annotated += 1
-            total = 32 + n + (-n % 4) + len(opts)
-            write(b"".join((pack(EPB, total, idx, ts_ns >> 32 & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, n,
-                                 orig if orig > n else n), buf[start:end], pads[-n % 4], opts, trailer(total))))
-        return frame, annotated   # frames are numbered from 1: the last one is the count
+        stop = 0                        # the first frame past the window whose notes are in `options`
+        while True:
+            parts: list[bytes] = []
+            why, pos, frame, got = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD, options,
+                                                      stop, parts)
+            annotated += got
+            if parts:
+                out.write(b"".join(parts))
+            if why == fastcopy.WINDOW_END:
+                window = (frame + 1) >> _WINDOW_BITS
+                options = options_of(window)
+                stop = (window + 1) << _WINDOW_BITS
+            elif why == fastcopy.TOO_LONG:
+                incl = struct.unpack_from(hdr.endian + "I", buf, pos + 8)[0]
+                raise source.fail(f"absurd captured length {incl}", frame + 1)
+            else:
+                more = source.read(_READ, frame + 1)
+                if not more:
+                    _check_whole(source, buf, pos, frame, hdr.endian)
+                    return frame, annotated   # frames are numbered from 1: the last one is the count
+                buf = buf[pos:] + more
+                pos = 0
     finally:
         source.close()
+
+
+def _check_whole(source: _Source, buf: bytes, pos: int, frame: int, endian: str) -> None:
+    """At the end of the file: nothing left over, or the reader's error for a record cut short."""
+    from lab.pcap.readers import _HINT_TRUNC
+
+    left = len(buf) - pos
+    if left == 0:
+        return
+    if left < 16:
+        raise source.fail("record header cut short at end of file", frame + 1, _HINT_TRUNC)
+    incl = struct.unpack_from(endian + "I", buf, pos + 8)[0]
+    raise source.fail(f"record body cut short: {incl} bytes announced, {left - 16} left", frame + 1, _HINT_TRUNC)
 
 
 # --- streaming annotate: notes spooled by window of frames while the analyzer streams, read back while copying -
 
 _SPOOL_BYTES = 8 << 20    # note bytes in memory before they go to the spool file
 _WINDOW_BITS = 16         # the copy pass holds the notes of 2**16 frames at a time
-_NOTE = struct.Struct("<QI")   # a spooled note: frame, length of the UTF-8 text that follows
+_READ = 1 << 20           # bytes of the capture read at a time by the copy
 
 
 @dataclass(frozen=True)
@@ -153,21 +176,8 @@ class _NoteSpool:
         self.extents: dict[int, list[tuple[int, int]]] = {}   # window -> (offset, length) in the spool
         self.size = 0
 
-    def add(self, notes: Mapping[int, Sequence[str]]) -> None:
-        pending = self.pending
-        head = _NOTE.pack
-        bits = _WINDOW_BITS
-        added = 0
-        for frame, texts in notes.items():
-            buf = pending.get(frame >> bits)
-            if buf is None:
-                buf = pending[frame >> bits] = bytearray()
-            for t in texts:
-                raw = t.encode("utf-8", errors="replace")
-                buf += head(frame, len(raw))
-                buf += raw
-                added += len(raw) + 12
-        self.pending_bytes += added
+    def add(self, notes: dict[int, list[str]]) -> None:
+        self.pending_bytes += fastcopy.add_notes(notes, self.pending, _WINDOW_BITS)
         if self.pending_bytes >= _SPOOL_BYTES:
             self.flush()
 
@@ -179,35 +189,26 @@ class _NoteSpool:
         self.pending = {}
         self.pending_bytes = 0
 
-    def window(self, w: int) -> dict[int, list[bytes]]:
-        """The notes of window w's frames: {frame: [UTF-8 text, ...]} in the order they were added."""
-        parts: list[bytes] = []
+    def _chunks(self, w: int) -> list[bytes]:
+        """Window w's records: its extents in the spool in the order written, then what is still buffered."""
+        chunks: list[bytes] = []
         extents = self.extents.get(w)
         if extents:
             self.spool.flush()
             fd = self.spool.fileno()
-            parts += (_pread(fd, n, at) for at, n in extents)
+            chunks += (_pread(fd, n, at) for at, n in extents)
         buffered = self.pending.get(w)
         if buffered:
-            parts.append(bytes(buffered))
-        out: dict[int, list[bytes]] = {}
-        unpack = _NOTE.unpack_from
-        for data in parts:
-            pos, size = 0, len(data)
-            while pos < size:
-                frame, n = unpack(data, pos)
-                pos += 12
-                texts = out.get(frame)
-                if texts is None:
-                    out[frame] = [data[pos:pos + n]]
-                else:
-                    texts.append(data[pos:pos + n])
-                pos += n
-        return out
+            chunks.append(bytes(buffered))
+        return chunks
+
+    def window(self, w: int) -> dict[int, list[bytes]]:
+        """The notes of window w's frames: {frame: [UTF-8 text, ...]} in the order they were added."""
+        return fastcopy.window_notes(self._chunks(w))
 
     def options(self, w: int) -> dict[int, bytes]:
-        """window(w) as each frame's packed comment options (lab.pcap.writer.comment_options)."""
-        return {frame: comment_options(texts) for frame, texts in self.window(w).items()}
+        """Window w's frames' packed opt_comments (without the end of options, lab.pcap.fastcopy.pcap_epbs adds it)."""
+        return fastcopy.window_options(self._chunks(w))
 
     def notes_of(self) -> NotesOf:
         """notes_of(frame) for the copy pass: frames are asked in increasing order, a window at a time."""

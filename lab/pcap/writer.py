@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from lab.errors import UsageError
 
-__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "comment_options", "write_pcap_ns", "write_pcapng"]
+__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "fit_comment", "write_pcap_ns", "write_pcapng"]
 
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
@@ -29,7 +29,7 @@ _OPT_COMMENT = 1
 _IF_NAME = 2
 _IF_TSRESOL = 9
 _SHB_USERAPPL = 4
-_MAX_OPT = 0xFFFF - 3  # option length is 16 bits; keep the padded length representable
+MAX_OPT = 0xFFFF - 3  # option length is 16 bits; keep the padded length representable
 PCAP_NS_MAGIC = 0xA1B23C4D
 _TMP_SUFFIX = ".twl-tmp"
 EPB_HEAD = struct.Struct("<IIIIIII")   # block type, total length, interface, ts high, ts low, caplen, len
@@ -101,34 +101,15 @@ def _block(btype: int, body: bytes) -> bytes:
 
 
 def _comment_bytes(text: str) -> bytes:
-    return _fit_comment(text.encode("utf-8", errors="replace"))
+    return fit_comment(text.encode("utf-8", errors="replace"))
 
 
-def _fit_comment(raw: bytes) -> bytes:
-    if len(raw) <= _MAX_OPT:
+def fit_comment(raw: bytes) -> bytes:
+    """A UTF-8 comment cut to what an option can hold."""
+    if len(raw) <= MAX_OPT:
         return raw
     # cut at a character boundary so Wireshark still sees valid UTF-8
-    return raw[:_MAX_OPT].decode("utf-8", errors="ignore").encode("utf-8")
-
-
-_COMMENT_HEAD = {n: struct.pack("<HH", _OPT_COMMENT, n) for n in range(256)}   # the common short comments
-_END_OF_OPTIONS = struct.pack("<HH", _OPT_ENDOFOPT, 0)
-
-
-def comment_options(comments: Iterable[bytes]) -> bytes:
-    """UTF-8 comments as an EPB's options (one opt_comment each, then opt_endofopt); b"" for none. The same
-    bytes as PcapngWriter.write(..., comments) with the texts: for write_options, when the comments are bytes."""
-    parts = []
-    for c in comments:
-        raw = _fit_comment(c)
-        n = len(raw)
-        parts.append(_COMMENT_HEAD.get(n) or struct.pack("<HH", _OPT_COMMENT, n))
-        parts.append(raw)
-        parts.append(PADS[-n % 4])
-    if not parts:
-        return b""
-    parts.append(_END_OF_OPTIONS)
-    return b"".join(parts)
+    return raw[:MAX_OPT].decode("utf-8", errors="ignore").encode("utf-8")
 
 
 class PcapngWriter:
@@ -164,7 +145,7 @@ class PcapngWriter:
 
     def write_options(self, ts_ns: int, data: bytes, orig_len: int, opts: bytes, *,
                       interface: int = 0, linktype: int = 1) -> None:
-        """write() with the options already packed (comment_options)."""
+        """write() with the options already packed (lab.pcap.fastcopy.comment_options)."""
         idx = self._ifaces.get((interface, linktype))
         if idx is None:
             idx = self._interface(interface, linktype)

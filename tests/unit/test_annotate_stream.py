@@ -53,7 +53,7 @@ def test_same_comments_as_the_whole_report(corpus: Path, tmp_path: Path, monkeyp
 
 def test_many_extents_keep_each_frames_note_order_and_odd_text(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(annotate, "_SPOOL_BYTES", 40)
+    monkeypatch.setattr(annotate, "_SPOOL_BYTES", 50)
     monkeypatch.setattr(annotate, "_WINDOW_BITS", 2)    # frames 0-3, 4-7, 8-11 ...
     texts = ["plain", "two\nlines", "back\\slash n\\n", "tab\there", "ünïcödé ✓", "a\\\nb"]
     batches = [{5: [texts[0], texts[1]], 1: [texts[2]]}, {3: [texts[3]], 5: [texts[4]]}, {1: [texts[5]], 9: ["z"]}]

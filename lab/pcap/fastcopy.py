@@ -1,0 +1,147 @@
+"""The hot loops of `twlab annotate` (lab.pcap.annotate), written for mypyc (lab.accel.COMPILED): notes packed
+into the spool's records, a window of records read back as each frame's comment options, and classic pcap
+records packed into pcapng EPBs with those options. Native ints, no generators, no per-packet objects but the
+bytes written. Uncompiled it gives the same bytes, slower.
+
+A spool record is (frame: u64, length: u32, the note as a packed opt_comment); an EPB is laid out as in
+lab.pcap.writer.PcapngWriter.write.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from lab.pcap.writer import EPB, EPB_HEAD, MAX_OPT, PADS, U32, fit_comment
+
+_OPT_COMMENT = 1
+END_OF_OPTIONS = b"\0\0\0\0"
+_SHORT = 1024
+_HEADS = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
+
+# why pcap_epbs stopped
+NEED_MORE = 0      # the next record is not complete in the buffer (or the buffer is used up)
+WINDOW_END = 1     # the next frame's notes are not in `options`: load the next window's
+TOO_LONG = 2       # the next record announces more than max_record bytes
+
+
+def _u32(b: bytes, p: int) -> int:
+    return b[p] | (b[p + 1] << 8) | (b[p + 2] << 16) | (b[p + 3] << 24)
+
+
+def _u32be(b: bytes, p: int) -> int:
+    return (b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]
+
+
+def comment_option(raw: bytes) -> bytes:
+    """One UTF-8 comment as a packed opt_comment (cut to what an option holds, padded to 4 bytes)."""
+    if len(raw) > MAX_OPT:
+        raw = fit_comment(raw)
+    n = len(raw)
+    head = _HEADS[n] if n < _SHORT else struct.pack("<HH", _OPT_COMMENT, n)
+    return head + raw + PADS[-n % 4]
+
+
+def comment_options(texts: list[bytes]) -> bytes:
+    """UTF-8 comments as an EPB's options (one opt_comment each, then opt_endofopt); b"" for none."""
+    if not texts:
+        return b""
+    return b"".join([comment_option(raw) for raw in texts]) + END_OF_OPTIONS
+
+
+def add_notes(notes: dict[int, list[str]], pending: dict[int, bytearray], bits: int) -> int:
+    """Each note as a spool record (frame: u64, length: u32, its packed opt_comment) appended to the buffer
+    of its frame's window (frame >> bits); returns the bytes added."""
+    added = 0
+    for frame, texts in notes.items():
+        w = frame >> bits
+        buf = pending.get(w)
+        if buf is None:
+            buf = bytearray()
+            pending[w] = buf
+        head = frame.to_bytes(8, "little")
+        for t in texts:
+            opt = comment_option(t.encode("utf-8", errors="replace"))
+            buf += head
+            buf += len(opt).to_bytes(4, "little")
+            buf += opt
+            added += len(opt) + 12
+    return added
+
+
+def window_options(chunks: list[bytes]) -> dict[int, bytes]:
+    """Spool records (chunks in the order they were written) as {frame: its opt_comments}, in that order
+    (without the end of options)."""
+    out: dict[int, bytes] = {}
+    for data in chunks:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            frame = _u32(data, pos) | (_u32(data, pos + 4) << 32)
+            n = _u32(data, pos + 8)
+            pos += 12
+            opt = data[pos:pos + n]
+            prev = out.get(frame)
+            out[frame] = opt if prev is None else prev + opt
+            pos += n
+    return out
+
+
+def window_notes(chunks: list[bytes]) -> dict[int, list[bytes]]:
+    """Spool records as {frame: [UTF-8 text, ...]} in the order written (the comments as the EPB carries them:
+    a note longer than an option holds is cut)."""
+    out: dict[int, list[bytes]] = {}
+    for frame, opts in window_options(chunks).items():
+        texts: list[bytes] = []
+        pos = 0
+        while pos < len(opts):
+            n = opts[pos + 2] | (opts[pos + 3] << 8)
+            texts.append(opts[pos + 4:pos + 4 + n])
+            pos += 4 + n + (-n % 4)
+        out[frame] = texts
+    return out
+
+
+def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, max_record: int,
+              options: dict[int, bytes], stop: int, parts: list[bytes]) -> tuple[int, int, int, int]:
+    """The complete classic-pcap records of `buf` from `pos` as EPBs (interface `idx`, `mul`: ns per unit of
+    the record's fraction) appended to `parts`, with options[frame] as their options; frames numbered on from
+    `frame` (the last one packed). Stops before frame `stop` (the first one past the window of `options`), a
+    record not complete in buf, or a record longer than max_record: (why, pos, frame, frames annotated).
+    options[frame] are the frame's opt_comments (window_options): the end of options is added here."""
+    u32 = _u32be if big else _u32
+    pack = EPB_HEAD.pack
+    trailer = U32.pack
+    pads = PADS
+    blen = len(buf)
+    annotated = 0
+    while True:
+        if frame + 1 >= stop:
+            return WINDOW_END, pos, frame, annotated
+        if pos + 16 > blen:
+            return NEED_MORE, pos, frame, annotated
+        incl = u32(buf, pos + 8)
+        if incl > max_record:
+            return TOO_LONG, pos, frame, annotated
+        start = pos + 16
+        end = start + incl
+        if end > blen:
+            return NEED_MORE, pos, frame, annotated
+        frame += 1
+        orig = u32(buf, pos + 12)
+        ts_ns = u32(buf, pos) * 1_000_000_000 + u32(buf, pos + 4) * mul
+        pad = -incl % 4
+        opts = options.get(frame)
+        total = 32 + incl + pad
+        if opts is not None:
+            total += len(opts) + 4
+            annotated += 1
+        parts.append(pack(EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
+                          orig if orig > incl else incl))
+        parts.append(buf[start:end])
+        if pad:
+            parts.append(pads[pad])
+        if opts is not None:
+            parts.append(opts)
+            parts.append(END_OF_OPTIONS)
+        parts.append(trailer(total))
+        pos = end
