@@ -8,9 +8,9 @@ only the end of the file gives (`packets`, `tcp_segments`, `skipped`, `segments`
 temporary spool files while the file is read; the object reaches the output only once the whole file was
 read, so a capture damaged in the middle leaves no half-written line.
 
-The serializers below write the contract's JSON text (docs/design.md) straight from the records: on a churn
-capture with 100 k connections this is ~3x faster than Connection.to_dict() + json.dumps per record.
-tests/unit/test_analyze_stream.py checks that the text parses to exactly what to_dict() gives.
+The records' JSON text (the contract's, docs/design.md) comes from lab.core.jsontext, written straight from
+the records and compiled with the analyzer: exactly json.dumps(record.to_dict()) without building the dicts
+(tests/unit/test_jsontext.py), ~3x faster than that on a churn capture even when interpreted.
 """
 
 from __future__ import annotations
@@ -22,25 +22,19 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii as _q  # json.dumps' string quoting (C), ASCII output
 from pathlib import Path
 from typing import IO, Any
 
 from lab import __version__
 from lab.analysis.census import CensusFold
-from lab.core.report import Connection, Finding, Report, TimeWaitWindow
-from lab.core.tcpstate import Input, TcpState
+from lab.core.jsontext import connection_json, connections_json, finding_json, findings_json
+from lab.core.report import Connection, Finding, Report
 from lab.core.tracker import Analyzer
 from lab.errors import UsageError
 from lab.pcap.feed import Progress, feed_file
 from lab.pcap.filters import SegmentFilter
 from lab.pcap.readers import ReaderStats
 from lab.pcap.writer import spool
-
-try:
-    from _json import make_encoder as _make_encoder  # json.dumps' C encoder
-except ImportError:  # pragma: no cover - CPython has it
-    _make_encoder = None  # type: ignore[assignment,misc]
 
 Records = Callable[[list[Connection], list[Finding]], None]
 # feeds an Analyzer from some source (a capture file, a pipe, a live capture), calling on_batch() now and then
@@ -51,28 +45,7 @@ SCHEMA = 1   # "schema" of every JSON document analyze writes (docs/schema/analy
 _SIDES = ("client", "server")
 SHOWN = 200  # connections and findings a people's summary lists (the counters cover all of them)
 _VERDICT_KINDS = ("reuse-in-time-wait", "delayed-duplicate")
-_FINDING_BASE = frozenset({"kind", "connection", "frames", "detail"})
 _dumps = json.JSONEncoder(check_circular=False).encode
-
-
-def _no_default(o: Any) -> Any:
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-if _make_encoder is not None:
-    # json.dumps' own C encoder, made once (JSONEncoder.encode builds a new one per call: ~0.5 us)
-    _c_encode = _make_encoder(None, _no_default, _q, None, ": ", ", ", False, False, True)
-
-    def _fast_dumps(o: Any) -> str:
-        return "".join(_c_encode(o, 0))
-else:  # pragma: no cover
-    _fast_dumps = _dumps
-
-_CONN = ('{"id": %d, "client": %s, "server": %s, "incarnation": %d, "first_frame": %d, "last_frame": %d, '
-         '"close": {"kind": %s, "initiator": %s, "frames": %s}, "time_wait": [%s], "first_ts": %r, '
-         '"last_ts": %r, "packets": %d, "isn": {"client": %s, "server": %s}, "mid_capture": %s, "open_at_end": %s')
-_TW = ('{"side": %s, "start_ts": %r, "end_ts": %r, "start_frame": %d, "restarts": %s, "ended_by": %s, '
-       '"end_frame": %s, "length_s": %s, "left_s": %r}')
 
 
 # --- the streaming loop ----------------------------------------------------------------------------------
@@ -176,66 +149,6 @@ def warnings_of(stats: ReaderStats) -> list[str]:
 
 # --- JSON -------------------------------------------------------------------------------------------------
 
-_FINDING = '{"kind": %s, "connection": %s, "frames": %s, "detail": %s'
-_float_text: dict[float, str] = {}  # repr of the few distinct TIME_WAIT lengths
-
-
-def _window(w: TimeWaitWindow) -> str:
-    length = w.length_s
-    lt = _float_text.get(length)
-    if lt is None:
-        lt = _float_text[length] = _dumps(length)
-    return _TW % (_q(w.side), w.start_ts, w.end_ts, w.start_frame, list(w.restarts) if w.restarts else "[]",
-                  _q(w.ended_by), "null" if w.end_frame is None else w.end_frame, lt, w.left_s)
-
-
-def connection_json(c: Connection, detail: bool = False) -> str:
-    """Connection.to_dict() as JSON text (json.dumps' separators and number format); without detail no
-    `transitions` and `roles`."""
-    cl = c.close
-    tw = c.time_wait
-    text = _CONN % (c.id, _q(c.client), _q(c.server), c.incarnation, c.first_frame, c.last_frame, _q(cl.kind),
-                    "null" if cl.initiator is None else _q(cl.initiator), list(cl.frames),
-                    (_window(tw[0]) if len(tw) == 1 else ", ".join([_window(w) for w in tw])) if tw else "",
-                    c.first_ts, c.last_ts, c.packets,
-                    "null" if c.client_isn is None else c.client_isn,
-                    "null" if c.server_isn is None else c.server_isn, "true" if c.mid_capture else "false",
-                    "true" if c.open_at_end else "false")
-    if detail:
-        return f'{text}, "transitions": [{_steps_json(c)}], "roles": [{_roles_json(c)}]}}'
-    return text + "}"
-
-
-# --detail: each state change as Transition.to_dict() writes it, straight from Connection.steps
-_STEP = '{"frame": %d, "side": %s, "from": %s, "to": %s, "inferred": %s, "cause": %s}'
-_SIDE_TEXT = (_q("client"), _q("server"))
-_ENUM_TEXT = {id(m): _q(m.value) for e in (TcpState, Input) for m in e}   # by id: Enum.__hash__ is Python code
-
-
-def _steps_json(c: Connection) -> str:
-    e = _ENUM_TEXT
-    try:
-        return ", ".join([_STEP % (f, _SIDE_TEXT[i], e[id(a)], e[id(b)], "true" if inf else "false", e[id(inp)])
-                          for f, i, a, b, inf, inp in c.steps])
-    except (KeyError, IndexError, TypeError, ValueError):  # steps in another shape: the records' own to_dict()
-        return _fast_dumps([t.to_dict() for t in c.transitions])[1:-1]
-
-
-def _roles_json(c: Connection) -> str:
-    return ", ".join([f"[{f}, {_SIDE_TEXT[i]}, {_q(r)}]" for f, i, r in c.roles])
-
-
-def finding_json(f: Finding) -> str:
-    """Finding.to_dict() as JSON text."""
-    extra = f.extra
-    if extra and not _FINDING_BASE.isdisjoint(extra):
-        return _dumps(f.to_dict())  # an extra key shadowed by a base key: to_dict() decides
-    head = _FINDING % (_q(f.kind), "null" if f.connection is None else f.connection, list(f.frames), _q(f.detail))
-    if not extra:
-        return head + "}"
-    return head + ", " + _fast_dumps(extra if type(extra) is dict else dict(extra))[1:]
-
-
 class _JsonSpools:
     """Receives batches of records and appends their JSON text to two spool files."""
 
@@ -248,14 +161,11 @@ class _JsonSpools:
 
     def __call__(self, conns: list[Connection], findings: list[Finding]) -> None:
         if conns:
-            if self.detail:
-                text = ", ".join([connection_json(c, True) for c in conns])
-            else:
-                text = ", ".join([connection_json(c) for c in conns])
+            text = connections_json(conns, self.detail)
             self.conns.write(((", " if self.n_conns else "") + text).encode())
             self.n_conns += len(conns)
         if findings:
-            text = ", ".join([finding_json(f) for f in findings])
+            text = findings_json(findings)
             self.findings.write(((", " if self.n_findings else "") + text).encode())
             self.n_findings += len(findings)
 
