@@ -18,6 +18,9 @@ API
         ("60 s, until t=+60.352 s"; "open at capture end, 58.9 s left" for a window the capture did not see
         end), TIME_WAIT restarts and early ends, connections still open at capture end, findings.
         `capture_end` (the last frame's timestamp) matters only for records without ended_by "capture-end".
+    note_records(report, t0, capture_end=None) -> [(frame, order, tie, text), ...]
+        frame_notes for a capture narrated in batches: sorted by (order, tie) a frame's notes come in
+        frame_notes' order for the whole capture.
     connection_notes(conn, t0, capture_end=None) -> {frame: [comment, ...]}   the same for one connection.
     side_chain(conn, side, since_frame=0) -> str      "client: ESTABLISHED -> FIN_WAIT_1 -> ... -> TIME_WAIT"
     final_states(conn) -> {side: state}                each side's last state the capture shows
@@ -47,7 +50,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from lab.core.model import Flags, Segment
-from lab.core.report import SIDES, Connection, Report, Side, TimeWaitWindow, Transition
+from lab.core.report import FINDING_KINDS, SIDES, Connection, Report, Side, TimeWaitWindow, Transition
 from lab.core.seqnum import MASK
 from lab.core.tcpstate import Input, TcpState
 
@@ -127,6 +130,39 @@ def frame_notes(report: Report, t0: float, capture_end: float | None = None) -> 
         for fr in f.frames:
             notes.setdefault(fr, []).append(f"{f.kind}: {f.detail}")
     return notes
+
+
+# note_records' order keys: a connection's own notes by its id, then the later ones (TIME_WAIT restarts and
+# ends, open at capture end) by id, then the findings by (first frame, kind, connection): frame_notes' order
+_LATER = 1 << 62
+_FINDINGS = 2 << 62
+_KIND_RANK = {k: i for i, k in enumerate(sorted(FINDING_KINDS))}   # findings of one frame: by kind's name
+NoteRecord = tuple[int, int, int, str]   # frame, order, tie, text
+
+
+def note_records(report: Report, t0: float, capture_end: float | None = None) -> list[NoteRecord]:
+    """frame_notes as records (frame, order, tie, text) for a caller that narrates a capture report by report
+    (streaming: lab.pcap.annotate): the notes of one frame sorted by (order, tie) are in frame_notes' order
+    for the whole capture, however its connections and findings fell into reports."""
+    out: list[NoteRecord] = []
+    for c in report.connections:
+        own: dict[int, list[str]] = {}
+        later: dict[int, list[str]] = {}
+        _connection_notes(c, t0, capture_end, own, later)
+        cid = c.id
+        for frame, texts in own.items():
+            for t in texts:
+                out.append((frame, cid, 0, t))
+        for frame, texts in later.items():
+            for i, t in enumerate(texts):
+                out.append((frame, _LATER | cid, i, t))
+    for f in report.findings:
+        text = f"{f.kind}: {f.detail}"
+        order = _FINDINGS | (f.frames[0] if f.frames else 0)
+        tie = (_KIND_RANK.get(f.kind, 15) << 56) | (0 if f.connection is None else f.connection + 1)
+        for fr in f.frames:
+            out.append((fr, order, tie, text))
+    return out
 
 
 def connection_notes(conn: Connection, t0: float, capture_end: float | None = None) -> dict[int, list[str]]:

@@ -20,6 +20,7 @@ from lab.pcap.fastcopy import comment_option, comment_options
 from lab.pcap.writer import PcapngWriter, atomic_write, spool
 
 if TYPE_CHECKING:
+    from lab.core.narrate import NoteRecord
     from lab.pcap.filters import SegmentFilter
     from lab.pcap.readers import _Source
 
@@ -164,10 +165,12 @@ class Annotated:
 
 
 class _NoteSpool:
-    """Per-frame notes of finished connections, in bounded memory. Each note is a record (frame, UTF-8 text)
-    appended to the buffer of its window (2**_WINDOW_BITS frames); past _SPOOL_BYTES every buffer goes to the
-    spool file as one extent of its window. window(w) reads a window's extents in the order they were written,
-    then what is still buffered: the notes of a frame keep the order the narrator gave them, batch after batch."""
+    """Per-frame notes of finished connections, in bounded memory. Each note is a record (frame, order, tie,
+    its opt_comment: lab.pcap.fastcopy) appended to the buffer of its window (2**_WINDOW_BITS frames); past
+    _SPOOL_BYTES every buffer goes to the spool file as one extent of its window. window(w) and options(w)
+    read a window's extents and what is still buffered; a frame's notes sorted by (order, tie) come in the
+    order the narrator gives them for the whole capture (lab.core.narrate.note_records), however the batches
+    fell: the output does not depend on when connections were drained."""
 
     def __init__(self, spool: IO[bytes]) -> None:
         self.spool = spool
@@ -176,8 +179,9 @@ class _NoteSpool:
         self.extents: dict[int, list[tuple[int, int]]] = {}   # window -> (offset, length) in the spool
         self.size = 0
 
-    def add(self, notes: dict[int, list[str]]) -> None:
-        self.pending_bytes += fastcopy.add_notes(notes, self.pending, _WINDOW_BITS)
+    def add(self, records: list[NoteRecord]) -> None:
+        """Notes as lab.core.narrate.note_records: (frame, order, tie, text)."""
+        self.pending_bytes += fastcopy.add_notes(records, self.pending, _WINDOW_BITS)
         if self.pending_bytes >= _SPOOL_BYTES:
             self.flush()
 
@@ -254,10 +258,10 @@ def narrated(src: Path, profile: str = "linux", time_wait_s: float | None = None
              filt: SegmentFilter | None = None) -> Iterator[Narrated]:
     """`twlab annotate`'s first streaming pass, in bounded memory: the capture is fed to a streaming Analyzer
     (detail, keep=False) and each batch of finished connections is narrated at once
-    (lab.core.narrate.frame_notes), its notes spooled in sorted runs. A bad or cut capture fails here,
+    (lab.core.narrate.note_records), its notes spooled by window of frames. A bad or cut capture fails here,
     before anything is written; Narrated.write(dst) is the second pass. `filt` narrows what is analyzed
     (and so annotated); every packet is copied."""
-    from lab.core.narrate import frame_notes
+    from lab.core.narrate import note_records
     from lab.core.report import Report
     from lab.core.tracker import Analyzer
     from lab.pcap.feed import feed_file
@@ -273,7 +277,7 @@ def narrated(src: Path, profile: str = "linux", time_wait_s: float | None = None
             if conns or findings:
                 result.connections += len(conns)
                 result.findings += len(findings)
-                result.notes.add(frame_notes(Report(tuple(conns), tuple(findings), name, tw), t0))
+                result.notes.add(note_records(Report(tuple(conns), tuple(findings), name, tw), t0))
 
         feed_file(src, analyzer, on_batch, filt=filt)
         analyzer.finish()

@@ -3,7 +3,7 @@ into the spool's records, a window of records read back as each frame's comment 
 records packed into pcapng EPBs with those options. Native ints, no generators, no per-packet objects but the
 bytes written. Uncompiled it gives the same bytes, slower.
 
-A spool record is (frame: u64, length: u32, the note as a packed opt_comment); an EPB is laid out as in
+A spool record is (frame, order, tie: u64, length: u32, the note as a packed opt_comment); an EPB is laid out as in
 lab.pcap.writer.PcapngWriter.write.
 """
 
@@ -15,6 +15,8 @@ from lab.pcap.writer import EPB, EPB_HEAD, MAX_OPT, PADS, U32, fit_comment
 
 _OPT_COMMENT = 1
 END_OF_OPTIONS = b"\0\0\0\0"
+_RECORD = struct.Struct("<QQQI")   # a spool record's head: frame, order, tie, length of the opt_comment after it
+_HEAD = 28
 _SHORT = 1024
 _HEADS = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
 
@@ -48,47 +50,66 @@ def comment_options(texts: list[bytes]) -> bytes:
     return b"".join([comment_option(raw) for raw in texts]) + END_OF_OPTIONS
 
 
-def add_notes(notes: dict[int, list[str]], pending: dict[int, bytearray], bits: int) -> int:
-    """Each note as a spool record (frame: u64, length: u32, its packed opt_comment) appended to the buffer
-    of its frame's window (frame >> bits); returns the bytes added."""
+def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytearray], bits: int) -> int:
+    """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record appended to the
+    buffer of its frame's window (frame >> bits); returns the bytes added."""
     added = 0
-    for frame, texts in notes.items():
+    for frame, order, tie, text in records:
         w = frame >> bits
         buf = pending.get(w)
         if buf is None:
             buf = bytearray()
             pending[w] = buf
-        head = frame.to_bytes(8, "little")
-        for t in texts:
-            opt = comment_option(t.encode("utf-8", errors="replace"))
-            buf += head
-            buf += len(opt).to_bytes(4, "little")
-            buf += opt
-            added += len(opt) + 12
+        opt = comment_option(text.encode("utf-8", errors="replace"))
+        buf += _RECORD.pack(frame, order, tie, len(opt))
+        buf += opt
+        added += len(opt) + _HEAD
     return added
 
 
 def window_options(chunks: list[bytes]) -> dict[int, bytes]:
-    """Spool records (chunks in the order they were written) as {frame: its opt_comments}, in that order
-    (without the end of options)."""
+    """Spool records (chunks in the order they were written) as {frame: its opt_comments} (without the end of
+    options), a frame's notes sorted by (order, tie)."""
     out: dict[int, bytes] = {}
-    for data in chunks:
+    first: dict[int, int] = {}    # frame -> where its first record is: chunk << 40 | offset
+    several: dict[int, list[tuple[int, int, bytes]]] = {}   # frames with more than one note: (order, tie, opt)
+    for c, data in enumerate(chunks):
         pos = 0
         size = len(data)
         while pos < size:
-            frame = _u32(data, pos) | (_u32(data, pos + 4) << 32)
-            n = _u32(data, pos + 8)
-            pos += 12
-            opt = data[pos:pos + n]
-            prev = out.get(frame)
-            out[frame] = opt if prev is None else prev + opt
-            pos += n
+            frame = _u64(data, pos)
+            n = _u32(data, pos + 24)
+            opt = data[pos + _HEAD:pos + _HEAD + n]
+            at = first.get(frame)
+            if at is None:
+                out[frame] = opt
+                first[frame] = (c << 40) | pos
+            else:
+                more = several.get(frame)
+                if more is None:
+                    head = chunks[at >> 40]
+                    p = at & 0xFFFFFFFFFF
+                    more = [(_u64(head, p + 8), _u64(head, p + 16), out[frame])]
+                    several[frame] = more
+                more.append((_u64(data, pos + 8), _u64(data, pos + 16), opt))
+            pos += _HEAD + n
+    for frame, notes in several.items():
+        notes.sort(key=_order)
+        out[frame] = b"".join([opt for _o, _t, opt in notes])
     return out
 
 
+def _order(note: tuple[int, int, bytes]) -> tuple[int, int]:
+    return note[0], note[1]
+
+
+def _u64(b: bytes, p: int) -> int:
+    return _u32(b, p) | (_u32(b, p + 4) << 32)
+
+
 def window_notes(chunks: list[bytes]) -> dict[int, list[bytes]]:
-    """Spool records as {frame: [UTF-8 text, ...]} in the order written (the comments as the EPB carries them:
-    a note longer than an option holds is cut)."""
+    """Spool records as {frame: [UTF-8 text, ...]}, a frame's notes sorted by (order, tie) (the comments as the
+    EPB carries them: a note longer than an option holds is cut)."""
     out: dict[int, list[bytes]] = {}
     for frame, opts in window_options(chunks).items():
         texts: list[bytes] = []

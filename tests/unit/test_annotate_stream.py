@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.core.narrate import frame_notes
+from lab.core.narrate import frame_notes, note_records
+from lab.core.report import Report
 from lab.core.tracker import analyze
 from lab.errors import BadCapture
 from lab.pcap import annotate
@@ -43,20 +44,43 @@ def test_same_comments_as_the_whole_report(corpus: Path, tmp_path: Path, monkeyp
     done = annotate_file(src, streamed)
     assert done.packets == packets
     assert done.annotated == len(expected)
-    got, want = _comments(streamed), _comments(whole)
-    assert got.keys() == want.keys()
-    for frame in want:   # connections finish in another order than their ids: compare each frame's notes
-        assert sorted(got[frame]) == sorted(want[frame]), frame
+    # the same notes in the same order as narrating the whole report, however the batches fell
+    assert _comments(streamed) == _comments(whole)
+    assert streamed.read_bytes() == whole.read_bytes()
     report = analyze(read_segments(src))
     assert (done.connections, done.findings) == (len(report.connections), len(report.findings))
 
 
+@pytest.mark.parametrize("name", FILES)
+def test_notes_do_not_depend_on_how_the_records_are_batched(corpus: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Connections and findings drained in any order and any batches: each frame's notes come back in the
+    order frame_notes gives for the whole report."""
+    monkeypatch.setattr(annotate, "_SPOOL_BYTES", 64)
+    monkeypatch.setattr(annotate, "_WINDOW_BITS", 3)
+    src = corpus / name
+    report = analyze(read_segments(src))
+    t0 = capture_t0(src)
+    whole = frame_notes(report, t0)
+    conns, finds = report.connections[::-1], report.findings[::-1]   # the latest first, one of each per batch
+    with (tmp_path / "spool").open("w+b") as f:
+        spool = annotate._NoteSpool(f)
+        for i in range(max(len(conns), len(finds))):
+            spool.add(note_records(Report(conns[i:i + 1], finds[i:i + 1], report.profile, report.time_wait_s), t0))
+        got = {frame: [t.decode("utf-8") for t in texts] for w in range((max(whole) >> 3) + 1)
+               for frame, texts in spool.window(w).items()}
+    assert got == whole
+
+
 def test_many_extents_keep_each_frames_note_order_and_odd_text(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(annotate, "_SPOOL_BYTES", 50)
+    monkeypatch.setattr(annotate, "_SPOOL_BYTES", 80)   # batches 1 and 2 go to the file
     monkeypatch.setattr(annotate, "_WINDOW_BITS", 2)    # frames 0-3, 4-7, 8-11 ...
     texts = ["plain", "two\nlines", "back\\slash n\\n", "tab\there", "ünïcödé ✓", "a\\\nb"]
-    batches = [{5: [texts[0], texts[1]], 1: [texts[2]]}, {3: [texts[3]], 5: [texts[4]]}, {1: [texts[5]], 9: ["z"]}]
+    # (frame, order, tie, text); frame 5's notes come in two batches and are put in (order, tie) order
+    batches = [[(5, 2, 0, texts[0]), (5, 7, 1, texts[1]), (1, 0, 0, texts[2])],
+               [(3, 0, 0, texts[3]), (5, 7, 0, texts[4])],
+               [(1, 1, 0, texts[5]), (9, 0, 0, "z")]]
     with (tmp_path / "spool").open("w+b") as f:
         spool = annotate._NoteSpool(f)
         for b in batches:
@@ -67,10 +91,10 @@ def test_many_extents_keep_each_frames_note_order_and_odd_text(tmp_path: Path,
                   for t in ts]
         notes_of = spool.notes_of()
         asked = {frame: notes_of(frame) for frame in range(12)}
-    assert merged == [(1, texts[2]), (1, texts[5]), (3, texts[3]), (5, texts[0]), (5, texts[1]), (5, texts[4]),
+    assert merged == [(1, texts[2]), (1, texts[5]), (3, texts[3]), (5, texts[0]), (5, texts[4]), (5, texts[1]),
                       (9, "z")]
     assert {f: [t.decode("utf-8") for t in ts] for f, ts in asked.items() if ts} == {
-        1: [texts[2], texts[5]], 3: [texts[3]], 5: [texts[0], texts[1], texts[4]], 9: ["z"]}
+        1: [texts[2], texts[5]], 3: [texts[3]], 5: [texts[0], texts[4], texts[1]], 9: ["z"]}
 
 
 def test_filter_annotates_only_its_connections(corpus: Path, tmp_path: Path) -> None:
