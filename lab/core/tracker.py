@@ -27,8 +27,10 @@ reaching it (profile restart_on_any_ack), RFC 9293 on a retransmitted FIN.
 Memory follows open connections: a connection is finished into a compact Connection record once a later
 incarnation of its four-tuple is under way (both sides of the new one have sent), or once it is over (no
 side holds it) with its TIME_WAIT windows passed in capture time and idle for 2*MSL; an open connection
-stays open however long it idles (until the capture's end); per four-tuple only the last finished
-incarnation is kept, for the reuse and delayed-duplicate checks of the next one.
+stays open however long it idles (until the capture's end). Of a finished connection its four-tuple keeps
+only a fixed-size history (_Tuple: ids, sequence spaces, clocks, ISNs, TIME_WAIT windows), what the reuse,
+delayed-duplicate and stale-answer checks of a next incarnation read; with its dict entry and key about
+0.33 KiB compiled (~0.5 KiB interpreted) per four-tuple ever seen (tests/unit/test_history_memory.py).
 
 Written for mypyc (lab/build.py compiles this module; the same source runs interpreted): hot fields are
 plain ints with -1 for "not seen" instead of Optional, states and inputs are small int codes, and the
@@ -299,14 +301,113 @@ class _Reuse:
         self.syn_ts = 0.0
 
 
-class _Tuple:
-    __slots__ = ("conn", "count", "eps", "prev")
+# a finished incarnation's TIME_WAIT window as its four-tuple's history keeps it
+_NO_TW: Final = 0          # the side held none
+_TW_TIMEOUT: Final = 1     # nothing ended it early (it runs out at its end)
+_TW_RST: Final = 2         # ended early by an RST (assassination)
+_TW_SYN: Final = 3         # ended early by a new incarnation's SYN
 
-    def __init__(self, eps: tuple[str, str]) -> None:
-        self.eps = eps                        # eps[d]: sender of direction d
+
+class _Tuple:
+    """One four-tuple: its live incarnation, and what the next incarnation's reuse and delayed-duplicate
+    checks need of the last finished one (its "history"), as plain fields: this object, its dict key and
+    entry are all an analyzer keeps of a four-tuple that never comes back (the finished _Conn is dropped).
+    Directions are those of the analyzer's key: d = 0 for the four-tuple's first sender."""
+
+    __slots__ = ("conn", "count", "flip", "h_base0", "h_base1", "h_cdir", "h_id", "h_isn0", "h_isn1", "h_last_ts",
+                 "h_snd0", "h_snd1", "h_tsl0", "h_tsl1", "h_tw0", "h_tw1", "h_twe0", "h_twe1", "h_tws0", "h_tws1")
+
+    def __init__(self, flip: int) -> None:
+        self.flip = flip                      # the key's direction of d = 0 (see Analyzer._key)
         self.conn: _Conn | None = None
-        self.prev: _Conn | None = None
-        self.count = 0
+        self.count = 0                        # incarnations seen: the next one's number
+        self.h_id = NONE                      # the last finished incarnation's connection id (-1: no history)
+        self.h_cdir = 0
+        self.h_last_ts = 0.0
+        # per side of that incarnation (0 client, 1 server): sequence space, clock, ISN, TIME_WAIT window
+        self.h_base0 = NONE
+        self.h_base1 = NONE
+        self.h_snd0 = NONE
+        self.h_snd1 = NONE
+        self.h_tsl0 = NONE
+        self.h_tsl1 = NONE
+        self.h_isn0 = NONE                    # its ISN, or the peer's SYN-ACK's ACK - 1 when its SYN went unseen
+        self.h_isn1 = NONE
+        self.h_tw0 = _NO_TW
+        self.h_tw1 = _NO_TW
+        self.h_tws0 = 0.0
+        self.h_tws1 = 0.0
+        self.h_twe0 = 0.0
+        self.h_twe1 = 0.0
+
+    def remember(self, conn: _Conn) -> None:
+        """Keep the history of `conn`, the four-tuple's latest incarnation, now finished."""
+        c = conn.sides[0]
+        sv = conn.sides[1]
+        self.h_id = conn.id
+        self.h_cdir = conn.cdir
+        self.h_last_ts = conn.last_ts
+        self.h_base0 = c.base
+        self.h_base1 = sv.base
+        self.h_snd0 = c.snd_max
+        self.h_snd1 = sv.snd_max
+        self.h_tsl0 = c.ts_last
+        self.h_tsl1 = sv.ts_last
+        self.h_isn0 = _isn_seen(c, sv)
+        self.h_isn1 = _isn_seen(sv, c)
+        w = c.tw
+        if w is not None:
+            self.h_tw0 = _tw_code(w.ended_by)
+            self.h_tws0 = w.start_ts
+            self.h_twe0 = w.end_ts
+        else:
+            self.h_tw0 = _NO_TW
+        w = sv.tw
+        if w is not None:
+            self.h_tw1 = _tw_code(w.ended_by)
+            self.h_tws1 = w.start_ts
+            self.h_twe1 = w.end_ts
+        else:
+            self.h_tw1 = _NO_TW
+
+    def recall(self) -> _Conn:
+        """The remembered incarnation as a finished (done) _Conn carrying exactly the fields the checks of a
+        later incarnation read of a finished one (ids, sequence spaces, clocks, ISNs, TIME_WAIT windows);
+        built only when a new incarnation comes."""
+        old = _Conn(self.h_id, self, "", "", self.h_cdir, self.count - 1, 0, self.h_last_ts, True, False)
+        old.done = True
+        c = old.sides[0]
+        sv = old.sides[1]
+        c.base = self.h_base0
+        sv.base = self.h_base1
+        c.snd_max = self.h_snd0
+        sv.snd_max = self.h_snd1
+        c.ts_last = self.h_tsl0
+        sv.ts_last = self.h_tsl1
+        c.isn = self.h_isn0
+        sv.isn = self.h_isn1
+        if self.h_tw0 != _NO_TW:
+            c.tw = _tw_back(self.h_tw0, self.h_tws0, self.h_twe0)
+        if self.h_tw1 != _NO_TW:
+            sv.tw = _tw_back(self.h_tw1, self.h_tws1, self.h_twe1)
+        return old
+
+
+def _isn_seen(side: _Side, peer: _Side) -> int:
+    """The side's ISN, or the one the peer's SYN-ACK acknowledged when its SYN went unseen (-1: neither)."""
+    if side.isn >= 0:
+        return side.isn
+    return (peer.syn_ack - 1) & _M32 if peer.syn_ack >= 0 else NONE
+
+
+def _tw_code(how: EndedBy) -> int:
+    return _TW_TIMEOUT if how == "timeout" else _TW_RST if how == "rst" else _TW_SYN
+
+
+def _tw_back(code: int, start_ts: float, end_ts: float) -> _TW:
+    w = _TW(start_ts, 0, end_ts)
+    w.ended_by = "timeout" if code == _TW_TIMEOUT else "rst" if code == _TW_RST else "syn"
+    return w
 
 
 class _Conn:
@@ -314,8 +415,8 @@ class _Conn:
                  "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "owed_rst", "packets", "prev", "refused",
                  "reuse", "roles", "rsts", "seen_twice", "sides", "trans", "tuple", "ws_known")
 
-    def __init__(self, cid: int, tup: _Tuple, cdir: int, incarnation: int, frame: int, ts: float,
-                 mid: bool, synack: bool) -> None:
+    def __init__(self, cid: int, tup: _Tuple, client: str, server: str, cdir: int, incarnation: int, frame: int,
+                 ts: float, mid: bool, synack: bool) -> None:
         self.id = cid
         self.tuple = tup
         self.cdir = cdir                      # direction index of the client's segments in tup
@@ -331,7 +432,7 @@ class _Conn:
             st_c, st_s = ESTABLISHED, ESTABLISHED
         else:
             st_c, st_s = (SYN_SENT if synack else CLOSED), LISTEN
-        self.sides = [_Side(tup.eps[cdir], st_c), _Side(tup.eps[cdir ^ 1], st_s)]
+        self.sides = [_Side(client, st_c), _Side(server, st_s)]
         # (frame, side, from, to, inferred, input) as codes; kept only with detail
         self.trans: list[tuple[int, int, int, int, bool, int]] = []
         self.roles: list[tuple[int, int, str]] = []
@@ -364,7 +465,8 @@ class Analyzer:
         self._any_ack_restarts = prof.restart_on_any_ack
         self._min_rto = prof.min_rto_s
         self._sweep_gap = max(1.0, self.tw_s / 4)   # capture seconds between sweeps for finished connections
-        self._tuples: dict[tuple[str, int, str, int], tuple[_Tuple, int]] = {}
+        # one entry per four-tuple, under its key in one order of its two endpoints (see feed_fields)
+        self._tuples: dict[tuple[str, str, int], _Tuple] = {}
         self._open: dict[int, _Conn] = {}
         self._done: list[Connection] = []
         self._findings: list[Finding] = []
@@ -397,19 +499,27 @@ class Analyzer:
             self._max_frame = frame
         if ts > self._last_ts:
             self._last_ts = ts
-        key = (si, sp, di, dp)
-        hit = self._tuples.get(key)
-        if hit is None:
-            tup = _Tuple((endpoint_text(si, sp), endpoint_text(di, dp)))
-            self._tuples[key] = (tup, 0)
-            self._tuples[(di, dp, si, sp)] = (tup, 1)
-            d = 0
+        # both directions share one key: the endpoint with the lower port first (the lower address on a tie),
+        # both ports in one int; flip says which order this segment's is
+        if sp < dp or (sp == dp and si <= di):
+            key = (si, di, (sp << 16) | dp)
+            flip = 0
         else:
-            tup, d = hit
+            key = (di, si, (dp << 16) | sp)
+            flip = 1
+        tup = self._tuples.get(key)
+        if tup is None:
+            tup = _Tuple(flip)
+            self._tuples[key] = tup
+            d = 0
+            if si == di and sp == dp:
+                tup.flip = flip ^ 1           # a connection to itself: its later segments count as direction 1
+        else:
+            d = flip ^ tup.flip
         conn = tup.conn
         if conn is None or flags & _SYN or (conn.incarnation and not flags & _RST
                                             and conn.sides[d ^ conn.cdir].snd_max < 0):
-            routed = self._route(tup, d, conn, frame, ts, seq, ack, flags, tsval, plen, sp, dp)
+            routed = self._route(tup, d, conn, frame, ts, seq, ack, flags, tsval, plen, si, sp, di, dp)
             if routed is None:
                 return
             conn = routed
@@ -455,23 +565,29 @@ class Analyzer:
             self._sweep(ts)
 
     def _route(self, tup: _Tuple, d: int, conn: _Conn | None, frame: int, ts: float, seq: int, ack: int,
-               flags: int, tsval: int, plen: int, sp: int, dp: int) -> _Conn | None:
-        """The incarnation this segment belongs to (a new one on a new SYN); None when handled here."""
+               flags: int, tsval: int, plen: int, si: str, sp: int, di: str, dp: int) -> _Conn | None:
+        """The incarnation this segment (from si:sp, direction d) belongs to (a new one on a new SYN); None when
+        handled here."""
         if flags & _SYN:
             if not flags & _ACK:
                 if conn is None or self._syn_starts_new(conn, d ^ conn.cdir, seq):
-                    return self._new_conn(tup, d, frame, ts, seq, tsval, True, False)
+                    return self._new_conn(tup, d, endpoint_text(si, sp), endpoint_text(di, dp), frame, ts, seq,
+                                          tsval, True, False)
                 return conn
             if conn is None or self._over(conn):
-                return self._new_conn(tup, d ^ 1, frame, ts, seq, tsval, False, False)
+                return self._new_conn(tup, d ^ 1, endpoint_text(di, dp), endpoint_text(si, sp), frame, ts, seq,
+                                      tsval, False, False)
             if conn.incarnation and conn.prev is not None and conn.sides[d ^ conn.cdir].snd_max < 0 \
                     and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
                 return None
             return conn
         if conn is None:
             # no handshake seen: the lower port is taken as the server (80 vs 3363), else the first sender
-            cdir = d ^ 1 if sp < dp else d
-            return self._new_conn(tup, cdir, frame, ts, seq, tsval, False, True)
+            if sp < dp:
+                return self._new_conn(tup, d ^ 1, endpoint_text(di, dp), endpoint_text(si, sp), frame, ts, seq,
+                                      tsval, False, True)
+            return self._new_conn(tup, d, endpoint_text(si, sp), endpoint_text(di, dp), frame, ts, seq, tsval,
+                                  False, True)
         if conn.incarnation and conn.prev is not None and not flags & _RST:
             s = d ^ conn.cdir
             if conn.sides[s].snd_max < 0 and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
@@ -532,21 +648,20 @@ class Analyzer:
             r.answer_frame = frame
         return True
 
-    def _new_conn(self, tup: _Tuple, cdir: int, frame: int, ts: float, seq: int, tsval: int, syn: bool,
-                  mid: bool) -> _Conn:
+    def _new_conn(self, tup: _Tuple, cdir: int, client: str, server: str, frame: int, ts: float, seq: int,
+                  tsval: int, syn: bool, mid: bool) -> _Conn:
+        """A new incarnation of the four-tuple, with `client` sending in direction cdir; the previous one (still
+        open, or recalled from the four-tuple's history) is its prev."""
         old = tup.conn
-        conn = _Conn(self._next_id, tup, cdir, tup.count, frame, ts, mid, not syn and not mid)
+        if old is None and tup.h_id >= 0:
+            old = tup.recall()
+        conn = _Conn(self._next_id, tup, client, server, cdir, tup.count, frame, ts, mid, not syn and not mid)
         self._next_id += 1
         tup.count += 1
         if old is not None:
-            tup.prev = old
             conn.prev = old
             if syn:
                 self._check_reuse(old, conn, cdir, frame, ts, seq, tsval)
-        elif tup.prev is not None:
-            conn.prev = tup.prev
-            if syn:
-                self._check_reuse(tup.prev, conn, cdir, frame, ts, seq, tsval)
         tup.conn = conn
         self._open[conn.id] = conn
         return conn
@@ -1271,7 +1386,7 @@ class Analyzer:
         tup = conn.tuple
         if tup.conn is conn:
             tup.conn = None
-            tup.prev = conn
+            tup.remember(conn)
 
     def _windows_of(self, conn: _Conn, at_end: bool) -> tuple[TimeWaitWindow, ...]:
         windows: list[TimeWaitWindow] = []
