@@ -646,19 +646,6 @@ def _analyze_file(path: Path, profile: str, time_wait_s: float | None, filt: Any
     return report, doc
 
 
-def _report_of(path: Path, profile: str, time_wait_s: float | None, strict: bool) -> Any:
-    """The analyzer's Report without transitions and roles (verify compares connections and findings only)."""
-    from lab.core.tracker import Analyzer
-    from lab.pcap.feed import feed_file
-
-    _check_file(path)
-    analyzer = Analyzer(profile, time_wait_s, detail=False)
-    st = feed_file(path, analyzer, lenient=not strict)
-    if st.cut:
-        _warn([st.cut])
-    return analyzer.finish()
-
-
 def _each_file(files: tuple[Path, ...], work: Any) -> None:
     """Run work(path) per file; a bad file costs one line on stderr, the others still run; exit with the worst code."""
     worst = 0
@@ -1071,9 +1058,8 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, rows: int | None, ports: 
             filt = _segment_filter(ports, hosts, since, until)
             if filt is not None:
                 path = stack.enter_context(_filtered_copy(path, filt))
-            theirs = tshark.scan_in_background(path)   # tshark reads while the lab analyzes
-            report = _report_of(path, profile, time_wait_s, strict)
-            res = tshark.verify(path, report, theirs).to_dict()
+            # tshark's pass runs beside the analysis; both are compared as connections finish
+            res = tshark.verify_file(path, profile, time_wait_s, strict, warn=lambda line: _warn([line])).to_dict()
         results.append(res["ok"])
         if as_json:
             click.echo(json.dumps(res))

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
+import gc
+import heapq
+import os
+import queue
 import re
 import shutil
 import subprocess
@@ -273,24 +278,15 @@ def scan(path: Path) -> TsharkScan:
     lines = _iter_fields(path, [f for _, f in _FIELDS])
     frames = _FrameTable()
     add = frames.add
-    ncols = len(_FIELDS)
     packets = 0
-    agg = _AGG
     for line in lines:
-        cols = line.split("\t", ncols - 1)
-        if len(cols) < ncols or not cols[0].isdigit():
+        got = _parse_line(line)
+        if got is None:
             continue
         packets += 1
-        cell = cols[1]
-        stream = (int(cell) if cell and agg not in cell else _last_int(cell))   # one TCP header: the usual case
-        comments = tuple(_unescape(c) for c in cols[10].split(agg)) if cols[10] else ()
-        if stream is None and not comments:
-            continue
-        cell = cols[2]
-        flags = (int(cell, 16) if cell and agg not in cell else _last_int(cell, 16)) or 0
-        bits = ((_REUSED if cols[3] else 0) | (_RETX if cols[4] else 0) | (_FAST_RETX if cols[5] else 0)
-                | (_SPURIOUS if cols[6] else 0) | (_OOO if cols[7] else 0) | (_ICMP if cols[8] or cols[9] else 0))
-        add(int(cols[0]), stream, flags, bits, comments)
+        n, stream, flags, bits, comments = got
+        if stream is not None or comments:
+            add(n, stream, flags, bits, comments)
     return TsharkScan(str(path), packets, frames)
 
 
@@ -406,59 +402,977 @@ _REUSE_KINDS = ("reuse-in-time-wait", "reuse-after-time-wait")
 PYSHARK_MAX_COMMENTED = 5000  # pyshark parses each commented packet in Python: keep verify quick
 
 
-class _ConnOf:
-    """frame -> our connection id, as one array indexed by frame (-1: none): a dict of a million frames
-    costs a hundred bytes each."""
+# ----------------------------------------------------------------------------------------------
+# The comparison, streamed: the lab's reader and analyzer and tshark's pass are read side by side in frame
+# order. A frame's facts (our segment, tshark's stream, flags and labels) wait in its four-tuple's buffer
+# until every connection of ours that could hold it has finished (all those that started at or before it);
+# then it is compared and dropped. What a later frame's reasons need of earlier ones is kept per four-tuple
+# in a few fixed-size fields (the latest incarnations, the latest SYNs, each sender's latest FIN), so memory
+# follows the open connections, as analyze's does.
 
-    def __init__(self, size: int) -> None:
-        self.ids = array("i", [-1]) * size
+_BATCH = 4096          # segments read between two drains of the analyzer
+_SPAN_BACK = 16        # incarnations that overlap a frame are among the 16 latest started before it
+_SYN_HISTORY = 16      # SYNs per four-tuple an ISN used before is looked for in (an older one is not found)
+_RETIRED = 4096        # superseded streams kept for a late frame (e.g. an ICMP error quoting the old stream)
+_QUEUED = 32           # chunks of tshark's output (<= _PIPE each) read ahead of the comparison
+_PIPE = 1 << 20        # tshark's pipe: it writes on while our side is busy, and one read moves a lot
+_SHOWN = 20            # frames a "streams" row lists
+_INF = 1 << 62
 
-    def __setitem__(self, n: int, cid: int) -> None:
-        self.ids[n] = cid
-
-    def get(self, n: int) -> int | None:
-        cid = self.ids[n] if 0 <= n < len(self.ids) else -1
-        return None if cid < 0 else cid
-
-    def __getitem__(self, n: int) -> int:
-        cid = self.get(n)
-        if cid is None:
-            raise KeyError(n)
-        return cid
-
-    def __contains__(self, n: object) -> bool:
-        return isinstance(n, int) and self.get(n) is not None
+# one frame as tshark's pass gives it: (frame, stream or None, TCP flags, analysis bits, comments)
+TFrame = tuple[int, int | None, int, int, tuple[str, ...]]
 
 
-def _conn_of_frames(report: Mapping[str, Any], segs: _Segments) -> _ConnOf:
-    """Our connection id for every TCP frame, from the connections' frame spans on its four-tuple: the
-    latest-starting connection whose [first_frame, last_frame] holds the frame (incarnations may overlap,
-    e.g. a one-segment SYN incarnation inside a handshake), else the latest one started before it."""
-    by_tuple: dict[frozenset[str], list[tuple[int, int, int]]] = defaultdict(list)
-    for c in report["connections"]:
-        by_tuple[frozenset((c["client"], c["server"]))].append((c["first_frame"], c["last_frame"], c["id"]))
-    firsts: dict[frozenset[str], list[int]] = {}
-    for key, span_list in by_tuple.items():
-        span_list.sort()
-        firsts[key] = [f for f, _, _ in span_list]
-    out = _ConnOf(len(segs.row_of))
-    for (a, b), frames in segs.by_tuple.items():   # per four-tuple: its key once, then its frames
-        key = frozenset((_ep(*a), _ep(*b)))
-        spans = by_tuple.get(key)
-        if not spans:
-            continue
-        starts = firsts[key]
-        for n in frames:
-            i = bisect.bisect_right(starts, n) - 1
-            if i < 0:
+def _parse_line(line: str, agg: str = _AGG) -> TFrame | None:
+    """One line of the fields pass (None: not a frame line)."""
+    cols = line.split("\t", len(_FIELDS) - 1)
+    if len(cols) < len(_FIELDS) or not cols[0].isdigit():
+        return None
+    cell = cols[1]
+    stream = (int(cell) if cell and agg not in cell else _last_int(cell))   # one TCP header: the usual case
+    comments = tuple(_unescape(c) for c in cols[10].split(agg)) if cols[10] else ()
+    if stream is None and not comments:
+        return (int(cols[0]), None, 0, 0, ())
+    cell = cols[2]
+    flags = (int(cell, 16) if cell and agg not in cell else _last_int(cell, 16)) or 0
+    bits = ((_REUSED if cols[3] else 0) | (_RETX if cols[4] else 0) | (_FAST_RETX if cols[5] else 0)
+            | (_SPURIOUS if cols[6] else 0) | (_OOO if cols[7] else 0) | (_ICMP if cols[8] or cols[9] else 0))
+    return (int(cols[0]), stream, flags, bits, comments)
+
+
+class _TsharkPass:
+    """tshark's fields pass over one file, as frames in order. A thread only moves tshark's output into a
+    queue (tshark runs at its own pace on another core); the frames are parsed where they are compared."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise BadCapture(f"{path}: no such file", "check the path")
+        self.path = path
+        self.packets = 0
+        cmd = [tshark_bin(), "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={_AGG}"]
+        for _, f in _FIELDS:
+            cmd += ["-e", f]
+        self._err = tempfile.TemporaryFile()   # noqa: SIM115 - closed by close(), as the process is
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err)
+        assert self._proc.stdout is not None
+        with contextlib.suppress(OSError, AttributeError):   # Linux only; a default pipe is slower, not wrong
+            fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="tshark-pass", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
                 continue
-            chosen = spans[i][2]
-            for j in range(i, max(i - 16, -1), -1):  # a few steps back suffice: overlaps are short
-                if spans[j][1] >= n:
-                    chosen = spans[j][2]
+        return False
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        try:
+            while True:
+                # each read takes the GIL back once: a small read per 4 KiB tshark writes would have tshark
+                # wait for our side's switch interval again and again
+                chunk = os.read(fd, _PIPE)
+                if not chunk or not self._put(chunk):
                     break
-            out[n] = chosen
+        except OSError:
+            pass
+        finally:
+            self._put(None)
+
+    def __iter__(self) -> Iterator[TFrame]:
+        rest = b""
+        parse = _parse_line
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                break
+            block = rest + chunk
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            # not splitlines(): it also splits on \x1e (our aggregator), \x85 and \u2028, which comments may hold;
+            # one decode per block: a newline byte is never inside a UTF-8 sequence
+            for line in block[:cut].decode("utf-8", errors="replace").split("\n"):
+                if line:
+                    got = parse(line)
+                    if got is not None:
+                        self.packets += 1
+                        yield got
+        code = self._proc.wait()
+        self._err.seek(0)
+        if code != 0 and not _cut_short(self._err.read()):
+            raise BadCapture(f"{self.path}: tshark could not read it (exit {code})",
+                             f"run 'tshark -r {self.path}' to see why")
+        if rest:
+            got = parse(rest.decode("utf-8", errors="replace"))
+            if got is not None:
+                self.packets += 1
+                yield got
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._thread.join()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._err.close()
+
+    def __enter__(self) -> _TsharkPass:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Replay:
+    """A finished TsharkScan given as frames in order (verify(..., tshark_scan))."""
+
+    def __init__(self, ts: TsharkScan) -> None:
+        self.ts = ts
+        self.packets = ts.packets
+
+    def __iter__(self) -> Iterator[TFrame]:
+        t = self.ts.frames
+        for r in range(len(t.frames)):
+            n = t.frames[r]
+            st = t.streams[r]
+            yield (n, None if st < 0 else st, t.flags[r], t.bits[r], t.comments.get(n, ()))
+
+
+def _label(bits: int) -> str:
+    """TsharkFrame.label from the analysis bits."""
+    for bit, text in ((_SPURIOUS, "Spurious Retransmission"), (_FAST_RETX, "Fast Retransmission"),
+                      (_RETX, "Retransmission"), (_OOO, "Out-Of-Order"), (_REUSED, "Port numbers reused")):
+        if bits & bit:
+            return text
+    return ""
+
+
+class _ConnSum:
+    """What the comparison reads of one of our connections (from a Connection record or its to_dict())."""
+
+    __slots__ = ("client", "close_frames", "first", "id", "incarnation", "initiator", "kind", "last", "server",
+                 "stream_at", "tw_sides")
+
+    def __init__(self, cid: int, client: str, server: str, incarnation: int, first: int, last: int, kind: str,
+                 initiator: str | None, close_frames: tuple[int, ...], tw_sides: tuple[str, ...]) -> None:
+        self.id = cid
+        self.client = client
+        self.server = server
+        self.incarnation = incarnation
+        self.first = first
+        self.last = last
+        self.kind = kind
+        self.initiator = initiator
+        self.close_frames = close_frames
+        self.tw_sides = tw_sides
+        self.stream_at: int | None = None     # tshark's stream of our first frame
+
+    @classmethod
+    def of_record(cls, c: Any) -> _ConnSum:
+        return cls(c.id, c.client, c.server, c.incarnation, c.first_frame, c.last_frame, c.close.kind,
+                   c.close.initiator, tuple(c.close.frames), tuple(w.side for w in c.time_wait))
+
+    @classmethod
+    def of_dict(cls, c: Mapping[str, Any]) -> _ConnSum:
+        return cls(c["id"], c["client"], c["server"], c["incarnation"], c["first_frame"], c["last_frame"],
+                   c["close"]["kind"], c["close"]["initiator"], tuple(c["close"]["frames"]),
+                   tuple(w["side"] for w in c["time_wait"]))
+
+
+class _Stream:
+    """One tshark stream while frames can still come for it."""
+
+    __slots__ = ("closes", "conn_at", "dirs", "first_fin", "st", "start", "start_seg", "superseded", "tup",
+                 "waiting")
+
+    def __init__(self, st: int, start: int, start_seg: Any) -> None:
+        self.st = st
+        self.start = start                    # its first frame
+        self.start_seg = start_seg            # our segment in that frame (None: none)
+        self.conn_at: int | None = None       # our connection of that frame
+        self.first_fin: tuple[int, Any] | None = None    # its first FIN (tshark's flags) we read a segment in
+        self.waiting: list[_ConnSum] = []     # connections whose close-initiator check waits for that FIN
+        self.closes: list[int] = []           # its frames whose segment (ours) has FIN or RST
+        self.dirs = 0                         # bit d: it holds a segment of ours sent in direction d
+        self.tup: _Tup | None = None
+        self.superseded = False
+
+
+class _Frame:
+    """One frame waiting in its four-tuple's buffer."""
+
+    __slots__ = ("bits", "d", "n", "seg", "ss", "tf", "tflags", "x")
+
+    def __init__(self, n: int, seg: Any, d: int, ss: _Stream | None, tf: bool, tflags: int, bits: int) -> None:
+        self.n = n
+        self.seg = seg                        # our segment (None: the reader has none in this frame)
+        self.d = d                            # its direction on the four-tuple
+        self.ss = ss                          # tshark's stream (None: none)
+        self.tf = tf                          # tshark has a row for it (a TCP stream or comments)
+        self.tflags = tflags
+        self.bits = bits
+        self.x: _Extra | None = None          # the few frames the reasons or our findings say more of
+
+    def extra(self) -> _Extra:
+        x = self.x
+        if x is None:
+            x = self.x = _Extra()
+        return x
+
+
+class _Extra:
+    __slots__ = ("closed", "mine", "old", "prev_fin", "reply", "reuse", "rx")
+
+    def __init__(self) -> None:
+        self.old: int | None = None           # a bare SYN: an earlier frame showing its ISN (_old_isn_frame)
+        self.closed: int | None = None        # ... and the first FIN/RST of its stream in between
+        self.mine = False                     # ... its stream held a segment from its sender before it
+        self.prev_fin: int | None = None      # its sender's latest FIN before it on the four-tuple
+        self.reply: Any = None                # a bare SYN: the peer's next segment (_merge_reason)
+        self.reuse = ""                       # our reuse finding on this SYN
+        self.rx = False                       # our fin-retransmitted finding counts it a repeat
+
+
+_NO_EXTRA = _Extra()
+
+
+class _Tup:
+    """One four-tuple (either direction): its frames still to compare and its fixed-size history."""
+
+    __slots__ = ("firsts", "frames", "head", "holds", "incs", "last_fin", "spans", "starts", "stream", "syns")
+
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+        self.head = 0                         # frames[:head] are compared (dropped now and then)
+        self.spans: list[tuple[int, int, int, _ConnSum]] = []   # (first, last, id, conn), sorted
+        self.firsts: list[int] = []
+        self.starts: dict[int, _ConnSum] = {}   # first frame -> our connection starting there (the latest id)
+        self.incs: dict[int, _ConnSum] = {}     # ... a later incarnation (incarnation > 0)
+        self.syns: list[tuple[int, str, int, int, int, int]] = []   # (frame, src, sport, seq, ack, flags)
+        self.last_fin: list[int | None] = [None, None]   # per direction
+        self.stream: _Stream | None = None
+        self.holds: list[_Frame] = []         # bare SYNs waiting for the peer's next segment
+
+    def add(self, c: _ConnSum) -> None:
+        i = bisect.bisect_left(self.spans, (c.first, c.last, c.id), key=_span_key)
+        self.spans.insert(i, (c.first, c.last, c.id, c))
+        self.firsts.insert(i, c.first)
+        for d in (self.starts, self.incs):
+            if d is self.incs and not c.incarnation:
+                continue
+            was = d.get(c.first)
+            if was is None or was.id < c.id:
+                d[c.first] = c
+
+    def conn_of(self, n: int) -> _ConnSum | None:
+        """Our connection of frame n, as the spans say: the latest-starting one whose [first, last] holds it
+        (incarnations may overlap, e.g. a one-segment SYN incarnation inside a handshake), else the latest one
+        started before it."""
+        spans = self.spans
+        i = bisect.bisect_right(self.firsts, n) - 1
+        if i < 0:
+            return None
+        for j in range(i, max(i - _SPAN_BACK, -1), -1):
+            if spans[j][1] >= n:
+                return spans[j][3]
+        return spans[i][3]
+
+    def previous(self, c: _ConnSum) -> _ConnSum | None:
+        """The latest connection on the four-tuple that started before `c` (the highest id among ties)."""
+        i = bisect.bisect_left(self.firsts, c.first) - 1
+        if i < 0:
+            return None
+        f = self.firsts[i]
+        best = self.spans[i][3]
+        for j in range(i - 1, -1, -1):
+            if self.firsts[j] != f:
+                break
+            if self.spans[j][3].id > best.id:
+                best = self.spans[j][3]
+        return best
+
+    def forget_before(self, cut: int) -> None:
+        """Drop the incarnations no frame from `cut` on can be paired with or ask for as the previous one."""
+        k = bisect.bisect_left(self.firsts, cut) - _SPAN_BACK - 1
+        if k > 0:
+            del self.spans[:k]
+            del self.firsts[:k]
+
+
+def _span_key(e: tuple[int, int, int, _ConnSum]) -> tuple[int, int, int]:
+    return e[0], e[1], e[2]
+
+
+class _Odd:
+    """Frames a stream and a connection share though neither starts the other (one "streams" row)."""
+
+    __slots__ = ("count", "frames", "ok", "ss")
+
+    def __init__(self, ss: _Stream) -> None:
+        self.ss = ss
+        self.count = 0
+        self.frames: list[int] = []
+        self.ok = True      # every frame comes from the peer of the stream's SYN and acknowledges the old ISN
+
+
+# rows in the order the report lists them
+_KINDS = ("fin+", "fin-", "rst+", "rst-", "split", "merge", "odd", "lost", "close-initiator", "closing-rst",
+          "reuse+", "reuse-", "finrx+", "finrx-", "comments", "comments-pyshark")
+
+
+class _Comparison:
+    """tshark's frames and ours, compared as each four-tuple's connections finish (see the section above)."""
+
+    def __init__(self, ver: str) -> None:
+        self.ver = ver
+        self.tups: dict[tuple[str, int, str, int], tuple[_Tup, int]] = {}   # (tuple, direction)
+        self.tups_by_eps: dict[tuple[str, str], _Tup] = {}
+        self.streams: dict[int, _Stream] = {}
+        self.retired: dict[int, _Stream] = {}          # insertion order: the oldest goes first
+        self.stream_seen = bytearray()                  # one bit per stream number
+        self.n_streams = 0
+        self.pending: dict[int, _Frame] = {}            # buffered frames by number (findings mark them)
+        self.dirty: dict[_Tup, None] = {}               # four-tuples with frames in their buffer
+        self.rows: dict[str, list[tuple[Any, Disagreement]]] = {k: [] for k in _KINDS}
+        self.flag_counts = {"fin": [0, 0], "rst": [0, 0]}
+        self.n_conns = 0
+        self.ci = [0, 0, True]          # close-initiator: tshark's client closes, ours, agree
+        self.cr = [0, 0, True]          # closing-rst: RST-ended connections, those ended by the first RST
+        self.reuse_counts = [0, 0]
+        self.rx_counts = [0, 0]
+        self.odd: dict[tuple[int, int], _Odd] = {}
+        self.merges: list[tuple[int, int, int, _Frame]] = []
+        self.lost: list[int] = []       # the smallest frames, negated (a max-heap)
+        self.n_lost = 0
+        self.tcomm: dict[int, list[str]] | None = {}   # tshark's comments while few enough for pyshark
+        self.n_tcomm = 0
+        self.n_tcp_comm = 0
+        self.n_our_comm = 0
+        self.bad_comm: list[int] = []
+        self.n_bad_comm = 0
+
+    def _row(self, kind: str, key: Any, d: Disagreement) -> None:
+        self.rows[kind].append((key, d))
+
+    # -- frames arrive in order --------------------------------------------------------------------------
+
+    def _tup(self, seg: Any) -> tuple[_Tup, int]:
+        key = (seg.src_ip, seg.sport, seg.dst_ip, seg.dport)
+        hit = self.tups.get(key)
+        if hit is None:
+            a, b = _ep(seg.src_ip, seg.sport), _ep(seg.dst_ip, seg.dport)
+            eps = (a, b) if a <= b else (b, a)
+            t = self.tups_by_eps.get(eps)
+            if t is None:
+                t = self.tups_by_eps[eps] = _Tup()
+            hit = self.tups[key] = (t, 0)
+            self.tups[(seg.dst_ip, seg.dport, seg.src_ip, seg.sport)] = (t, 1)
+        return hit
+
+    def tup_of(self, a: str, b: str) -> _Tup | None:
+        return self.tups_by_eps.get((a, b) if a <= b else (b, a))
+
+    def _stream(self, st: int, n: int, seg: Any) -> _Stream:
+        ss = self.streams.get(st)
+        if ss is not None:
+            return ss
+        ss = self.retired.get(st)
+        if ss is not None:
+            return ss
+        byte, bit = st >> 3, 1 << (st & 7)
+        if byte >= len(self.stream_seen):
+            self.stream_seen.extend(bytes(byte + 1 - len(self.stream_seen) + len(self.stream_seen) // 2))
+        if not self.stream_seen[byte] & bit:
+            self.stream_seen[byte] |= bit
+            self.n_streams += 1
+        ss = self.streams[st] = _Stream(st, n, seg)
+        return ss
+
+    def _attach(self, ss: _Stream, t: _Tup) -> None:
+        """A stream's first frame on a four-tuple: it supersedes the tuple's older stream (tshark puts a
+        tuple's later frames in its latest stream)."""
+        ss.tup = t
+        old = t.stream
+        t.stream = ss
+        if old is None or old is ss:
+            return
+        old.superseded = True
+        old.waiting = []          # no FIN will come: those checks are skipped, as tshark has no first FIN
+        if self.streams.get(old.st) is old:
+            del self.streams[old.st]
+            self.retired[old.st] = old
+            if len(self.retired) > _RETIRED:
+                del self.retired[next(iter(self.retired))]
+
+    def frame(self, n: int, tf: TFrame | None, seg: Any) -> None:
+        if tf is not None and tf[1] is None and not tf[4]:
+            tf = None                 # no TCP stream, no comment: not in tshark's table
+        if tf is not None:
+            st, tflags, bits = tf[1], tf[2], tf[3]
+            if tf[4]:
+                self._comments(n, tf, seg)
+            if bits:
+                if bits & _REUSED:
+                    self.reuse_counts[0] += 1
+                if tflags & _FIN and bits & _RETX:
+                    self.rx_counts[0] += 1
+        else:
+            st, tflags, bits = None, 0, 0
+        sflags = seg.flags if seg is not None else 0
+        if (tflags | sflags) & (_FIN | _RST):
+            self._flags(n, tf is not None, tflags, bits, sflags)
+        if seg is not None and seg.comments and (tf is None or not tf[4]):
+            self._comments(n, tf, seg)
+        if st is None and seg is None:
+            return
+        ss = self._stream(st, n, seg) if st is not None else None
+        d = 0
+        if seg is not None:
+            t, d = self._tup(seg)
+        elif ss is not None and ss.tup is not None:
+            t = ss.tup
+        else:                          # a stream frame we read no segment of, on no four-tuple we know
+            self._orphan(n, tflags, bits)
+            return
+        if ss is not None and ss.tup is None:
+            self._attach(ss, t)
+        rec = _Frame(n, seg, d, ss, tf is not None, tflags, bits)
+        if seg is not None:
+            self._segment_facts(t, rec, seg, ss, tflags, bits)
+        t.frames.append(rec)
+        self.pending[n] = rec
+        self.dirty[t] = None
+
+    def _orphan(self, n: int, tflags: int, bits: int) -> None:
+        if not bits & _ICMP:
+            self._lost(n)
+        if bits & _REUSED:
+            self._row("reuse+", n, _reuse_theirs_only(self.ver, n, None, None, None, None))
+        if tflags & _FIN and bits & _RETX:
+            self._row("finrx+", n, _finrx_theirs_only(self.ver, n, None, None))
+
+    def _segment_facts(self, t: _Tup, rec: _Frame, seg: Any, ss: _Stream | None, tflags: int, bits: int) -> None:
+        """What the reasons will need of the frames before this one, taken while they are at hand."""
+        n, d = rec.n, rec.d
+        if t.holds:
+            for h in [h for h in t.holds if h.d != d]:
+                h.extra().reply = seg
+                t.holds.remove(h)
+        if tflags & _FIN and bits & _RETX:
+            rec.extra().prev_fin = t.last_fin[d]
+        if seg.flags & (_SYN | _FIN | _RST):
+            self._close_facts(t, rec, seg, ss)
+        if ss is not None:
+            ss.dirs |= 1 << d
+            if tflags & _FIN and ss.first_fin is None:
+                ss.first_fin = (n, seg)
+                waiting, ss.waiting = ss.waiting, []
+                for c in waiting:
+                    self._close_initiator(c, n, seg)
+
+    def _close_facts(self, t: _Tup, rec: _Frame, seg: Any, ss: _Stream | None) -> None:
+        """A SYN, FIN or RST of ours: what reasons about it or later segments need."""
+        n, d, flags = rec.n, rec.d, seg.flags
+        if flags & _SYN:
+            if not flags & _ACK:
+                x = rec.extra()
+                x.old = self._old_isn_frame(t, seg)
+                if ss is not None:
+                    if x.old is not None:
+                        x.closed = next((m for m in ss.closes if x.old < m < n), None)
+                    x.mine = bool(ss.dirs >> d & 1)
+                    if ss.start == n:
+                        t.holds.append(rec)   # a stream starts here: _merge_reason may want the peer's answer
+            t.syns.append((n, seg.src_ip, seg.sport, seg.seq, seg.ack, flags))
+            if len(t.syns) > _SYN_HISTORY:
+                del t.syns[0]
+        if flags & _FIN:
+            t.last_fin[d] = n
+        if ss is not None and flags & (_FIN | _RST):
+            ss.closes.append(n)
+
+    @staticmethod
+    def _old_isn_frame(t: _Tup, s: Any) -> int | None:
+        """An earlier frame that shows the SYN `s` carries an ISN already used on its four-tuple: a SYN from the
+        same sender with the same sequence number, or a SYN-ACK from the peer acknowledging it (among the
+        four-tuple's latest _SYN_HISTORY SYNs)."""
+        want_ack = (s.seq + 1) & 0xFFFFFFFF
+        for m, src, sport, seq, ack, flags in reversed(t.syns):
+            if not flags & _ACK:
+                if seq == s.seq and src == s.src_ip and sport == s.sport:
+                    return m
+            elif ack == want_ack and src == s.dst_ip and sport == s.dport:
+                return m
+        return None
+
+    def _flags(self, n: int, tf: bool, tflags: int, bits: int, sflags: int) -> None:
+        for name, bit in (("fin", _FIN), ("rst", _RST)):
+            theirs = tf and tflags & bit
+            ours = sflags & bit
+            counts = self.flag_counts[name]
+            if theirs:
+                counts[0] += 1
+            if ours:
+                counts[1] += 1
+            if theirs and not ours:
+                if bits & _ICMP:
+                    self._row(name + "+", n, Disagreement(
+                        name, (n,), f"{name.upper()} flag set", "no TCP segment",
+                        "the TCP header is quoted inside an ICMP error message, not a segment on the wire; the lab "
+                        "skips ICMP", True))
+                else:
+                    self._row(name + "+", n, Disagreement(name, (n,), f"{name.upper()} flag set",
+                                                          "not seen by the lab's reader",
+                                                          "the reader did not decode this frame as this TCP segment",
+                                                          False))
+            elif ours and not theirs:
+                self._row(name + "-", n, Disagreement(name, (n,), "flag not set / not TCP", f"{name.upper()} flag set",
+                                                      "the reader decoded a TCP segment tshark does not see here",
+                                                      False))
+
+    def _comments(self, n: int, tf: TFrame | None, seg: Any) -> None:
+        theirs = list(tf[4]) if tf is not None and tf[4] else None
+        if theirs is not None:
+            self.n_tcomm += 1
+            if self.tcomm is not None:
+                self.tcomm[n] = theirs
+                if len(self.tcomm) > PYSHARK_MAX_COMMENTED:
+                    self.tcomm = None
+        if seg is None:
+            return
+        tcp_theirs = theirs
+        ours = list(seg.comments) if seg.comments else None
+        self.n_tcp_comm += tcp_theirs is not None
+        self.n_our_comm += ours is not None
+        if tcp_theirs != ours:
+            self.n_bad_comm += 1
+            if len(self.bad_comm) < _SHOWN:
+                self.bad_comm.append(n)
+
+    def _lost(self, n: int) -> None:
+        self.n_lost += 1
+        if len(self.lost) < _SHOWN:
+            heapq.heappush(self.lost, -n)
+        elif -self.lost[0] > n:
+            heapq.heapreplace(self.lost, -n)
+
+    # -- our connections and findings arrive as the analyzer finishes them ----------------------------------
+
+    def connection(self, c: _ConnSum) -> None:
+        """A finished connection: its frames are all in, none compared yet (it was open)."""
+        self.n_conns += 1
+        t = self.tup_of(c.client, c.server)
+        if t is None:
+            t = self.tups_by_eps[(c.client, c.server) if c.client <= c.server else (c.server, c.client)] = _Tup()
+        first = self.pending.get(c.first)
+        ss = first.ss if first is not None else None
+        c.stream_at = ss.st if ss is not None else None
+        t.add(c)
+        if ss is None or ss.start != c.first:
+            return     # the stream and the connection pair up differently: reported under "streams"
+        if c.kind in ("rst", "refused"):
+            self._closing_rst(t, c, ss)
+        elif c.initiator is not None and c.kind != "incomplete":
+            if ss.first_fin is not None:
+                self._close_initiator(c, *ss.first_fin)
+            elif not ss.superseded:
+                ss.waiting.append(c)
+
+    def _closing_rst(self, t: _Tup, c: _ConnSum, ss: _Stream) -> None:
+        """Which RST ended it, as each tool reads it: tshark has no acceptability rule, so by arrival the stream's
+        first RST ends it; the lab credits the first RST its receiver would accept (RFC 9293 3.10.7, Linux
+        tcp_validate_incoming / tcp_reset_check). Counts: RST-ended connections whose RST is the first."""
+        rsts = [r.n for r in t.frames[t.head:] if c.first <= r.n <= c.last and r.ss is ss and r.tflags & _RST]
+        ours = [m for m in c.close_frames if m in rsts]
+        if not rsts or not ours:
+            return
+        self.cr[0] += 1
+        self.cr[1] += ours[-1] == rsts[0]
+        if ours[-1] == rsts[0]:
+            return
+        self.cr[2] = False
+        self._row("closing-rst", c.id, Disagreement(
+            "closing-rst", (rsts[0], ours[-1]), f"first RST of the stream: frame {rsts[0]}",
+            f"connection {c.id} ended by the RST in frame {ours[-1]}",
+            f"the lab found the RST in frame {rsts[0]} not acceptable to its receiver (its sequence number is not "
+            f"what the receiver's own segments show it expected), so a later one ended the connection; tshark "
+            f"{self.ver} does not judge RST acceptability", True))
+
+    def _close_initiator(self, c: _ConnSum, fin: int, s: Any) -> None:
+        """Who closed first, as each tool reads it: tshark (by arrival order: the stream's first FIN on the wire)
+        against the lab's close initiator. Counts: the closes each tool puts on the client."""
+        ours = c.initiator
+        theirs = "client" if _ep(s.src_ip, s.sport) == c.client else "server"
+        self.ci[0] += theirs == "client"
+        self.ci[1] += ours == "client"
+        if theirs == ours:
+            return
+        self.ci[2] = False
+        if ours == "both":
+            d = Disagreement("close-initiator", (fin,), f"first FIN from the {theirs} (frame {fin})",
+                             f"connection {c.id}: simultaneous close",
+                             f"the FINs crossed (each was sent before the other arrived: neither acknowledges the "
+                             f"other's), so the lab calls the close simultaneous; tshark {self.ver} has no close "
+                             f"initiator, and by arrival order at the capture point the first FIN is the {theirs}'s",
+                             True)
+        else:
+            d = Disagreement("close-initiator", (fin,), f"first FIN from the {theirs} (frame {fin})",
+                             f"connection {c.id}: the {ours} closed first",
+                             "the lab names the other side as the one that closed first", False)
+        self._row("close-initiator", c.id, d)
+
+    def finding(self, kind: str, frames: Iterable[int]) -> None:
+        if kind in _REUSE_KINDS:
+            for n in frames:
+                rec = self.pending.get(n)
+                s = rec.seg if rec is not None else None
+                if s is not None and s.flags & _SYN and not s.flags & _ACK:
+                    assert rec is not None
+                    x = rec.extra()
+                    if not x.reuse:
+                        self.reuse_counts[1] += 1
+                    x.reuse = max(x.reuse, kind)     # as the findings' order (frame, kind) left it
+        elif kind == "fin-retransmitted":
+            # the repeats among the frames: FINs from a sender that already sent a FIN earlier with the same
+            # sequence number (the first one is the original, not a retransmission)
+            seen: set[tuple[str, int, int]] = set()
+            for n in sorted(frames):
+                rec = self.pending.get(n)
+                s = rec.seg if rec is not None else None
+                if s is None or not s.flags & _FIN:
+                    continue
+                assert rec is not None
+                key = (s.src_ip, s.sport, (s.seq + s.payload_len) & 0xFFFFFFFF)
+                if key in seen and not rec.extra().rx:
+                    rec.extra().rx = True
+                    self.rx_counts[1] += 1
+                seen.add(key)
+
+    # -- frames are compared once no connection that could hold them is open --------------------------------
+
+    def settle(self, open_first: Mapping[_Tup, int] | None, upto: int) -> None:
+        """Compare every buffered frame before its four-tuple's cut: the first frame of an open connection of
+        ours on it (open_first; None: unknown, all wait), or `upto`."""
+        if open_first is None:
+            return
+        for t in list(self.dirty):
+            cut = min(open_first.get(t, _INF), upto)
+            frames = t.frames
+            i = t.head
+            while i < len(frames) and frames[i].n < cut:
+                self._compare(t, frames[i])
+                frames[i] = _DONE
+                i += 1
+            if i == len(frames):
+                frames.clear()
+                t.head = 0
+                del self.dirty[t]
+            elif i > 64 and i * 2 > len(frames):
+                del frames[:i]
+                t.head = 0
+            else:
+                t.head = i
+            t.forget_before(cut)
+
+    def _compare(self, t: _Tup, rec: _Frame) -> None:
+        n, seg, ss = rec.n, rec.seg, rec.ss
+        self.pending.pop(n, None)
+        c = t.conn_of(n) if seg is not None else None
+        cid = c.id if c is not None else None
+        start = t.starts.pop(n, None)
+        inc = t.incs.pop(n, None)
+        ver = self.ver
+        if ss is not None:
+            ts_start = ss.start == n
+            if ts_start:
+                ss.conn_at = cid
+            if start is not None and not ts_start:
+                self._row("split", n, _split_reason(ver, ss.st, start.id, rec))
+            if ts_start and start is None and c is not None:
+                self.merges.append((n, c.id, ss.st, rec))   # written at the end: the peer's answer may be to come
+            elif t.holds and rec in t.holds:
+                t.holds.remove(rec)
+            if c is not None:
+                if ss.conn_at != cid and c.stream_at != ss.st:
+                    self._odd(ss, c.id, rec)
+            elif not rec.bits & _ICMP:
+                self._lost(n)
+        x = rec.x or _NO_EXTRA
+        if rec.bits & _REUSED:
+            if not x.reuse:
+                prev = t.previous(inc) if inc is not None else None
+                self._row("reuse+", n, _reuse_theirs_only(ver, n, seg, inc, prev, cid))
+        elif x.reuse:
+            tf = rec.bits if rec.tf else None
+            if tf is not None and tf & (_RETX | _SPURIOUS) and x.old is not None:
+                label = _label(tf)
+                self._row("reuse-", n, Disagreement(
+                    "reused-ports", (n,), f"[TCP {label}]", x.reuse,
+                    f"tshark {ver} calls a SYN carrying the old ISN (see frame {x.old}) a retransmission; the lab "
+                    "counts a new incarnation because the earlier one had closed", True))
+            else:
+                self._row("reuse-", n, Disagreement("reused-ports", (n,), _label(tf) if tf is not None else "not TCP",
+                                                    x.reuse, "tshark sees no reuse here", False))
+        theirs_rx = rec.tflags & _FIN and rec.bits & _RETX
+        if theirs_rx and not x.rx:
+            self._row("finrx+", n, _finrx_theirs_only(ver, n, seg, x.prev_fin))
+        elif x.rx and not theirs_rx:
+            label = _label(rec.bits) if rec.tf else ""
+            if label:
+                self._row("finrx-", n, Disagreement(
+                    "fin-retransmitted", (n,), f"[TCP {label}]", "FIN retransmitted",
+                    f"tshark labels this repeated FIN '{label}' rather than a plain retransmission", True))
+            else:
+                self._row("finrx-", n, Disagreement("fin-retransmitted", (n,), "not a retransmission",
+                                                    "FIN retransmitted", "tshark does not label this FIN", False))
+
+    def _odd(self, ss: _Stream, cid: int, rec: _Frame) -> None:
+        key = (ss.st, cid)
+        g = self.odd.get(key)
+        if g is None:
+            g = self.odd[key] = _Odd(ss)
+        g.count += 1
+        if len(g.frames) < _SHOWN:
+            g.frames.append(rec.n)
+        syn, s = ss.start_seg, rec.seg
+        if g.ok and syn is not None:
+            g.ok = ((s.src_ip, s.sport) == (syn.dst_ip, syn.dport) and bool(s.flags & _ACK)
+                    and s.ack != (syn.seq + 1) & 0xFFFFFFFF)
+
+    # -- the end ---------------------------------------------------------------------------------------------
+
+    def end(self) -> None:
+        """The capture is over: nothing more comes for any frame still waiting."""
+        self.settle({}, _INF)
+
+    def result(self, path: Path) -> tuple[tuple[Check, ...], tuple[Disagreement, ...]]:
+        ver = self.ver
+        checks: list[Check] = []
+        for name in ("fin", "rst"):
+            theirs, ours = self.flag_counts[name]
+            checks.append(Check(name, theirs, ours, not self.rows[name + "+"] and not self.rows[name + "-"]))
+        checks.append(Check("streams", self.n_streams, self.n_conns, self.n_streams == self.n_conns))
+        checks.append(Check("close-initiator", self.ci[0], self.ci[1], bool(self.ci[2])))
+        checks.append(Check("closing-rst", self.cr[0], self.cr[1], bool(self.cr[2])))
+        checks.append(Check("reused-ports", self.reuse_counts[0], self.reuse_counts[1],
+                            not self.rows["reuse+"] and not self.rows["reuse-"]))
+        checks.append(Check("fin-retransmitted", self.rx_counts[0], self.rx_counts[1],
+                            not self.rows["finrx+"] and not self.rows["finrx-"]))
+        for n, cid, st, rec in self.merges:
+            self._row("merge", n, _merge_reason(ver, cid, st, rec))
+        for (st, cid), g in sorted(self.odd.items()):
+            self._row("odd", (st, cid), _pairing_reason(ver, st, cid, g, g.ss.conn_at))
+        if self.n_lost:
+            lost = sorted(-m for m in self.lost)
+            self._row("lost", 0, Disagreement("streams", tuple(lost), "in a TCP stream", "in no connection",
+                                              f"{self.n_lost} TCP frame(s) the analyzer did not assign to a "
+                                              "connection", False))
+        if self.n_tcomm:
+            agree = not self.n_bad_comm
+            checks.append(Check("comments", self.n_tcp_comm, self.n_our_comm, agree))
+            if not agree:
+                self._row("comments", 0, Disagreement("comments", tuple(self.bad_comm), "comments differ",
+                                                      "comments differ", "the reader's packet comments differ from "
+                                                      "tshark's frame.comment", False))
+        if self.n_tcomm and self.tcomm is not None:
+            # pyshark (the design's cross-check library) must read the same comments as tshark -T fields
+            tcomm = self.tcomm
+            py = comments_pyshark(path)
+            checks.append(Check("comments-pyshark", len(tcomm), len(py), py == tcomm))
+            if py != tcomm:
+                bad = sorted(n for n in set(tcomm) | set(py) if tcomm.get(n) != py.get(n))
+                self._row("comments-pyshark", 0, Disagreement(
+                    "comments-pyshark", tuple(bad[:_SHOWN]), "tshark -T fields", "pyshark",
+                    "pyshark and tshark -T fields read different packet comments", False))
+        dis: list[Disagreement] = []
+        for kind in _KINDS:
+            rows = self.rows[kind]
+            rows.sort(key=_row_key)
+            dis.extend(d for _, d in rows)
+        return tuple(checks), tuple(dis)
+
+
+def _row_key(row: tuple[Any, Disagreement]) -> Any:
+    return row[0]
+
+
+_DONE = _Frame(-1, None, 0, None, False, 0, 0)   # a compared frame's place in its buffer until the buffer is cut
+
+
+class _Run:
+    """Feeds a _Comparison: our segments in batches, tshark's frames merged in by frame number, then the
+    connections that finished meanwhile, then the comparison of what no open connection can still hold."""
+
+    def __init__(self, cmp: _Comparison, theirs: Iterable[TFrame]) -> None:
+        self.cmp = cmp
+        self.theirs = iter(theirs)
+        self.peek: TFrame | None = None
+        self.theirs_done = False
+
+    def frames(self, segs: list[Any], upto: int) -> None:
+        """Every frame up to `upto` (our segments in `segs`, tshark's from its pass) to the comparison."""
+        it, frame = self.theirs, self.cmp.frame
+        tf = self.peek
+        k, nseg = 0, len(segs)
+        while True:
+            if tf is None and not self.theirs_done:
+                tf = next(it, None)
+                if tf is None:
+                    self.theirs_done = True
+            tn = tf[0] if tf is not None else _INF
+            sn = segs[k].frame if k < nseg else _INF
+            n = tn if tn < sn else sn
+            if n > upto or n == _INF:
+                break
+            t: TFrame | None = None
+            if tn == n:
+                t, tf = tf, None
+            s = None
+            if sn == n:
+                s = segs[k]
+                k += 1
+            frame(n, t, s)
+        self.peek = tf
+
+
+def _open_firsts(cmp: _Comparison, analyzer: Any) -> dict[_Tup, int] | None:
+    """Per four-tuple, the first frame of its earliest connection the analyzer still has open (None when the
+    analyzer does not say: then every frame waits for the end)."""
+    try:
+        open_conns = analyzer._open.values()
+    except AttributeError:
+        return None
+    out: dict[_Tup, int] = {}
+    for conn in open_conns:
+        t = cmp.tup_of(conn.sides[0].ep, conn.sides[1].ep)
+        if t is not None:
+            f = conn.first_frame
+            if f < out.get(t, _INF):
+                out[t] = f
     return out
+
+
+def verify_file(path: Path, profile: str = "linux", time_wait_s: float | None = None, strict: bool = False,
+                warn: Callable[[str], None] | None = None) -> VerifyResult:
+    """`twlab verify`: analyze `path` and read it with tshark at the same time (tshark runs in its own process),
+    comparing connection by connection as the analyzer finishes them; memory follows the open connections.
+
+    A capture cut short is read up to the cut, as tshark reads it, with warn(line) (strict: BadCapture)."""
+    from lab.core.tracker import Analyzer
+    from lab.pcap.readers import CaptureReader
+
+    path = Path(path)
+    ver = version()
+    cmp = _Comparison(ver)
+    with _TsharkPass(path) as theirs:
+        reader = CaptureReader(path, lenient=not strict)
+        analyzer = Analyzer(profile, time_wait_s, detail=False, keep=False)
+        run = _Run(cmp, theirs)
+        feed, drain = analyzer.feed, analyzer.drain
+
+        def step(segs: list[Any], upto: int, at_end: bool) -> None:
+            run.frames(segs, upto)
+            conns, findings = drain()
+            for c in conns:
+                cmp.connection(_ConnSum.of_record(c))
+            for f in findings:
+                cmp.finding(f.kind, f.frames)
+            cmp.settle({} if at_end else _open_firsts(cmp, analyzer), upto + 1)
+
+        # the cyclic GC would walk the buffered frames again and again; nothing here forms cycles that matter
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            batch: list[Any] = []
+            for seg in reader:
+                feed(seg)
+                batch.append(seg)
+                if len(batch) >= _BATCH:
+                    step(batch, batch[-1].frame, False)
+                    batch = []
+            analyzer.finish()
+            step(batch, _INF - 1, True)
+            cmp.end()
+        finally:
+            if was_enabled:
+                gc.enable()
+        packets = theirs.packets
+    if reader.stats.cut and warn is not None:
+        warn(reader.stats.cut)
+    checks, dis = cmp.result(path)
+    return VerifyResult(str(path), ver, packets, checks, dis)
+
+
+def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], TsharkScan] | None = None
+           ) -> VerifyResult:
+    """Compare a given analysis of `path` (a Report, or its to_dict()) with tshark's reading (its pass over the
+    file, or the given scan): the same comparison as verify_file, the report's connections taken as finished
+    where their last frame is read."""
+    from lab.pcap.readers import CaptureReader
+
+    path = Path(path)
+    if tshark_scan is not None and not isinstance(tshark_scan, TsharkScan):
+        tshark_scan = tshark_scan()
+    rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
+    ver = version()
+    cmp = _Comparison(ver)
+    conns = sorted((_ConnSum.of_dict(c) for c in rep["connections"]), key=lambda c: (c.last, c.id))
+    found: dict[int | None, list[tuple[str, tuple[int, ...]]]] = defaultdict(list)
+    for f in rep["findings"]:
+        found[f["connection"]].append((f["kind"], tuple(f["frames"])))
+    for fs in found.values():
+        fs.sort(key=lambda kf: (kf[1][0] if kf[1] else 0, kf[0]))
+    unfinished: dict[tuple[str, str], list[int]] = defaultdict(list)   # first frames, sorted
+    for c in sorted(conns, key=lambda c: c.first):
+        unfinished[(c.client, c.server) if c.client <= c.server else (c.server, c.client)].append(c.first)
+    released = 0
+
+    def step(segs: list[Any], upto: int) -> None:
+        nonlocal released
+        run.frames(segs, upto)
+        while released < len(conns) and conns[released].last <= upto:
+            c = conns[released]
+            released += 1
+            cmp.connection(c)
+            for kind, frames in found.pop(c.id, ()):
+                cmp.finding(kind, frames)
+            eps = (c.client, c.server) if c.client <= c.server else (c.server, c.client)
+            unfinished[eps].remove(c.first)
+        open_first: dict[_Tup, int] = {}
+        for eps, firsts in unfinished.items():
+            t = cmp.tups_by_eps.get(eps)
+            if firsts and t is not None:
+                open_first[t] = firsts[0]
+        cmp.settle(open_first, upto + 1)
+
+    with contextlib.ExitStack() as stack:
+        theirs: _TsharkPass | _Replay = (_Replay(tshark_scan) if tshark_scan is not None
+                                         else stack.enter_context(_TsharkPass(path)))
+        run = _Run(cmp, theirs)
+        batch: list[Any] = []
+        for seg in CaptureReader(path, lenient=True):   # up to a cut, as tshark reads it
+            batch.append(seg)
+            if len(batch) >= _BATCH:
+                step(batch, batch[-1].frame)
+                batch = []
+        step(batch, _INF - 1)
+        for fs in found.values():                  # findings of no connection we were given
+            for kind, frames in fs:
+                cmp.finding(kind, frames)
+        cmp.end()
+        packets = theirs.packets
+    checks, dis = cmp.result(path)
+    return VerifyResult(str(path), ver, packets, checks, dis)
 
 
 def _ep(ip: str, port: int) -> str:
@@ -471,392 +1385,14 @@ def _flag_text(flags: int) -> str:
     return Flags.text(flags)
 
 
-def scan_in_background(path: Path) -> Callable[[], TsharkScan]:
-    """Start scan(path) in a thread (tshark runs as its own process, on another core) and return a function
-    that waits for it: verify's analysis runs meanwhile, so verify takes about tshark's own time."""
-    box: list[Any] = []
+# --- the reasons ---------------------------------------------------------------------------------------------
 
-    def work() -> None:
-        try:
-            box.append(scan(path))
-        except BaseException as exc:  # handed to the caller
-            box.append(exc)
-
-    t = threading.Thread(target=work, name="tshark-scan", daemon=True)
-    t.start()
-
-    def result() -> TsharkScan:
-        t.join()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
-    return result
-
-
-def _theirs(path: Path, given: TsharkScan | Callable[[], TsharkScan] | None) -> TsharkScan:
-    if given is None:
-        return scan(path)
-    return given if isinstance(given, TsharkScan) else given()
-
-
-def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], TsharkScan] | None = None
-           ) -> VerifyResult:
-    """Compare the lab's analysis of `path` (a Report, or its to_dict()) with tshark's reading: scan(path),
-    unless given, or a function that waits for it (scan_in_background: the lab's side is read meanwhile)."""
-    from lab.pcap.readers import CaptureReader
-
-    path = Path(path)
-    rep: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
-    segs = _Segments(CaptureReader(path, lenient=True))   # up to a cut, as tshark reads it
-    ts = _theirs(path, tshark_scan)
-    ver = version()
-    dis: list[Disagreement] = []
-    checks: list[Check] = []
-
-    # --- FIN and RST frames: the reader against tshark's dissector --------------------------------
-    for name, bit in (("fin", _FIN), ("rst", _RST)):
-        theirs = set(ts.with_flag(bit))
-        ours = segs.with_flag(bit)
-        checks.append(Check(name, len(theirs), len(ours), theirs == ours))
-        for n in sorted(theirs - ours):
-            if ts.frames.is_icmp(n):
-                dis.append(Disagreement(name, (n,), f"{name.upper()} flag set", "no TCP segment",
-                                        "the TCP header is quoted inside an ICMP error message, not a segment "
-                                        "on the wire; the lab skips ICMP", True))
-            else:
-                dis.append(Disagreement(name, (n,), f"{name.upper()} flag set", "not seen by the lab's reader",
-                                        "the reader did not decode this frame as this TCP segment", False))
-        for n in sorted(ours - theirs):
-            dis.append(Disagreement(name, (n,), "flag not set / not TCP", f"{name.upper()} flag set",
-                                    "the reader decoded a TCP segment tshark does not see here", False))
-
-    # --- streams against connections ---------------------------------------------------------------
-    conns = rep["connections"]
-    incarnations = _Incarnations(conns)
-    checks.append(Check("streams", ts.streams, len(conns), ts.streams == len(conns)))
-    ours_of = _conn_of_frames(rep, segs)
-    stream_frames = ts.stream_frames()
-    our_starts = {c["first_frame"]: c["id"] for c in conns}
-    ts_starts = {frames[0]: st for st, frames in stream_frames.items()}
-    # the lab starts a connection where tshark goes on with a stream
-    for n in sorted(set(our_starts) - set(ts_starts)):
-        st = ts.frames.stream(n)
-        if st is not None:
-            dis.append(_split_reason(ver, st, our_starts[n], n, ts, segs))
-    # tshark starts a stream where the lab goes on with a connection
-    for n in sorted(set(ts_starts) - set(our_starts)):
-        if n in ours_of:
-            dis.append(_merge_reason(ver, ours_of[n], ts_starts[n], n, ts.frames.get(n), segs.get(n), segs))
-    # frames that land in a different pair: neither in the connection that starts their stream nor in the
-    # stream that starts their connection (e.g. after a SYN both tools see, replies tshark moves to the new
-    # stream while the lab keeps them in the old connection)
-    conn_at = {st: ours_of.get(frames[0]) for st, frames in stream_frames.items()}
-    stream_at = {c["id"]: ts.frames.stream(c["first_frame"]) for c in conns}
-    odd: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for n, st in ts.frames.streamed():
-        cid = ours_of.get(n)
-        if cid is not None and conn_at.get(st) != cid and stream_at.get(cid) != st:
-            odd[(st, cid)].append(n)
-    for (st, cid), frames in sorted(odd.items()):
-        dis.append(_pairing_reason(ver, st, cid, frames, conn_at.get(st), stream_frames[st][0], segs))
-    # frames tshark puts in a stream that belong to no connection of ours
-    lost = [n for n, _ in ts.frames.streamed() if n not in ours_of and not ts.frames.is_icmp(n)]
-    if lost:
-        dis.append(Disagreement("streams", tuple(lost[:20]), "in a TCP stream", "in no connection",
-                                f"{len(lost)} TCP frame(s) the analyzer did not assign to a connection", False))
-
-    # --- who closed: the sender of a stream's first FIN against the lab's initiator ------------------
-    checks.append(_close_initiators(ver, conns, ts, segs, dis))
-    # --- which RST ended it: the stream's first RST against the one the lab found acceptable ----------
-    checks.append(_closing_rsts(ver, conns, ts, dis))
-
-    # --- port reuse ----------------------------------------------------------------------------------
-    reuse_frames: dict[int, str] = {}
-    for f in rep["findings"]:
-        if f["kind"] in _REUSE_KINDS:
-            for n in f["frames"]:
-                s = segs.get(n)
-                if s is not None and s.flags & _SYN and not s.flags & _ACK:
-                    reuse_frames[n] = f["kind"]
-    theirs = set(ts.reused_port_frames)
-    checks.append(Check("reused-ports", len(theirs), len(reuse_frames), theirs == set(reuse_frames)))
-    new_incarnation = {c["first_frame"]: c for c in conns if c["incarnation"] > 0}
-    for n in sorted(theirs - set(reuse_frames)):
-        dis.append(_reuse_theirs_only(ver, n, segs.get(n), new_incarnation.get(n), incarnations, ours_of))
-    for n in sorted(set(reuse_frames) - theirs):
-        tf = ts.frames.get(n)
-        old_syn = _old_isn_frame(n, segs)
-        if tf is not None and (tf.retransmission or tf.spurious_retransmission) and old_syn is not None:
-            dis.append(Disagreement("reused-ports", (n,), f"[TCP {tf.label}]", reuse_frames[n],
-                                    f"tshark {ver} calls a SYN carrying the old ISN (see frame {old_syn}) a "
-                                    "retransmission; the lab counts a new incarnation because the earlier one had "
-                                    "closed", True))
-        else:
-            dis.append(Disagreement("reused-ports", (n,), tf.label if tf else "not TCP", reuse_frames[n],
-                                    "tshark sees no reuse here", False))
-
-    # --- retransmitted FINs ----------------------------------------------------------------------------
-    ours_rx: set[int] = set()
-    for f in rep["findings"]:
-        if f["kind"] == "fin-retransmitted":
-            ours_rx.update(_retransmitted_fins(f["frames"], segs))
-    theirs = set(ts.fin_retransmissions)
-    checks.append(Check("fin-retransmitted", len(theirs), len(ours_rx), theirs == ours_rx))
-    for n in sorted(theirs - ours_rx):
-        dis.append(_finrx_theirs_only(ver, n, segs))
-    for n in sorted(ours_rx - theirs):
-        tf = ts.frames.get(n)
-        label = tf.label if tf else ""
-        if label:
-            dis.append(Disagreement("fin-retransmitted", (n,), f"[TCP {label}]", "FIN retransmitted",
-                                    f"tshark labels this repeated FIN '{label}' rather than a plain retransmission",
-                                    True))
-        else:
-            dis.append(Disagreement("fin-retransmitted", (n,), "not a retransmission", "FIN retransmitted",
-                                    "tshark does not label this FIN", False))
-
-    # --- packet comments: the reader against tshark --------------------------------------------------
-    tcomm = {n: list(c) for n, c in ts.frames.comments.items()}
-    if tcomm:
-        ours_c = {n: list(c) for n, c in segs.comments.items()}
-        tcp_tc = {n: c for n, c in tcomm.items() if n in segs}
-        agree = tcp_tc == ours_c
-        checks.append(Check("comments", len(tcp_tc), len(ours_c), agree))
-        if not agree:
-            bad = sorted(n for n in set(tcp_tc) | set(ours_c) if tcp_tc.get(n) != ours_c.get(n))
-            dis.append(Disagreement("comments", tuple(bad[:20]), "comments differ", "comments differ",
-                                    "the reader's packet comments differ from tshark's frame.comment", False))
-    if tcomm and len(tcomm) <= PYSHARK_MAX_COMMENTED:
-        # pyshark (the design's cross-check library) must read the same comments as tshark -T fields
-        py = comments_pyshark(path)
-        checks.append(Check("comments-pyshark", len(tcomm), len(py), py == tcomm))
-        if py != tcomm:
-            bad = sorted(n for n in set(tcomm) | set(py) if tcomm.get(n) != py.get(n))
-            dis.append(Disagreement("comments-pyshark", tuple(bad[:20]), "tshark -T fields", "pyshark",
-                                    "pyshark and tshark -T fields read different packet comments", False))
-
-    return VerifyResult(str(path), ver, ts.packets, tuple(checks), tuple(dis))
-
-
-class _Segments:
-    """frame -> segment, held as columns (a few dozen bytes per segment instead of a few hundred for a
-    Segment in a dict), plus each four-tuple's frames (either direction) in order: the reasons look at a
-    segment's neighbours on its own four-tuple instead of scanning the whole capture per disagreement.
-    Segments are built again on access (window, timestamps and options are not kept: verify does not read
-    them)."""
-
-    def __init__(self, segs: Iterable[Any]) -> None:
-        self.row_of = array("i")              # frame -> row (-1: no TCP segment)
-        self.frames = array("I")
-        self.ts = array("d")
-        self.src = array("I")                 # address ids (self.addrs)
-        self.dst = array("I")
-        self.sport = array("H")
-        self.dport = array("H")
-        self.seq = array("I")
-        self.ack = array("I")
-        self.flags = array("H")
-        self.plen = array("I")
-        self.comments: dict[int, tuple[str, ...]] = {}
-        self.addrs: list[str] = []
-        self._addr_id: dict[str, int] = {}
-        self.by_tuple: dict[tuple[tuple[str, int], tuple[str, int]], array[int]] = {}
-        for s in segs:
-            self._add(s)
-
-    def _addr(self, ip: str) -> int:
-        i = self._addr_id.get(ip)
-        if i is None:
-            i = self._addr_id[ip] = len(self.addrs)
-            self.addrs.append(ip)
-        return i
-
-    def _add(self, s: Any) -> None:
-        n = s.frame
-        if n >= len(self.row_of):
-            self.row_of.extend([-1] * (n + 1 - len(self.row_of) + len(self.row_of) // 2))
-        self.row_of[n] = len(self.frames)
-        self.frames.append(n)
-        self.ts.append(s.ts_s)
-        self.src.append(self._addr(s.src_ip))
-        self.dst.append(self._addr(s.dst_ip))
-        self.sport.append(s.sport)
-        self.dport.append(s.dport)
-        self.seq.append(s.seq)
-        self.ack.append(s.ack)
-        self.flags.append(s.flags)
-        self.plen.append(s.payload_len)
-        if s.comments:
-            self.comments[n] = s.comments
-        key = _tuple_key(s)
-        frames = self.by_tuple.get(key)
-        if frames is None:
-            frames = self.by_tuple[key] = array("I")
-        frames.append(n)   # file order: ascending frames
-
-    def _row(self, n: int) -> int:
-        return self.row_of[n] if 0 <= n < len(self.row_of) else -1
-
-    def _segment(self, r: int) -> Any:
-        from lab.core.model import Segment
-
-        n = self.frames[r]
-        return Segment(n, self.ts[r], self.addrs[self.src[r]], self.sport[r], self.addrs[self.dst[r]],
-                       self.dport[r], self.seq[r], self.ack[r], self.flags[r], payload_len=self.plen[r],
-                       comments=self.comments.get(n, ()))
-
-    def get(self, n: int) -> Any:
-        r = self._row(n)
-        return None if r < 0 else self._segment(r)
-
-    def __getitem__(self, n: int) -> Any:
-        r = self._row(n)
-        if r < 0:
-            raise KeyError(n)
-        return self._segment(r)
-
-    def __contains__(self, n: object) -> bool:
-        return isinstance(n, int) and self._row(n) >= 0
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.frames)
-
-    def items(self) -> Iterator[tuple[int, Any]]:
-        for r in range(len(self.frames)):
-            yield self.frames[r], self._segment(r)
-
-    def with_flag(self, bit: int) -> set[int]:
-        """The frames whose segment has `bit` set (without building the segments)."""
-        frames, flags = self.frames, self.flags
-        return {frames[r] for r in range(len(frames)) if flags[r] & bit}
-
-    def before(self, s: Any) -> list[int]:
-        """The frames on s's four-tuple before s, nearest first."""
-        frames = self.by_tuple.get(_tuple_key(s))
-        if frames is None:
-            return []
-        return frames[:bisect.bisect_left(frames, s.frame)].tolist()[::-1]
-
-    def after(self, s: Any) -> list[int]:
-        """The frames on s's four-tuple after s, in order."""
-        frames = self.by_tuple.get(_tuple_key(s))
-        if frames is None:
-            return []
-        return frames[bisect.bisect_right(frames, s.frame):].tolist()
-
-
-def _tuple_key(s: Any) -> tuple[tuple[str, int], tuple[str, int]]:
-    a, b = (s.src_ip, s.sport), (s.dst_ip, s.dport)
-    return (a, b) if a <= b else (b, a)
-
-
-def _close_initiators(ver: str, conns: Iterable[Mapping[str, Any]], ts: TsharkScan, segs: _Segments,
-                      dis: list[Disagreement]) -> Check:
-    """Who closed first, as each tool reads it: tshark (by arrival order: the stream's first FIN on the wire)
-    against the lab's close initiator, for the connections that start where their stream starts and close
-    with FINs. Counts: the closes each tool puts on the client."""
-    stream_frames = ts.stream_frames()
-    theirs_client = ours_client = 0
-    agree = True
-    for c in conns:
-        ours = c["close"]["initiator"]
-        if ours is None or c["close"]["kind"] in ("rst", "refused", "incomplete"):
-            continue
-        st = ts.frames.stream(c["first_frame"])
-        if st is None or stream_frames[st][0] != c["first_frame"]:
-            continue   # the stream and the connection pair up differently: reported under "streams"
-        fin = next((m for m in stream_frames[st] if ts.frames.flags[ts.frames.row_of[m]] & _FIN and m in segs), None)
-        if fin is None:
-            continue
-        s = segs[fin]
-        theirs = "client" if _ep(s.src_ip, s.sport) == c["client"] else "server"
-        theirs_client += theirs == "client"
-        ours_client += ours == "client"
-        if theirs == ours:
-            continue
-        agree = False
-        if ours == "both":
-            dis.append(Disagreement("close-initiator", (fin,), f"first FIN from the {theirs} (frame {fin})",
-                                    f"connection {c['id']}: simultaneous close",
-                                    f"the FINs crossed (each was sent before the other arrived: neither "
-                                    f"acknowledges the other's), so the lab calls the close simultaneous; tshark "
-                                    f"{ver} has no close initiator, and by arrival order at the capture point the "
-                                    f"first FIN is the {theirs}'s", True))
-        else:
-            dis.append(Disagreement("close-initiator", (fin,), f"first FIN from the {theirs} (frame {fin})",
-                                    f"connection {c['id']}: the {ours} closed first",
-                                    "the lab names the other side as the one that closed first", False))
-    return Check("close-initiator", theirs_client, ours_client, agree)   # counts: closes put on the client
-
-
-def _closing_rsts(ver: str, conns: Iterable[Mapping[str, Any]], ts: TsharkScan, dis: list[Disagreement]) -> Check:
-    """Which RST ended a connection, as each tool reads it: tshark has no acceptability rule, so by arrival
-    the stream's first RST ends it; the lab credits the first RST its receiver would accept (RFC 9293 3.10.7,
-    Linux tcp_validate_incoming / tcp_reset_check). Counts: RST-ended connections whose RST is the first."""
-    stream_frames = ts.stream_frames()
-    theirs_first = ours_first = 0
-    agree = True
-    for c in conns:
-        if c["close"]["kind"] not in ("rst", "refused"):
-            continue
-        st = ts.frames.stream(c["first_frame"])
-        if st is None or stream_frames[st][0] != c["first_frame"]:
-            continue   # paired differently: reported under "streams"
-        rsts = [m for m in stream_frames[st] if c["first_frame"] <= m <= c["last_frame"]
-                and ts.frames.flags[ts.frames.row_of[m]] & _RST]
-        ours = [m for m in c["close"]["frames"] if m in rsts]
-        if not rsts or not ours:
-            continue
-        theirs_first += 1
-        ours_first += ours[-1] == rsts[0]
-        if ours[-1] == rsts[0]:
-            continue
-        agree = False
-        dis.append(Disagreement("closing-rst", (rsts[0], ours[-1]), f"first RST of the stream: frame {rsts[0]}",
-                                f"connection {c['id']} ended by the RST in frame {ours[-1]}",
-                                f"the lab found the RST in frame {rsts[0]} not acceptable to its receiver (its "
-                                f"sequence number is not what the receiver's own segments show it expected), "
-                                f"so a later one ended the connection; tshark {ver} does not judge RST "
-                                f"acceptability", True))
-    return Check("closing-rst", theirs_first, ours_first, agree)
-
-
-def _old_isn_frame(n: int, segs: _Segments) -> int | None:
-    """An earlier frame that shows the SYN in frame `n` carries an ISN already used on its four-tuple:
-    a SYN from the same sender with the same sequence number, or a SYN-ACK from the peer acknowledging it."""
-    s = segs.get(n)
-    if s is None:
-        return None
-    fwd = (s.src_ip, s.sport, s.dst_ip, s.dport)
-    for m in segs.before(s):
-        p = segs[m]
-        if not p.flags & _SYN:
-            continue
-        if not p.flags & _ACK and p.seq == s.seq and (p.src_ip, p.sport, p.dst_ip, p.dport) == fwd:
-            return m
-        if p.flags & _ACK and p.ack == (s.seq + 1) & 0xFFFFFFFF and (p.dst_ip, p.dport, p.src_ip, p.sport) == fwd:
-            return m
-    return None
-
-
-def _close_between(a: int, b: int, frames: Iterable[int], segs: _Segments) -> int | None:
-    """The first FIN or RST among `frames` strictly between a and b."""
-    for m in sorted(frames):
-        if a < m < b and m in segs and segs[m].flags & (_FIN | _RST):
-            return m
-    return None
-
-
-def _split_reason(ver: str, stream: int, cid: int, start: int, ts: TsharkScan,
-                  segs: _Segments) -> Disagreement:
-    """tshark keeps `start` in `stream`; the lab starts connection `cid` there."""
-    tf = ts.frames.get(start)
-    seg = segs.get(start)
+def _split_reason(ver: str, stream: int, cid: int, rec: _Frame) -> Disagreement:
+    """tshark keeps frame `rec` in `stream`; the lab starts connection `cid` there."""
+    start, seg = rec.n, rec.seg
+    label = _label(rec.bits) if rec.tf else ""
     flags = _flag_text(seg.flags) if seg is not None else "?"
-    theirs = f"stream {stream} goes on" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
+    theirs = f"stream {stream} goes on" + (f" [TCP {label}]" if label else "")
     ours = f"connection {cid} starts (new incarnation)"
     if seg is None:
         return Disagreement("streams", (start,), theirs, ours, "the reader did not decode this frame", False)
@@ -869,22 +1405,21 @@ def _split_reason(ver: str, stream: int, cid: int, start: int, ts: TsharkScan,
                             f"we start a new connection at a {flags} segment that tshark keeps in stream {stream}",
                             False)
     # a bare SYN tshark keeps in the old stream
-    before = [m for m in ts.stream_frames().get(stream, []) if m < start]
-    old = _old_isn_frame(start, segs)
+    x = rec.x or _NO_EXTRA
+    old = x.old
     if old is not None:
-        closed = _close_between(old, start, before, segs)
+        closed = x.closed
         if closed is None:
             return Disagreement("streams", (start,), theirs, ours,
                                 f"frame {old} already carries or acknowledges this SYN's ISN and nothing closed the "
                                 "connection in between: a retransmitted or reordered handshake of the same "
                                 "connection; tshark is right, the lab should not start a new incarnation", False)
-        label = f"calls it a {tf.label.lower()}" if tf is not None and tf.label else "keeps it in the old stream"
+        said = f"calls it a {label.lower()}" if label else "keeps it in the old stream"
         return Disagreement("streams", (start,), theirs, ours,
                             f"a SYN carrying the old ISN (see frame {old}) after the connection closed (frame "
-                            f"{closed}): tshark {ver} {label}, we count a new incarnation (an old duplicate SYN or a "
+                            f"{closed}): tshark {ver} {said}, we count a new incarnation (an old duplicate SYN or a "
                             "reused ISN)", True)
-    mine = [m for m in before if m in segs and (segs[m].src_ip, segs[m].sport) == (seg.src_ip, seg.sport)]
-    if not mine:
+    if not x.mine:
         return Disagreement("streams", (start,), theirs, ours,
                             f"tshark {ver} opens a new stream only on a SYN whose ISN differs from the sender's "
                             f"base sequence, and it had none: stream {stream} holds nothing from this sender before "
@@ -893,14 +1428,14 @@ def _split_reason(ver: str, stream: int, cid: int, start: int, ts: TsharkScan,
                         f"tshark keeps this SYN in stream {stream}; the lab starts a new incarnation", False)
 
 
-def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame | None, seg: Any,
-                  segs: _Segments) -> Disagreement:
+def _merge_reason(ver: str, cid: int, stream: int, rec: _Frame) -> Disagreement:
+    start, seg = rec.n, rec.seg
+    label = _label(rec.bits) if rec.tf else ""
     flags = _flag_text(seg.flags) if seg is not None else "?"
-    theirs = f"stream {stream} starts" + (f" [TCP {tf.label}]" if tf is not None and tf.label else "")
+    theirs = f"stream {stream} starts" + (f" [TCP {label}]" if label else "")
     ours = f"still connection {cid}"
     if seg is not None and seg.flags & _SYN and not seg.flags & _ACK:
-        reply = next((segs[m] for m in segs.after(seg) if segs[m].src_ip == seg.dst_ip
-                      and segs[m].sport == seg.dport), None)
+        reply = (rec.x or _NO_EXTRA).reply
         if reply is not None and reply.flags & _ACK and reply.ack != (seg.seq + 1) & 0xFFFFFFFF:
             return Disagreement("streams", (start,), theirs, ours,
                                 f"tshark {ver} opens a new stream on any SYN with a new ISN; the peer answered it "
@@ -914,28 +1449,24 @@ def _merge_reason(ver: str, cid: int, stream: int, start: int, tf: TsharkFrame |
                         f"tshark starts stream {stream} at a {flags} segment; the lab keeps connection {cid}", False)
 
 
-def _pairing_reason(ver: str, stream: int, cid: int, frames: list[int], their_cid: int | None, stream_start: int,
-                    segs: _Segments) -> Disagreement:
+def _pairing_reason(ver: str, stream: int, cid: int, g: _Odd, their_cid: int | None) -> Disagreement:
+    stream_start = g.ss.start
     theirs = f"stream {stream} (starts at frame {stream_start})"
     ours = f"connection {cid}" + (f", not {their_cid}" if their_cid is not None else "")
-    syn = segs.get(stream_start)
-    if syn is not None and syn.flags & _SYN and not syn.flags & _ACK:
-        new_ack = (syn.seq + 1) & 0xFFFFFFFF
-        replies = [segs[n] for n in frames if n in segs]
-        from_peer = all((s.src_ip, s.sport) == (syn.dst_ip, syn.dport) for s in replies)
-        if replies and from_peer and all(s.flags & _ACK and s.ack != new_ack for s in replies):
-            return Disagreement("streams", tuple(frames[:20]), theirs, ours,
-                                f"these segments come from the peer of the new SYN (frame {stream_start}) but "
-                                "acknowledge the old connection, not the new ISN+1: the peer answered from the old "
-                                "connection (a challenge ACK, an ACK from TIME_WAIT or its own retransmission), so "
-                                f"the lab keeps them in "
-                                f"connection {cid}; tshark {ver} moves every later segment to the new stream", True)
-    return Disagreement("streams", tuple(frames[:20]), theirs, ours,
-                        f"{len(frames)} frame(s) that tshark and the lab put in different conversations", False)
+    syn = g.ss.start_seg
+    if syn is not None and syn.flags & _SYN and not syn.flags & _ACK and g.count and g.ok:
+        return Disagreement("streams", tuple(g.frames), theirs, ours,
+                            f"these segments come from the peer of the new SYN (frame {stream_start}) but "
+                            "acknowledge the old connection, not the new ISN+1: the peer answered from the old "
+                            "connection (a challenge ACK, an ACK from TIME_WAIT or its own retransmission), so "
+                            f"the lab keeps them in "
+                            f"connection {cid}; tshark {ver} moves every later segment to the new stream", True)
+    return Disagreement("streams", tuple(g.frames), theirs, ours,
+                        f"{g.count} frame(s) that tshark and the lab put in different conversations", False)
 
 
-def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any] | None,
-                       incarnations: _Incarnations, ours_of: _ConnOf) -> Disagreement:
+def _reuse_theirs_only(ver: str, n: int, seg: Any, inc: _ConnSum | None, prev: _ConnSum | None,
+                       cid: int | None) -> Disagreement:
     if seg is None:
         return Disagreement("reused-ports", (n,), "Port numbers reused", "not a TCP segment",
                             "the reader did not decode this frame", False)
@@ -945,23 +1476,21 @@ def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any
                             f"tshark's stream is per four-tuple on SYN-ACK too: {ver} flags a SYN-ACK whose ISN "
                             "differs from the conversation's, and a SYN-ACK after an RST; the lab judges reuse "
                             "on the client's SYN only", True)
-    if seg.flags & _SYN and incarnation is not None:
-        prev = incarnations.previous(incarnation)
-        kind = prev["close"]["kind"] if prev else "?"
-        if prev and prev["time_wait"]:
-            sides = ", ".join(w["side"] for w in prev["time_wait"])
-            return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {incarnation['id']} "
-                                f"(incarnation {incarnation['incarnation']}), no reuse finding",
-                                f"the previous incarnation (connection {prev['id']}) left TIME_WAIT on {sides}; the "
+    if seg.flags & _SYN and inc is not None:
+        kind = prev.kind if prev else "?"
+        if prev and prev.tw_sides:
+            sides = ", ".join(prev.tw_sides)
+            return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {inc.id} "
+                                f"(incarnation {inc.incarnation}), no reuse finding",
+                                f"the previous incarnation (connection {prev.id}) left TIME_WAIT on {sides}; the "
                                 "lab should report reuse-in-time-wait or reuse-after-time-wait here", False)
         tw = "no TIME_WAIT window"
-        return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {incarnation['id']} "
-                            f"(incarnation {incarnation['incarnation']}), no reuse finding",
+        return Disagreement("reused-ports", (n,), "Port numbers reused", f"connection {inc.id} "
+                            f"(incarnation {inc.incarnation}), no reuse finding",
                             f"tshark {ver}'s reuse rule has no time or state condition and flags any SYN with a new "
                             f"ISN on a known four-tuple; the previous incarnation closed '{kind}' and left {tw} "
                             "the SYN could meet, so the lab records a new incarnation but no TIME_WAIT reuse", True)
     if seg.flags & _SYN:
-        cid = ours_of.get(n)
         return Disagreement("reused-ports", (n,), "Port numbers reused", f"same connection {cid}",
                             f"tshark {ver} flags a SYN with a new ISN; the lab does not start a new incarnation "
                             "here (the earlier handshake was not finished or closed)", False)
@@ -969,56 +1498,15 @@ def _reuse_theirs_only(ver: str, n: int, seg: Any, incarnation: Mapping[str, Any
                         "tshark flags a segment without SYN", False)
 
 
-class _Incarnations:
-    """One index from four-tuple to its connections in first-frame order: the previous incarnation of a
-    connection is a bisect, not a scan of every connection (which made verify quadratic in reuse)."""
-
-    def __init__(self, conns: Iterable[Mapping[str, Any]]) -> None:
-        self.by_tuple: dict[frozenset[str], list[tuple[int, int, Mapping[str, Any]]]] = defaultdict(list)
-        for c in conns:
-            self.by_tuple[frozenset((c["client"], c["server"]))].append((c["first_frame"], c["id"], c))
-        for lst in self.by_tuple.values():
-            lst.sort(key=lambda t: (t[0], t[1]))
-        self.firsts = {k: [t[0] for t in lst] for k, lst in self.by_tuple.items()}
-
-    def previous(self, conn: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """The latest connection on the same four-tuple that started before `conn`."""
-        key = frozenset((conn["client"], conn["server"]))
-        firsts = self.firsts.get(key)
-        if not firsts:
-            return None
-        i = bisect.bisect_left(firsts, conn["first_frame"]) - 1
-        return self.by_tuple[key][i][2] if i >= 0 else None
-
-
-def _retransmitted_fins(frames: Iterable[int], segs: _Segments) -> set[int]:
-    """The repeats among a finding's frames: FINs from a sender that already sent a FIN earlier
-    with the same sequence number (the first one is the original, not a retransmission)."""
-    out: set[int] = set()
-    seen: set[tuple[str, int, int]] = set()
-    for n in sorted(frames):
-        s = segs.get(n)
-        if s is None or not s.flags & _FIN:
-            continue
-        key = (s.src_ip, s.sport, (s.seq + s.payload_len) & 0xFFFFFFFF)
-        if key in seen:
-            out.add(n)
-        seen.add(key)
-    return out
-
-
-def _finrx_theirs_only(ver: str, n: int, segs: _Segments) -> Disagreement:
-    s = segs.get(n)
+def _finrx_theirs_only(ver: str, n: int, s: Any, prev_fin: int | None) -> Disagreement:
     if s is None:
         return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "not a TCP segment",
                             "the reader did not decode this frame", False)
-    earlier = [segs[m] for m in segs.before(s)
-               if segs[m].flags & _FIN and (segs[m].src_ip, segs[m].sport) == (s.src_ip, s.sport)]
-    if not earlier:
+    if prev_fin is None:
         return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "first FIN of its sender",
                             f"tshark {ver}'s retransmission rule looks at sequence numbers only (e.g. a segment "
                             "below the highest sequence seen); this is the first FIN its sender put on the wire, "
                             "so it is not a repeated FIN", True)
     return Disagreement("fin-retransmitted", (n,), "FIN retransmission", "no fin-retransmitted finding",
-                        f"the sender sent a FIN before (frame {earlier[0].frame}); the analyzer did not report "
+                        f"the sender sent a FIN before (frame {prev_fin}); the analyzer did not report "
                         "this repeat", False)
