@@ -197,21 +197,29 @@ def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
 Step = tuple[int, int, TcpState, TcpState, bool, Input]    # Connection.steps: frame, side index, from, to, ...
 _NAME: dict[TcpState, str] = {s: s.value for s in TcpState}   # Enum.value is a property: slow per call
 _ARROW: dict[tuple[TcpState, TcpState], str] = {(a, b): f"{a.value} -> {b.value}" for a in TcpState for b in TcpState}
-_NO_ROLES: tuple[int, list[str]] = (-1, [])
 
 
-def _roles_at(conn: Connection) -> dict[int, tuple[int, list[str]]]:
-    """frame -> (sender's side index, its roles) with FINs first: "FIN N + ACK M+1" (_roles_by_frame's)."""
-    roles: dict[int, tuple[int, list[str]]] = {}
-    for frame, i, role in conn.roles:
-        entry = roles.get(frame)
-        if entry is None:
-            roles[frame] = (i, [role])
-        elif role not in entry[1]:
-            entry[1].append(role)
-    for _sender, names in roles.values():
-        if len(names) > 1:
-            names.sort(key=_not_fin)
+Role = tuple[int, int, str]    # Connection.roles: frame, sender's side index, role
+
+
+def _frame_of(record: Step | Role) -> int:
+    return record[0]
+
+
+def _steps_in_frame_order(conn: Connection) -> tuple[Step, ...]:
+    """conn.steps ordered by frame, a frame's steps in their order (as the tracker records them: already)."""
+    steps = conn.steps
+    for k in range(1, len(steps)):
+        if steps[k][0] < steps[k - 1][0]:
+            return tuple(sorted(steps, key=_frame_of))
+    return steps
+
+
+def _roles_in_frame_order(conn: Connection) -> tuple[Role, ...]:
+    roles = conn.roles
+    for k in range(1, len(roles)):
+        if roles[k][0] < roles[k - 1][0]:
+            return tuple(sorted(roles, key=_frame_of))
     return roles
 
 
@@ -219,7 +227,7 @@ def _not_fin(name: str) -> bool:
     return not name.startswith("FIN")
 
 
-def _chain(sts: list[Step], conn: Connection, t0: float, capture_end: float | None) -> str:
+def _chain(sts: tuple[Step, ...], conn: Connection, t0: float, capture_end: float | None) -> str:
     """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
     itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
     "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
@@ -242,33 +250,48 @@ def _chain(sts: list[Step], conn: Connection, t0: float, capture_end: float | No
 
 def _connection_notes(conn: Connection, t0: float, capture_end: float | None, notes: dict[int, list[str]],
                       later: dict[int, list[str]]) -> None:
-    """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>"."""
-    by_frame: dict[int, list[Step]] = {}
-    for st in conn.steps:
-        here = by_frame.get(st[0])
-        if here is None:
-            by_frame[st[0]] = [st]
-        else:
-            here.append(st)
-    roles = _roles_at(conn)
+    """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>".
+    Walks the steps and the roles together in frame order (a frame's roles: the first one's sender, each role
+    once, FINs first)."""
+    steps = _steps_in_frame_order(conn)
+    roles = _roles_in_frame_order(conn)
     close = conn.close
-    first_close = close.frames[0] if close.frames and close.kind not in ("rst", "incomplete") else None
+    first_close = close.frames[0] if close.frames and close.kind not in ("rst", "incomplete") else -1
     active = " active close" if close.initiator != "both" else " closes first (the FINs cross)"
-    for frame in sorted(by_frame.keys() | roles.keys()):
-        sender, names = roles.get(frame, _NO_ROLES)
+    i = j = 0
+    ns, nr = len(steps), len(roles)
+    while i < ns or j < nr:
+        frame = steps[i][0] if j >= nr or (i < ns and steps[i][0] < roles[j][0]) else roles[j][0]
+        sender = -1
+        names: list[str] = []
+        while j < nr and roles[j][0] == frame:
+            role = roles[j]
+            if sender < 0:
+                sender = role[1]
+                names.append(role[2])
+            elif role[2] not in names:
+                names.append(role[2])
+            j += 1
+        if len(names) > 1:
+            names.sort(key=_not_fin)
         head = (names[0] if len(names) == 1 else " + ".join(names)) if names else "segment"
-        sts = by_frame.get(frame)
-        own: list[Step] | None = None
+        first = i
+        while i < ns and steps[i][0] == frame:
+            i += 1
+        own: tuple[Step, ...] = ()
         peers: list[str] = []
-        if sts is not None:
+        if i > first:
+            sts = steps[first:i]
             if sender >= 0 and all(st[1] == sender for st in sts):
                 own = sts
             else:
                 per_side: dict[int, list[Step]] = {}   # sides in the order their first change comes
                 for st in sts:
                     per_side.setdefault(st[1], []).append(st)
-                own = per_side.pop(sender, None)
-                peers = [f"{SIDES[i]}: {_chain(side_sts, conn, t0, capture_end)}" for i, side_sts in per_side.items()]
+                mine = per_side.pop(sender, None)
+                own = tuple(mine) if mine else ()
+                peers = [f"{SIDES[k]}: {_chain(tuple(side_sts), conn, t0, capture_end)}"
+                         for k, side_sts in per_side.items()]
         if own:
             who: str = SIDES[sender]
             if frame == first_close and any(n.startswith("FIN") for n in names):
