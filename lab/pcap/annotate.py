@@ -150,8 +150,8 @@ def _check_whole(source: _Source, buf: bytes, pos: int, frame: int, endian: str)
 
 # --- streaming annotate: notes spooled by window of frames while the analyzer streams, read back while copying -
 
-_SPOOL_BYTES = 8 << 20    # note bytes in memory before they go to the spool file
-_WINDOW_BITS = 16         # the copy pass holds the notes of 2**16 frames at a time
+_SPOOL_BYTES = 4 << 20    # note bytes in memory before they go to the spool file
+_WINDOW_BITS = 14         # the copy pass holds the notes of 2**14 frames at a time
 _READ = 1 << 20           # bytes of the capture read at a time by the copy
 
 
