@@ -12,8 +12,9 @@ tests/unit/test_jsontext.py checks that on generated records.
 from __future__ import annotations
 
 import json
+from _json import make_encoder
 from collections.abc import Mapping
-from json.encoder import encode_basestring_ascii
+from json.encoder import encode_basestring_ascii as _q
 from typing import Any, Final
 
 from lab.core.report import Close, Connection, Finding, TimeWaitWindow
@@ -23,19 +24,7 @@ _dumps = json.JSONEncoder(check_circular=False).encode
 _FINDING_BASE: Final = frozenset({"kind", "connection", "frames", "detail"})
 _SIDE_TEXT: Final = ('"client"', '"server"')
 # TcpState/Input members by id(): their text is fixed, and an id is cheaper than any hash
-_ENUM_TEXT: Final[dict[int, str]] = {id(m): encode_basestring_ascii(m.value) for e in (TcpState, Input) for m in e}
-
-
-def _str(s: str) -> str:
-    return encode_basestring_ascii(s)
-
-
-def _opt_int(n: int | None) -> str:
-    return "null" if n is None else str(n)
-
-
-def _bool(b: bool) -> str:
-    return "true" if b else "false"
+_ENUM_TEXT: Final[dict[int, str]] = {id(m): _q(m.value) for e in (TcpState, Input) for m in e}
 
 
 def _ints(t: tuple[int, ...]) -> str:
@@ -46,7 +35,7 @@ def _ints(t: tuple[int, ...]) -> str:
 
 
 def _float(x: float) -> str:
-    if _TS_LOW <= x < _TS_HIGH:
+    if _COMPILED and _TS_LOW <= x < _TS_HIGH:
         text = _timestamp(x)
         if text:
             return text
@@ -62,6 +51,8 @@ def _float(x: float) -> str:
 # a decimal with 6 places is never within 2**-54 (the error of usec / 1e6) of a midpoint between two floats
 # of 2**13 or more (the midpoints' denominators are powers of two >= 2**7, the decimal's 2**6 * 5**6), so it
 # rounds as float("sec.usec") does. Anything else (nanosecond captures) fails the check and takes repr().
+# Only compiled: interpreted, these few operations cost more than float.__repr__ itself.
+_COMPILED: Final = not __file__.endswith(".py")
 _TS_LOW: Final = 16384.0
 _TS_HIGH: Final = 4294967296.0
 _USEC: Final = 1000000
@@ -78,48 +69,30 @@ def _timestamp(x: float) -> str:
     return f"{sec}.{str(usec + _USEC)[1:].rstrip('0')}"
 
 
-def value(o: object) -> str:
-    """Any JSON value as json.dumps writes it; the common types here, the rest by json itself."""
-    if o is None:
-        return "null"
-    if o is True:
-        return "true"
-    if o is False:
-        return "false"
-    if isinstance(o, str):
-        return encode_basestring_ascii(o)
-    if type(o) is int:
-        return str(o)
-    if type(o) is float:
-        return _float(o)
-    if isinstance(o, (list, tuple)):
-        return "[" + ", ".join([value(x) for x in o]) + "]"
-    if isinstance(o, dict):
-        return "{" + _members(o) + "}"
-    return _dumps(o)
+def _no_default(o: object) -> Any:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-def _members(d: Mapping[Any, Any]) -> str:
-    """The "key": value pairs of a mapping, without braces."""
-    parts: list[str] = []
-    for k, v in d.items():
-        if not isinstance(k, str):   # json converts int/float/bool/None keys: let it
-            return _dumps(dict(d))[1:-1]
-        parts.append(f"{encode_basestring_ascii(k)}: {value(v)}")
-    return ", ".join(parts)
+# json.dumps' own C encoder, made once (json.dumps makes one per call): the findings' `extra` dicts
+_encode_dict: Final = make_encoder(None, _no_default, _q, None, ": ", ", ", False, False, True)
+
+
+def _members(d: Mapping[str, Any]) -> str:
+    """The "key": value pairs of a mapping as json.dumps writes them, without braces."""
+    return "".join(_encode_dict(d if type(d) is dict else dict(d), 0))[1:-1]
 
 
 def window_json(w: TimeWaitWindow) -> str:
     """TimeWaitWindow.to_dict() as JSON text."""
-    return (f'{{"side": {_str(w.side)}, "start_ts": {_float(w.start_ts)}, "end_ts": {_float(w.end_ts)}, '
+    return (f'{{"side": {_q(w.side)}, "start_ts": {_float(w.start_ts)}, "end_ts": {_float(w.end_ts)}, '
             f'"start_frame": {w.start_frame}, "restarts": {_ints(w.restarts)}, '
-            f'"ended_by": {_str(w.ended_by)}, "end_frame": {_opt_int(w.end_frame)}, '
+            f'"ended_by": {_q(w.ended_by)}, "end_frame": {"null" if w.end_frame is None else w.end_frame}, '
             f'"length_s": {_float(w.length_s)}, "left_s": {_float(w.left_s)}}}')
 
 
 def close_json(cl: Close) -> str:
     who = cl.initiator
-    return (f'{{"kind": {_str(cl.kind)}, "initiator": {"null" if who is None else _str(who)}, '
+    return (f'{{"kind": {_q(cl.kind)}, "initiator": {"null" if who is None else _q(who)}, '
             f'"frames": {_ints(cl.frames)}}}')
 
 
@@ -133,12 +106,15 @@ def connection_json(c: Connection, detail: bool = False) -> str:
         windows = "[" + window_json(tw[0]) + "]"
     else:
         windows = "[" + ", ".join([window_json(w) for w in tw]) + "]"
-    text = (f'{{"id": {c.id}, "client": {_str(c.client)}, "server": {_str(c.server)}, '
+    cisn = c.client_isn
+    sisn = c.server_isn
+    text = (f'{{"id": {c.id}, "client": {_q(c.client)}, "server": {_q(c.server)}, '
             f'"incarnation": {c.incarnation}, "first_frame": {c.first_frame}, '
             f'"last_frame": {c.last_frame}, "close": {close_json(c.close)}, "time_wait": {windows}, '
             f'"first_ts": {_float(c.first_ts)}, "last_ts": {_float(c.last_ts)}, "packets": {c.packets}, '
-            f'"isn": {{"client": {_opt_int(c.client_isn)}, "server": {_opt_int(c.server_isn)}}}, '
-            f'"mid_capture": {_bool(c.mid_capture)}, "open_at_end": {_bool(c.open_at_end)}')
+            f'"isn": {{"client": {"null" if cisn is None else cisn}, '
+            f'"server": {"null" if sisn is None else sisn}}}, "mid_capture": {"true" if c.mid_capture else "false"}, '
+            f'"open_at_end": {"true" if c.open_at_end else "false"}')
     if detail:
         return f'{text}, "transitions": [{_steps_json(c)}], "roles": [{_roles_json(c)}]}}'
     return text + "}"
@@ -153,7 +129,7 @@ def _steps_json(c: Connection) -> str:
 
 
 def _roles_json(c: Connection) -> str:
-    return ", ".join([f"[{f}, {_SIDE_TEXT[i]}, {_str(r)}]" for f, i, r in c.roles])
+    return ", ".join([f"[{f}, {_SIDE_TEXT[i]}, {_q(r)}]" for f, i, r in c.roles])
 
 
 def finding_json(f: Finding) -> str:
@@ -161,8 +137,9 @@ def finding_json(f: Finding) -> str:
     extra = f.extra
     if extra and not _FINDING_BASE.isdisjoint(extra):
         return _dumps(f.to_dict())  # an extra key shadowed by a base key: to_dict() decides
-    head = (f'{{"kind": {_str(f.kind)}, "connection": {_opt_int(f.connection)}, "frames": {_ints(f.frames)}, '
-            f'"detail": {_str(f.detail)}')
+    cid = f.connection
+    head = (f'{{"kind": {_q(f.kind)}, "connection": {"null" if cid is None else cid}, '
+            f'"frames": {_ints(f.frames)}, "detail": {_q(f.detail)}')
     if not extra:
         return head + "}"
     return head + ", " + _members(extra) + "}"
