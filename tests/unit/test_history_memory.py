@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import importlib.util
 import tracemalloc
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab import accel
 from lab.core.model import Segment
 from lab.core.tracker import Analyzer
+from lab.pcap.readers import CaptureReader
 from tests.unit.synth import A, Capture, Flow, P, S
 from tests.unit.test_properties import SEG, build, plans
 
+ROOT = Path(__file__).resolve().parents[2]
+CAPTURES = sorted((ROOT / "captures").glob("*.pcapng"))
+CORPUS_FILES = ["deepflow__l4-source-port-reuse.pcap", "zeek__echo-connections.pcap.gz", "zeek__mysql__auth.pcap",
+                "zeek__tcp__rst-inject-rae.pcap", "arkime__tcp-reassembly-synthetic.pcap"]
 HISTORY_BYTES_COMPILED = 400     # per four-tuple, its dict entry and key included (measured ~330; was ~2,200)
 HISTORY_BYTES_PURE = 700         # interpreted, its ints and floats are objects of their own (measured ~500)
 
@@ -47,19 +54,23 @@ def _keeping_whole_connections() -> ModuleType:
 WHOLE = _keeping_whole_connections()
 
 
-def _eager(make: Any, segs: list[Segment], profile: str = "linux") -> dict[str, Any]:
+def _eager(make: Any, segs: list[Segment], profile: str, time_wait_s: float | None) -> dict[str, Any]:
     """The report when every connection that is over is finished before the next segment (the sweep that
     normally runs every few thousand segments), so later incarnations meet only the four-tuple's history."""
-    a = make(profile)
+    a = make(profile, time_wait_s)
+    swept = float("-inf")
     for s in segs:
-        a._sweep(s.ts_s)
+        if s.ts_s - swept >= 0.05:
+            a._sweep(s.ts_s)
+            swept = s.ts_s
         a.feed(s)
     return dict(a.finish().to_dict())
 
 
-def _same_from_history(segs: list[Segment], profile: str = "linux") -> dict[str, Any]:
-    got = _eager(Analyzer, segs, profile)
-    assert got == _eager(WHOLE.Analyzer, segs, profile)
+def _same_from_history(segs: list[Segment], profile: str = "linux",
+                       time_wait_s: float | None = None) -> dict[str, Any]:
+    got = _eager(Analyzer, segs, profile, time_wait_s)
+    assert got == _eager(WHOLE.Analyzer, segs, profile, time_wait_s)
     return got
 
 
@@ -70,6 +81,8 @@ def _closed_then_back(gap_s: float) -> tuple[Capture, Flow]:
     old.handshake()
     old.data("client", 3000)
     old.ack("server")
+    old.data("server", 2000)
+    old.ack("client")
     old.four_way("client")
     cap.t += gap_s
     return cap, old
@@ -96,10 +109,16 @@ def test_delayed_duplicate_from_history() -> None:
     cap.t += 0.01
     dup = cap.add(Segment(cap.frame, cap.t, "192.0.2.1", 40000, "192.0.2.2", 80, 1001 + 1000, 50001, int(A),
                           65535, 500, None, None))
+    # and one of the old server's
+    new.data("server", 100)
+    cap.frame += 1
+    cap.t += 0.01
+    dup2 = cap.add(Segment(cap.frame, cap.t, "192.0.2.2", 80, "192.0.2.1", 40000, 50001 + 500, 1001 + 3000, int(A),
+                           65535, 300, None, None))
     d = _same_from_history(cap.segments)
     found = [f for f in d["findings"] if f["kind"] == "delayed-duplicate"]
-    assert [f["frames"] for f in found] == [[dup.frame]]
-    assert found[0]["previous_connection"] == 0 and "incarnation 0 (connection 0)" in found[0]["detail"]
+    assert [(f["frames"], f["side"]) for f in found] == [([dup.frame], "client"), ([dup2.frame], "server")]
+    assert all(f["previous_connection"] == 0 and "incarnation 0 (connection 0)" in f["detail"] for f in found)
 
 
 def test_delayed_duplicate_by_timestamp_from_history() -> None:
@@ -149,6 +168,17 @@ def test_stale_answer_from_history() -> None:
     d = _same_from_history(cap.segments)
     [fd] = [f for f in d["findings"] if f["kind"] == "stale-peer-ack"]
     assert fd["previous_connection"] == 0 and fd["elapsed_s"] > 89.0
+
+
+@pytest.mark.parametrize("name", [p.name for p in CAPTURES] + CORPUS_FILES)
+def test_real_captures_judged_alike_from_history(name: str, corpus: Path) -> None:
+    """The gallery's captures and the third-party corpus, with a 1 s TIME_WAIT so that connections are finished
+    (and their four-tuples come back to history) within these short captures; and with the profile's own."""
+    path = ROOT / "captures" / name if name.endswith(".pcapng") and (ROOT / "captures" / name).exists() \
+        else corpus / name
+    segs = list(CaptureReader(path))
+    for tw in (1.0, None):
+        _same_from_history(segs, "linux", tw)
 
 
 @settings(max_examples=60, deadline=None)
