@@ -412,19 +412,27 @@ PYSHARK_MAX_COMMENTED = 5000  # pyshark parses each commented packet in Python: 
 
 _BATCH = 4096          # segments read between two drains of the analyzer
 _SPAN_BACK = 16        # incarnations that overlap a frame are among the 16 latest started before it
-_SYN_HISTORY = 16      # SYNs per four-tuple an ISN used before is looked for in (an older one is not found)
-_RETIRED = 4096        # superseded streams kept for a late frame (e.g. an ICMP error quoting the old stream)
-_QUEUED = 32           # chunks of tshark's output (<= _PIPE each) read ahead of the comparison
+_SYN_HISTORY = 16      # ISNs per four-tuple a SYN's is looked for in (one used longer ago is not found)
+_RETIRED = 256         # superseded streams kept for a late frame (e.g. an ICMP error quoting the old stream)
+_QUEUED = 8            # chunks of tshark's output (<= _PIPE each) read ahead of the comparison
 _PIPE = 1 << 20        # tshark's pipe: it writes on while our side is busy, and one read moves a lot
 _SHOWN = 20            # frames a "streams" row lists
 _INF = 1 << 62
+_PLAIN_FLAGS = 0x07    # FIN, SYN, RST: a frame with none of them (both tools) may be a _Plain
 
 # one frame as tshark's pass gives it: (frame, stream or None, TCP flags, analysis bits, comments)
 TFrame = tuple[int, int | None, int, int, tuple[str, ...]]
 
 
+_EMPTY_TAIL = "\t" * (len(_FIELDS) - 3)   # no analysis label, no ICMP, no comment: most lines
+
+
 def _parse_line(line: str, agg: str = _AGG) -> TFrame | None:
     """One line of the fields pass (None: not a frame line)."""
+    if line.endswith(_EMPTY_TAIL):
+        n, st, fl, _ = line.split("\t", 3)
+        if st and fl and n.isdigit() and agg not in st and agg not in fl:
+            return (int(n), int(st), int(fl, 16), 0, ())
     cols = line.split("\t", len(_FIELDS) - 1)
     if len(cols) < len(_FIELDS) or not cols[0].isdigit():
         return None
@@ -630,6 +638,11 @@ class _Frame:
         return x
 
 
+# a frame nothing but its pairing is asked of (no SYN/FIN/RST, label or comment, in its tuple's current stream):
+# (frame, stream, segment, direction, tshark's flags), cheaper than a _Frame
+_Plain = tuple[int, "_Stream", Any, int, int]
+
+
 class _Extra:
     __slots__ = ("closed", "mine", "old", "prev_fin", "reply", "reuse", "rx")
 
@@ -649,16 +662,16 @@ _NO_EXTRA = _Extra()
 class _Tup:
     """One four-tuple (either direction): its frames still to compare and its fixed-size history."""
 
-    __slots__ = ("firsts", "frames", "head", "holds", "incs", "last_fin", "spans", "starts", "stream", "syns")
+    __slots__ = ("firsts", "frames", "head", "holds", "incs", "isns", "last_fin", "spans", "starts", "stream")
 
     def __init__(self) -> None:
-        self.frames: list[_Frame] = []
+        self.frames: list[_Frame | _Plain] = []
         self.head = 0                         # frames[:head] are compared (dropped now and then)
         self.spans: list[tuple[int, int, int, _ConnSum]] = []   # (first, last, id, conn), sorted
         self.firsts: list[int] = []
         self.starts: dict[int, _ConnSum] = {}   # first frame -> our connection starting there (the latest id)
         self.incs: dict[int, _ConnSum] = {}     # ... a later incarnation (incarnation > 0)
-        self.syns: list[tuple[int, str, int, int, int, int]] = []   # (frame, src, sport, seq, ack, flags)
+        self.isns: dict[tuple[int, int], int] = {}   # (direction, ISN) -> the latest frame showing it
         self.last_fin: list[int | None] = [None, None]   # per direction
         self.stream: _Stream | None = None
         self.holds: list[_Frame] = []         # bare SYNs waiting for the peer's next segment
@@ -741,7 +754,7 @@ class _Comparison:
         self.retired: dict[int, _Stream] = {}          # insertion order: the oldest goes first
         self.stream_seen = bytearray()                  # one bit per stream number
         self.n_streams = 0
-        self.pending: dict[int, _Frame] = {}            # buffered frames by number (findings mark them)
+        self.pending: dict[int, _Frame | _Plain] = {}   # buffered frames by number (findings mark them)
         self.dirty: dict[_Tup, None] = {}               # four-tuples with frames in their buffer
         self.rows: dict[str, list[tuple[Any, Disagreement]]] = {k: [] for k in _KINDS}
         self.flag_counts = {"fin": [0, 0], "rst": [0, 0]}
@@ -815,6 +828,21 @@ class _Comparison:
                 del self.retired[next(iter(self.retired))]
 
     def frame(self, n: int, tf: TFrame | None, seg: Any) -> None:
+        if tf is not None and seg is not None:
+            st = tf[1]
+            if st is not None and not tf[3] and not tf[4] and not (tf[2] | seg.flags) & _PLAIN_FLAGS \
+                    and not seg.comments:
+                hit = self.tups.get((seg.src_ip, seg.sport, seg.dst_ip, seg.dport))
+                if hit is not None:
+                    t, d = hit
+                    ss = t.stream
+                    if ss is not None and ss.st == st and not t.holds:
+                        ss.dirs |= 1 << d
+                        plain = (n, ss, seg, d, tf[2])
+                        t.frames.append(plain)
+                        self.pending[n] = plain
+                        self.dirty[t] = None
+                        return
         if tf is not None and tf[1] is None and not tf[4]:
             tf = None                 # no TCP stream, no comment: not in tshark's table
         if tf is not None:
@@ -886,34 +914,27 @@ class _Comparison:
         if flags & _SYN:
             if not flags & _ACK:
                 x = rec.extra()
-                x.old = self._old_isn_frame(t, seg)
+                key = (d, seg.seq)
+                x.old = t.isns.get(key)
                 if ss is not None:
                     if x.old is not None:
                         x.closed = next((m for m in ss.closes if x.old < m < n), None)
                     x.mine = bool(ss.dirs >> d & 1)
                     if ss.start == n:
                         t.holds.append(rec)   # a stream starts here: _merge_reason may want the peer's answer
-            t.syns.append((n, seg.src_ip, seg.sport, seg.seq, seg.ack, flags))
-            if len(t.syns) > _SYN_HISTORY:
-                del t.syns[0]
+            else:
+                key = (d ^ 1, (seg.ack - 1) & 0xFFFFFFFF)   # the SYN-ACK shows the peer's ISN
+            # an earlier frame showing a SYN's ISN (_old_isn_frame of the old design): a SYN from the same sender
+            # with that sequence number, or a SYN-ACK from the peer acknowledging it; the latest one wins
+            isns = t.isns
+            isns.pop(key, None)
+            isns[key] = n
+            if len(isns) > _SYN_HISTORY:
+                del isns[next(iter(isns))]
         if flags & _FIN:
             t.last_fin[d] = n
         if ss is not None and flags & (_FIN | _RST):
             ss.closes.append(n)
-
-    @staticmethod
-    def _old_isn_frame(t: _Tup, s: Any) -> int | None:
-        """An earlier frame that shows the SYN `s` carries an ISN already used on its four-tuple: a SYN from the
-        same sender with the same sequence number, or a SYN-ACK from the peer acknowledging it (among the
-        four-tuple's latest _SYN_HISTORY SYNs)."""
-        want_ack = (s.seq + 1) & 0xFFFFFFFF
-        for m, src, sport, seq, ack, flags in reversed(t.syns):
-            if not flags & _ACK:
-                if seq == s.seq and src == s.src_ip and sport == s.sport:
-                    return m
-            elif ack == want_ack and src == s.dst_ip and sport == s.dport:
-                return m
-        return None
 
     def _flags(self, n: int, tf: bool, tflags: int, bits: int, sflags: int) -> None:
         for name, bit in (("fin", _FIN), ("rst", _RST)):
@@ -975,7 +996,7 @@ class _Comparison:
         if t is None:
             t = self.tups_by_eps[(c.client, c.server) if c.client <= c.server else (c.server, c.client)] = _Tup()
         first = self.pending.get(c.first)
-        ss = first.ss if first is not None else None
+        ss = None if first is None else first[1] if isinstance(first, tuple) else first.ss
         c.stream_at = ss.st if ss is not None else None
         t.add(c)
         if ss is None or ss.start != c.first:
@@ -992,7 +1013,8 @@ class _Comparison:
         """Which RST ended it, as each tool reads it: tshark has no acceptability rule, so by arrival the stream's
         first RST ends it; the lab credits the first RST its receiver would accept (RFC 9293 3.10.7, Linux
         tcp_validate_incoming / tcp_reset_check). Counts: RST-ended connections whose RST is the first."""
-        rsts = [r.n for r in t.frames[t.head:] if c.first <= r.n <= c.last and r.ss is ss and r.tflags & _RST]
+        rsts = [r.n for r in t.frames[t.head:] if isinstance(r, _Frame) and c.first <= r.n <= c.last and r.ss is ss
+                and r.tflags & _RST]
         ours = [m for m in c.close_frames if m in rsts]
         if not rsts or not ours:
             return
@@ -1035,9 +1057,10 @@ class _Comparison:
         if kind in _REUSE_KINDS:
             for n in frames:
                 rec = self.pending.get(n)
-                s = rec.seg if rec is not None else None
+                if not isinstance(rec, _Frame):
+                    continue     # not in a buffer, or a _Plain (no SYN)
+                s = rec.seg
                 if s is not None and s.flags & _SYN and not s.flags & _ACK:
-                    assert rec is not None
                     x = rec.extra()
                     if not x.reuse:
                         self.reuse_counts[1] += 1
@@ -1048,10 +1071,11 @@ class _Comparison:
             seen: set[tuple[str, int, int]] = set()
             for n in sorted(frames):
                 rec = self.pending.get(n)
-                s = rec.seg if rec is not None else None
+                if not isinstance(rec, _Frame):
+                    continue     # not in a buffer, or a _Plain (no FIN)
+                s = rec.seg
                 if s is None or not s.flags & _FIN:
                     continue
-                assert rec is not None
                 key = (s.src_ip, s.sport, (s.seq + s.payload_len) & 0xFFFFFFFF)
                 if key in seen and not rec.extra().rx:
                     rec.extra().rx = True
@@ -1068,9 +1092,17 @@ class _Comparison:
         for t in list(self.dirty):
             cut = min(open_first.get(t, _INF), upto)
             frames = t.frames
-            i = t.head
-            while i < len(frames) and frames[i].n < cut:
-                self._compare(t, frames[i])
+            i, nf = t.head, len(frames)
+            while i < nf:
+                r = frames[i]
+                if isinstance(r, tuple):
+                    if r[0] >= cut:
+                        break
+                    self._compare_plain(t, r)
+                else:
+                    if r.n >= cut:
+                        break
+                    self._compare(t, r)
                 frames[i] = _DONE
                 i += 1
             if i == len(frames):
@@ -1083,6 +1115,18 @@ class _Comparison:
             else:
                 t.head = i
             t.forget_before(cut)
+
+    def _compare_plain(self, t: _Tup, r: _Plain) -> None:
+        n, ss = r[0], r[1]
+        if n in t.starts or n in t.incs:
+            self._compare(t, _Frame(n, r[2], r[3], ss, True, r[4], 0))
+            return
+        del self.pending[n]
+        c = t.conn_of(n)
+        if c is None:
+            self._lost(n)
+        elif ss.conn_at != c.id and c.stream_at != ss.st:
+            self._odd(ss, c.id, n, r[2])
 
     def _compare(self, t: _Tup, rec: _Frame) -> None:
         n, seg, ss = rec.n, rec.seg, rec.ss
@@ -1104,7 +1148,7 @@ class _Comparison:
                 t.holds.remove(rec)
             if c is not None:
                 if ss.conn_at != cid and c.stream_at != ss.st:
-                    self._odd(ss, c.id, rec)
+                    self._odd(ss, c.id, n, seg)
             elif not rec.bits & _ICMP:
                 self._lost(n)
         x = rec.x or _NO_EXTRA
@@ -1136,15 +1180,15 @@ class _Comparison:
                 self._row("finrx-", n, Disagreement("fin-retransmitted", (n,), "not a retransmission",
                                                     "FIN retransmitted", "tshark does not label this FIN", False))
 
-    def _odd(self, ss: _Stream, cid: int, rec: _Frame) -> None:
+    def _odd(self, ss: _Stream, cid: int, n: int, s: Any) -> None:
         key = (ss.st, cid)
         g = self.odd.get(key)
         if g is None:
             g = self.odd[key] = _Odd(ss)
         g.count += 1
         if len(g.frames) < _SHOWN:
-            g.frames.append(rec.n)
-        syn, s = ss.start_seg, rec.seg
+            g.frames.append(n)
+        syn = ss.start_seg
         if g.ok and syn is not None:
             g.ok = ((s.src_ip, s.sport) == (syn.dst_ip, syn.dport) and bool(s.flags & _ACK)
                     and s.ack != (syn.seq + 1) & 0xFFFFFFFF)
@@ -1225,6 +1269,18 @@ class _Run:
         tf = self.peek
         k, nseg = 0, len(segs)
         while True:
+            if tf is None and not self.theirs_done:
+                tf = next(it, None)
+                if tf is None:
+                    self.theirs_done = True
+            if k < nseg and tf is not None and tf[0] == segs[k].frame:   # the usual frame: both have it
+                s = segs[k]
+                if s.frame > upto:
+                    break
+                k += 1
+                frame(s.frame, tf, s)
+                tf = None
+                continue
             if tf is None and not self.theirs_done:
                 tf = next(it, None)
                 if tf is None:
