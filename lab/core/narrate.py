@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 from lab.core.model import Flags, Segment
 from lab.core.report import FINDING_KINDS, SIDES, Connection, Report, Side, TimeWaitWindow, Transition
 from lab.core.seqnum import MASK
-from lab.core.tcpstate import Input, TcpState
+from lab.core.tcpstate import TcpState
 
 INFERRED_MARK = "*"
 _LADDER_NOTE_WORDS = ("retrans", "duplicate", "lost", "challenge", "ignored", "refuses")
@@ -123,7 +123,7 @@ def frame_notes(report: Report, t0: float, capture_end: float | None = None) -> 
     notes: dict[int, list[str]] = {}
     later: dict[int, list[str]] = {}     # TIME_WAIT restarts/ends: after the frame's own segment notes
     for c in report.connections:
-        _connection_notes(c, t0, capture_end, notes, later)
+        _into(notes, later, c, t0, capture_end)
     for frame, texts in later.items():
         notes.setdefault(frame, []).extend(texts)
     for f in report.findings:
@@ -134,8 +134,8 @@ def frame_notes(report: Report, t0: float, capture_end: float | None = None) -> 
 
 # note_records' order keys: a connection's own notes by its id, then the later ones (TIME_WAIT restarts and
 # ends, open at capture end) by id, then the findings by (first frame, kind, connection): frame_notes' order
-_LATER = 1 << 62
-_FINDINGS = 2 << 62
+_LATER = 1 << 60          # (below 2**62: a native int when compiled)
+_FINDINGS = 2 << 60
 _KIND_RANK = {k: i for i, k in enumerate(sorted(FINDING_KINDS))}   # findings of one frame: by kind's name
 NoteRecord = tuple[int, int, int, str]   # frame, order, tie, text
 
@@ -146,16 +146,7 @@ def note_records(report: Report, t0: float, capture_end: float | None = None) ->
     for the whole capture, however its connections and findings fell into reports."""
     out: list[NoteRecord] = []
     for c in report.connections:
-        own: dict[int, list[str]] = {}
-        later: dict[int, list[str]] = {}
-        _connection_notes(c, t0, capture_end, own, later)
-        cid = c.id
-        for frame, texts in own.items():
-            for t in texts:
-                out.append((frame, cid, 0, t))
-        for frame, texts in later.items():
-            for i, t in enumerate(texts):
-                out.append((frame, _LATER | cid, i, t))
+        _connection_notes(c, t0, capture_end, out)
     for f in report.findings:
         text = f"{f.kind}: {f.detail}"
         order = _FINDINGS | (f.frames[0] if f.frames else 0)
@@ -169,10 +160,18 @@ def connection_notes(conn: Connection, t0: float, capture_end: float | None = No
     """frame_notes for one connection (no findings)."""
     notes: dict[int, list[str]] = {}
     later: dict[int, list[str]] = {}
-    _connection_notes(conn, t0, capture_end, notes, later)
+    _into(notes, later, conn, t0, capture_end)
     for frame, texts in later.items():
         notes.setdefault(frame, []).extend(texts)
     return notes
+
+
+def _into(notes: dict[int, list[str]], later: dict[int, list[str]], conn: Connection, t0: float,
+          capture_end: float | None) -> None:
+    records: list[NoteRecord] = []
+    _connection_notes(conn, t0, capture_end, records)
+    for frame, order, _tie, text in records:
+        (notes if order < _LATER else later).setdefault(frame, []).append(text)
 
 
 def _by_frame(conn: Connection) -> dict[int, list[Transition]]:
@@ -194,53 +193,48 @@ def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
     return roles
 
 
-Step = tuple[int, int, TcpState, TcpState, bool, Input]    # Connection.steps: frame, side index, from, to, ...
+# The per-frame notes read Connection.steps (frame, side index, from, to, inferred, input) and .roles (frame,
+# side index, role) as plain tuples (Any): compiled with mypyc, a typed tuple would be unboxed into a struct
+# and boxed into a new tuple again at every use.
 _NAME: dict[TcpState, str] = {s: s.value for s in TcpState}   # Enum.value is a property: slow per call
-_ARROW: dict[tuple[TcpState, TcpState], str] = {(a, b): f"{a.value} -> {b.value}" for a in TcpState for b in TcpState}
+_ARROW: dict[TcpState, dict[TcpState, str]] = {a: {b: f"{a.value} -> {b.value}" for b in TcpState} for a in TcpState}
 
 
-Role = tuple[int, int, str]    # Connection.roles: frame, sender's side index, role
+def _in_frame_order(records: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Steps or roles ordered by frame, a frame's in their order (as the tracker records them: already)."""
+    prev = -1
+    for r in records:
+        frame: int = r[0]
+        if frame < prev:
+            return tuple(sorted(records, key=_frame_of))
+        prev = frame
+    return records
 
 
-def _frame_of(record: Step | Role) -> int:
-    return record[0]
-
-
-def _steps_in_frame_order(conn: Connection) -> tuple[Step, ...]:
-    """conn.steps ordered by frame, a frame's steps in their order (as the tracker records them: already)."""
-    steps = conn.steps
-    for k in range(1, len(steps)):
-        if steps[k][0] < steps[k - 1][0]:
-            return tuple(sorted(steps, key=_frame_of))
-    return steps
-
-
-def _roles_in_frame_order(conn: Connection) -> tuple[Role, ...]:
-    roles = conn.roles
-    for k in range(1, len(roles)):
-        if roles[k][0] < roles[k - 1][0]:
-            return tuple(sorted(roles, key=_frame_of))
-    return roles
+def _frame_of(record: Any) -> int:
+    return int(record[0])
 
 
 def _not_fin(name: str) -> bool:
     return not name.startswith("FIN")
 
 
-def _chain(sts: tuple[Step, ...], conn: Connection, t0: float, capture_end: float | None) -> str:
+def _chain(sts: list[Any], conn: Connection, t0: float, capture_end: float | None) -> str:
     """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
     itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
     "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
     last = sts[-1]
+    to: TcpState = last[3]
     if len(sts) == 1:
-        text = _ARROW[last[2], last[3]]
-        extra = [_NAME[last[3]] + " inferred"] if last[4] else []
+        text = _ARROW[last[2]][to]
+        extra = [_NAME[to] + " inferred"] if last[4] else []
     else:
         text = " -> ".join([_NAME[sts[0][2]], *[_NAME[st[3]] for st in sts]])
         inferred = [_NAME[st[3]] for st in sts if st[4]]
         extra = [", ".join(inferred) + " inferred"] if inferred else []
-    if last[3] is TcpState.TIME_WAIT:
-        side, frame = SIDES[last[1]], last[0]
+    if to is TcpState.TIME_WAIT:
+        side: str = SIDES[last[1]]
+        frame: int = last[0]
         for w in conn.time_wait:
             if w.side == side and w.start_frame == frame:
                 extra.append(window_text(w, t0, capture_end))
@@ -248,77 +242,86 @@ def _chain(sts: tuple[Step, ...], conn: Connection, t0: float, capture_end: floa
     return f"{text} ({'; '.join(extra)})" if extra else text
 
 
-def _connection_notes(conn: Connection, t0: float, capture_end: float | None, notes: dict[int, list[str]],
-                      later: dict[int, list[str]]) -> None:
-    """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>".
+def _connection_notes(conn: Connection, t0: float, capture_end: float | None, out: list[NoteRecord]) -> None:
+    """The connection's notes as note_records: one line per frame of interest, in frame order: "<roles> —
+    <sender>[ active close]: <its chain>; <peer>: <its chain>" (order: the connection's id); then the notes
+    that follow a frame's own (order: _LATER | id; TIME_WAIT restarts and early ends, open at capture end).
     Walks the steps and the roles together in frame order (a frame's roles: the first one's sender, each role
     once, FINs first)."""
-    steps = _steps_in_frame_order(conn)
-    roles = _roles_in_frame_order(conn)
+    cid = conn.id
+    steps = _in_frame_order(conn.steps)
+    roles = _in_frame_order(conn.roles)
     close = conn.close
     first_close = close.frames[0] if close.frames and close.kind not in ("rst", "incomplete") else -1
     active = " active close" if close.initiator != "both" else " closes first (the FINs cross)"
     i = j = 0
     ns, nr = len(steps), len(roles)
     while i < ns or j < nr:
-        frame = steps[i][0] if j >= nr or (i < ns and steps[i][0] < roles[j][0]) else roles[j][0]
+        step_frame: int = steps[i][0] if i < ns else -1
+        role_frame: int = roles[j][0] if j < nr else -1
+        frame = step_frame if j >= nr or (i < ns and step_frame < role_frame) else role_frame
         sender = -1
         names: list[str] = []
-        while j < nr and roles[j][0] == frame:
+        while j < nr:
             role = roles[j]
+            if role[0] != frame:
+                break
+            name: str = role[2]
             if sender < 0:
                 sender = role[1]
-                names.append(role[2])
-            elif role[2] not in names:
-                names.append(role[2])
+                names.append(name)
+            elif name not in names:
+                names.append(name)
             j += 1
         if len(names) > 1:
             names.sort(key=_not_fin)
         head = (names[0] if len(names) == 1 else " + ".join(names)) if names else "segment"
-        first = i
-        while i < ns and steps[i][0] == frame:
-            i += 1
-        own: tuple[Step, ...] = ()
+        mine: list[Any] = []
         peers: list[str] = []
-        if i > first:
-            sts = steps[first:i]
-            if sender >= 0 and all(st[1] == sender for st in sts):
-                own = sts
+        others: dict[int, list[Any]] | None = None   # sides in the order their first change comes
+        while i < ns:
+            st = steps[i]
+            if st[0] != frame:
+                break
+            side: int = st[1]
+            if side == sender and others is None:
+                mine.append(st)
             else:
-                per_side: dict[int, list[Step]] = {}   # sides in the order their first change comes
-                for st in sts:
-                    per_side.setdefault(st[1], []).append(st)
-                mine = per_side.pop(sender, None)
-                own = tuple(mine) if mine else ()
-                peers = [f"{SIDES[k]}: {_chain(tuple(side_sts), conn, t0, capture_end)}"
-                         for k, side_sts in per_side.items()]
-        if own:
+                if others is None:
+                    others = {sender: mine} if mine else {}
+                others.setdefault(side, []).append(st)
+            i += 1
+        if others is not None:
+            mine = others.pop(sender, [])
+            peers = [f"{SIDES[k]}: {_chain(sts, conn, t0, capture_end)}" for k, sts in others.items()]
+        if mine:
             who: str = SIDES[sender]
             if frame == first_close and any(n.startswith("FIN") for n in names):
                 who += active
-            chain = _chain(own, conn, t0, capture_end)
+            chain = _chain(mine, conn, t0, capture_end)
             text = f"{head} — {who}: {chain}; " + "; ".join(peers) if peers else f"{head} — {who}: {chain}"
         elif sender >= 0:   # "FIN N retransmission from the server"; a role that already says "from": "sent by"
             text = head + (f", sent by the {SIDES[sender]}" if " from " in head else f" from the {SIDES[sender]}")
             text += "; " + "; ".join(peers) if peers else ""
         else:
             text = head + (" — " + "; ".join(peers) if peers else "")
-        texts = notes.get(frame)
-        if texts is None:
-            notes[frame] = [text]
-        else:
-            texts.append(text)
+        out.append((frame, cid, 0, text))
+    later = _LATER | cid
+    tie = 0
     if conn.open_at_end:
-        later.setdefault(conn.last_frame, []).append(open_at_end_text(conn))
+        out.append((conn.last_frame, later, tie, open_at_end_text(conn)))
+        tie += 1
     for w in conn.time_wait:
         if not w.restarts and w.ended_by not in ("rst", "syn"):
             continue
         length = f"{w.length_s:g} s" if w.length_s else "2MSL"
         for fr in w.restarts:
-            later.setdefault(fr, []).append(f"{w.side}'s TIME_WAIT restarts: {length} from this frame")
+            out.append((fr, later, tie, f"{w.side}'s TIME_WAIT restarts: {length} from this frame"))
+            tie += 1
         if w.ended_by in ("rst", "syn") and w.end_frame is not None:
             why = "the new connection takes the four-tuple" if w.ended_by == "syn" else "assassinated by RST"
-            later.setdefault(w.end_frame, []).append(f"{w.side}'s TIME_WAIT (connection {conn.id}) ends here: {why}")
+            out.append((w.end_frame, later, tie, f"{w.side}'s TIME_WAIT (connection {conn.id}) ends here: {why}"))
+            tie += 1
 
 
 # -- whole-connection sentences (experiment panels, claims evidence) -----------------------------------------
