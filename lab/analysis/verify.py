@@ -414,7 +414,7 @@ _BATCH = 4096          # segments read between two drains of the analyzer
 _SPAN_BACK = 16        # incarnations that overlap a frame are among the 16 latest started before it
 _SYN_HISTORY = 16      # ISNs per four-tuple a SYN's is looked for in (one used longer ago is not found)
 _RETIRED = 256         # superseded streams kept for a late frame (e.g. an ICMP error quoting the old stream)
-_QUEUED = 8            # chunks of tshark's output (<= _PIPE each) read ahead of the comparison
+_AHEAD = 16 << 20      # bytes of tshark's output read ahead of the comparison (~500 k frames) before tshark waits
 _PIPE = 1 << 20        # tshark's pipe: it writes on while our side is busy, and one read moves a lot
 _SHOWN = 20            # frames a "streams" row lists
 _INF = 1 << 62
@@ -466,19 +466,27 @@ class _TsharkPass:
         assert self._proc.stdout is not None
         with contextlib.suppress(OSError, AttributeError):   # Linux only; a default pipe is slower, not wrong
             fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._ahead = 0                       # bytes in the queue (bounded by _AHEAD, not by chunks: they vary)
+        self._room = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="tshark-pass", daemon=True)
         self._thread.start()
 
     def _put(self, item: bytes | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        with self._room:
+            while self._ahead > _AHEAD and not self._stop.is_set():
+                self._room.wait(0.2)
+            if self._stop.is_set():
+                return False
+            self._ahead += len(item) if item else 0
+        self._queue.put(item)
+        return True
+
+    def _took(self, chunk: bytes) -> None:
+        with self._room:
+            self._ahead -= len(chunk)
+            self._room.notify()
 
     def _pump(self) -> None:
         assert self._proc.stdout is not None
@@ -502,6 +510,7 @@ class _TsharkPass:
             chunk = self._queue.get()
             if chunk is None:
                 break
+            self._took(chunk)
             block = rest + chunk
             cut = block.rfind(b"\n") + 1
             rest = block[cut:]
