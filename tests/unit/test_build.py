@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
+import importlib
 import lab, lab.accel as a
-import lab.core.tracker, lab.pcap.fastdecode, lab.core.model, lab.core.seqnum, lab.core.tcpstate, lab.core.profiles
-import lab.core.report
+for m in a.COMPILED:
+    importlib.import_module(m)
 print(json.dumps({"active": a.active(), "status": a.status(), "shared_lib": any("__mypyc" in m for m in sys.modules),
                   "files": {m: sys.modules[m].__file__ for m in a.COMPILED}}))
 """
