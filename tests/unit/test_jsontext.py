@@ -127,3 +127,4 @@ def test_the_compiled_module_is_the_one_imported_when_built() -> None:
     if not lab.accel.active():
         pytest.skip(f"accelerator not active: {lab.accel.check()[1]}")
     assert loaded.__file__ is not None and loaded.__file__.endswith(lab.accel.EXT_SUFFIX)
+    assert loaded._COMPILED and not PURE._COMPILED   # the timestamp shortcut is on only where it pays
