@@ -29,8 +29,8 @@ incarnation of its four-tuple is under way (both sides of the new one have sent)
 side holds it) with its TIME_WAIT windows passed in capture time and idle for 2*MSL; an open connection
 stays open however long it idles (until the capture's end). Of a finished connection its four-tuple keeps
 only a fixed-size history (_Tuple: ids, sequence spaces, clocks, ISNs, TIME_WAIT windows), what the reuse,
-delayed-duplicate and stale-answer checks of a next incarnation read; with its dict entry and key about
-0.33 KiB compiled (~0.5 KiB interpreted) per four-tuple ever seen (tests/unit/test_history_memory.py).
+delayed-duplicate and stale-answer checks of a next incarnation read; with its dict entry and int key about
+0.27 KiB compiled (~0.43 KiB interpreted) per four-tuple ever seen (tests/unit/test_history_memory.py).
 
 Written for mypyc (lab/build.py compiles this module; the same source runs interpreted): hot fields are
 plain ints with -1 for "not seen" instead of Optional, states and inputs are small int codes, and the
@@ -465,8 +465,11 @@ class Analyzer:
         self._any_ack_restarts = prof.restart_on_any_ack
         self._min_rto = prof.min_rto_s
         self._sweep_gap = max(1.0, self.tw_s / 4)   # capture seconds between sweeps for finished connections
-        # one entry per four-tuple, under its key in one order of its two endpoints (see feed_fields)
-        self._tuples: dict[tuple[str, str, int], _Tuple] = {}
+        # one entry per four-tuple, under an int key made of its endpoints in one order (see feed_fields)
+        self._tuples: dict[int, _Tuple] = {}
+        self._addrs: dict[str, int] = {}      # address -> its number, in order of first sight
+        self._last_addr = ""                  # most segments repeat one of the last addresses
+        self._last_no = 0
         self._open: dict[int, _Conn] = {}
         self._done: list[Connection] = []
         self._findings: list[Finding] = []
@@ -499,13 +502,15 @@ class Analyzer:
             self._max_frame = frame
         if ts > self._last_ts:
             self._last_ts = ts
-        # both directions share one key: the endpoint with the lower port first (the lower address on a tie),
-        # both ports in one int; flip says which order this segment's is
-        if sp < dp or (sp == dp and si <= di):
-            key = (si, di, (sp << 16) | dp)
+        # both directions share one key, an int: the endpoint with the lower port first (the lower address
+        # number on a tie), its address number, the other's, both ports; flip says which order this segment's is
+        a = self._addr_no(si)
+        b = self._addr_no(di)
+        if sp < dp or (sp == dp and a <= b):
+            key = (((a << 32) | b) << 32) | (sp << 16) | dp
             flip = 0
         else:
-            key = (di, si, (dp << 16) | sp)
+            key = (((b << 32) | a) << 32) | (dp << 16) | sp
             flip = 1
         tup = self._tuples.get(key)
         if tup is None:
@@ -563,6 +568,17 @@ class Analyzer:
         if self._segments % _SWEEP_EVERY == 0 and ts - self._last_sweep >= self._sweep_gap:
             self._last_sweep = ts
             self._sweep(ts)
+
+    def _addr_no(self, ip: str) -> int:
+        if ip == self._last_addr:
+            return self._last_no
+        n = self._addrs.get(ip)
+        if n is None:
+            n = len(self._addrs)
+            self._addrs[ip] = n
+        self._last_addr = ip
+        self._last_no = n
+        return n
 
     def _route(self, tup: _Tuple, d: int, conn: _Conn | None, frame: int, ts: float, seq: int, ack: int,
                flags: int, tsval: int, plen: int, si: str, sp: int, di: str, dp: int) -> _Conn | None:

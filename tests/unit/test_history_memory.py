@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = sorted((ROOT / "captures").glob("*.pcapng"))
 CORPUS_FILES = ["deepflow__l4-source-port-reuse.pcap", "zeek__echo-connections.pcap.gz", "zeek__mysql__auth.pcap",
                 "zeek__tcp__rst-inject-rae.pcap", "arkime__tcp-reassembly-synthetic.pcap"]
-HISTORY_BYTES_COMPILED = 400     # per four-tuple, its dict entry and key included (measured ~330; was ~2,200)
-HISTORY_BYTES_PURE = 700         # interpreted, its ints and floats are objects of their own (measured ~500)
+HISTORY_BYTES_COMPILED = 350     # per four-tuple, its dict entry and key included (measured ~275; was ~1,975)
+HISTORY_BYTES_PURE = 600         # interpreted, its ints and floats are objects of their own (~440; was ~2,400)
 
 
 def _keeping_whole_connections() -> ModuleType:
