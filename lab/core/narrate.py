@@ -200,17 +200,6 @@ _NAME: dict[TcpState, str] = {s: s.value for s in TcpState}   # Enum.value is a 
 _ARROW: dict[TcpState, dict[TcpState, str]] = {a: {b: f"{a.value} -> {b.value}" for b in TcpState} for a in TcpState}
 
 
-def _in_frame_order(records: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Steps or roles ordered by frame, a frame's in their order (as the tracker records them: already)."""
-    prev = -1
-    for r in records:
-        frame: int = r[0]
-        if frame < prev:
-            return tuple(sorted(records, key=_frame_of))
-        prev = frame
-    return records
-
-
 def _frame_of(record: Any) -> int:
     return int(record[0])
 
@@ -243,23 +232,53 @@ def _chain(sts: list[Any], conn: Connection, t0: float, capture_end: float | Non
 
 
 def _connection_notes(conn: Connection, t0: float, capture_end: float | None, out: list[NoteRecord]) -> None:
-    """The connection's notes as note_records: one line per frame of interest, in frame order: "<roles> —
-    <sender>[ active close]: <its chain>; <peer>: <its chain>" (order: the connection's id); then the notes
-    that follow a frame's own (order: _LATER | id; TIME_WAIT restarts and early ends, open at capture end).
+    """The connection's notes as note_records: one line per frame of interest, in frame order (_frame_lines;
+    order: the connection's id); then the notes that follow a frame's own (order: _LATER | id; TIME_WAIT
+    restarts and early ends, open at capture end)."""
+    start = len(out)
+    if not _frame_lines(conn, conn.steps, conn.roles, t0, capture_end, out):
+        # steps or roles out of frame order (the tracker records them in order; a foreign JSON need not):
+        # again, from both sorted by frame (stable: a frame's in their order)
+        del out[start:]
+        _frame_lines(conn, tuple(sorted(conn.steps, key=_frame_of)), tuple(sorted(conn.roles, key=_frame_of)), t0,
+                     capture_end, out)
+    later = _LATER | conn.id
+    tie = 0
+    if conn.open_at_end:
+        out.append((conn.last_frame, later, tie, open_at_end_text(conn)))
+        tie += 1
+    for w in conn.time_wait:
+        if not w.restarts and w.ended_by not in ("rst", "syn"):
+            continue
+        length = f"{w.length_s:g} s" if w.length_s else "2MSL"
+        for fr in w.restarts:
+            out.append((fr, later, tie, f"{w.side}'s TIME_WAIT restarts: {length} from this frame"))
+            tie += 1
+        if w.ended_by in ("rst", "syn") and w.end_frame is not None:
+            why = "the new connection takes the four-tuple" if w.ended_by == "syn" else "assassinated by RST"
+            out.append((w.end_frame, later, tie, f"{w.side}'s TIME_WAIT (connection {conn.id}) ends here: {why}"))
+            tie += 1
+
+
+def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...], t0: float,
+                 capture_end: float | None, out: list[NoteRecord]) -> bool:
+    """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>".
     Walks the steps and the roles together in frame order (a frame's roles: the first one's sender, each role
-    once, FINs first)."""
+    once, FINs first); False (lines left half done) when they are not in frame order."""
     cid = conn.id
-    steps = _in_frame_order(conn.steps)
-    roles = _in_frame_order(conn.roles)
     close = conn.close
     first_close = close.frames[0] if close.frames and close.kind not in ("rst", "incomplete") else -1
     active = " active close" if close.initiator != "both" else " closes first (the FINs cross)"
     i = j = 0
     ns, nr = len(steps), len(roles)
+    last = -1
     while i < ns or j < nr:
         step_frame: int = steps[i][0] if i < ns else -1
         role_frame: int = roles[j][0] if j < nr else -1
         frame = step_frame if j >= nr or (i < ns and step_frame < role_frame) else role_frame
+        if frame <= last:
+            return False
+        last = frame
         sender = -1
         names: list[str] = []
         while j < nr:
@@ -306,22 +325,7 @@ def _connection_notes(conn: Connection, t0: float, capture_end: float | None, ou
         else:
             text = head + (" — " + "; ".join(peers) if peers else "")
         out.append((frame, cid, 0, text))
-    later = _LATER | cid
-    tie = 0
-    if conn.open_at_end:
-        out.append((conn.last_frame, later, tie, open_at_end_text(conn)))
-        tie += 1
-    for w in conn.time_wait:
-        if not w.restarts and w.ended_by not in ("rst", "syn"):
-            continue
-        length = f"{w.length_s:g} s" if w.length_s else "2MSL"
-        for fr in w.restarts:
-            out.append((fr, later, tie, f"{w.side}'s TIME_WAIT restarts: {length} from this frame"))
-            tie += 1
-        if w.ended_by in ("rst", "syn") and w.end_frame is not None:
-            why = "the new connection takes the four-tuple" if w.ended_by == "syn" else "assassinated by RST"
-            out.append((w.end_frame, later, tie, f"{w.side}'s TIME_WAIT (connection {conn.id}) ends here: {why}"))
-            tie += 1
+    return True
 
 
 # -- whole-connection sentences (experiment panels, claims evidence) -----------------------------------------

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING
 
 from lab.pcap import fastcopy
 from lab.pcap.fastcopy import comment_option, comment_options
-from lab.pcap.writer import PcapngWriter, atomic_write, spool
+from lab.pcap.writer import U32, PcapngWriter, atomic_write, spool
 
 if TYPE_CHECKING:
     from lab.core.narrate import NoteRecord
@@ -110,10 +110,11 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes],
         buf, pos, frame, annotated = b"", 0, 0, 0
         options: dict[int, bytes] = {}
         stop = 0                        # the first frame past the window whose notes are in `options`
+        last_total = 0                  # the last EPB's trailer, not written yet
         while True:
             parts: list[bytes] = []
-            why, pos, frame, got = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD, options,
-                                                      stop, parts)
+            why, pos, frame, got, last_total = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD,
+                                                                  options, stop, parts, last_total)
             annotated += got
             if parts:
                 out.write(b"".join(parts))
@@ -128,6 +129,8 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes],
                 more = source.read(_READ, frame + 1)
                 if not more:
                     _check_whole(source, buf, pos, frame, hdr.endian)
+                    if last_total:
+                        out.write(U32.pack(last_total))
                     return frame, annotated   # frames are numbered from 1: the last one is the count
                 buf = buf[pos:] + more
                 pos = 0

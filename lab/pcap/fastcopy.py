@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import struct
 
-from lab.pcap.writer import EPB, EPB_HEAD, MAX_OPT, PADS, U32, fit_comment
+from lab.pcap.writer import EPB, EPB_HEAD, MAX_OPT, PADS, fit_comment
 
 _OPT_COMMENT = 1
 END_OF_OPTIONS = b"\0\0\0\0"
 _RECORD = struct.Struct("<QQQI")   # a spool record's head: frame, order, tie, length of the opt_comment after it
 _HEAD = 28
+_TRAILER_HEAD = struct.Struct("<8I")   # an EPB's trailer, then the next EPB's head (lab.pcap.writer.EPB_HEAD)
 _SHORT = 1024
 _HEADS = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
 
@@ -71,31 +72,32 @@ def window_options(chunks: list[bytes]) -> dict[int, bytes]:
     """Spool records (chunks in the order they were written) as {frame: its opt_comments} (without the end of
     options), a frame's notes sorted by (order, tie)."""
     out: dict[int, bytes] = {}
-    first: dict[int, int] = {}    # frame -> where its first record is: chunk << 40 | offset
-    several: dict[int, list[tuple[int, int, bytes]]] = {}   # frames with more than one note: (order, tie, opt)
-    for c, data in enumerate(chunks):
+    several: set[int] = set()     # frames with more than one note (few): put in order by a second scan
+    for data in chunks:
         pos = 0
         size = len(data)
         while pos < size:
-            frame = _u64(data, pos)
             n = _u32(data, pos + 24)
             opt = data[pos + _HEAD:pos + _HEAD + n]
-            at = first.get(frame)
-            if at is None:
-                out[frame] = opt
-                first[frame] = (c << 40) | pos
-            else:
-                more = several.get(frame)
-                if more is None:
-                    head = chunks[at >> 40]
-                    p = at & 0xFFFFFFFFFF
-                    more = [(_u64(head, p + 8), _u64(head, p + 16), out[frame])]
-                    several[frame] = more
-                more.append((_u64(data, pos + 8), _u64(data, pos + 16), opt))
+            frame = _u64(data, pos)
+            if out.setdefault(frame, opt) is not opt:
+                several.add(frame)
             pos += _HEAD + n
-    for frame, notes in several.items():
-        notes.sort(key=_order)
-        out[frame] = b"".join([opt for _o, _t, opt in notes])
+    if several:
+        notes: dict[int, list[tuple[int, int, bytes]]] = {}   # (order, tie, opt)
+        for data in chunks:
+            pos = 0
+            size = len(data)
+            while pos < size:
+                n = _u32(data, pos + 24)
+                frame = _u64(data, pos)
+                if frame in several:
+                    notes.setdefault(frame, []).append(
+                        (_u64(data, pos + 8), _u64(data, pos + 16), data[pos + _HEAD:pos + _HEAD + n]))
+                pos += _HEAD + n
+        for frame, these in notes.items():
+            these.sort(key=_order)
+            out[frame] = b"".join([opt for _o, _t, opt in these])
     return out
 
 
@@ -123,30 +125,35 @@ def window_notes(chunks: list[bytes]) -> dict[int, list[bytes]]:
 
 
 def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, max_record: int,
-              options: dict[int, bytes], stop: int, parts: list[bytes]) -> tuple[int, int, int, int]:
+              options: dict[int, bytes], stop: int, parts: list[bytes],
+              last_total: int) -> tuple[int, int, int, int, int]:
     """The complete classic-pcap records of `buf` from `pos` as EPBs (interface `idx`, `mul`: ns per unit of
     the record's fraction) appended to `parts`, with options[frame] as their options; frames numbered on from
     `frame` (the last one packed). Stops before frame `stop` (the first one past the window of `options`), a
-    record not complete in buf, or a record longer than max_record: (why, pos, frame, frames annotated).
-    options[frame] are the frame's opt_comments (window_options): the end of options is added here."""
+    record not complete in buf, or a record longer than max_record: (why, pos, frame, frames annotated,
+    last_total). options[frame] are the frame's opt_comments (window_options): the end of options is added here.
+
+    An EPB's trailer (its total length) is packed with the next EPB's head, one struct call per packet: the
+    last EPB's is left to the caller as last_total, to give to the next call (0: none pending) or to write
+    (lab.pcap.writer.U32) at the end."""
     u32 = _u32be if big else _u32
-    pack = EPB_HEAD.pack
-    trailer = U32.pack
+    head = EPB_HEAD.pack
+    trailer_and_head = _TRAILER_HEAD.pack
     pads = PADS
     blen = len(buf)
     annotated = 0
     while True:
         if frame + 1 >= stop:
-            return WINDOW_END, pos, frame, annotated
+            return WINDOW_END, pos, frame, annotated, last_total
         if pos + 16 > blen:
-            return NEED_MORE, pos, frame, annotated
+            return NEED_MORE, pos, frame, annotated, last_total
         incl = u32(buf, pos + 8)
         if incl > max_record:
-            return TOO_LONG, pos, frame, annotated
+            return TOO_LONG, pos, frame, annotated, last_total
         start = pos + 16
         end = start + incl
         if end > blen:
-            return NEED_MORE, pos, frame, annotated
+            return NEED_MORE, pos, frame, annotated, last_total
         frame += 1
         orig = u32(buf, pos + 12)
         ts_ns = u32(buf, pos) * 1_000_000_000 + u32(buf, pos + 4) * mul
@@ -156,13 +163,17 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
         if opts is not None:
             total += len(opts) + 4
             annotated += 1
-        parts.append(pack(EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
-                          orig if orig > incl else incl))
+        if last_total:
+            parts.append(trailer_and_head(last_total, EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF,
+                                          ts_ns & 0xFFFFFFFF, incl, orig if orig > incl else incl))
+        else:
+            parts.append(head(EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
+                              orig if orig > incl else incl))
         parts.append(buf[start:end])
         if pad:
             parts.append(pads[pad])
         if opts is not None:
             parts.append(opts)
             parts.append(END_OF_OPTIONS)
-        parts.append(trailer(total))
+        last_total = total
         pos = end

@@ -222,3 +222,16 @@ def test_window_cell_says_how_each_window_ended() -> None:
     assert window_cell(w._replace(ended_by="timeout")) == "client 60.0 s (frame 11)"
     rst = w._replace(end_ts=12.5, ended_by="rst", end_frame=14)
     assert window_cell(rst) == "client 2.500 s (frame 11, ended by RST)"
+
+
+@pytest.mark.parametrize("name", ["zeek__tcp__fin_retransmission.pcap", "zeek__echo-connections.pcap.gz",
+                                  "chrissanders__tcp_teardown.pcapng"])
+def test_steps_and_roles_out_of_frame_order_read_the_same(corpus: Path, name: str) -> None:
+    """Records from a foreign JSON need not list steps and roles in frame order: the notes are the same."""
+    report = analyze(read_segments(corpus / name))
+    later_first = [c._replace(steps=tuple(sorted(c.steps, key=lambda s: -s[0])),   # stable: a frame's keep
+                              roles=tuple(sorted(c.roles, key=lambda r: -r[0])))  # their order
+                   for c in report.connections]
+    assert any(c.steps != d.steps for c, d in zip(report.connections, later_first, strict=True))
+    shuffled = Report(tuple(later_first), report.findings, report.profile, report.time_wait_s)
+    assert frame_notes(shuffled, 0.0) == frame_notes(report, 0.0)
