@@ -1059,7 +1059,11 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, rows: int | None, ports: 
             if filt is not None:
                 path = stack.enter_context(_filtered_copy(path, filt))
             # tshark's pass runs beside the analysis; both are compared as connections finish
-            res = tshark.verify_file(path, profile, time_wait_s, strict, warn=lambda line: _warn([line])).to_dict()
+            from lab.analysis.view import ReadProgress
+
+            with ReadProgress(path) as progress:
+                res = tshark.verify_file(path, profile, time_wait_s, strict, warn=lambda line: _warn([line]),
+                                         progress=progress).to_dict()
         results.append(res["ok"])
         if as_json:
             click.echo(json.dumps(res))

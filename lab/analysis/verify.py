@@ -417,6 +417,7 @@ _RETIRED = 256         # superseded streams kept for a late frame (e.g. an ICMP 
 _AHEAD = 16 << 20      # bytes of tshark's output read ahead of the comparison (~500 k frames) before tshark waits
 _PIPE = 1 << 20        # tshark's pipe: it writes on while our side is busy, and one read moves a lot
 _SHOWN = 20            # frames a "streams" row lists
+_TEXTS = 4096          # distinct reason texts shared among rows
 _INF = 1 << 62
 _PLAIN_FLAGS = 0x07    # FIN, SYN, RST: a frame with none of them (both tools) may be a _Plain
 
@@ -763,9 +764,10 @@ class _Comparison:
         self.retired: dict[int, _Stream] = {}          # insertion order: the oldest goes first
         self.stream_seen = bytearray()                  # one bit per stream number
         self.n_streams = 0
-        self.pending: dict[int, _Frame | _Plain] = {}   # buffered frames by number (findings mark them)
+        self.pending: dict[int, _Frame] = {}            # buffered _Frames by number (findings mark them)
         self.dirty: dict[_Tup, None] = {}               # four-tuples with frames in their buffer
         self.rows: dict[str, list[tuple[Any, Disagreement]]] = {k: [] for k in _KINDS}
+        self.texts: dict[str, str] = {}
         self.flag_counts = {"fin": [0, 0], "rst": [0, 0]}
         self.n_conns = 0
         self.ci = [0, 0, True]          # close-initiator: tshark's client closes, ours, agree
@@ -784,6 +786,14 @@ class _Comparison:
         self.n_bad_comm = 0
 
     def _row(self, kind: str, key: Any, d: Disagreement) -> None:
+        # rows of one class share their reason's text (e.g. 20 k "tshark's reuse rule has no time condition"
+        # rows on the 1 M churn file: ~9 MiB of copies)
+        text = self.texts.get(d.reason)
+        if text is None:
+            if len(self.texts) < _TEXTS:
+                self.texts[d.reason] = d.reason
+        elif text is not d.reason:
+            d = Disagreement(d.check, d.frames, d.tshark, d.ours, text, d.explained)
         self.rows[kind].append((key, d))
 
     # -- frames arrive in order --------------------------------------------------------------------------
@@ -847,10 +857,9 @@ class _Comparison:
                     ss = t.stream
                     if ss is not None and ss.st == st and not t.holds:
                         ss.dirs |= 1 << d
-                        plain = (n, ss, seg, d, tf[2])
-                        t.frames.append(plain)
-                        self.pending[n] = plain
-                        self.dirty[t] = None
+                        if not t.frames:
+                            self.dirty[t] = None
+                        t.frames.append((n, ss, seg, d, tf[2]))   # not in pending: no finding names it
                         return
         if tf is not None and tf[1] is None and not tf[4]:
             tf = None                 # no TCP stream, no comment: not in tshark's table
@@ -1004,8 +1013,7 @@ class _Comparison:
         t = self.tup_of(c.client, c.server)
         if t is None:
             t = self.tups_by_eps[(c.client, c.server) if c.client <= c.server else (c.server, c.client)] = _Tup()
-        first = self.pending.get(c.first)
-        ss = None if first is None else first[1] if isinstance(first, tuple) else first.ss
+        ss = self._stream_of(t, c.first)
         c.stream_at = ss.st if ss is not None else None
         t.add(c)
         if ss is None or ss.start != c.first:
@@ -1017,6 +1025,16 @@ class _Comparison:
                 self._close_initiator(c, *ss.first_fin)
             elif not ss.superseded:
                 ss.waiting.append(c)
+
+    def _stream_of(self, t: _Tup, n: int) -> _Stream | None:
+        """tshark's stream of buffered frame n (a connection's first frame: a SYN, as a rule, so a _Frame)."""
+        rec = self.pending.get(n)
+        if rec is not None:
+            return rec.ss
+        for r in t.frames[t.head:]:
+            if isinstance(r, tuple) and r[0] == n:
+                return r[1]
+        return None
 
     def _closing_rst(self, t: _Tup, c: _ConnSum, ss: _Stream) -> None:
         """Which RST ended it, as each tool reads it: tshark has no acceptability rule, so by arrival the stream's
@@ -1066,8 +1084,8 @@ class _Comparison:
         if kind in _REUSE_KINDS:
             for n in frames:
                 rec = self.pending.get(n)
-                if not isinstance(rec, _Frame):
-                    continue     # not in a buffer, or a _Plain (no SYN)
+                if rec is None:
+                    continue     # not in a buffer (a _Plain has no SYN)
                 s = rec.seg
                 if s is not None and s.flags & _SYN and not s.flags & _ACK:
                     x = rec.extra()
@@ -1080,8 +1098,8 @@ class _Comparison:
             seen: set[tuple[str, int, int]] = set()
             for n in sorted(frames):
                 rec = self.pending.get(n)
-                if not isinstance(rec, _Frame):
-                    continue     # not in a buffer, or a _Plain (no FIN)
+                if rec is None:
+                    continue     # not in a buffer (a _Plain has no FIN)
                 s = rec.seg
                 if s is None or not s.flags & _FIN:
                     continue
@@ -1130,7 +1148,6 @@ class _Comparison:
         if n in t.starts or n in t.incs:
             self._compare(t, _Frame(n, r[2], r[3], ss, True, r[4], 0))
             return
-        del self.pending[n]
         c = t.conn_of(n)
         if c is None:
             self._lost(n)
@@ -1328,11 +1345,13 @@ def _open_firsts(cmp: _Comparison, analyzer: Any) -> dict[_Tup, int] | None:
 
 
 def verify_file(path: Path, profile: str = "linux", time_wait_s: float | None = None, strict: bool = False,
-                warn: Callable[[str], None] | None = None) -> VerifyResult:
+                warn: Callable[[str], None] | None = None, progress: Callable[[int], None] | None = None
+                ) -> VerifyResult:
     """`twlab verify`: analyze `path` and read it with tshark at the same time (tshark runs in its own process),
     comparing connection by connection as the analyzer finishes them; memory follows the open connections.
 
-    A capture cut short is read up to the cut, as tshark reads it, with warn(line) (strict: BadCapture)."""
+    A capture cut short is read up to the cut, as tshark reads it, with warn(line) (strict: BadCapture);
+    progress(bytes read) is called once per batch (lab.analysis.view.ReadProgress)."""
     from lab.core.tracker import Analyzer
     from lab.pcap.readers import CaptureReader
 
@@ -1346,6 +1365,8 @@ def verify_file(path: Path, profile: str = "linux", time_wait_s: float | None = 
         feed, drain = analyzer.feed, analyzer.drain
 
         def step(segs: list[Any], upto: int, at_end: bool) -> None:
+            if progress is not None and reader.source is not None:
+                progress(reader.source.nread)
             run.frames(segs, upto)
             conns, findings = drain()
             for c in conns:
@@ -1414,9 +1435,12 @@ def verify(path: Path, report: Any, tshark_scan: TsharkScan | Callable[[], Tshar
             eps = (c.client, c.server) if c.client <= c.server else (c.server, c.client)
             unfinished[eps].remove(c.first)
         open_first: dict[_Tup, int] = {}
-        for eps, firsts in unfinished.items():
+        for eps, firsts in list(unfinished.items()):
+            if not firsts:
+                del unfinished[eps]
+                continue
             t = cmp.tups_by_eps.get(eps)
-            if firsts and t is not None:
+            if t is not None:
                 open_first[t] = firsts[0]
         cmp.settle(open_first, upto + 1)
 
