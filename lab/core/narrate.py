@@ -46,7 +46,7 @@ point could not see directly), notes (findings on this frame, retransmissions, d
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from lab.core.model import Flags, Segment
@@ -208,7 +208,7 @@ def _not_fin(name: str) -> bool:
     return not name.startswith("FIN")
 
 
-def _chain(sts: list[Any], conn: Connection, t0: float, capture_end: float | None) -> str:
+def _chain(sts: Sequence[Any], conn: Connection, t0: float, capture_end: float | None) -> str:
     """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
     itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
     "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
@@ -283,7 +283,8 @@ def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...
         names: list[str] = []
         while j < nr:
             role = roles[j]
-            if role[0] != frame:
+            rf: int = role[0]
+            if rf != frame:
                 break
             name: str = role[2]
             if sender < 0:
@@ -295,22 +296,26 @@ def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...
         if len(names) > 1:
             names.sort(key=_not_fin)
         head = (names[0] if len(names) == 1 else " + ".join(names)) if names else "segment"
-        mine: list[Any] = []
-        peers: list[str] = []
+        first = i
         others: dict[int, list[Any]] | None = None   # sides in the order their first change comes
         while i < ns:
             st = steps[i]
-            if st[0] != frame:
+            sf: int = st[0]
+            if sf != frame:
                 break
             side: int = st[1]
-            if side == sender and others is None:
-                mine.append(st)
-            else:
-                if others is None:
-                    others = {sender: mine} if mine else {}
-                others.setdefault(side, []).append(st)
+            if others is None:
+                if side == sender:   # the common case: only the sender's state changes here
+                    i += 1
+                    continue
+                others = {sender: list(steps[first:i])} if i > first else {}
+            others.setdefault(side, []).append(st)
             i += 1
-        if others is not None:
+        mine: Sequence[Any]
+        peers: list[str] = []
+        if others is None:
+            mine = steps[first:i]
+        else:
             mine = others.pop(sender, [])
             peers = [f"{SIDES[k]}: {_chain(sts, conn, t0, capture_end)}" for k, sts in others.items()]
         if mine:
