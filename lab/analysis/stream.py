@@ -94,7 +94,7 @@ def run(path: str | Path | Feeder, records: Records, profile: str = "linux", tim
     gc.disable()
     try:
         stats = feed(analyzer, on_batch)
-        report = analyzer.finish()
+        report = analyzer.finish(on_batch)     # the connections open at the end, a batch at a time
         on_batch()
     finally:
         if was_enabled:

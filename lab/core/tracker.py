@@ -39,7 +39,7 @@ TcpState/Input enums appear only in the records handed out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from lab.core.model import ACK as _ACK
@@ -68,6 +68,7 @@ from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TS
 from lab.core.tcpstate import TRANSITIONS, UNDO, Input, TcpState, bridge, path_to
 
 _SWEEP_EVERY: Final = 4096
+_FINISH_BATCH: Final = 4096      # connections finished at the capture's end between two on_batch() calls
 # a segment identical to its sender's previous one (seq, ack, flags, window, length, TSval, IPv4 ID) this
 # soon after it is the capture seeing one packet twice (two interfaces, a mirror port), not a retransmission:
 # no retransmission timer or loss probe fires within half a millisecond, and a resent packet gets a new IPv4 ID
@@ -1533,14 +1534,17 @@ class Analyzer:
         self._done, self._findings = [], []
         return conns, findings
 
-    def finish(self) -> Report:
-        """Ends the capture: every open connection is finished. keep=False: the Report carries only the
-        counts; drain() returns the records."""
+    def finish(self, on_batch: Callable[[], None] | None = None) -> Report:
+        """Ends the capture: every open connection is finished, in id order. keep=False: the Report carries
+        only the counts; drain() returns the records, and on_batch() (a streaming caller's drain) is called
+        after every few thousand of them, so the records of all connections open at the end (tens of
+        thousands on busy traffic) are not all held at once."""
         if self._finished is not None:
             return self._finished
-        for conn in sorted(self._open.values(), key=_conn_id):
-            self._finalize(conn, True)
-        self._open.clear()
+        for n, cid in enumerate(sorted(self._open), start=1):
+            self._finalize(self._open.pop(cid), True)
+            if on_batch is not None and n % _FINISH_BATCH == 0:
+                on_batch()
         if not self.keep:
             self._finished = Report((), (), self.profile.name, self.tw_s, self._segments, self._max_frame)
             return self._finished
@@ -1580,10 +1584,6 @@ def _tw_pending(side: _Side, now: float) -> bool:
 def _tw_open(side: _Side, now: float) -> bool:
     w = side.tw
     return w is not None and w.end_ts >= now
-
-
-def _conn_id(c: _Conn) -> int:
-    return c.id
 
 
 def _record_id(c: Connection) -> int:

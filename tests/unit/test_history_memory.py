@@ -249,3 +249,23 @@ def test_history_of_a_four_tuple_stays_small() -> None:
     bound = HISTORY_BYTES_COMPILED if accel.active() else HISTORY_BYTES_PURE
     assert held / n < bound, f"{held / n:.0f} bytes per four-tuple"
     assert len(a._tuples) == n                   # one entry per four-tuple, whichever way its segments go
+
+
+def test_connections_open_at_the_end_are_handed_out_in_batches() -> None:
+    """finish(on_batch): the records of the connections still open when the capture ends reach a streaming
+    caller a few thousand at a time, in id order, not all at once."""
+    n = 10_000
+    a = Analyzer(detail=False, keep=False)
+    _distinct(a, n)                               # 10 s of capture: every connection is still open at its end
+    a.drain()
+    batches: list[list[int]] = []
+
+    def on_batch() -> None:
+        conns, _findings = a.drain()
+        batches.append([c.id for c in conns])
+
+    a.finish(on_batch)
+    on_batch()
+    ids = [i for b in batches for i in b]
+    assert ids == list(range(n))
+    assert max(len(b) for b in batches) <= 4096
