@@ -419,7 +419,7 @@ _PIPE = 1 << 20        # tshark's pipe: it writes on while our side is busy, and
 _SHOWN = 20            # frames a "streams" row lists
 _TEXTS = 4096          # distinct reason texts shared among rows
 _INF = 1 << 62
-_PLAIN_FLAGS = 0x07    # FIN, SYN, RST: a frame with none of them (both tools) may be a _Plain
+_PLAIN_FLAGS = 0x07    # FIN, SYN, RST: a frame with none of them (both tools) may be one of _Plains
 
 # one frame as tshark's pass gives it: (frame, stream or None, TCP flags, analysis bits, comments)
 TFrame = tuple[int, int | None, int, int, tuple[str, ...]]
@@ -648,9 +648,16 @@ class _Frame:
         return x
 
 
-# a frame nothing but its pairing is asked of (no SYN/FIN/RST, label or comment, in its tuple's current stream):
-# (frame, stream, segment, direction, tshark's flags), cheaper than a _Frame
-_Plain = tuple[int, "_Stream", Any, int, int]
+class _Plains:
+    """A run of a four-tuple's frames nothing but their pairing is asked of (no SYN, FIN or RST from either tool,
+    no label, no comment; all in the tuple's current stream): compared a span of one connection at a time."""
+
+    __slots__ = ("ns", "segs", "ss")
+
+    def __init__(self, ss: _Stream, n: int, seg: Any) -> None:
+        self.ss = ss
+        self.ns = [n]
+        self.segs = [seg]
 
 
 class _Extra:
@@ -675,7 +682,7 @@ class _Tup:
     __slots__ = ("firsts", "frames", "head", "holds", "incs", "isns", "last_fin", "spans", "starts", "stream")
 
     def __init__(self) -> None:
-        self.frames: list[_Frame | _Plain] = []
+        self.frames: list[_Frame | _Plains] = []
         self.head = 0                         # frames[:head] are compared (dropped now and then)
         self.spans: list[tuple[int, int, int, _ConnSum]] = []   # (first, last, id, conn), sorted
         self.firsts: list[int] = []
@@ -857,9 +864,16 @@ class _Comparison:
                     ss = t.stream
                     if ss is not None and ss.st == st and not t.holds:
                         ss.dirs |= 1 << d
-                        if not t.frames:
+                        buf = t.frames
+                        if buf:
+                            last = buf[-1]
+                            if isinstance(last, _Plains) and last.ss is ss:
+                                last.ns.append(n)
+                                last.segs.append(seg)
+                                return
+                        else:
                             self.dirty[t] = None
-                        t.frames.append((n, ss, seg, d, tf[2]))   # not in pending: no finding names it
+                        buf.append(_Plains(ss, n, seg))   # not in pending: no finding names such a frame
                         return
         if tf is not None and tf[1] is None and not tf[4]:
             tf = None                 # no TCP stream, no comment: not in tshark's table
@@ -1032,8 +1046,8 @@ class _Comparison:
         if rec is not None:
             return rec.ss
         for r in t.frames[t.head:]:
-            if isinstance(r, tuple) and r[0] == n:
-                return r[1]
+            if isinstance(r, _Plains) and r.ns[0] <= n <= r.ns[-1] and n in r.ns:
+                return r.ss
         return None
 
     def _closing_rst(self, t: _Tup, c: _ConnSum, ss: _Stream) -> None:
@@ -1122,10 +1136,14 @@ class _Comparison:
             i, nf = t.head, len(frames)
             while i < nf:
                 r = frames[i]
-                if isinstance(r, tuple):
-                    if r[0] >= cut:
+                if isinstance(r, _Plains):
+                    k = bisect.bisect_left(r.ns, cut)
+                    if k:
+                        self._compare_plains(t, r, k)
+                    if k < len(r.ns):
+                        del r.ns[:k]
+                        del r.segs[:k]
                         break
-                    self._compare_plain(t, r)
                 else:
                     if r.n >= cut:
                         break
@@ -1143,16 +1161,40 @@ class _Comparison:
                 t.head = i
             t.forget_before(cut)
 
-    def _compare_plain(self, t: _Tup, r: _Plain) -> None:
-        n, ss = r[0], r[1]
-        if n in t.starts or n in t.incs:
-            self._compare(t, _Frame(n, r[2], r[3], ss, True, r[4], 0))
-            return
-        c = t.conn_of(n)
-        if c is None:
-            self._lost(n)
-        elif ss.conn_at != c.id and c.stream_at != ss.st:
-            self._odd(ss, c.id, n, r[2])
+    def _compare_plains(self, t: _Tup, r: _Plains, end: int) -> None:
+        """Compare r's first `end` frames: a connection's first frame among them one by one, the others a span
+        of frames one connection holds at a time."""
+        ns, lo = r.ns, 0
+        first, last = ns[0], ns[end - 1]
+        starts = sorted(k for d in (t.starts, t.incs) for k in d if first <= k <= last)
+        for k in starts:
+            at = bisect.bisect_left(ns, k, lo, end)
+            if at == end or ns[at] != k or at < lo:
+                continue
+            self._compare_span(t, r, lo, at)
+            self._compare(t, _Frame(k, r.segs[at], 0, r.ss, True, 0, 0))
+            lo = at + 1
+        self._compare_span(t, r, lo, end)
+
+    def _compare_span(self, t: _Tup, r: _Plains, lo: int, hi: int) -> None:
+        """Frames r.ns[lo:hi], none a connection's first: the connection of a frame (_Tup.conn_of) stays the
+        same up to the next connection's first frame and, when it holds the frame, up to its last one."""
+        ns, ss, firsts = r.ns, r.ss, t.firsts
+        while lo < hi:
+            n = ns[lo]
+            c = t.conn_of(n)
+            nxt = bisect.bisect_right(firsts, n)
+            limit = firsts[nxt] if nxt < len(firsts) else _INF
+            if c is not None and c.last >= n:
+                limit = min(limit, c.last + 1)
+            q = max(bisect.bisect_left(ns, limit, lo, hi), lo + 1)
+            if c is None:
+                for m in ns[lo:q]:
+                    self._lost(m)
+            elif ss.conn_at != c.id and c.stream_at != ss.st:
+                for m, s in zip(ns[lo:q], r.segs[lo:q], strict=True):
+                    self._odd(ss, c.id, m, s)
+            lo = q
 
     def _compare(self, t: _Tup, rec: _Frame) -> None:
         n, seg, ss = rec.n, rec.seg, rec.ss
