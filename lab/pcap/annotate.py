@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from lab.pcap import fastcopy
-from lab.pcap.fastcopy import comment_option, comment_options
+from lab.pcap.fastcopy import comment_option
 from lab.pcap.writer import U32, PcapngWriter, atomic_write, spool
 
 if TYPE_CHECKING:
@@ -35,65 +35,61 @@ def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) ->
     Returns the number of packets written. Atomic: `dst` appears complete or not at all, and an existing
     `dst` is left untouched on any error; `dst == src` is allowed.
     """
-    def notes_of(frame: int) -> list[bytes] | None:
-        texts = notes.get(frame)
-        return [t.encode("utf-8", errors="replace") for t in texts] if texts else None
-    return _copy_with_notes(src, dst, notes_of)[0]
-
-
-NotesOf = Callable[[int], "list[bytes] | None"]   # a frame's notes as UTF-8, asked once per frame in file order
-
-
-def _copy_with_notes(src: Path, dst: Path, notes_of: NotesOf,
-                     options_of: Callable[[int], dict[int, bytes]] | None = None) -> tuple[int, int]:
-    """write_annotated with notes_of(frame) asked once per frame in file order; (packets, frames annotated).
-    `options_of(w)`: the packed comment options of the frames of window w (_NoteSpool.options), for the hot
-    loop of a classic pcap, else notes_of is asked there too."""
-    src, dst = Path(src), Path(dst)
-    with atomic_write(dst) as out:   # lab.pcap.writer: complete or not at all; dst == src is allowed
-        w = PcapngWriter(out)
-        copied = _copy_pcap(src, w, out, options_of or _options_by_window(notes_of))
-        return copied if copied is not None else _copy_frames(src, w, notes_of)
-
-
-def _options_by_window(notes_of: NotesOf) -> Callable[[int], dict[int, bytes]]:
-    """options_of(w) from notes_of: asks it about each frame of the window (for write_annotated's dict)."""
     def options_of(w: int) -> dict[int, bytes]:
         out = {}
         for frame in range(w << _WINDOW_BITS, (w + 1) << _WINDOW_BITS):
-            add = notes_of(frame)
-            if add:
-                out[frame] = b"".join([comment_option(raw) for raw in add])
+            texts = notes.get(frame)
+            if texts:
+                out[frame] = b"".join([comment_option(t.encode("utf-8", errors="replace")) for t in texts])
         return out
-    return options_of
+    return _copy_with_notes(src, dst, options_of)[0]
 
 
-def _copy_frames(src: Path, w: PcapngWriter, notes_of: NotesOf) -> tuple[int, int]:
+OptionsOf = Callable[[int], dict[int, bytes]]   # window -> {frame: its notes as packed opt_comments}
+
+
+def _copy_with_notes(src: Path, dst: Path, options_of: OptionsOf) -> tuple[int, int]:
+    """Copy `src` to `dst` with the notes of options_of(w) for the frames of window w (2**_WINDOW_BITS frames;
+    asked in increasing order, each once): (packets, frames annotated)."""
+    src, dst = Path(src), Path(dst)
+    with atomic_write(dst) as out:   # lab.pcap.writer: complete or not at all; dst == src is allowed
+        w = PcapngWriter(out)
+        copied = _copy_pcap(src, w, out, options_of)
+        return copied if copied is not None else _copy_frames(src, w, options_of)
+
+
+def _copy_frames(src: Path, w: PcapngWriter, options_of: OptionsOf) -> tuple[int, int]:
     """Any capture, frame by frame (lab.pcap.readers.iter_frames), its own comments kept."""
     from lab.pcap.readers import iter_frames
 
     count = annotated = 0
+    options: dict[int, bytes] = {}
+    next_window = 0                     # the first frame past the window whose notes are in `options`
     for fr in iter_frames(src):
-        add = notes_of(fr.frame)
-        if not add:
+        frame = fr.frame
+        if frame >= next_window:
+            window = frame >> _WINDOW_BITS
+            options = options_of(window)
+            next_window = (window + 1) << _WINDOW_BITS
+        opts = options.get(frame)
+        if opts is None:
             w.write(fr.ts_ns, fr.data, fr.orig_len, fr.comments, interface=fr.interface, linktype=fr.linktype)
         elif fr.comments:
             annotated += 1
             # a note the packet already carries is not added twice (annotating a file again is idempotent)
-            texts = [t.decode("utf-8") for t in add]
+            texts = [t.decode("utf-8") for t in fastcopy.option_texts(opts)]
             extra = [t for t in texts if t not in fr.comments]
             w.write(fr.ts_ns, fr.data, fr.orig_len, (*fr.comments, *extra), interface=fr.interface,
                     linktype=fr.linktype)
         else:
             annotated += 1
-            w.write_options(fr.ts_ns, fr.data, fr.orig_len, comment_options(add), interface=fr.interface,
+            w.write_options(fr.ts_ns, fr.data, fr.orig_len, opts + fastcopy.END_OF_OPTIONS, interface=fr.interface,
                             linktype=fr.linktype)
         count += 1
     return count, annotated
 
 
-def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes],
-               options_of: Callable[[int], dict[int, bytes]]) -> tuple[int, int] | None:
+def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf) -> tuple[int, int] | None:
     """A classic pcap (no comments of its own): its records packed straight into EPBs with the notes of a window
     of frames at a time (lab.pcap.fastcopy.pcap_epbs, the hot loop of the copy); None for any other format."""
     from lab.pcap import readers
@@ -218,20 +214,6 @@ class _NoteSpool:
         """Window w's frames' packed opt_comments (without the end of options, lab.pcap.fastcopy.pcap_epbs adds it)."""
         return fastcopy.window_options(self._chunks(w))
 
-    def notes_of(self) -> NotesOf:
-        """notes_of(frame) for the copy pass: frames are asked in increasing order, a window at a time."""
-        current: list[object] = [-1, {}]    # window number, its notes
-        bits = _WINDOW_BITS
-
-        def notes_of(frame: int) -> list[bytes] | None:
-            w = frame >> bits
-            if w != current[0]:
-                current[0], current[1] = w, self.window(w)
-            notes: dict[int, list[bytes]] = current[1]   # type: ignore[assignment]
-            return notes.get(frame)
-        return notes_of
-
-
 def _pread(fd: int, n: int, at: int) -> bytes:
     data = os.pread(fd, n, at)
     while len(data) < n:   # a short read (regular files rarely do): ask for the rest
@@ -254,7 +236,7 @@ class Narrated:
     def write(self, dst: Path) -> Annotated:
         """The second pass: copy every packet of the capture to `dst` with its notes (atomically)."""
         with _no_cyclic_gc():
-            packets, annotated = _copy_with_notes(self.src, dst, self.notes.notes_of(), self.notes.options)
+            packets, annotated = _copy_with_notes(self.src, dst, self.notes.options)
         return Annotated(packets, annotated, self.connections, self.findings)
 
 

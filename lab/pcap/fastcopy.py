@@ -44,13 +44,6 @@ def comment_option(raw: bytes) -> bytes:
     return head + raw + PADS[-n % 4]
 
 
-def comment_options(texts: list[bytes]) -> bytes:
-    """UTF-8 comments as an EPB's options (one opt_comment each, then opt_endofopt); b"" for none."""
-    if not texts:
-        return b""
-    return b"".join([comment_option(raw) for raw in texts]) + END_OF_OPTIONS
-
-
 def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytearray], bits: int) -> int:
     """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record appended to the
     buffer of its frame's window (frame >> bits); returns the bytes added."""
@@ -61,7 +54,7 @@ def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytea
         if buf is None:
             buf = bytearray()
             pending[w] = buf
-        opt = comment_option(text.encode("utf-8", errors="replace"))
+        opt = comment_option(text.encode("utf-8", "replace"))
         buf += _RECORD.pack(frame, order, tie, len(opt))
         buf += opt
         added += len(opt) + _HEAD
@@ -112,16 +105,18 @@ def _u64(b: bytes, p: int) -> int:
 def window_notes(chunks: list[bytes]) -> dict[int, list[bytes]]:
     """Spool records as {frame: [UTF-8 text, ...]}, a frame's notes sorted by (order, tie) (the comments as the
     EPB carries them: a note longer than an option holds is cut)."""
-    out: dict[int, list[bytes]] = {}
-    for frame, opts in window_options(chunks).items():
-        texts: list[bytes] = []
-        pos = 0
-        while pos < len(opts):
-            n = opts[pos + 2] | (opts[pos + 3] << 8)
-            texts.append(opts[pos + 4:pos + 4 + n])
-            pos += 4 + n + (-n % 4)
-        out[frame] = texts
-    return out
+    return {frame: option_texts(opts) for frame, opts in window_options(chunks).items()}
+
+
+def option_texts(opts: bytes) -> list[bytes]:
+    """The comments of packed opt_comments (window_options' values)."""
+    texts: list[bytes] = []
+    pos = 0
+    while pos < len(opts):
+        n = opts[pos + 2] | (opts[pos + 3] << 8)
+        texts.append(opts[pos + 4:pos + 4 + n])
+        pos += 4 + n + (-n % 4)
+    return texts
 
 
 def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, max_record: int,

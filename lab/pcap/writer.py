@@ -145,7 +145,8 @@ class PcapngWriter:
 
     def write_options(self, ts_ns: int, data: bytes, orig_len: int, opts: bytes, *,
                       interface: int = 0, linktype: int = 1) -> None:
-        """write() with the options already packed (lab.pcap.fastcopy.comment_options)."""
+        """write() with the options already packed (opt_comments of lab.pcap.fastcopy.comment_option, then the
+        end of options)."""
         idx = self._ifaces.get((interface, linktype))
         if idx is None:
             idx = self._interface(interface, linktype)

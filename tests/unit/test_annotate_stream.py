@@ -12,7 +12,7 @@ from lab.core.narrate import frame_notes, note_records
 from lab.core.report import Report
 from lab.core.tracker import analyze
 from lab.errors import BadCapture
-from lab.pcap import annotate
+from lab.pcap import annotate, fastcopy
 from lab.pcap.annotate import annotate_file, capture_t0, write_annotated
 from lab.pcap.filters import SegmentFilter
 from lab.pcap.readers import iter_frames, read_segments
@@ -89,11 +89,10 @@ def test_many_extents_keep_each_frames_note_order_and_odd_text(tmp_path: Path,
         assert spool.extents[0] and 0 in spool.pending, "frame 1's notes in the file and still buffered"
         merged = [(frame, t.decode("utf-8")) for w in range(4) for frame, ts in sorted(spool.window(w).items())
                   for t in ts]
-        notes_of = spool.notes_of()
-        asked = {frame: notes_of(frame) for frame in range(12)}
+        asked = {frame: fastcopy.option_texts(opts) for w in range(3) for frame, opts in spool.options(w).items()}
     assert merged == [(1, texts[2]), (1, texts[5]), (3, texts[3]), (5, texts[0]), (5, texts[4]), (5, texts[1]),
                       (9, "z")]
-    assert {f: [t.decode("utf-8") for t in ts] for f, ts in asked.items() if ts} == {
+    assert {f: [t.decode("utf-8") for t in ts] for f, ts in asked.items()} == {
         1: [texts[2], texts[5]], 3: [texts[3]], 5: [texts[0], texts[4], texts[1]], 9: ["z"]}
 
 
