@@ -1062,15 +1062,18 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, rows: int | None, ports: 
             from lab.analysis.view import ReadProgress
 
             with ReadProgress(path) as progress:
-                res = tshark.verify_file(path, profile, time_wait_s, strict, warn=lambda line: _warn([line]),
-                                         progress=progress).to_dict()
-        results.append(res["ok"])
+                found = tshark.verify_file(path, profile, time_wait_s, strict, warn=lambda line: _warn([line]),
+                                           progress=progress)
+        results.append(found.ok)
         if as_json:
-            click.echo(json.dumps(res))
+            for chunk in found.json_chunks():   # json.dumps(found.to_dict()), without holding it all
+                click.echo(chunk, nl=False)
+            click.echo()
             return
         from lab.analysis.view import verify_view
         from lab.ui import console
 
+        res = found.to_dict(lazy_rows=True)
         shown = rows if rows is not None else (None if len(res["disagreements"]) <= 30 else 0)
         console().print(verify_view(res, shown))
 

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import gc
 import heapq
+import json
 import os
 import queue
 import re
@@ -24,11 +25,11 @@ import tempfile
 import threading
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from lab.errors import BadCapture, EnvironmentProblem
 
@@ -388,10 +389,42 @@ class VerifyResult:
                 for (check, explained, reason), ds in groups.items()]
         return sorted(rows, key=lambda r: (r["explained"], -r["count"], r["check"], r["reason"]))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, lazy_rows: bool = False) -> dict[str, Any]:
+        """lazy_rows: `disagreements` is a sequence that makes each row's dict when asked (the people's view
+        of 20 k rows shows the classes and counts them; it need not hold 20 k dicts)."""
+        rows: Sequence[dict[str, Any]] = (_RowDicts(self.disagreements) if lazy_rows
+                                          else [d.to_dict() for d in self.disagreements])
         return {"file": self.file, "tshark_version": self.tshark_version, "packets": self.packets, "ok": self.ok,
-                "checks": [c.to_dict() for c in self.checks], "classes": self.classes(),
-                "disagreements": [d.to_dict() for d in self.disagreements]}
+                "checks": [c.to_dict() for c in self.checks], "classes": self.classes(), "disagreements": rows}
+
+    def json_chunks(self, per: int = 1000) -> Iterator[str]:
+        """json.dumps(self.to_dict()) in pieces, the rows `per` at a time: the same text, never all of it held."""
+        head = self.to_dict(lazy_rows=True)
+        del head["disagreements"]     # the last key
+        yield json.dumps(head)[:-1] + ', "disagreements": ['
+        rows = self.disagreements
+        for i in range(0, len(rows), per):
+            yield (", " if i else "") + ", ".join([json.dumps(d.to_dict()) for d in rows[i:i + per]])
+        yield "]}"
+
+
+class _RowDicts(Sequence[dict[str, Any]]):
+    def __init__(self, rows: tuple[Disagreement, ...]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [d.to_dict() for d in self.rows[i]]
+        return self.rows[i].to_dict()
 
 
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
