@@ -48,16 +48,35 @@ def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytea
     """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record appended to the
     buffer of its frame's window (frame >> bits); returns the bytes added."""
     added = 0
+    pack = _RECORD.pack
+    heads = _HEADS
+    pads = PADS
+    last = -1
+    buf = bytearray()
     for frame, order, tie, text in records:
         w = frame >> bits
-        buf = pending.get(w)
-        if buf is None:
-            buf = bytearray()
-            pending[w] = buf
-        opt = comment_option(text.encode("utf-8", "replace"))
-        buf += _RECORD.pack(frame, order, tie, len(opt))
-        buf += opt
-        added += len(opt) + _HEAD
+        if w != last:   # a batch's notes come by connection: mostly the same window as the one before
+            got = pending.get(w)
+            if got is None:
+                got = bytearray()
+                pending[w] = got
+            buf = got
+            last = w
+        raw = text.encode("utf-8", "replace")
+        n = len(raw)
+        if n >= _SHORT:
+            opt = comment_option(raw)
+            buf += pack(frame, order, tie, len(opt))
+            buf += opt
+            added += len(opt) + _HEAD
+            continue
+        pad = -n % 4
+        buf += pack(frame, order, tie, 4 + n + pad)
+        buf += heads[n]
+        buf += raw
+        if pad:
+            buf += pads[pad]
+        added += _HEAD + 4 + n + pad
     return added
 
 
