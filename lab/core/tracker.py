@@ -503,25 +503,13 @@ class Analyzer:
             self._max_frame = frame
         if ts > self._last_ts:
             self._last_ts = ts
-        # both directions share one key, an int: the endpoint with the lower port first (the lower address
-        # number on a tie), its address number, the other's, both ports; flip says which order this segment's is
-        a = self._addr_no(si)
-        b = self._addr_no(di)
-        if sp < dp or (sp == dp and a <= b):
-            key = (((a << 32) | b) << 32) | (sp << 16) | dp
-            flip = 0
-        else:
-            key = (((b << 32) | a) << 32) | (dp << 16) | sp
-            flip = 1
-        tup = self._tuples.get(key)
+        kf = self._key(si, sp, di, dp)
+        tup = self._tuples.get(kf >> 1)
         if tup is None:
-            tup = _Tuple(flip)
-            self._tuples[key] = tup
+            tup = self._new_tuple(kf, si, sp, di, dp)
             d = 0
-            if si == di and sp == dp:
-                tup.flip = flip ^ 1           # a connection to itself: its later segments count as direction 1
         else:
-            d = flip ^ tup.flip
+            d = (kf & 1) ^ tup.flip
         conn = tup.conn
         if conn is None or flags & _SYN or (conn.incarnation and not flags & _RST
                                             and conn.sides[d ^ conn.cdir].snd_max < 0):
@@ -569,6 +557,27 @@ class Analyzer:
         if self._segments % _SWEEP_EVERY == 0 and ts - self._last_sweep >= self._sweep_gap:
             self._last_sweep = ts
             self._sweep(ts)
+
+    def _key(self, si: str, sp: int, di: str, dp: int) -> int:
+        """The four-tuple's key (both directions share it) shifted left by one, with this segment's order in
+        bit 0 (its flip): the endpoint with the lower port first (the lower address number on a tie), its
+        address number, the other's, both ports."""
+        a = self._addr_no(si)
+        b = self._addr_no(di)
+        if sp < dp or (sp == dp and a <= b):
+            key = (((a << 32) | b) << 32) | (sp << 16) | dp
+            return key << 1
+        key = (((b << 32) | a) << 32) | (dp << 16) | sp
+        return (key << 1) | 1
+
+    def _new_tuple(self, kf: int, si: str, sp: int, di: str, dp: int) -> _Tuple:
+        """A four-tuple seen for the first time, from this segment's sender (its direction 0)."""
+        flip = kf & 1
+        tup = _Tuple(flip)
+        self._tuples[kf >> 1] = tup
+        if si == di and sp == dp:
+            tup.flip = flip ^ 1               # a connection to itself: its later segments count as direction 1
+        return tup
 
     def _addr_no(self, ip: str) -> int:
         if ip == self._last_addr:
@@ -1545,6 +1554,7 @@ class Analyzer:
             self._finalize(self._open.pop(cid), True)
             if on_batch is not None and n % _FINISH_BATCH == 0:
                 on_batch()
+        self._open.clear()                    # frees its table (pop() never shrinks it)
         if not self.keep:
             self._finished = Report((), (), self.profile.name, self.tw_s, self._segments, self._max_frame)
             return self._finished
