@@ -275,7 +275,8 @@ def verify_view(res: Mapping[str, Any], rows: int | None = None) -> Group:
 
 class ReadProgress:
     """A progress bar on stderr for reads that take more than ~2 s, only when stderr is a terminal (never
-    in pipes or files): bytes read of the total when the size is known, else bytes and rate.
+    in pipes or files): bytes read of the total when the size is known, else bytes and rate; packets read
+    and connections open when the caller knows them (lab.pcap.feed.Progress).
 
         with ReadProgress(path) as progress:
             ... feed_file(..., progress=progress) ...
@@ -302,14 +303,23 @@ class ReadProgress:
         self._task: Any = None
         self.label = str(path)
 
-    def __call__(self, nread: int) -> None:
+    def __call__(self, nread: int, packets: int | None = None, open_now: int | None = None) -> None:
         if not self.enabled:
             return
         if self._bar is None:
             if self._clock() - self.t0 < self.DELAY_S:
                 return
             self._start()
-        self._bar.update(self._task, completed=nread)
+        self._bar.update(self._task, completed=nread, counts=self._counts(packets, open_now))
+
+    @staticmethod
+    def _counts(packets: int | None, open_now: int | None) -> str:
+        parts = []
+        if packets is not None:
+            parts.append(f"{packets:,} packets")
+        if open_now is not None:
+            parts.append(f"{open_now:,} connections open")
+        return ", ".join(parts)
 
     def _start(self) -> None:
         from rich.console import Console
@@ -323,10 +333,10 @@ class ReadProgress:
         )
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                             TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                             transient=True)
+                             TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[counts]}"),
+                             console=Console(stderr=True), transient=True)
         self._bar.start()
-        self._task = self._bar.add_task(self.label, total=self.total)
+        self._task = self._bar.add_task(self.label, total=self.total, counts="")
 
     def __enter__(self) -> ReadProgress:
         return self

@@ -1536,6 +1536,10 @@ class Analyzer:
                                {"verdict": dv, "side": _name(s),
                                 "previous_connection": conn.prev.id if conn.prev is not None else None}))
 
+    def progress(self) -> tuple[int, int]:
+        """(the highest frame number fed so far, connections open now): what a progress display shows."""
+        return self._max_frame, len(self._open)
+
     def drain(self) -> tuple[list[Connection], list[Finding]]:
         """Streaming (keep=False): the connections and findings finished since the last drain(), in the
         order they finished. After finish(), one more drain() returns the rest."""

@@ -16,7 +16,7 @@ from lab.pcap.readers import CaptureReader, CutShort, ReaderStats, _check_linkty
 
 _BATCH = 8_192  # segments between on_batch() calls on the plain path (~1 MiB of a typical capture)
 
-Progress = Callable[[int], None]   # called with the bytes read so far, once per ~1 MiB
+Progress = Callable[[int, int, int], None]   # (bytes read, packets read, connections open), once per ~1 MiB
 
 
 def feed_file(path: str | Path, analyzer: Analyzer, on_batch: Callable[[], None] | None = None, *,
@@ -62,14 +62,15 @@ def _feed_file(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | No
 
 
 def _batch_hook(on_batch: Callable[[], None] | None, progress: Progress | None,
-                src: Callable[[], _Source | None]) -> Callable[[], None] | None:
+                src: Callable[[], _Source | None], analyzer: Analyzer) -> Callable[[], None] | None:
     if progress is None:
         return on_batch
 
     def hook() -> None:
         s = src()
         if s is not None:
-            progress(s.nread)
+            frames, open_now = analyzer.progress()
+            progress(s.nread, frames, open_now)
         if on_batch is not None:
             on_batch()
     return hook
@@ -78,7 +79,7 @@ def _batch_hook(on_batch: Callable[[], None] | None, progress: Progress | None,
 def _feed_plain(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | None, stats: ReaderStats,
                 filt: SegmentFilter | None, progress: Progress | None) -> None:
     reader = CaptureReader(path)
-    hook = _batch_hook(on_batch, progress, lambda: reader.source)
+    hook = _batch_hook(on_batch, progress, lambda: reader.source, analyzer)
     feed = analyzer.feed
     n = 0
     filtered = 0
@@ -110,7 +111,7 @@ def _feed_plain(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | N
 def _feed_fast(path: Path, analyzer: Analyzer, on_batch: Callable[[], None] | None, stats: ReaderStats,
                filt: SegmentFilter | None, progress: Progress | None) -> None:
     src = _Source(path)
-    hook = _batch_hook(on_batch, progress, lambda: src)
+    hook = _batch_hook(on_batch, progress, lambda: src, analyzer)
     try:
         head, kind = _file_header(src)
         if kind == "pcap":

@@ -310,3 +310,23 @@ def test_progress_bar_only_on_a_terminal_and_only_after_the_delay(corpus: Path) 
     # the CLI in a pipe: stderr carries no progress output at all
     r = twlab("analyze", "--json", f)
     assert r.returncode == 0 and b"\x1b[" not in r.stderr and b"\r" not in r.stderr and b"MB" not in r.stderr
+
+
+def test_progress_reports_bytes_packets_and_open_connections(corpus: Path) -> None:
+    """The feed tells the bar how far it is in bytes, packets and connections open (issue 14 item 6)."""
+    from lab.analysis.view import ReadProgress
+    from lab.core.tracker import Analyzer
+    from lab.pcap.feed import feed_file
+
+    f = corpus / "zeek__echo-connections.pcap.gz"
+    calls: list[tuple[int, int, int]] = []
+    stats = feed_file(f, Analyzer(keep=False), lambda: None, progress=lambda *a: calls.append(a))
+    assert len(calls) >= 2, calls                              # a multi-MiB read reports as it goes
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls) and calls[-1][0] > 0
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls) and 0 < calls[-1][1] <= stats.packets
+    assert any(c[2] > 0 for c in calls)                        # connections were open mid-read
+    bar = ReadProgress(f, enabled=True)
+    bar.DELAY_S = 0.0
+    with bar:
+        bar(*calls[-1])
+        assert bar._bar.tasks[0].fields["counts"] == f"{calls[-1][1]:,} packets, {calls[-1][2]:,} connections open"
