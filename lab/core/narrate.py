@@ -47,7 +47,7 @@ point could not see directly), notes (findings on this frame, retransmissions, d
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from lab.core.model import Flags, Segment
 from lab.core.report import FINDING_KINDS, SIDES, Connection, Report, Side, TimeWaitWindow, Transition
@@ -134,9 +134,9 @@ def frame_notes(report: Report, t0: float, capture_end: float | None = None) -> 
 
 # note_records' order keys: a connection's own notes by its id, then the later ones (TIME_WAIT restarts and
 # ends, open at capture end) by id, then the findings by (first frame, kind, connection): frame_notes' order
-_LATER = 1 << 60          # (below 2**62: a native int when compiled)
-_FINDINGS = 2 << 60
-_KIND_RANK = {k: i for i, k in enumerate(sorted(FINDING_KINDS))}   # findings of one frame: by kind's name
+_LATER: Final = 1 << 60          # (below 2**62: a native int when compiled)
+_FINDINGS: Final = 2 << 60
+_KIND_RANK: Final = {k: i for i, k in enumerate(sorted(FINDING_KINDS))}   # findings of one frame: by kind's name
 NoteRecord = tuple[int, int, int, str]   # frame, order, tie, text
 
 
@@ -196,8 +196,9 @@ def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
 # The per-frame notes read Connection.steps (frame, side index, from, to, inferred, input) and .roles (frame,
 # side index, role) as plain tuples (Any): compiled with mypyc, a typed tuple would be unboxed into a struct
 # and boxed into a new tuple again at every use.
-_NAME: dict[TcpState, str] = {s: s.value for s in TcpState}   # Enum.value is a property: slow per call
-_ARROW: dict[TcpState, dict[TcpState, str]] = {a: {b: f"{a.value} -> {b.value}" for b in TcpState} for a in TcpState}
+_NAME: Final[dict[TcpState, str]] = {s: s.value for s in TcpState}   # Enum.value is a property: slow per call
+_ARROW: Final[dict[TcpState, dict[TcpState, str]]] = {a: {b: f"{a.value} -> {b.value}" for b in TcpState}
+                                                      for a in TcpState}
 
 
 def _frame_of(record: Any) -> int:
@@ -216,6 +217,8 @@ def _chain(sts: Sequence[Any], conn: Connection, t0: float, capture_end: float |
     to: TcpState = last[3]
     if len(sts) == 1:
         text = _ARROW[last[2]][to]
+        if not last[4] and to is not TcpState.TIME_WAIT:   # the common case: nothing follows the chain
+            return text
         extra = [_NAME[to] + " inferred"] if last[4] else []
     else:
         text = " -> ".join([_NAME[sts[0][2]], *[_NAME[st[3]] for st in sts]])

@@ -10,21 +10,29 @@ lab.pcap.writer.PcapngWriter.write.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
-from lab.pcap.writer import EPB, EPB_HEAD, MAX_OPT, PADS, fit_comment
+from lab.pcap import writer
+from lab.pcap.writer import fit_comment
 
-_OPT_COMMENT = 1
-END_OF_OPTIONS = b"\0\0\0\0"
-_RECORD = struct.Struct("<QQQI")   # a spool record's head: frame, order, tie, length of the opt_comment after it
-_HEAD = 28
-_TRAILER_HEAD = struct.Struct("<8I")   # an EPB's trailer, then the next EPB's head (lab.pcap.writer.EPB_HEAD)
-_SHORT = 1024
-_HEADS = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
+# lab.pcap.writer's, as constants of this module (compiled: a static, not a lookup of another module's name)
+_EPB: Final = writer.EPB
+_EPB_HEAD: Final = writer.EPB_HEAD
+_MAX_OPT: Final = writer.MAX_OPT
+_PADS: Final = writer.PADS
+
+_OPT_COMMENT: Final = 1
+END_OF_OPTIONS: Final = b"\0\0\0\0"
+_RECORD: Final = struct.Struct("<QQQI")   # a spool record's head: frame, order, tie, length of the opt_comment after it
+_HEAD: Final = 28
+_TRAILER_HEAD: Final = struct.Struct("<8I")   # an EPB's trailer, then the next EPB's head (lab.pcap.writer.EPB_HEAD)
+_SHORT: Final = 1024
+_HEADS: Final = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
 
 # why pcap_epbs stopped
-NEED_MORE = 0      # the next record is not complete in the buffer (or the buffer is used up)
-WINDOW_END = 1     # the next frame's notes are not in `options`: load the next window's
-TOO_LONG = 2       # the next record announces more than max_record bytes
+NEED_MORE: Final = 0      # the next record is not complete in the buffer (or the buffer is used up)
+WINDOW_END: Final = 1     # the next frame's notes are not in `options`: load the next window's
+TOO_LONG: Final = 2       # the next record announces more than max_record bytes
 
 
 def _u32(b: bytes, p: int) -> int:
@@ -37,11 +45,11 @@ def _u32be(b: bytes, p: int) -> int:
 
 def comment_option(raw: bytes) -> bytes:
     """One UTF-8 comment as a packed opt_comment (cut to what an option holds, padded to 4 bytes)."""
-    if len(raw) > MAX_OPT:
+    if len(raw) > _MAX_OPT:
         raw = fit_comment(raw)
     n = len(raw)
     head = _HEADS[n] if n < _SHORT else struct.pack("<HH", _OPT_COMMENT, n)
-    return head + raw + PADS[-n % 4]
+    return head + raw + _PADS[-n % 4]
 
 
 def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytearray], bits: int) -> int:
@@ -50,7 +58,7 @@ def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytea
     added = 0
     pack = _RECORD.pack
     heads = _HEADS
-    pads = PADS
+    pads = _PADS
     last = -1
     buf = bytearray()
     for frame, order, tie, text in records:
@@ -62,7 +70,10 @@ def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytea
                 pending[w] = got
             buf = got
             last = w
-        raw = text.encode("utf-8", "replace")
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:   # a lone surrogate: as "?", like the writer's
+            raw = text.encode("utf-8", "replace")
         n = len(raw)
         if n >= _SHORT:
             opt = comment_option(raw)
@@ -150,10 +161,9 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
     An EPB's trailer (its total length) is packed with the next EPB's head, one struct call per packet: the
     last EPB's is left to the caller as last_total, to give to the next call (0: none pending) or to write
     (lab.pcap.writer.U32) at the end."""
-    u32 = _u32be if big else _u32
-    head = EPB_HEAD.pack
+    head = _EPB_HEAD.pack
     trailer_and_head = _TRAILER_HEAD.pack
-    pads = PADS
+    pads = _PADS
     blen = len(buf)
     annotated = 0
     while True:
@@ -161,7 +171,7 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
             return WINDOW_END, pos, frame, annotated, last_total
         if pos + 16 > blen:
             return NEED_MORE, pos, frame, annotated, last_total
-        incl = u32(buf, pos + 8)
+        incl = _u32be(buf, pos + 8) if big else _u32(buf, pos + 8)
         if incl > max_record:
             return TOO_LONG, pos, frame, annotated, last_total
         start = pos + 16
@@ -169,8 +179,12 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
         if end > blen:
             return NEED_MORE, pos, frame, annotated, last_total
         frame += 1
-        orig = u32(buf, pos + 12)
-        ts_ns = u32(buf, pos) * 1_000_000_000 + u32(buf, pos + 4) * mul
+        if big:
+            orig = _u32be(buf, pos + 12)
+            ts_ns = _u32be(buf, pos) * 1_000_000_000 + _u32be(buf, pos + 4) * mul
+        else:
+            orig = _u32(buf, pos + 12)
+            ts_ns = _u32(buf, pos) * 1_000_000_000 + _u32(buf, pos + 4) * mul
         pad = -incl % 4
         opts = options.get(frame)
         total = 32 + incl + pad
@@ -178,10 +192,10 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
             total += len(opts) + 4
             annotated += 1
         if last_total:
-            parts.append(trailer_and_head(last_total, EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF,
+            parts.append(trailer_and_head(last_total, _EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF,
                                           ts_ns & 0xFFFFFFFF, incl, orig if orig > incl else incl))
         else:
-            parts.append(head(EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
+            parts.append(head(_EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
                               orig if orig > incl else incl))
         parts.append(buf[start:end])
         if pad:
