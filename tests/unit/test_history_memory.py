@@ -20,7 +20,7 @@ from lab.core.model import Segment
 from lab.core.tracker import Analyzer
 from lab.pcap.readers import CaptureReader
 from tests.unit.synth import A, Capture, Flow, P, S
-from tests.unit.test_properties import SEG, build, plans
+from tests.unit.test_properties import SEG, build, plans, soup_segments
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = sorted((ROOT / "captures").glob("*.pcapng"))
@@ -202,15 +202,7 @@ def test_incarnations_judged_alike_from_history(items: list[tuple[Any, float]]) 
 @given(st.lists(SEG, max_size=40), st.sampled_from(["linux", "rfc793"]))
 def test_any_segment_soup_judged_alike_from_history(soup: list[tuple[int, int, int, int, int, int | None, float]],
                                                     profile: str) -> None:
-    ends = [("10.0.0.1", 1000, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1000),
-            ("10.0.0.1", 1001, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1001)]
-    t = 1000.0
-    segs = []
-    for i, (e, flags, seq, ack, plen, tsval, dt) in enumerate(soup, start=1):
-        t += dt
-        si, sp, di, dp = ends[e]
-        segs.append(Segment(i, t, si, sp, di, dp, seq, ack, flags, 1000, plen, tsval, 0 if tsval is not None else None))
-    _same_from_history(segs, profile)
+    _same_from_history(soup_segments(soup), profile)
 
 
 def _distinct(a: Analyzer, n: int) -> None:

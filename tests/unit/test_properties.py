@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lab.core.model import Segment
 from lab.core.narrate import frame_notes
 from lab.core.tracker import analyze
 from tests.unit.synth import A, Capture, F, Flow, P
@@ -157,6 +158,20 @@ SEG = st.tuples(
     st.floats(0, 100),                                    # time step
 )
 
+SOUP_ENDS = [("10.0.0.1", 1000, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1000),
+             ("10.0.0.1", 1001, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1001)]
+
+
+def soup_segments(soup: list[tuple[int, int, int, int, int, int | None, float]]) -> list[Segment]:
+    """SEG draws as segments on two four-tuples, one frame each, time steps added up."""
+    t = 1000.0
+    segs = []
+    for i, (e, flags, seq, ack, plen, tsval, dt) in enumerate(soup, start=1):
+        t += dt
+        si, sp, di, dp = SOUP_ENDS[e]
+        segs.append(Segment(i, t, si, sp, di, dp, seq, ack, flags, 1000, plen, tsval, 0 if tsval is not None else None))
+    return segs
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(SEG, max_size=40), st.sampled_from(["linux", "rfc793"]))
@@ -164,17 +179,9 @@ def test_any_segment_soup_gives_a_consistent_report(soup: list[tuple[int, int, i
                                                     profile: str) -> None:
     """Garbage in (random flags, sequence numbers, timestamps on two four-tuples): no exception, and the
     report keeps its invariants."""
-    from lab.core.model import Segment
     from lab.core.report import Report
 
-    ends = [("10.0.0.1", 1000, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1000),
-            ("10.0.0.1", 1001, "10.0.0.2", 80), ("10.0.0.2", 80, "10.0.0.1", 1001)]
-    t = 1000.0
-    segs = []
-    for i, (e, flags, seq, ack, plen, tsval, dt) in enumerate(soup, start=1):
-        t += dt
-        si, sp, di, dp = ends[e]
-        segs.append(Segment(i, t, si, sp, di, dp, seq, ack, flags, 1000, plen, tsval, 0 if tsval is not None else None))
+    segs = soup_segments(soup)
     r = analyze(segs, profile=profile)
     ids = {c.id for c in r.connections}
     assert sorted(ids) == list(range(len(ids)))
