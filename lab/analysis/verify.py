@@ -3,9 +3,11 @@
 `scan(path)` reads one file with one `tshark -T fields` pass (fast: ~55 k packets/s here) and gives,
 per frame, tshark's stream number, flags and the analysis labels the lab compares with
 (`tcp.analysis.reused_ports`, retransmission and its variants), plus the packet comments.
-`verify(path, report)` sets that beside the lab's own reading of the file and lists every
-disagreement with the reason, saying which ones are explained by a known difference between
-tshark's rules and the lab's.
+`verify_file(path)` (`twlab verify`) sets that beside the lab's own reading and analysis of the file and
+lists every disagreement with the reason, saying which ones are explained by a known difference between
+tshark's rules and the lab's. Both are streamed side by side in frame order and compared connection by
+connection as the analyzer finishes them (memory follows the open connections; see "The comparison,
+streamed" below); `verify(path, report)` does the same for an analysis already made.
 """
 
 from __future__ import annotations
