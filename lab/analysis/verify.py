@@ -1422,13 +1422,13 @@ def _open_firsts(cmp: _Comparison, analyzer: Any) -> dict[_Tup, int] | None:
 
 
 def verify_file(path: Path, profile: str = "linux", time_wait_s: float | None = None, strict: bool = False,
-                warn: Callable[[str], None] | None = None, progress: Callable[[int], None] | None = None
+                warn: Callable[[str], None] | None = None, progress: Callable[[int, int, int], None] | None = None
                 ) -> VerifyResult:
     """`twlab verify`: analyze `path` and read it with tshark at the same time (tshark runs in its own process),
     comparing connection by connection as the analyzer finishes them; memory follows the open connections.
 
     A capture cut short is read up to the cut, as tshark reads it, with warn(line) (strict: BadCapture);
-    progress(bytes read) is called once per batch (lab.analysis.view.ReadProgress)."""
+    progress(bytes read, packets, connections open) is called once per batch (lab.analysis.view.ReadProgress)."""
     from lab.core.tracker import Analyzer
     from lab.pcap.readers import CaptureReader
 
@@ -1443,7 +1443,7 @@ def verify_file(path: Path, profile: str = "linux", time_wait_s: float | None = 
 
         def step(segs: list[Any], upto: int, at_end: bool) -> None:
             if progress is not None and reader.source is not None:
-                progress(reader.source.nread)
+                progress(reader.source.nread, *analyzer.progress())   # bytes, packets, connections open
             run.frames(segs, upto)
             conns, findings = drain()
             for c in conns:
