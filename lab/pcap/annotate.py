@@ -104,20 +104,20 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf
         mul = 1 if hdr.ns else 1000
         big = hdr.endian == ">"
         buf, pos, frame, annotated = b"", 0, 0, 0
-        options: dict[int, bytes] = {}
-        stop = 0                        # the first frame past the window whose notes are in `options`
+        options: list[bytes | None] = []
+        base = stop = 0                 # the window whose notes are in `options`: frames base .. stop - 1
         last_total = 0                  # the last EPB's trailer, not written yet
         while True:
             parts: list[bytes] = []
             why, pos, frame, got, last_total = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD,
-                                                                  options, stop, parts, last_total)
+                                                                  options, base, stop, parts, last_total)
             annotated += got
             if parts:
                 out.write(b"".join(parts))
             if why == fastcopy.WINDOW_END:
                 window = (frame + 1) >> _WINDOW_BITS
-                options = options_of(window)
-                stop = (window + 1) << _WINDOW_BITS
+                base, stop = window << _WINDOW_BITS, (window + 1) << _WINDOW_BITS
+                options = fastcopy.by_offset(options_of(window), base, stop - base)
             elif why == fastcopy.TOO_LONG:
                 incl = struct.unpack_from(hdr.endian + "I", buf, pos + 8)[0]
                 raise source.fail(f"absurd captured length {incl}", frame + 1)

@@ -149,12 +149,22 @@ def option_texts(opts: bytes) -> list[bytes]:
     return texts
 
 
+def by_offset(options: dict[int, bytes], base: int, size: int) -> list[bytes | None]:
+    """A window's options (window_options) as a list indexed by frame - base: pcap_epbs looks a frame up by a
+    native index, no boxed key."""
+    table: list[bytes | None] = [None] * size
+    for frame, opts in options.items():
+        table[frame - base] = opts
+    return table
+
+
 def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, max_record: int,
-              options: dict[int, bytes], stop: int, parts: list[bytes],
+              options: list[bytes | None], base: int, stop: int, parts: list[bytes],
               last_total: int) -> tuple[int, int, int, int, int]:
     """The complete classic-pcap records of `buf` from `pos` as EPBs (interface `idx`, `mul`: ns per unit of
     the record's fraction) appended to `parts`, with options[frame] as their options; frames numbered on from
-    `frame` (the last one packed). Stops before frame `stop` (the first one past the window of `options`), a
+    `frame` (the last one packed); options[frame - base] (by_offset) are frame's notes, None for none. Stops
+    before frame `stop` (the first one past the window of `options`), a
     record not complete in buf, or a record longer than max_record: (why, pos, frame, frames annotated,
     last_total). options[frame] are the frame's opt_comments (window_options): the end of options is added here.
 
@@ -186,7 +196,7 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
             orig = _u32(buf, pos + 12)
             ts_ns = _u32(buf, pos) * 1_000_000_000 + _u32(buf, pos + 4) * mul
         pad = -incl % 4
-        opts = options.get(frame)
+        opts = options[frame - base]
         total = 32 + incl + pad
         if opts is not None:
             total += len(opts) + 4
