@@ -213,8 +213,8 @@ def _chain(sts: Sequence[Any], conn: Connection, t0: float, capture_end: float |
     """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
     itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
     "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
-    last = sts[-1]
-    to: TcpState = last[3]
+    last: tuple[int, int, TcpState, TcpState, Any, Any] = sts[-1]   # compiled: unboxed once, then fields
+    to = last[3]
     if len(sts) == 1:
         text = _ARROW[last[2]][to]
         if not last[4] and to is not TcpState.TIME_WAIT:   # the common case: nothing follows the chain
@@ -300,27 +300,31 @@ def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...
             names.sort(key=_not_fin)
         head = (names[0] if len(names) == 1 else " + ".join(names)) if names else "segment"
         first = i
-        others: dict[int, list[Any]] | None = None   # sides in the order their first change comes
+        split = False                # another side's step came: each side's steps in its own list
+        per_side: list[list[Any]] = []
+        order: list[int] = []        # the sides in the order their first change comes
         while i < ns:
             st = steps[i]
             sf: int = st[0]
             if sf != frame:
                 break
             side: int = st[1]
-            if others is None:
+            if not split:
                 if side == sender:   # the common case: only the sender's state changes here
                     i += 1
                     continue
-                others = {sender: list(steps[first:i])} if i > first else {}
-            others.setdefault(side, []).append(st)
+                split = True
+                per_side = [[], []]
+                if i > first:
+                    per_side[sender] = list(steps[first:i])
+                    order.append(sender)
+            if not per_side[side]:
+                order.append(side)
+            per_side[side].append(st)
             i += 1
-        mine: Sequence[Any]
-        peers: list[str] = []
-        if others is None:
-            mine = steps[first:i]
-        else:
-            mine = others.pop(sender, [])
-            peers = [f"{SIDES[k]}: {_chain(sts, conn, t0, capture_end)}" for k, sts in others.items()]
+        mine: Sequence[Any] = steps[first:i] if not split else per_side[sender] if sender >= 0 else ()
+        peers = [f"{SIDES[k]}: {_chain(per_side[k], conn, t0, capture_end)}" for k in order if k != sender] \
+            if split else []
         if mine:
             who: str = SIDES[sender]
             if frame == first_close and any(n.startswith("FIN") for n in names):
