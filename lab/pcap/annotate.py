@@ -174,7 +174,7 @@ class _NoteSpool:
 
     def __init__(self, spool: IO[bytes]) -> None:
         self.spool = spool
-        self.pending: dict[int, bytearray] = {}
+        self.pending: dict[int, list[bytes]] = {}   # window -> its records' pieces, not in the file yet
         self.pending_bytes = 0
         self.extents: dict[int, list[tuple[int, int]]] = {}   # window -> (offset, length) in the spool
         self.size = 0
@@ -186,7 +186,8 @@ class _NoteSpool:
             self.flush()
 
     def flush(self) -> None:
-        for w, buf in self.pending.items():
+        for w, pieces in self.pending.items():
+            buf = b"".join(pieces)
             self.spool.write(buf)
             self.extents.setdefault(w, []).append((self.size, len(buf)))
             self.size += len(buf)
@@ -203,7 +204,7 @@ class _NoteSpool:
             chunks += (_pread(fd, n, at) for at, n in extents)
         buffered = self.pending.get(w)
         if buffered:
-            chunks.append(bytes(buffered))
+            chunks.append(b"".join(buffered))
         return chunks
 
     def window(self, w: int) -> dict[int, list[bytes]]:

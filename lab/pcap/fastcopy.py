@@ -52,23 +52,23 @@ def comment_option(raw: bytes) -> bytes:
     return head + raw + _PADS[-n % 4]
 
 
-def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytearray], bits: int) -> int:
-    """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record appended to the
-    buffer of its frame's window (frame >> bits); returns the bytes added."""
+def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, list[bytes]], bits: int) -> int:
+    """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record, in pieces appended
+    to the list of its frame's window (frame >> bits; joined when written); returns the bytes added."""
     added = 0
     pack = _RECORD.pack
     heads = _HEADS
     pads = _PADS
     last = -1
-    buf = bytearray()
+    pieces: list[bytes] = []
     for frame, order, tie, text in records:
         w = frame >> bits
         if w != last:   # a batch's notes come by connection: mostly the same window as the one before
             got = pending.get(w)
             if got is None:
-                got = bytearray()
+                got = []
                 pending[w] = got
-            buf = got
+            pieces = got
             last = w
         try:
             raw = text.encode()
@@ -77,16 +77,16 @@ def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytea
         n = len(raw)
         if n >= _SHORT:
             opt = comment_option(raw)
-            buf += pack(frame, order, tie, len(opt))
-            buf += opt
+            pieces.append(pack(frame, order, tie, len(opt)))
+            pieces.append(opt)
             added += len(opt) + _HEAD
             continue
         pad = -n % 4
-        buf += pack(frame, order, tie, 4 + n + pad)
-        buf += heads[n]
-        buf += raw
+        pieces.append(pack(frame, order, tie, 4 + n + pad))
+        pieces.append(heads[n])
+        pieces.append(raw)
         if pad:
-            buf += pads[pad]
+            pieces.append(pads[pad])
         added += _HEAD + 4 + n + pad
     return added
 
