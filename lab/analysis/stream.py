@@ -203,7 +203,8 @@ def _tail_json(report: Report, stats: ReaderStats, census: CensusFold, opts: Opt
 
 
 class _JsonLines:
-    """--jsonl: one line per connection and finding as its connection ends, flushed per batch."""
+    """--jsonl: one line per connection as it ends, each followed by its findings' lines, flushed per batch
+    (so the lines do not depend on where batches fall: the same for the compiled and the pure walk)."""
 
     def __init__(self, out: IO[bytes], detail: bool) -> None:
         self.out = out
@@ -212,8 +213,15 @@ class _JsonLines:
         self.n_findings = 0
 
     def __call__(self, conns: list[Connection], findings: list[Finding]) -> None:
-        lines = [f'{{"type": "connection", {connection_json(c, self.detail)[1:]}\n' for c in conns]
-        lines += [f'{{"type": "finding", {finding_json(f)[1:]}\n' for f in findings]
+        of: dict[int | None, list[str]] = {}
+        for f in findings:
+            of.setdefault(f.connection, []).append(f'{{"type": "finding", {finding_json(f)[1:]}\n')
+        lines = []
+        for c in conns:
+            lines.append(f'{{"type": "connection", {connection_json(c, self.detail)[1:]}\n')
+            lines += of.pop(c.id, ())
+        for rest in of.values():      # findings whose connection ended in an earlier batch (none today)
+            lines += rest
         if lines:
             self.out.write("".join(lines).encode())
             self.out.flush()

@@ -175,6 +175,38 @@ def test_jsonl_lines_match_json(corpus: Path) -> None:
     assert twlab("analyze", "--json", "--jsonl", f).returncode == 2
 
 
+def test_jsonl_lines_do_not_depend_on_where_batches_fall() -> None:
+    """A connection's line, then its findings' lines: the same text drained after every segment as drained
+    once at the end (the compiled walk drains per MiB, the pure one per 8,192 segments)."""
+    import io
+
+    from lab.analysis.stream import Options, write_jsonl
+    from lab.core.tracker import Analyzer
+    from lab.pcap.readers import CaptureReader, ReaderStats
+
+    # connections finished mid-capture (reuse), with findings: drained one by one or all at once
+    f = Path(__file__).resolve().parents[2] / "captures" / "ephemeral-exhaustion.pcapng"
+
+    def feeder(every: bool) -> Any:
+        def feed(analyzer: Analyzer, on_batch: Any) -> ReaderStats:
+            reader = CaptureReader(f)
+            for seg in reader:
+                analyzer.feed(seg)
+                if every:
+                    on_batch()
+            return reader.stats
+        return feed
+
+    texts = []
+    for every in (True, False):
+        out = io.BytesIO()
+        write_jsonl(feeder(every), out, Options(), name="f")
+        texts.append(out.getvalue().decode())
+    assert texts[0] == texts[1]
+    kinds = [json.loads(x)["type"] for x in texts[0].splitlines()]
+    assert "finding" in kinds and kinds[0] == "connection" and kinds[-1] == "summary"
+
+
 def test_fail_on_exits_4(corpus: Path) -> None:
     f = corpus / "zeek__tcp__fin_retransmission.pcap"
     kinds = {x["kind"] for x in doc_of(twlab("analyze", "--json", f))["findings"]}
