@@ -337,7 +337,7 @@ def choose(path: Path, conn_id: int | None = None, stream: int | None = None, *,
         read_all = True
         if stats.cut:
             warnings.append(stats.cut)
-        analyzer.finish()
+        analyzer.finish(on_batch)     # stops at the chosen connection among those open at the end too
         on_batch()
     except _Found:
         pass
