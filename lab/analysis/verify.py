@@ -1408,16 +1408,14 @@ def _open_firsts(cmp: _Comparison, analyzer: Any) -> dict[_Tup, int] | None:
     """Per four-tuple, the first frame of its earliest connection the analyzer still has open (None when the
     analyzer does not say: then every frame waits for the end)."""
     try:
-        open_conns = analyzer._open.values()
+        open_conns = analyzer.open_connections()
     except AttributeError:
         return None
     out: dict[_Tup, int] = {}
-    for conn in open_conns:
-        t = cmp.tup_of(conn.sides[0].ep, conn.sides[1].ep)
-        if t is not None:
-            f = conn.first_frame
-            if f < out.get(t, _INF):
-                out[t] = f
+    for f, client, server in open_conns:
+        t = cmp.tup_of(client, server)
+        if t is not None and f < out.get(t, _INF):
+            out[t] = f
     return out
 
 

@@ -1540,6 +1540,10 @@ class Analyzer:
         """(the highest frame number fed so far, connections open now): what a progress display shows."""
         return self._max_frame, len(self._open)
 
+    def open_connections(self) -> list[tuple[int, str, str]]:
+        """(first frame, client endpoint, server endpoint) of every connection open now."""
+        return [(c.first_frame, c.sides[0].ep, c.sides[1].ep) for c in self._open.values()]
+
     def drain(self) -> tuple[list[Connection], list[Finding]]:
         """Streaming (keep=False): the connections and findings finished since the last drain(), in the
         order they finished. After finish(), one more drain() returns the rest."""
