@@ -149,8 +149,7 @@ def analyze_shard(path: Path, index: int, count: int, settings: Settings) -> Sha
     stats = feed_file(path, analyzer, on_batch, filt=filt, lenient=settings.lenient)
     # the capture's clock at its end is the whole capture's, not this shard's last segment (TIME_WAIT windows
     # still open at the end are measured against it)
-    if filt.last_ts > analyzer._last_ts:
-        analyzer._last_ts = filt.last_ts
+    analyzer.clock_reached(filt.last_ts)
     report = analyzer.finish()
     on_batch()
     left = stats.skipped.get(FILTERED, 0) - filt.foreign

@@ -1540,6 +1540,12 @@ class Analyzer:
         """(the highest frame number fed so far, connections open now): what a progress display shows."""
         return self._max_frame, len(self._open)
 
+    def clock_reached(self, ts: float) -> None:
+        """The capture's clock reached ts, though no segment fed here says so (a shard is fed only its own
+        four-tuples): TIME_WAIT windows open at finish() are measured against it."""
+        if ts > self._last_ts:
+            self._last_ts = ts
+
     def open_connections(self) -> list[tuple[int, str, str]]:
         """(first frame, client endpoint, server endpoint) of every connection open now."""
         return [(c.first_frame, c.sides[0].ep, c.sides[1].ep) for c in self._open.values()]
