@@ -607,14 +607,16 @@ def _seekable(path: Path) -> Any:
     file first (twl-<pid>-input-*, removed afterwards); a file is used in place."""
     import shutil
     import stat
-    import tempfile
+
+    from lab.pcap.writer import open_new, temp_name
 
     if str(path) != "-" and stat.S_ISREG(path.stat().st_mode):
         yield path
         return
-    fd, name = tempfile.mkstemp(prefix=f"twl-{os.getpid()}-input-", suffix=".cap")
+    name = ""
     try:
-        with os.fdopen(fd, "wb") as out:
+        name = temp_name(f"twl-{os.getpid()}-input-", ".cap")
+        with os.fdopen(open_new(name, os.O_WRONLY), "wb") as out:
             if str(path) == "-":
                 shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
             else:
@@ -700,15 +702,14 @@ def _filtered_copy(path: Path, filt: Any) -> Any:
     """A temporary pcapng (twl-<pid>-filtered-*) with only the TCP packets `filt` keeps, for tools that read
     the file themselves (tshark in verify). A segment reassembled from IP fragments keeps all its pieces (written
     together, in frame order, where the datagram completes)."""
-    import tempfile
-
     from lab.pcap.frag import Reassembler
     from lab.pcap.readers import decode_frame, iter_frames
-    from lab.pcap.writer import PcapngWriter
+    from lab.pcap.writer import PcapngWriter, open_new, temp_name
 
-    fd, name = tempfile.mkstemp(prefix=f"twl-{os.getpid()}-filtered-", suffix=".pcapng")
+    name = ""
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+        name = temp_name(f"twl-{os.getpid()}-filtered-", ".pcapng")
+        with os.fdopen(open_new(name, os.O_WRONLY), "wb", buffering=1 << 20) as out:
             w = PcapngWriter(out)
             first = True
             frags = Reassembler({})

@@ -41,6 +41,7 @@ from lab.errors import BadCapture, LabError
 from lab.pcap.feed import feed_file
 from lab.pcap.filters import FILTERED, SegmentFilter
 from lab.pcap.readers import ReaderStats
+from lab.pcap.writer import open_new, temp_name
 
 OutputKind = str   # "json" | "jsonl" | "summary"
 
@@ -262,9 +263,10 @@ def analyze_one(path: Path, kind: OutputKind, settings: Settings) -> FileResult:
     if kind == "summary":
         summary = stream.summarize(path, limit=settings.limit, opts=opts, records=failing, name=str(path))
         return FileResult(None, summary, failing.hits, warnings)
-    fd, spool = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-doc-", suffix=".json")
+    spool = ""
     try:
-        with os.fdopen(fd, "wb") as out:
+        spool = temp_name(f"twl-spool-{os.getpid()}-doc-", ".json")
+        with os.fdopen(open_new(spool, os.O_WRONLY), "wb") as out:
             write = stream.write_jsonl if kind == "jsonl" else stream.write_json
             write(path, out, opts=opts, records=failing, name=str(path))
     except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,7 +19,8 @@ from typing import BinaryIO
 
 from lab.errors import UsageError
 
-__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "fit_comment", "write_pcap_ns", "write_pcapng"]
+__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "fit_comment", "open_new", "spool", "temp_name",
+           "write_pcap_ns", "write_pcapng"]
 
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
@@ -38,15 +40,28 @@ PADS = (b"", b"\0", b"\0\0", b"\0\0\0")   # by -len % 4: the zeros that pad data
 _BUFFER = 1 << 20
 
 
+def temp_name(prefix: str, suffix: str, folder: str | Path | None = None) -> str:
+    """A fresh file name in `folder` (default: the system temp dir) for open_new()."""
+    return os.path.join(folder if folder is not None else tempfile.gettempdir(),
+                        f"{prefix}{secrets.token_hex(8)}{suffix}")
+
+
+def open_new(name: str, flags: int) -> int:
+    """Create `name` (it must not exist yet), mode 0600. The caller holds the name before the file exists, so
+    a signal at any moment leaves nothing its cleanup cannot remove (tempfile.mkstemp hands the name out only
+    after it created the file: a signal in between left a file no one knew; CI saw one)."""
+    return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600)
+
+
 @contextlib.contextmanager
 def spool(role: str, suffix: str) -> Iterator[BinaryIO]:
-    """A temporary file in the system temp dir, removed after. Created inside the `try` (a signal right after
-    it is still cleaned up) and named twl-spool-<pid>-<role>-*: after a kill -9, `twlab doctor --cleanup` removes
-    it because its pid is dead (lab.run.resources.stale_temp_files)."""
+    """A temporary file in the system temp dir, removed after, whenever a signal comes (see open_new).
+    Named twl-spool-<pid>-<role>-*: after a kill -9, `twlab doctor --cleanup` removes it because its pid is
+    dead (lab.run.resources.stale_temp_files)."""
     name = ""
     try:
-        fd, name = tempfile.mkstemp(prefix=f"twl-spool-{os.getpid()}-{role}-", suffix=suffix)
-        with os.fdopen(fd, "w+b") as f:
+        name = temp_name(f"twl-spool-{os.getpid()}-{role}-", suffix)
+        with os.fdopen(open_new(name, os.O_RDWR), "w+b") as f:
             yield f
     finally:
         if name:
@@ -67,14 +82,13 @@ def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
     if not parent.is_dir():
         raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
     # ".NAME.<pid>.*.twl-tmp": with the writer's pid, so that doctor --cleanup can tell a dead writer's temp
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX)
-    tmp = Path(tmp_name)
+    tmp = Path(temp_name(f".{path.name}.{os.getpid()}.", _TMP_SUFFIX, parent))
     try:
-        with os.fdopen(fd, "wb", buffering=_BUFFER) as out:
+        with os.fdopen(open_new(str(tmp), os.O_WRONLY), "wb", buffering=_BUFFER) as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600; a capture is meant to be opened by the user's tools
+        os.chmod(tmp, mode)  # open_new makes 0600; a capture is meant to be opened by the user's tools
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
