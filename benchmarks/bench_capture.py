@@ -88,6 +88,15 @@ def _ns(ns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
+def churn_namespace(ns: str, ledger: Ledger) -> None:
+    """Create the lab namespace `ns` for a churn generator (in the ledger, so closing it deletes it): lo up and
+    a wide port range, so churn does not run out of ports (its own sysctls; the host's stay untouched)."""
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    ledger.add("netns", ns)
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    subprocess.run(_ns(ns, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"), check=True)
+
+
 def _kernel_segs(ns: str) -> int:
     out = subprocess.run(_ns(ns, "nstat", "-asz", "TcpOutSegs", "TcpRetransSegs"), capture_output=True, text=True,
                          check=True).stdout
@@ -165,11 +174,7 @@ def main(argv: list[str]) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f"twl{run_id}-capture-"))
     rows: list[dict[str, Any]] = []
     try:
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        ledger.add("netns", ns)
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        # churn must not run out of ports inside the namespace (its own sysctls; the host's stay untouched)
-        subprocess.run(_ns(ns, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"), check=True)
+        churn_namespace(ns, ledger)
         print(f"{'target/s':>9} {'achieved/s':>10} {'kernel segs':>11} {'ours':>9} {'lost %':>7} {'drops':>6}"
               f" {'tcpdump':>9} {'lost %':>7} {'drops':>6}", flush=True)
         for i, rate in enumerate(int(r) for r in args.rates.split(",")):

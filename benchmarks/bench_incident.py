@@ -36,7 +36,7 @@ from typing import Any
 
 from benchmarks.bench_analyze import OUT as ANALYZE_OUT
 from benchmarks.bench_analyze import generate, run_measured
-from benchmarks.bench_capture import GENERATOR, _kernel_segs, _ns
+from benchmarks.bench_capture import GENERATOR, _kernel_segs, _ns, churn_namespace
 from lab.run.context import is_root, new_run_id
 from lab.run.resources import Ledger
 
@@ -165,10 +165,7 @@ def live(rates: list[int], duration_s: float, nproc: int) -> dict[str, Any]:
     ledger = Ledger(run_id)
     rows: list[dict[str, Any]] = []
     try:
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        ledger.add("netns", ns)
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(_ns(ns, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"), check=True)
+        churn_namespace(ns, ledger)
         for i, rate in enumerate(rates):
             row = _live_step(ns, rate, duration_s, 21000 + i, nproc)
             rows.append(row)
