@@ -31,9 +31,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from lab.errors import BadCapture, EnvironmentProblem
+
+if TYPE_CHECKING:
+    from lab.core.tracker import Analyzer
 
 INSTALL_HINT = ("install it: apt-get install -y tshark (preseed 'wireshark-common/install-setuid boolean false' "
                 "for a non-interactive install)")
@@ -1160,11 +1163,9 @@ class _Comparison:
 
     # -- frames are compared once no connection that could hold them is open --------------------------------
 
-    def settle(self, open_first: Mapping[_Tup, int] | None, upto: int) -> None:
+    def settle(self, open_first: Mapping[_Tup, int], upto: int) -> None:
         """Compare every buffered frame before its four-tuple's cut: the first frame of an open connection of
-        ours on it (open_first; None: unknown, all wait), or `upto`."""
-        if open_first is None:
-            return
+        ours on it (open_first), or `upto`."""
         for t in list(self.dirty):
             cut = min(open_first.get(t, _INF), upto)
             frames = t.frames
@@ -1404,15 +1405,10 @@ class _Run:
         self.peek = tf
 
 
-def _open_firsts(cmp: _Comparison, analyzer: Any) -> dict[_Tup, int] | None:
-    """Per four-tuple, the first frame of its earliest connection the analyzer still has open (None when the
-    analyzer does not say: then every frame waits for the end)."""
-    try:
-        open_conns = analyzer.open_connections()
-    except AttributeError:
-        return None
+def _open_firsts(cmp: _Comparison, analyzer: Analyzer) -> dict[_Tup, int]:
+    """Per four-tuple, the first frame of its earliest connection the analyzer still has open."""
     out: dict[_Tup, int] = {}
-    for f, client, server in open_conns:
+    for f, client, server in analyzer.open_connections():
         t = cmp.tup_of(client, server)
         if t is not None and f < out.get(t, _INF):
             out[t] = f
