@@ -16,16 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lab.core.jsontext as loaded
+from lab import accel
 from lab.core.report import Close, Connection, Finding, TimeWaitWindow
 from lab.core.tcpstate import Input, TcpState
 
 
 def _pure_copy() -> ModuleType:
-    assert loaded.__spec__ is not None and loaded.__spec__.origin is not None
-    src = loaded.__spec__.origin
-    if not src.endswith(".py"):
-        src = src.split(".", 1)[0] + ".py"   # the compiled shim's .py beside it
-    spec = importlib.util.spec_from_file_location("_jsontext_pure", src)
+    spec = importlib.util.spec_from_file_location("_jsontext_pure", accel.source_path("lab.core.jsontext"))
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules["_jsontext_pure"] = mod
