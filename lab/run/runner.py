@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ class SignalGate:
         self.deferring = False
         self._owner = os.getpid()
         self._old: dict[int, Any] = {}
+        self._old_hook = sys.unraisablehook
 
     def _handler(self, signum: int, frame: object) -> None:
         if os.getpid() != self._owner:  # a forked helper (e.g. pyroute2's) must not unwind our teardown
@@ -53,11 +55,25 @@ class SignalGate:
                 self._old[sig] = signal.signal(sig, self._handler)
         except ValueError:  # not the main thread: signals are handled elsewhere
             self._old.clear()
+            return self
+        self._old_hook = sys.unraisablehook
+        sys.unraisablehook = self._swallowed
         return self
+
+    def _swallowed(self, unraisable: Any) -> None:
+        """Our Interrupted raised where Python cannot raise (a weakref callback, a __del__) would print
+        "Exception ignored ... Traceback" to the user: it is recorded (self.received) and raised again at the
+        gate's end, so it is not printed. (Sending the signal again from here would raise inside this hook.)"""
+        exc = unraisable.exc_value
+        if isinstance(exc, Interrupted) and exc.signum == self.received:
+            return
+        self._old_hook(unraisable)
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._old:
+            sys.unraisablehook = self._old_hook
         self._old.clear()
 
     def defer(self) -> None:
