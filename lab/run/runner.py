@@ -29,9 +29,11 @@ class SignalGate:
     """SIGINT and SIGTERM while the lab holds resources: the first one interrupts the work (raises Interrupted,
     so every ExitStack callback runs); from teardown on (`defer`) signals are only recorded, so cleanup always
     finishes; afterwards a recorded signal is raised again and the CLI exits 128 + signal (130, 143). A signal
-    that something swallowed is still raised at the end: never exit 0 after an interrupt."""
+    that Python swallowed (it came inside a weakref callback or a __del__) is raised again a moment later,
+    where Python can raise it; never exit 0 after an interrupt."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    RETRY_S = 0.001     # a swallowed interrupt is raised again this soon after (SIGALRM), outside the hook
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -39,6 +41,7 @@ class SignalGate:
         self._owner = os.getpid()
         self._old: dict[int, Any] = {}
         self._old_hook = sys.unraisablehook
+        self._in_hook = False
 
     def _handler(self, signum: int, frame: object) -> None:
         if os.getpid() != self._owner:  # a forked helper (e.g. pyroute2's) must not unwind our teardown
@@ -56,20 +59,36 @@ class SignalGate:
         except ValueError:  # not the main thread: signals are handled elsewhere
             self._old.clear()
             return self
+        self._old[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._raise_swallowed)
         self._old_hook = sys.unraisablehook
         sys.unraisablehook = self._swallowed
         return self
 
     def _swallowed(self, unraisable: Any) -> None:
         """Our Interrupted raised where Python cannot raise (a weakref callback, a __del__) would print
-        "Exception ignored ... Traceback" to the user: it is recorded (self.received) and raised again at the
-        gate's end, so it is not printed. (Sending the signal again from here would raise inside this hook.)"""
-        exc = unraisable.exc_value
-        if isinstance(exc, Interrupted) and exc.signum == self.received:
+        "Exception ignored ... Traceback" to the user: it is not printed, and a timer raises it again once
+        this hook has returned (raising from inside the hook would be swallowed the same way)."""
+        self._in_hook = True
+        try:
+            exc = unraisable.exc_value
+            if not (isinstance(exc, Interrupted) and exc.signum == self.received):
+                self._old_hook(unraisable)
+            elif not self.deferring:
+                signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+        finally:
+            self._in_hook = False
+
+    def _raise_swallowed(self, signum: int, frame: object) -> None:
+        if self.received is None or self.deferring:
             return
-        self._old_hook(unraisable)
+        if self._in_hook:        # still inside someone's unraisable hook: try again a moment later
+            signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+            return
+        raise Interrupted(self.received)
 
     def __exit__(self, *exc: object) -> None:
+        if self._old:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, old in self._old.items():
             signal.signal(sig, old)
         if self._old:
