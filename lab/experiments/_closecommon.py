@@ -139,9 +139,56 @@ def side_states(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int) ->
     return {"client": cs.states_of(local_port=client_port), "server": ss.states_of(remote_port=client_port)}
 
 
-def states_between(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int, t_a: float, t_b: float
-                   ) -> dict[str, str] | None:
-    """Each side's state as sock_diag reported it in a dump taken between capture times t_a and t_b."""
+@dataclass(frozen=True)
+class HeldDump:
+    """One sock_diag dump of each host that the lab took itself while a script waited on a gate for it: each side's
+    state of one connection (None: no socket) and the wall-clock span (epoch, like capture timestamps) from before
+    the first dump began to after the second one returned, so the states held at some instant inside it."""
+
+    states: dict[str, str | None]
+    began_s: float
+    done_s: float
+    matched: bool          # the states were the ones waited for (False: the deadline passed first)
+
+
+def held_dump(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int) -> HeldDump:
+    """Dump both hosts now (recorded by the samplers like their own dumps) and read one connection's states."""
+    cs, ss = samplers
+    began = time.time()
+    client = [s.state for s in cs.sample_now() if s.sport == client_port]
+    server = [s.state for s in ss.sample_now() if s.dport == client_port]
+    return HeldDump({"client": client[0] if client else None, "server": server[0] if server else None},
+                    began, time.time(), False)
+
+
+def await_states(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int, want: Mapping[str, str],
+                 timeout_s: float = SETTLE_S) -> HeldDump:
+    """Dump both hosts until the connection shows every side in the state `want` names: the event a script's gate
+    waits on, so a state that lasts as long as the script is held is seen whatever the machine's load (a periodic
+    sampler can miss a short window). The matching dump, or the last one (matched False) when the scaled deadline
+    passed first."""
+    last: list[HeldDump] = []
+
+    def seen() -> bool:
+        last[:] = [held_dump(samplers, client_port)]
+        return all(last[0].states.get(side) == state for side, state in want.items())
+
+    matched = wait_until(seen, timeout_s, 0.005)
+    return HeldDump(last[0].states, last[0].began_s, last[0].done_s, matched)
+
+
+def states_between(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int, t_a: float, t_b: float,
+                   held: HeldDump | None = None) -> dict[str, str] | None:
+    """Each side's state as sock_diag reported it in a dump taken between capture times t_a and t_b.
+
+    held: the dump the lab took while the closing script waited for it (await_states); when given it is the
+    evidence (None if it did not match or does not lie between the two segments on the capture's clock), because
+    the periodic samplers' dumps are timed by the scheduler: on a loaded machine none may fall in the window, and a
+    sample's stamp (taken before its dump) can fall inside the window while the dump itself came after t_b."""
+    if held is not None:
+        states = {k: v for k, v in held.states.items() if v is not None}
+        inside = t_a < held.done_s < t_b
+        return states if held.matched and inside and len(states) == len(held.states) else None
     out: dict[str, str] = {}
     for side, samples, key in (("client", cs.samples, "sport"), ("server", ss.samples, "dport")):
         last = None
