@@ -604,28 +604,23 @@ def _warn(lines: list[str] | tuple[str, ...]) -> None:
 @contextlib.contextmanager
 def _seekable(path: Path) -> Any:
     """Commands that read a capture twice (show, annotate, verify) get a pipe or stdin copied to a temporary
-    file first (twl-<pid>-input-*, removed afterwards); a file is used in place."""
+    file first (twl-spool-<pid>-input-*, removed afterwards); a file is used in place."""
     import shutil
     import stat
 
-    from lab.pcap.writer import open_new, temp_name
+    from lab.pcap.writer import spool_prefix, temp_file
 
     if str(path) != "-" and stat.S_ISREG(path.stat().st_mode):
         yield path
         return
-    name = ""
-    try:
-        name = temp_name(f"twl-{os.getpid()}-input-", ".cap")
-        with os.fdopen(open_new(name, os.O_WRONLY), "wb") as out:
-            if str(path) == "-":
-                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-            else:
-                with open(path, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+    with temp_file(spool_prefix("input"), ".cap") as (name, out):
+        if str(path) == "-":
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        else:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        out.close()   # complete on disk: the readers open it by name
         yield Path(name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
 
 
 def _analyze_file(path: Path, profile: str, time_wait_s: float | None, filt: Any = None,
@@ -699,35 +694,29 @@ def _by_stream(conns: list[dict[str, Any]], stream: int, file: Path) -> dict[str
 
 @contextlib.contextmanager
 def _filtered_copy(path: Path, filt: Any) -> Any:
-    """A temporary pcapng (twl-<pid>-filtered-*) with only the TCP packets `filt` keeps, for tools that read
-    the file themselves (tshark in verify). A segment reassembled from IP fragments keeps all its pieces (written
-    together, in frame order, where the datagram completes)."""
+    """A temporary pcapng (twl-spool-<pid>-filtered-*) with only the TCP packets `filt` keeps, for tools that
+    read the file themselves (tshark in verify). A segment reassembled from IP fragments keeps all its pieces
+    (written together, in frame order, where the datagram completes)."""
     from lab.pcap.frag import Reassembler
     from lab.pcap.readers import decode_frame, iter_frames
-    from lab.pcap.writer import PcapngWriter, open_new, temp_name
+    from lab.pcap.writer import PcapngWriter, spool_prefix, temp_file
 
-    name = ""
-    try:
-        name = temp_name(f"twl-{os.getpid()}-filtered-", ".pcapng")
-        with os.fdopen(open_new(name, os.O_WRONLY), "wb", buffering=1 << 20) as out:
-            w = PcapngWriter(out)
-            first = True
-            frags = Reassembler({})
-            for fr in iter_frames(path):
-                if first:
-                    filt.first(fr.ts_ns / 1e9)
-                    first = False
-                frags.tag = fr
-                seg = decode_frame(fr.linktype, fr.data, fr.frame, fr.ts_ns, frags)
-                if seg is not None and filt.keep(seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.ts_s):
-                    done: tuple[Any, ...] = frags.completed if frags.completed[-1:] == (fr,) else (fr,)
-                    for k in sorted(done, key=lambda f: f.frame):
-                        w.write(k.ts_ns, k.data, k.orig_len, k.comments, interface=k.interface,
-                                linktype=k.linktype)
+    with temp_file(spool_prefix("filtered"), ".pcapng", buffering=1 << 20) as (name, out):
+        w = PcapngWriter(out)
+        first = True
+        frags = Reassembler({})
+        for fr in iter_frames(path):
+            if first:
+                filt.first(fr.ts_ns / 1e9)
+                first = False
+            frags.tag = fr
+            seg = decode_frame(fr.linktype, fr.data, fr.frame, fr.ts_ns, frags)
+            if seg is not None and filt.keep(seg.src_ip, seg.sport, seg.dst_ip, seg.dport, seg.ts_s):
+                done: tuple[Any, ...] = frags.completed if frags.completed[-1:] == (fr,) else (fr,)
+                for k in sorted(done, key=lambda f: f.frame):
+                    w.write(k.ts_ns, k.data, k.orig_len, k.comments, interface=k.interface, linktype=k.linktype)
+        out.close()   # complete on disk: tshark and the analyzer open it by name
         yield Path(name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
 
 
 EXIT_FAIL_ON = 4   # analyze --fail-on: a finding of that kind occurred

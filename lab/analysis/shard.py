@@ -41,7 +41,7 @@ from lab.errors import BadCapture, LabError
 from lab.pcap.feed import feed_file
 from lab.pcap.filters import FILTERED, SegmentFilter
 from lab.pcap.readers import ReaderStats
-from lab.pcap.writer import open_new, temp_name
+from lab.pcap.writer import SPOOL_PREFIX, spool_prefix, temp_file
 
 OutputKind = str   # "json" | "jsonl" | "summary"
 
@@ -263,16 +263,10 @@ def analyze_one(path: Path, kind: OutputKind, settings: Settings) -> FileResult:
     if kind == "summary":
         summary = stream.summarize(path, limit=settings.limit, opts=opts, records=failing, name=str(path))
         return FileResult(None, summary, failing.hits, warnings)
-    spool = ""
-    try:
-        spool = temp_name(f"twl-spool-{os.getpid()}-doc-", ".json")
-        with os.fdopen(open_new(spool, os.O_WRONLY), "wb") as out:
-            write = stream.write_jsonl if kind == "jsonl" else stream.write_json
-            write(path, out, opts=opts, records=failing, name=str(path))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(spool)
-        raise
+    # kept after a clean write: the parent copies it to stdout in turn, then removes it (map_files)
+    with temp_file(spool_prefix("doc"), ".json", keep=True) as (spool, out):
+        write = stream.write_jsonl if kind == "jsonl" else stream.write_json
+        write(path, out, opts=opts, records=failing, name=str(path))
     return FileResult(spool, None, failing.hits, warnings)
 
 
@@ -343,7 +337,7 @@ def _worker_signals() -> None:
 
 
 def _worker_term(signum: int, frame: object) -> None:
-    for name in glob.glob(os.path.join(tempfile.gettempdir(), f"twl-spool-{os.getpid()}-*")):
+    for name in glob.glob(os.path.join(tempfile.gettempdir(), f"{SPOOL_PREFIX}{os.getpid()}-*")):
         with contextlib.suppress(OSError):
             os.unlink(name)
     os._exit(128 + signum)

@@ -1,5 +1,7 @@
-"""Writing captures: ONE pcapng writer, the classic nanosecond pcap writer, and ONE atomic-write helper that
-every capture the lab writes goes through (annotate, live capture, recordings, `analyze -i ... -w FILE`).
+"""Writing captures: ONE pcapng writer, the classic nanosecond pcap writer, ONE atomic-write helper that
+every capture the lab writes goes through (annotate, live capture, recordings, `analyze -i ... -w FILE`), and
+ONE temporary-file helper (temp_file) under it and under every spool and copy (analyze's spools, the copies of
+stdin and of a filtered capture).
 
 The pcapng writer is a few lines of struct packing (SHB, one IDB per interface and link type with
 if_tsresol=9, EPB with opt_comment options) because that is all Wireshark needs and it streams: memory
@@ -19,8 +21,8 @@ from typing import BinaryIO
 
 from lab.errors import UsageError
 
-__all__ = ["PCAP_NS_MAGIC", "PcapngWriter", "atomic_write", "fit_comment", "open_new", "spool", "temp_name",
-           "write_pcap_ns", "write_pcapng"]
+__all__ = ["PCAP_NS_MAGIC", "SPOOL_PREFIX", "PcapngWriter", "atomic_write", "fit_comment", "spool", "spool_prefix",
+           "temp_file", "write_pcap_ns", "write_pcapng"]
 
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
@@ -40,33 +42,59 @@ PADS = (b"", b"\0", b"\0\0", b"\0\0\0")   # by -len % 4: the zeros that pad data
 _BUFFER = 1 << 20
 
 
-def temp_name(prefix: str, suffix: str, folder: str | Path | None = None) -> str:
-    """A fresh file name in `folder` (default: the system temp dir) for open_new()."""
+SPOOL_PREFIX = "twl-spool-"   # + pid + "-" + role + "-": doctor --cleanup removes those of dead pids (run.resources)
+
+
+def spool_prefix(role: str) -> str:
+    """twl-spool-<pid>-<role>-: how every temp file of this process in the system temp dir starts its name, so that
+    after a kill -9 `twlab doctor --cleanup` removes it because its pid is dead (lab.run.resources.stale_temp_files)
+    and an analyze worker's SIGTERM handler finds it (lab.analysis.shard)."""
+    return f"{SPOOL_PREFIX}{os.getpid()}-{role}-"
+
+
+def _temp_name(prefix: str, suffix: str, folder: str | Path | None) -> str:
     return os.path.join(folder if folder is not None else tempfile.gettempdir(),
                         f"{prefix}{secrets.token_hex(8)}{suffix}")
 
 
-def open_new(name: str, flags: int) -> int:
-    """Create `name` (it must not exist yet), mode 0600. The caller holds the name before the file exists, so
-    a signal at any moment leaves nothing its cleanup cannot remove (tempfile.mkstemp hands the name out only
-    after it created the file: a signal in between left a file no one knew; CI saw one)."""
-    return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600)
+def _open_new(name: str) -> int:
+    """Create `name` (it must not exist yet: O_EXCL never opens a file someone else made), mode 0600."""
+    return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+@contextlib.contextmanager
+def temp_file(prefix: str, suffix: str, folder: str | Path | None = None, *, keep: bool = False,
+              buffering: int = -1) -> Iterator[tuple[str, BinaryIO]]:
+    """A new file PREFIX<random>SUFFIX in `folder` (default: the system temp dir), mode 0600, open for reading
+    and writing: (its name, the file). It is removed when the block ends, on every path (an error, Ctrl-C, a
+    SIGTERM turned into an exception); with keep=True it outlives a block that ends cleanly (its owner removes
+    it later) and is still removed when the block fails.
+
+    The name is chosen before the file exists, so a signal at any moment leaves nothing this cleanup does not
+    know (tempfile.mkstemp hands the name out only after it created the file: a signal in between left a file
+    no one knew; CI saw one). Every temporary file the lab writes comes from here."""
+    name = _temp_name(prefix, suffix, folder)
+    remove = True
+    try:
+        try:
+            fd = _open_new(name)
+        except FileExistsError:
+            remove = False   # someone else's file (O_EXCL): neither opened nor removed
+            raise
+        with os.fdopen(fd, "w+b", buffering=buffering) as f:
+            yield name, f
+        remove = not keep
+    finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 @contextlib.contextmanager
 def spool(role: str, suffix: str) -> Iterator[BinaryIO]:
-    """A temporary file in the system temp dir, removed after, whenever a signal comes (see open_new).
-    Named twl-spool-<pid>-<role>-*: after a kill -9, `twlab doctor --cleanup` removes it because its pid is
-    dead (lab.run.resources.stale_temp_files)."""
-    name = ""
-    try:
-        name = temp_name(f"twl-spool-{os.getpid()}-{role}-", suffix)
-        with os.fdopen(open_new(name, os.O_RDWR), "w+b") as f:
-            yield f
-    finally:
-        if name:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+    """A temporary file twl-spool-<pid>-<role>-* in the system temp dir (see spool_prefix), removed after."""
+    with temp_file(spool_prefix(role), suffix) as (_, f):
+        yield f
 
 
 @contextlib.contextmanager
@@ -81,19 +109,14 @@ def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
-    # ".NAME.<pid>.*.twl-tmp": with the writer's pid, so that doctor --cleanup can tell a dead writer's temp
-    tmp = Path(temp_name(f".{path.name}.{os.getpid()}.", _TMP_SUFFIX, parent))
-    try:
-        with os.fdopen(open_new(str(tmp), os.O_WRONLY), "wb", buffering=_BUFFER) as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # open_new makes 0600; a capture is meant to be opened by the user's tools
+    # ".NAME.<pid>.*.twl-tmp": with the writer's pid, so that doctor --cleanup can tell a dead writer's temp.
+    # keep: once renamed over `path` it is the output; until then any failure removes it
+    with temp_file(f".{path.name}.{os.getpid()}.", _TMP_SUFFIX, parent, keep=True, buffering=_BUFFER) as (tmp, out):
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
+        os.chmod(tmp, mode)  # temp_file makes 0600; a capture is meant to be opened by the user's tools
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _pad4(data: bytes) -> bytes:
