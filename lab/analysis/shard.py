@@ -313,7 +313,7 @@ def copy_spool(res: FileResult, out: IO[bytes]) -> None:
 def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     # fork: the workers start at once with everything imported (the CLI process is single-threaded here)
     pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_signals)
+                               initializer=_worker_signals, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
@@ -327,13 +327,23 @@ def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_signals() -> None:
+_PR_SET_PDEATHSIG = 1   # prctl(2): the signal this process gets when its parent dies
+
+
+def _worker_signals(parent: int) -> None:
     """In each worker: Ctrl-C is the parent's to handle (the terminal sends it to the whole group); SIGTERM
     from the parent ends the worker at once, after removing its temporary files (named twl-spool-<pid>-*).
     Raising from the handler instead could land inside the compiled walk (mypyc aborts there); the handlers
-    inherited from the CLI would os._exit without cleaning up."""
+    inherited from the CLI would os._exit without cleaning up. A parent killed with -9 cannot send that
+    SIGTERM, so the kernel does (PR_SET_PDEATHSIG): else the worker waited forever on the pool's queue, its
+    spools kept by a live pid that doctor --cleanup leaves alone."""
+    import ctypes
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_term)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:   # the parent died before prctl took effect
+        _worker_term(signal.SIGTERM, None)
 
 
 def _worker_term(signum: int, frame: object) -> None:

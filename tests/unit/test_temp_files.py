@@ -280,3 +280,45 @@ def test_sigkill_during_the_stdin_copy_leaves_what_doctor_finds(held_stdin: tupl
     assert len(left) == 1
     monkeypatch.setattr(tempfile, "tempdir", str(d))
     assert _stale_in(d) == left
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_analyze_jobs_ends_its_workers_and_their_spools(tmp_path: Path, corpus: Path) -> None:
+    """The parent cannot stop its workers when killed with -9; they must not wait forever on the pool's queue,
+    holding their spools under a live pid (which doctor --cleanup then leaves alone)."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    big = corpus / "zeek__echo-connections.pcap.gz"   # a 300 kB document: the parent blocks on the unread stdout
+    p = subprocess.Popen([sys.executable, "-m", "lab", "analyze", "-j", "2", "--json", *[str(big)] * 4],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(d), cwd=REPO,
+                         start_new_session=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(d.glob("twl-spool-*-doc-*")) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)                   # the event: a worker has finished a document
+        workers = {int(f.name.split("-")[2]) for f in d.glob("twl-spool-*")}
+        assert p.poll() is None and workers, "no worker document seen"
+        p.kill()
+        p.wait(timeout=WAIT_S)                 # not communicate: the workers hold its stdout open
+        while any(map(_running, workers)) and time.monotonic() < deadline + WAIT_S:
+            time.sleep(0.01)                   # the event: the workers are gone
+        assert not any(map(_running, workers)), "workers outlived their parent"
+        assert list(d.iterdir()) == []
+    finally:
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=WAIT_S)
+        for pipe in (p.stdout, p.stderr):
+            assert pipe is not None
+            pipe.close()
