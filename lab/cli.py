@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -69,7 +70,7 @@ def os_error_line(exc: OSError) -> str:
 
 
 def _fail(line: str, code: int) -> None:
-    click.echo(f"twlab: {line}", err=True)
+    click.echo(f"twlab: {as_given(line)}", err=True)
     sys.exit(code)
 
 
@@ -598,7 +599,18 @@ def _segment_filter(ports: tuple[int, ...], hosts: tuple[str, ...], since: str |
 
 def _warn(lines: list[str] | tuple[str, ...]) -> None:
     for line in lines:
-        click.echo(f"twlab: warning: {_one_line(line)}", err=True)
+        click.echo(f"twlab: warning: {as_given(_one_line(line))}", err=True)
+
+
+# a temporary copy of the user's input (a pipe, stdin, a filtered copy) -> the name the user gave: what the
+# user reads (warnings, errors, titles, verify's "file") names the input, never our temporary file
+_COPIES: dict[str, str] = {}
+
+
+def as_given(text: str) -> str:
+    for copy, given in _COPIES.items():
+        text = text.replace(copy, given)
+    return text
 
 
 @contextlib.contextmanager
@@ -620,6 +632,7 @@ def _seekable(path: Path) -> Any:
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
         out.close()   # complete on disk: the readers open it by name
+        _COPIES[name] = as_given(str(path))
         yield Path(name)
 
 
@@ -716,6 +729,7 @@ def _filtered_copy(path: Path, filt: Any) -> Any:
                 for k in sorted(done, key=lambda f: f.frame):
                     w.write(k.ts_ns, k.data, k.orig_len, k.comments, interface=k.interface, linktype=k.linktype)
         out.close()   # complete on disk: tshark and the analyzer open it by name
+        _COPIES[name] = as_given(str(path))
         yield Path(name)
 
 
@@ -931,7 +945,7 @@ def show_cmd(file: Path, conn_id: int | None, max_rows: int, width: int | None, 
                     filt=_segment_filter(ports, hosts, since, until), lenient=not strict)
     _warn(chosen.warnings)
     print_ladder(console(), chosen.conn, chosen.segments, chosen.t0, width=width, max_rows=max_rows,
-                 title=str(file), findings=chosen.findings)
+                 title=as_given(str(file)), findings=chosen.findings)
 
 
 @cli.command("annotate")
@@ -1054,6 +1068,7 @@ def verify_cmd(files: tuple[Path, ...], as_json: bool, rows: int | None, ports: 
             with ReadProgress(path) as progress:
                 found = tshark.verify_file(path, profile, time_wait_s, strict, warn=lambda line: _warn([line]),
                                            progress=progress)
+        found = dataclasses.replace(found, file=as_given(found.file))
         results.append(found.ok)
         if as_json:
             for chunk in found.json_chunks():   # json.dumps(found.to_dict()), without holding it all
