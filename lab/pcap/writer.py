@@ -21,8 +21,8 @@ from typing import BinaryIO
 
 from lab.errors import UsageError
 
-__all__ = ["PCAP_NS_MAGIC", "SPOOL_PREFIX", "PcapngWriter", "atomic_write", "fit_comment", "spool", "spool_prefix",
-           "temp_file", "write_pcap_ns", "write_pcapng"]
+__all__ = ["PCAP_NS_MAGIC", "SPOOL_PREFIX", "TMP_SUFFIX", "PcapngWriter", "atomic_write", "fit_comment", "spool",
+           "spool_prefix", "temp_file", "write_pcap_ns", "write_pcapng"]
 
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
@@ -35,7 +35,7 @@ _IF_TSRESOL = 9
 _SHB_USERAPPL = 4
 MAX_OPT = 0xFFFF - 3  # option length is 16 bits; keep the padded length representable
 PCAP_NS_MAGIC = 0xA1B23C4D
-_TMP_SUFFIX = ".twl-tmp"
+TMP_SUFFIX = ".twl-tmp"     # atomic_write's temp beside its output: ".NAME.<pid>.<random>.twl-tmp"
 EPB_HEAD = struct.Struct("<IIIIIII")   # block type, total length, interface, ts high, ts low, caplen, len
 U32 = struct.Struct("<I")
 PADS = (b"", b"\0", b"\0\0", b"\0\0\0")   # by -len % 4: the zeros that pad data to 4 bytes
@@ -111,7 +111,7 @@ def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise UsageError(f"folder {parent} does not exist", "create it first or choose another output path")
     # ".NAME.<pid>.*.twl-tmp": with the writer's pid, so that doctor --cleanup can tell a dead writer's temp.
     # keep: once renamed over `path` it is the output; until then any failure removes it
-    with temp_file(f".{path.name}.{os.getpid()}.", _TMP_SUFFIX, parent, keep=True, buffering=_BUFFER) as (tmp, out):
+    with temp_file(f".{path.name}.{os.getpid()}.", TMP_SUFFIX, parent, keep=True, buffering=_BUFFER) as (tmp, out):
         yield out
         out.flush()
         os.fsync(out.fileno())

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lab.pcap.writer import SPOOL_PREFIX, TMP_SUFFIX
+
 
 def ledger_dir() -> Path:
     base = Path("/run") if os.geteuid() == 0 and Path("/run").is_dir() else Path(tempfile.gettempdir())
@@ -188,9 +190,7 @@ def leftovers() -> list[str]:
 
 # --- temporary files of processes that died (kill -9) -------------------------------------------------------
 
-SPOOL_PREFIX = "twl-spool-"          # + pid + "-" + role: analyze's spool files in the temp dir (lab.analysis.stream)
 OUTPUT_RECORD_PREFIX = "twl-out-"    # + pid + ".json" in ledger_dir(): an output being written atomically
-OUTPUT_TMP_SUFFIX = ".twl-tmp"       # lab.pcap.writer's temp file: ".NAME.<pid>.<random>.twl-tmp" beside NAME
 
 
 def _pid_of(text: str) -> int | None:
@@ -218,7 +218,7 @@ def stale_temp_files() -> list[Path]:
     for rec, data in _stale_output_records():
         target = Path(str(data.get("path", "")))
         if target.name:
-            found += sorted(target.parent.glob(f".{glob_escape(target.name)}.{data.get('pid')}.*{OUTPUT_TMP_SUFFIX}"))
+            found += sorted(target.parent.glob(f".{glob_escape(target.name)}.{data.get('pid')}.*{TMP_SUFFIX}"))
         found.append(rec)
     return found
 
