@@ -16,7 +16,8 @@ from types import ModuleType
 
 # one mypyc group: these modules are compiled together (lab.build) or not at all
 COMPILED = ("lab.core.model", "lab.core.seqnum", "lab.core.tcpstate", "lab.core.profiles", "lab.core.report",
-            "lab.core.tracker", "lab.core.narrate", "lab.core.jsontext", "lab.pcap.fastdecode", "lab.pcap.fastcopy")
+            "lab.core.tracker", "lab.core.narrate", "lab.core.jsontext", "lab.core.census", "lab.pcap.fastdecode",
+            "lab.pcap.fastcopy")
 GROUP = "lab._accel"                     # mypyc's shared library: lab/_accel__mypyc<EXT_SUFFIX>
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the directory holding lab/
 STAMP = os.path.join(ROOT, "lab", ".accel-stamp")

@@ -46,7 +46,7 @@ def census(report: Report, t0: float, end: float) -> tuple[CensusFold, dict[str,
 
 
 def occupancy(fold: CensusFold, side: str, start: float, end: float) -> cc.Occupancy:
-    return cc.sweep(fold.side_steps[side], start, end, _OCCUPANCY_POINTS)
+    return cc.sweep(fold.fold.side_steps[side], start, end, _OCCUPANCY_POINTS)
 
 
 def per_destination(fold: CensusFold, dests: list[str], t0: float, end: float) -> tuple[float, dict[str, Any]]:
@@ -59,7 +59,7 @@ def per_destination(fold: CensusFold, dests: list[str], t0: float, end: float) -
     out: dict[str, Any] = {}
     for dest in dests:
         counts = [0] * nbins
-        for (_client, server), secs in fold.per_pair.items():
+        for (_client, server), secs in fold.fold.per_pair.items():
             if server == dest:
                 for sec, n in secs.items():
                     counts[min(max(int((sec - first) / width), 0), nbins - 1)] += n

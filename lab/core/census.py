@@ -2,6 +2,9 @@
 running out of ephemeral ports. Functions of numbers and records only (the fold over an analysis is
 lab.analysis.census).
 
+Fold is the per-connection fold itself (compiled with the accelerator group: it runs once per finished
+connection of a capture); lab.analysis.census builds the census document from it.
+
 Occupancy (TIME_WAIT held at once) is swept over +1/-1 steps at a fixed resolution (RESOLUTION_S): a window
 counts from its start to its end, the end taken first when both fall on one tick. The port forecast is the
 classic one: a client address holds one ephemeral port per connection to a destination (server ip:port)
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
-__all__ = ["DEFAULT_PORT_RANGES", "FIXES", "RESOLUTION_S", "Capacity", "Occupancy", "capacity", "client_key",
-           "host_of", "open_states", "peak_rate", "sweep"]
+from lab.core.report import Connection
+
+__all__ = ["DEFAULT_PORT_RANGES", "FIXES", "MAX_KEYS", "OTHER", "RESOLUTION_S", "Capacity", "Fold", "Keyed",
+           "Occupancy", "capacity", "client_key", "host_of", "open_states", "peak_rate", "sweep"]
 
 RESOLUTION_S = 0.001      # occupancy is counted to the millisecond
 TIMELINE_POINTS = 60      # buckets of a timeline (a sparkline's width)
@@ -117,6 +122,98 @@ def add_window(steps: dict[int, int], start_ts: float, end_ts: float) -> None:
         return
     steps[a] = steps.get(a, 0) + 1
     steps[b] = steps.get(b, 0) - 1
+
+
+MAX_KEYS: Final = 10_000     # endpoints (or client-server pairs) tracked one by one; the rest under OTHER
+OTHER: Final = "(other)"
+
+
+class Keyed:
+    """TIME_WAIT occupancy steps (see add_window) and window counts per key, for at most MAX_KEYS keys."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, dict[int, int]] = {}
+        self.windows: dict[str, int] = {}
+
+    def add(self, key: str, start_ts: float, end_ts: float) -> None:
+        steps = self.steps.get(key)
+        if steps is None:
+            if len(self.steps) >= MAX_KEYS:
+                key = OTHER
+                steps = self.steps.get(key)
+            if steps is None:
+                steps = self.steps[key] = {}
+        add_window(steps, start_ts, end_ts)
+        self.windows[key] = self.windows.get(key, 0) + 1
+
+
+class Fold:
+    """The census's counts, folded from finished connections one at a time (memory follows the capture's
+    length and its distinct endpoints, not its connections): TIME_WAIT steps per side, per local endpoint and
+    per peer; the half-closed states left at capture end; new connections per (client address, server) and
+    second."""
+
+    def __init__(self) -> None:
+        self.side_steps: dict[str, dict[int, int]] = {"client": {}, "server": {}}
+        self.side_windows: dict[str, int] = {"client": 0, "server": 0}
+        self.by_local = Keyed()
+        self.by_peer = Keyed()
+        self.open_states: dict[str, int] = {}
+        self.open_by: dict[tuple[str, str], int] = {}              # (state, endpoint key) -> sockets
+        self.per_pair: dict[tuple[str, str], dict[int, int]] = {}   # (client address, server) -> second -> new
+        self.per_dest: dict[str, int] = {}
+        self.clients: dict[str, set[str]] = {}
+        self.first_ts = float("inf")
+        self.last_ts = float("-inf")
+
+    def add_all(self, conns: list[Connection]) -> None:
+        for c in conns:
+            self.add(c)
+
+    def add(self, c: Connection) -> None:
+        if c.first_ts < self.first_ts:
+            self.first_ts = c.first_ts
+        if c.last_ts > self.last_ts:
+            self.last_ts = c.last_ts
+        client = client_key("client", c.client)    # the client's address
+        server = client_key("server", c.server)
+        for w in c.time_wait:
+            side = w.side
+            if side == "client":
+                local, peer = client, server
+            elif side == "server":
+                local, peer = server, client
+            else:
+                continue
+            add_window(self.side_steps[side], w.start_ts, w.end_ts)
+            self.side_windows[side] += 1
+            self.by_local.add(local, w.start_ts, w.end_ts)
+            self.by_peer.add(peer, w.start_ts, w.end_ts)
+        if c.open_at_end:   # else the analyzer saw it end otherwise (e.g. a later incarnation)
+            for holder, state in open_states(c.close.kind, c.close.initiator, len(c.close.frames)).items():
+                self.open_states[state] = self.open_states.get(state, 0) + 1
+                key = (state, client if holder == "client" else server)
+                self.open_by[key] = self.open_by.get(key, 0) + 1
+        if not c.mid_capture:
+            self._new_connection(client, c.server, c.first_ts)
+
+    def _new_connection(self, client: str, server: str, first_ts: float) -> None:
+        pair = (client, server)
+        secs = self.per_pair.get(pair)
+        if secs is None:
+            if len(self.per_pair) >= MAX_KEYS:
+                pair = (OTHER, server)
+                secs = self.per_pair.get(pair)
+            if secs is None:
+                secs = self.per_pair[pair] = {}
+        s = int(first_ts)
+        secs[s] = secs.get(s, 0) + 1
+        self.per_dest[server] = self.per_dest.get(server, 0) + 1
+        seen = self.clients.get(server)
+        if seen is None:
+            seen = self.clients[server] = set()
+        if len(seen) < MAX_KEYS:
+            seen.add(client)
 
 
 @dataclass(frozen=True)
