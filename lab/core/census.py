@@ -23,8 +23,8 @@ from lab.core.report import Connection
 __all__ = ["DEFAULT_PORT_RANGES", "FIXES", "MAX_KEYS", "OTHER", "RESOLUTION_S", "Capacity", "Fold", "Keyed",
            "Occupancy", "capacity", "client_key", "host_of", "open_states", "peak_rate", "sweep"]
 
-RESOLUTION_S = 0.001      # occupancy is counted to the millisecond
-TIMELINE_POINTS = 60      # buckets of a timeline (a sparkline's width)
+RESOLUTION_S: Final = 0.001      # occupancy is counted to the millisecond
+TIMELINE_POINTS: Final = 60      # buckets of a timeline (a sparkline's width)
 
 # the ephemeral port range each profile's system uses by default (inclusive)
 DEFAULT_PORT_RANGES: Mapping[str, tuple[int, int]] = {
@@ -51,7 +51,8 @@ OpenState = Literal["CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2"]
 
 def host_of(endpoint: str) -> str:
     """'192.0.2.7:40000' -> '192.0.2.7', '[2001:db8::1]:40000' -> '2001:db8::1'."""
-    host = endpoint.rsplit(":", 1)[0]
+    i = endpoint.rfind(":")
+    host = endpoint if i < 0 else endpoint[:i]
     return host[1:-1] if host.startswith("[") else host
 
 
@@ -115,9 +116,9 @@ def sweep(steps: Mapping[int, int], start_ts: float, end_ts: float, points: int 
                      start_ts, round(bucket, 6))
 
 
-def add_window(steps: dict[int, int], start_ts: float, end_ts: float) -> None:
-    """One window held from start_ts to end_ts as two steps (nothing when it ends on its first tick)."""
-    a, b = tick(start_ts), tick(end_ts)
+def add_window(steps: dict[int, int], a: int, b: int) -> None:
+    """One window held from tick a to tick b (see tick()) as two steps (nothing when it ends on its first
+    tick)."""
     if b <= a:
         return
     steps[a] = steps.get(a, 0) + 1
@@ -135,7 +136,7 @@ class Keyed:
         self.steps: dict[str, dict[int, int]] = {}
         self.windows: dict[str, int] = {}
 
-    def add(self, key: str, start_ts: float, end_ts: float) -> None:
+    def add(self, key: str, a: int, b: int) -> None:
         steps = self.steps.get(key)
         if steps is None:
             if len(self.steps) >= MAX_KEYS:
@@ -143,7 +144,7 @@ class Keyed:
                 steps = self.steps.get(key)
             if steps is None:
                 steps = self.steps[key] = {}
-        add_window(steps, start_ts, end_ts)
+        add_window(steps, a, b)
         self.windows[key] = self.windows.get(key, 0) + 1
 
 
@@ -185,10 +186,11 @@ class Fold:
                 local, peer = server, client
             else:
                 continue
-            add_window(self.side_steps[side], w.start_ts, w.end_ts)
+            a, b = tick(w.start_ts), tick(w.end_ts)
+            add_window(self.side_steps[side], a, b)
             self.side_windows[side] += 1
-            self.by_local.add(local, w.start_ts, w.end_ts)
-            self.by_peer.add(peer, w.start_ts, w.end_ts)
+            self.by_local.add(local, a, b)
+            self.by_peer.add(peer, a, b)
         if c.open_at_end:   # else the analyzer saw it end otherwise (e.g. a later incarnation)
             for holder, state in open_states(c.close.kind, c.close.initiator, len(c.close.frames)).items():
                 self.open_states[state] = self.open_states.get(state, 0) + 1
