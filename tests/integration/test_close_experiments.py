@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -101,6 +101,32 @@ def test_four_way_close_four_and_three_segments(tmp_path: Path) -> None:
     for label in ("FIN M", "ACK M+1", "FIN N", "ACK N+1"):
         assert label in text
     _agree(res)
+
+
+def test_states_between_takes_the_held_dump_as_the_evidence() -> None:
+    """Case A's evidence is the dump the lab took while the server was held, not the periodic samplers' luck: a
+    held dump that did not match, or that is not between the two segments, gives no evidence even when a sample
+    would; a matching one inside the window is the answer even when the samplers have nothing there."""
+    from lab.experiments import _closecommon as cc
+    from lab.kernel.sockdiag import Sampler, SockSample
+
+    t_a, t_b, port = 100.0, 100.3, 40000
+
+    def sample(state: str, sport: int, dport: int, wall_s: float) -> SockSample:
+        return SockSample(state, "inet", "203.0.113.1", sport, "203.0.113.2", dport, None, 0, 0, 1, None, wall_s)
+
+    cs, ss = Sampler(cast(Any, None)), Sampler(cast(Any, None))   # never started: only their sample lists are read
+    cs.samples = [sample("FIN_WAIT_2", port, cc.PORT, 100.1)]
+    ss.samples = [sample("CLOSE_WAIT", cc.PORT, port, 99.9)]
+    want = {"client": "FIN_WAIT_2", "server": "CLOSE_WAIT"}
+    assert cc.states_between(cs, ss, port, t_a, t_b) == want
+    unmatched = cc.HeldDump({"client": "FIN_WAIT_1", "server": "CLOSE_WAIT"}, 100.0, 100.2, False)
+    assert cc.states_between(cs, ss, port, t_a, t_b, unmatched) is None
+    late = cc.HeldDump(dict(want), 100.29, 100.31, True)
+    assert cc.states_between(cs, ss, port, t_a, t_b, late) is None
+    cs.samples, ss.samples = [], []
+    held = cc.HeldDump(dict(want), 100.04, 100.05, True)
+    assert cc.states_between(cs, ss, port, t_a, t_b, held) == want
 
 
 def test_simultaneous_close_both_closing_both_time_wait(tmp_path: Path) -> None:
