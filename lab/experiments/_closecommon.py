@@ -5,6 +5,7 @@ close segments found and labelled in the capture, and the kernel's TIME_WAIT set
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -149,16 +150,24 @@ class HeldDump:
     began_s: float
     done_s: float
     matched: bool          # the states were the ones waited for (False: the deadline passed first)
+    sockets: dict[str, sockdiag.SockSample | None] = field(default_factory=dict)   # each side's socket (timers)
+
+    def side(self, side: str) -> dict[str, Any]:
+        """One side's reading with the span it came in (for observations)."""
+        s = self.sockets.get(side)
+        return {"state": self.states.get(side), "timer": s.timer if s else None,
+                "expires_ms": s.expires_ms if s else None, "retransmits": s.retransmits if s else None,
+                "dump_wall_s": self.began_s, "dump_wall_end_s": self.done_s, "matched": self.matched}
 
 
 def held_dump(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int) -> HeldDump:
     """Dump both hosts now (recorded by the samplers like their own dumps) and read one connection's states."""
     cs, ss = samplers
     began = time.time()
-    client = [s.state for s in cs.sample_now() if s.sport == client_port]
-    server = [s.state for s in ss.sample_now() if s.dport == client_port]
-    return HeldDump({"client": client[0] if client else None, "server": server[0] if server else None},
-                    began, time.time(), False)
+    client = [s for s in cs.sample_now() if s.sport == client_port]
+    server = [s for s in ss.sample_now() if s.dport == client_port]
+    socks = {"client": client[0] if client else None, "server": server[0] if server else None}
+    return HeldDump({k: v.state if v else None for k, v in socks.items()}, began, time.time(), False, socks)
 
 
 def await_states(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int, want: Mapping[str, str],
@@ -174,32 +183,31 @@ def await_states(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_por
         return all(last[0].states.get(side) == state for side, state in want.items())
 
     matched = wait_until(seen, timeout_s, 0.005)
-    return HeldDump(last[0].states, last[0].began_s, last[0].done_s, matched)
+    return dataclasses.replace(last[0], matched=matched)
 
 
 def states_between(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int, t_a: float, t_b: float,
                    held: HeldDump | None = None) -> dict[str, str] | None:
-    """Each side's state as sock_diag reported it in a dump taken between capture times t_a and t_b.
+    """Each side's state as sock_diag reported it in a dump taken between capture times t_a and t_b; None when
+    either side has no dump whose whole span (first request sent .. last reply read) lies inside the window, or
+    no socket then: a dump that began before t_a or ended after t_b may have reported outside it.
 
     held: the dump the lab took while the closing script waited for it (await_states); when given it is the
-    evidence (None if it did not match or does not lie between the two segments on the capture's clock), because
-    the periodic samplers' dumps are timed by the scheduler: on a loaded machine none may fall in the window, and a
-    sample's stamp (taken before its dump) can fall inside the window while the dump itself came after t_b."""
+    evidence (None if it did not match or did not end before t_b on the capture's clock), because the periodic
+    samplers' dumps are timed by the scheduler: on a loaded machine none may fall in the window. Its start may
+    precede t_a: the states waited for are the ones that exist only after the segment at t_a (the caller's gate
+    holds the segment at t_b until the dump is done)."""
     if held is not None:
         states = {k: v for k, v in held.states.items() if v is not None}
         inside = t_a < held.done_s < t_b
         return states if held.matched and inside and len(states) == len(held.states) else None
     out: dict[str, str] = {}
-    for side, samples, key in (("client", cs.samples, "sport"), ("server", ss.samples, "dport")):
-        last = None
-        for smp in samples:
-            if getattr(smp, key) == client_port and smp.wall_s <= t_b:
-                last = smp
-        if last is None:
+    for side, smp, ports in (("client", cs, {"local_port": client_port}), ("server", ss, {"remote_port": client_port})):
+        reading = smp.reading_within(t_a, t_b, **ports)
+        if reading is None or reading.state is None:
             return None
-        out[side] = last.state
-    dumps = [x.wall_s for x in cs.samples + ss.samples if t_a < x.wall_s < t_b]
-    return out if dumps else None
+        out[side] = reading.state
+    return out
 
 
 def time_wait_now(pair: NetnsPair, port: int, client_port: int) -> dict[str, Any]:

@@ -26,18 +26,18 @@ LIMIT_SLACK_S = 15.0    # how much longer than that the lab waits for the socket
 SAMPLING_MARGIN_S = 1.5   # sock_diag polling resolution and scheduling, beyond the timer wheel's own slack
 
 
-def _gone(samples: list[sockdiag.SockSample], local_port: int, state: str) -> tuple[float | None, float | None, int]:
-    """(first seen in `state`, first dump without it afterwards, remaining ms at first sight) for one socket."""
+def _gone(samples: list[sockdiag.SockSample], local_port: int, state: str
+          ) -> tuple[sockdiag.SockSample | None, sockdiag.SockSample | None]:
+    """(first sample in `state`, first sample without it afterwards) for one socket: each with its dump's span."""
     first = gone = None
-    exp = 0
     for s in samples:
         if s.sport != local_port:
             continue
         if s.state == state and first is None:
-            first, exp = s.wall_s, s.expires_ms
+            first = s
         elif first is not None and s.state != state and gone is None:
-            gone = s.wall_s
-    return first, gone, exp
+            gone = s
+    return first, gone
 
 
 def run(ctx: RunContext) -> Outcome:
@@ -83,7 +83,9 @@ def run(ctx: RunContext) -> Outcome:
             ("c2", c2, ss.samples, cc.PORT, "TIME_WAIT", "server"),
             ("c3", c3, cs.samples, c3.client_port, "FIN_WAIT_2", "client")):
         sel = [s for s in samples if ep.client_port in (s.sport, s.dport)]
-        first, gone, exp = _gone(sel, port, state)
+        first_s, gone_s = _gone(sel, port, state)
+        first, gone = (first_s.wall_s if first_s else None), (gone_s.wall_s if gone_s else None)
+        exp = first_s.expires_ms if first_s else 0
         close = cc.find_close(cc.conn_segments(rec, ep.client_port))
         cc.label_close(rec, close, prefix=f"{key}")
         # when the state began, from the capture when there is one, else from the kernel's own timer
@@ -96,6 +98,9 @@ def run(ctx: RunContext) -> Outcome:
         lifetime = round(gone - began, 3) if gone and began else None
         results[key] = {"host": host, "state": state, "client_port": ep.client_port, "began_wall_s": began,
                         "first_seen_wall_s": first, "gone_wall_s": gone, "first_expires_ms": exp,
+                        # each sighting came somewhere inside its dump's span
+                        "first_seen_wall_end_s": first_s.wall_end_s if first_s else None,
+                        "gone_wall_end_s": gone_s.wall_end_s if gone_s else None,
                         "lifetime_s": lifetime, "resolution_s": 0.1 if rec.captured else 1.0}
         if state == "FIN_WAIT_2":
             rsts = [r for r in close.rsts if r.sport == ep.client_port]

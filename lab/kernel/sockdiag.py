@@ -3,11 +3,17 @@
     sockets(netns=None, ports=(), states=None) -> list[SockSample]    # one sock_diag dump, TCP v4+v6
     nstat(netns=None) -> dict[str, int]                               # absolute counters, nstat names
     with Sampler(ctx, netns=ns.name, ports=[P]) as smp: ...           # every state/timer change -> ctx.events
+    smp.reading_within(t_a, t_b, local_port=P) -> Reading | None         # what a dump wholly inside (t_a, t_b) said
     time_wait_observations(smp.samples) -> list[TimeWaitObservation]
     compare_time_wait(observations, connections) -> list[dict]        # against the analyzer's windows
 
 Another namespace is entered only by the calling thread (setns is per thread), and /proc is read through
 /proc/thread-self so that a thread inside a namespace reads that namespace's counters, not the process's.
+
+When: a sample carries the span of the dump that produced it, from before its first request was sent (`wall_s`)
+to after its last reply was read (`wall_end_s`); the kernel reported the state at some instant inside that span,
+and nothing says which. A claim about capture times (this state held between two segments) needs the whole span
+inside the window; a reported time says its span.
 """
 
 from __future__ import annotations
@@ -54,7 +60,12 @@ class SockSample:
     retransmits: int
     inode: int                 # 0 for TIME_WAIT mini-sockets
     netns: str | None
-    wall_s: float = 0.0        # when the dump was taken (epoch, like capture timestamps)
+    wall_s: float = 0.0        # when the dump's first request was sent (epoch, like capture timestamps)
+    wall_end_s: float = 0.0    # when its last reply was read (a sample built without one: wall_s, no span)
+
+    def __post_init__(self) -> None:
+        if self.wall_end_s < self.wall_s:
+            object.__setattr__(self, "wall_end_s", self.wall_s)
 
     @property
     def local(self) -> str:
@@ -111,7 +122,7 @@ def in_netns(name: str | None) -> Iterator[None]:
 # sock_diag
 
 
-def _decode(msg: Mapping[str, Any], netns: str | None, wall_s: float) -> SockSample:
+def _decode(msg: Mapping[str, Any], netns: str | None, wall_s: float, wall_end_s: float) -> SockSample:
     return SockSample(
         state=STATE_NAMES.get(int(msg["idiag_state"]), f"STATE_{msg['idiag_state']}"),
         family=FAMILIES.get(int(msg["idiag_family"]), str(msg["idiag_family"])),
@@ -119,7 +130,7 @@ def _decode(msg: Mapping[str, Any], netns: str | None, wall_s: float) -> SockSam
         dst=str(msg["idiag_dst"]), dport=int(msg["idiag_dport"]),
         timer=TIMER_NAMES.get(int(msg["idiag_timer"]), str(msg["idiag_timer"])),
         expires_ms=int(msg["idiag_expires"]), retransmits=int(msg["idiag_retrans"]),
-        inode=int(msg["idiag_inode"]), netns=netns, wall_s=wall_s)
+        inode=int(msg["idiag_inode"]), netns=netns, wall_s=wall_s, wall_end_s=wall_end_s)
 
 
 def _state_mask(states: Iterable[str] | None) -> int:
@@ -133,6 +144,31 @@ def _state_mask(states: Iterable[str] | None) -> int:
     return mask
 
 
+@dataclass(frozen=True)
+class Dump:
+    """One sock_diag dump: its span (epoch) and the sockets it reported."""
+
+    began_s: float
+    done_s: float
+    samples: tuple[SockSample, ...]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one whole dump said about one socket: its state (None: no such socket then) and that dump's span."""
+
+    state: str | None
+    began_s: float
+    done_s: float
+    sample: SockSample | None
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.sample
+        return {"state": self.state, "dump_wall_s": self.began_s, "dump_wall_end_s": self.done_s,
+                "timer": s.timer if s else None, "expires_ms": s.expires_ms if s else None,
+                "retransmits": s.retransmits if s else None}
+
+
 class _Diag:
     """A sock_diag netlink socket opened inside `netns` (a netlink socket stays in the namespace it was made in)."""
 
@@ -144,17 +180,21 @@ class _Diag:
             self.ds = DiagSocket()
             self.ds.bind()
 
-    def dump(self, ports: Sequence[int] = (), mask: int = ALL_STATES) -> list[SockSample]:
-        wall = time.time()
-        out = []
+    def dump(self, ports: Sequence[int] = (), mask: int = ALL_STATES) -> Dump:
+        """Both families' sockets, each stamped with the whole dump's span (the replies are read to the end
+        before any is decoded, so the span's end is after the kernel's last report)."""
+        began = time.time()
+        msgs = [msg for fam in (socket.AF_INET, socket.AF_INET6)
+                for msg in self.ds.get_sock_stats(family=fam, states=mask)]
+        done = time.time()
         want = set(ports)
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            for msg in self.ds.get_sock_stats(family=fam, states=mask):
-                s = _decode(msg, self.netns, wall)
-                if want and s.sport not in want and s.dport not in want:
-                    continue
-                out.append(s)
-        return out
+        out = []
+        for msg in msgs:
+            s = _decode(msg, self.netns, began, done)
+            if want and s.sport not in want and s.dport not in want:
+                continue
+            out.append(s)
+        return Dump(began, done, tuple(out))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -166,7 +206,7 @@ def sockets(netns: str | None = None, ports: Sequence[int] = (), states: Iterabl
     """One sock_diag dump of TCP sockets (IPv4 and IPv6) in `netns`, those with a local or remote port in `ports`."""
     d = _Diag(netns)
     try:
-        return d.dump(ports, _state_mask(states))
+        return list(d.dump(ports, _state_mask(states)).samples)
     finally:
         d.close()
 
@@ -243,7 +283,9 @@ def deltas(before: Mapping[str, int], after: Mapping[str, int], names: Iterable[
 class Sampler:
     """A thread that dumps sock_diag every `interval_s` and logs each change (new socket, state, timer, timer
     restart, gone) to ctx.events as kind "sock". `samples` keeps every dump's sockets (deduplicated per
-    change, plus the TIME_WAIT timer readings needed to see restarts)."""
+    change, plus the TIME_WAIT timer readings needed to see restarts); `spans` keeps every dump's span, so the
+    state of a socket at any dump is its last sample up to that dump (reading_within). Dumps are serialized
+    (the thread's and sample_now's), so samples and spans are in time order."""
 
     ctx: RunSpace
     netns: str | None = None
@@ -251,6 +293,7 @@ class Sampler:
     interval_s: float = 0.05
     samples: list[SockSample] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
+    spans: list[tuple[float, float]] = field(default_factory=list)   # (began_s, done_s) of every dump, in order
     dumps: int = 0
     error: str | None = None
 
@@ -259,6 +302,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._last: dict[tuple[str, str, int, str, int], SockSample] = {}
         self._lock = threading.Lock()
+        self._dumping = threading.Lock()   # one dump at a time: a dump and its record are one step
         self._ready = threading.Event()
 
     def __enter__(self) -> Sampler:
@@ -281,11 +325,12 @@ class Sampler:
         """One extra dump right now (from the calling thread), recorded like the periodic ones."""
         d = _Diag(self.netns)
         try:
-            snap = d.dump(self.ports)
+            with self._dumping:
+                snap = d.dump(self.ports)
+                self._record(snap)
         finally:
             d.close()
-        self._record(snap)
-        return snap
+        return list(snap.samples)
 
     def _loop(self) -> None:
         try:
@@ -299,7 +344,8 @@ class Sampler:
         try:
             while True:
                 try:
-                    self._record(d.dump(self.ports))
+                    with self._dumping:
+                        self._record(d.dump(self.ports))
                 except Exception as exc:  # a namespace removed under us ends sampling
                     self.error = f"{type(exc).__name__}: {exc}"
                     break
@@ -308,11 +354,14 @@ class Sampler:
         finally:
             d.close()
 
-    def _record(self, snap: list[SockSample]) -> None:
+    def _record(self, snap: Dump) -> None:
         with self._lock:
             self.dumps += 1
-            now = {s.key: s for s in snap}
-            wall = snap[0].wall_s if snap else time.time()
+            # a change since the previous dump happened after that dump's first request (its report of the old
+            # state came no earlier) and before this dump's last reply
+            after = self.spans[-1][0] if self.spans else None
+            self.spans.append((snap.began_s, snap.done_s))
+            now = {s.key: s for s in snap.samples}
             for key, s in now.items():
                 old = self._last.get(key)
                 change = None
@@ -325,21 +374,22 @@ class Sampler:
                 elif s.timer == "timewait" and s.expires_ms > old.expires_ms + RESTART_JUMP_MS:
                     change = "timer-restart"
                 if change is not None:
-                    self._log(change, s, old)
+                    self._log(change, s, old, after)
                 if change is not None or s.state == "TIME_WAIT":
                     self.samples.append(s)
             for key, old in self._last.items():
                 if key not in now:
                     gone = SockSample("GONE", old.family, old.src, old.sport, old.dst, old.dport, None, 0,
-                                      old.retransmits, old.inode, old.netns, wall)
+                                      old.retransmits, old.inode, old.netns, snap.began_s, snap.done_s)
                     self.samples.append(gone)
-                    self._log("gone", gone, old)
+                    self._log("gone", gone, old, after)
             self._last = now
 
-    def _log(self, change: str, s: SockSample, old: SockSample | None) -> None:
+    def _log(self, change: str, s: SockSample, old: SockSample | None, after: float | None) -> None:
         rec = {"change": change, "netns": s.netns, "local": s.local, "remote": s.remote, "state": s.state,
                "from_state": old.state if old else None, "timer": s.timer, "expires_ms": s.expires_ms,
-               "retransmits": s.retransmits, "sample_wall_s": s.wall_s}
+               "retransmits": s.retransmits, "sample_wall_s": s.wall_s, "sample_wall_end_s": s.wall_end_s,
+               "changed_after_wall_s": after}
         self.changes.append(rec)
         self.ctx.events.log("sock", **rec)
 
@@ -347,13 +397,37 @@ class Sampler:
         """The sequence of distinct states one side went through (by its local or remote port)."""
         out: list[str] = []
         for s in self.samples:
-            if local_port is not None and s.sport != local_port:
-                continue
-            if remote_port is not None and s.dport != remote_port:
+            if not _on_ports(s, local_port, remote_port):
                 continue
             if s.state != "GONE" and (not out or out[-1] != s.state):
                 out.append(s.state)
         return out
+
+    def reading_within(self, t_a: float, t_b: float, local_port: int | None = None,
+                       remote_port: int | None = None) -> Reading | None:
+        """What the last dump whose whole span lies inside (t_a, t_b) said about one socket (by its local or remote
+        port); None when no dump lies wholly inside. A dump that began before t_a or ended after t_b may have
+        reported outside the window, so it does not count, whatever its stamps."""
+        with self._lock:
+            spans, samples = list(self.spans), list(self.samples)
+        inside = [sp for sp in spans if t_a < sp[0] and sp[1] < t_b]
+        if not inside:
+            return None
+        began, done = inside[-1]
+        # change-only storage: the socket's state at that dump is its last sample recorded up to that dump
+        last = None
+        for s in samples:
+            if s.wall_s > began:
+                break
+            if _on_ports(s, local_port, remote_port):
+                last = s
+        if last is None or last.state == "GONE":
+            return Reading(None, began, done, None)
+        return Reading(last.state, began, done, last)
+
+
+def _on_ports(s: SockSample, local_port: int | None, remote_port: int | None) -> bool:
+    return (local_port is None or s.sport == local_port) and (remote_port is None or s.dport == remote_port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,11 +439,19 @@ class TimeWaitObservation:
     local: str                    # "ip:port" of the side in TIME_WAIT
     remote: str
     netns: str | None
-    first_seen_s: float           # wall time of the first dump that showed it
+    first_seen_s: float           # start of the first dump that showed it (wall_s)
     first_expires_ms: int         # remaining timer then
     last_seen_s: float
-    gone_s: float | None          # first dump without it (None: still there when sampling stopped)
+    gone_s: float | None          # start of the first dump without it (None: still there when sampling stopped)
     restarts: tuple[tuple[float, int], ...] = ()   # (wall_s, expires_ms) where the timer jumped up
+    # the ends of those dumps' spans (None: the dump had no span, = its start): each reading came in between
+    first_seen_end_s: float | None = None
+    gone_end_s: float | None = None
+    restarts_end_s: tuple[float, ...] = ()   # one per restart
+
+    @property
+    def first_seen_latest_s(self) -> float:
+        return self.first_seen_s if self.first_seen_end_s is None else self.first_seen_end_s
 
     @property
     def expected_end_s(self) -> float:
@@ -377,13 +459,33 @@ class TimeWaitObservation:
 
     @property
     def started_s(self) -> float:
-        """When the socket entered TIME_WAIT, by the kernel's own timer (60 s minus the remaining time)."""
+        """When the socket entered TIME_WAIT, by the kernel's own timer (60 s minus the remaining time), if the
+        first reading came at its dump's start: the earliest the timer allows."""
         return self.first_seen_s - max(0.0, 60.0 - self.first_expires_ms / 1000.0)
+
+    @property
+    def started_latest_s(self) -> float:
+        """The same if the first reading came at its dump's end: the latest the timer allows."""
+        return self.first_seen_latest_s - max(0.0, 60.0 - self.first_expires_ms / 1000.0)
+
+    def timer_end_range_s(self) -> tuple[float, float]:
+        """When the timer will fire by the last reading that (re)started it (the first, or the last restart):
+        the reading came somewhere inside its dump's span, so the end lies in this range."""
+        if self.restarts:
+            (wall, exp), end = self.restarts[-1], (self.restarts_end_s or (self.restarts[-1][0],))[-1]
+        else:
+            wall, exp, end = self.first_seen_s, self.first_expires_ms, self.first_seen_latest_s
+        return wall + exp / 1000.0, max(wall, end) + exp / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["restarts"] = [list(r) for r in self.restarts]
+        d["restarts_end_s"] = list(self.restarts_end_s)
         d["lifetime_s"] = round(self.gone_s - self.first_seen_s, 3) if self.gone_s else None
+        # present at a reading inside the first span, absent at one inside the gone span
+        gone_end = self.gone_end_s if self.gone_end_s is not None else self.gone_s
+        d["lifetime_range_s"] = ([round(self.gone_s - self.first_seen_latest_s, 3),
+                                  round(gone_end - self.first_seen_s, 3)] if self.gone_s and gone_end else None)
         return d
 
 
@@ -397,15 +499,17 @@ def time_wait_observations(samples: Iterable[SockSample]) -> list[TimeWaitObserv
         if s.state == "TIME_WAIT":
             if a is None or a.get("gone") is not None:
                 a = {"local": s.local, "remote": s.remote, "netns": s.netns, "first": s.wall_s,
-                     "exp": s.expires_ms, "last": s.wall_s, "last_exp": s.expires_ms, "gone": None, "restarts": []}
+                     "first_end": s.wall_end_s, "exp": s.expires_ms, "last": s.wall_s, "last_exp": s.expires_ms,
+                     "gone": None, "gone_end": None, "restarts": [], "restarts_end": []}
                 acc[k] = a
                 order.append(k)
                 continue
             if s.expires_ms > a["last_exp"] + RESTART_JUMP_MS:
                 a["restarts"].append((s.wall_s, s.expires_ms))
+                a["restarts_end"].append(s.wall_end_s)
             a["last"], a["last_exp"] = s.wall_s, s.expires_ms
         elif a is not None and a.get("gone") is None:
-            a["gone"] = s.wall_s
+            a["gone"], a["gone_end"] = s.wall_s, s.wall_end_s
     out = []
     seen: set[int] = set()
     for k in order:
@@ -414,7 +518,8 @@ def time_wait_observations(samples: Iterable[SockSample]) -> list[TimeWaitObserv
             continue
         seen.add(id(a))
         out.append(TimeWaitObservation(a["local"], a["remote"], a["netns"], a["first"], a["exp"], a["last"],
-                                       a["gone"], tuple(a["restarts"])))
+                                       a["gone"], tuple(a["restarts"]), a["first_end"], a["gone_end"],
+                                       tuple(a["restarts_end"])))
     return out
 
 
@@ -434,7 +539,15 @@ def compare_time_wait(observations: Sequence[TimeWaitObservation], connections: 
     Agreement: the window is on the same side; the kernel first saw it no earlier than the window's start and
     the analyzer's start lies within `start_tolerance_s` before the first sighting plus the time the timer had
     already run (the sampler polls); the remaining time the kernel reported is consistent with the window's end
-    (the kernel's 60 s lands 0-2 s late on the timer wheel, docs/kernel-facts.md §5)."""
+    (the kernel's 60 s lands 0-2 s late on the timer wheel, docs/kernel-facts.md §5).
+
+    A reading came at some instant inside its dump's span, so each gap is a range (`start_gap_s` from the dump's
+    start, `start_gap_max_s` from its end; likewise the end): a check holds when some instant inside the span
+    satisfies it (the kernel's account is consistent with the analyzer's), and the span is reported."""
+
+    def meets(lo: float, hi: float, low: float, high: float) -> bool:
+        return lo <= high and hi >= low
+
     out = []
     for ob in observations:
         local, remote = _norm(ob.local), _norm(ob.remote)
@@ -453,6 +566,8 @@ def compare_time_wait(observations: Sequence[TimeWaitObservation], connections: 
             if best is not None:
                 break
         row: dict[str, Any] = {"local": ob.local, "remote": ob.remote, "kernel_first_seen_s": ob.first_seen_s,
+                               "kernel_first_seen_end_s": ob.first_seen_latest_s,
+                               "kernel_dump_span_ms": round((ob.first_seen_latest_s - ob.first_seen_s) * 1000, 3),
                                "kernel_expires_ms": ob.first_expires_ms, "kernel_restarts": len(ob.restarts)}
         if match is None:
             row.update(agree=False, why="no connection with this four-tuple in the capture")
@@ -461,17 +576,20 @@ def compare_time_wait(observations: Sequence[TimeWaitObservation], connections: 
                        why=f"the analyzer has no TIME_WAIT window on the {match[1]} side")
         else:
             c, side, w = match[0], match[1], match[2]
-            # the kernel's timer says it entered TIME_WAIT at started_s (to within the polling interval)
-            start_gap = ob.started_s - float(w["start_ts"])
-            last_restart = ob.restarts[-1] if ob.restarts else (ob.first_seen_s, ob.first_expires_ms)
-            kernel_end = last_restart[0] + last_restart[1] / 1000.0
-            end_gap = kernel_end - float(w["end_ts"])
-            seen_after_start = ob.first_seen_s >= float(w["start_ts"]) - start_tolerance_s
-            start_ok = seen_after_start and abs(start_gap) <= start_tolerance_s + 0.1
-            end_ok = -0.5 <= end_gap <= timer_tolerance_s if w.get("ended_by", "timeout") == "timeout" else True
+            # the kernel's timer says it entered TIME_WAIT between started_s and started_latest_s
+            w_start, w_end = float(w["start_ts"]), float(w["end_ts"])
+            start_gap, start_gap_max = ob.started_s - w_start, ob.started_latest_s - w_start
+            kernel_end, kernel_end_max = ob.timer_end_range_s()
+            end_gap, end_gap_max = kernel_end - w_end, kernel_end_max - w_end
+            seen_after_start = ob.first_seen_latest_s >= w_start - start_tolerance_s
+            start_ok = seen_after_start and meets(start_gap, start_gap_max, -(start_tolerance_s + 0.1),
+                                                  start_tolerance_s + 0.1)
+            end_ok = (meets(end_gap, end_gap_max, -0.5, timer_tolerance_s)
+                      if w.get("ended_by", "timeout") == "timeout" else True)
             row.update(connection=c.get("id"), side=side, analyzer_start_ts=w["start_ts"],
                        analyzer_end_ts=w["end_ts"], start_gap_s=round(start_gap, 4),
-                       end_gap_s=round(end_gap, 3), agree=bool(start_ok and end_ok))
+                       start_gap_max_s=round(start_gap_max, 4), end_gap_s=round(end_gap, 3),
+                       end_gap_max_s=round(end_gap_max, 3), agree=bool(start_ok and end_ok))
             if not row["agree"]:
                 row["why"] = ("start differs" if not start_ok else "remaining time differs")
         out.append(row)

@@ -118,6 +118,7 @@ def test_states_between_takes_the_held_dump_as_the_evidence() -> None:
     cs, ss = Sampler(cast(Any, None)), Sampler(cast(Any, None))   # never started: only their sample lists are read
     cs.samples = [sample("FIN_WAIT_2", port, cc.PORT, 100.1)]
     ss.samples = [sample("CLOSE_WAIT", cc.PORT, port, 99.9)]
+    cs.spans, ss.spans = [(100.1, 100.1)], [(99.9, 99.9), (100.1, 100.1)]   # the server's 2nd dump: no change
     want = {"client": "FIN_WAIT_2", "server": "CLOSE_WAIT"}
     assert cc.states_between(cs, ss, port, t_a, t_b) == want
     unmatched = cc.HeldDump({"client": "FIN_WAIT_1", "server": "CLOSE_WAIT"}, 100.0, 100.2, False)
@@ -159,7 +160,13 @@ def test_lost_final_ack_retransmitted_fin_and_timer_restart(tmp_path: Path) -> N
     assert obs["fin_retransmits"] == 1 and obs["reacked_from_time_wait"] is True
     assert obs["time_wait_timer_restarted"] is True
     assert obs["time_wait_restarts"][0]["expires_ms"] >= 59_500
-    assert "LAST_ACK" in obs["server_states"]
+    # the lab's own dump once the drop was counted, not the 10 ms sampler's luck
+    last_ack = obs["server_last_ack_after_drop"]
+    assert last_ack["seen"] is True, last_ack
+    assert last_ack["state"] == "LAST_ACK" and last_ack["timer"] == "retransmit", last_ack
+    assert last_ack["drop_counted_before_dump"] is True and last_ack["dump_after_dropped_ack_on_capture"] is True
+    assert last_ack["dump_wall_s"] <= last_ack["dump_wall_end_s"]
+    assert "LAST_ACK" in obs["server_states"]   # that dump is in the sampler's record too
     assert obs["second_ack"]["ack"] == obs["close"]["ack_of_second"]["ack"]
     kinds = {f["kind"] for f in obs["analyzer_findings"]}
     if kinds:
