@@ -120,6 +120,8 @@ def snapshot_doc(samples: Sequence[Any], where: str, by: str | None) -> dict[str
 
     doc: dict[str, Any] = {"schema": 1, "twlab": __version__, "kind": "watch", "where": where,
                            "ts": samples[0].wall_s if samples else time.time(), "sockets_total": len(samples),
+                           # the dump's span: its sockets were read somewhere between ts and ts_end
+                           "ts_end": samples[0].wall_end_s if samples else None,   # None: no socket, no span
                            "totals": dict(sorted(totals(samples).items()))}
     if by is not None:
         doc["group_by"] = by
