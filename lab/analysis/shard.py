@@ -27,7 +27,7 @@ import signal
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -361,7 +361,15 @@ def _call(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
         return "error", (type(exc), str(exc), exc.hint)
 
 
+_POLL_S = 0.1   # the parent waits for a worker's result in slices of this
+
+
 def _result(fut: Future[tuple[str, Any]]) -> Any:
+    # in slices: a Ctrl-C that the kernel hands to one of the pool's threads (any thread may take a process
+    # signal) is run by Python in the main thread only when it wakes; a wait without a timeout would sleep
+    # on until the worker's whole file was done
+    while not wait([fut], timeout=_POLL_S).done:
+        pass
     status, value = fut.result()
     if status == "error":
         cls, message, hint = value

@@ -4,6 +4,7 @@ rewritten); several files in N processes give the same output, in the order name
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
@@ -108,6 +109,54 @@ def test_cli_jobs_refuses_a_pipe(corpus: Path) -> None:
                        cwd=REPO, check=False)
     assert r.returncode == 2
     assert len(r.stderr.decode().strip().splitlines()) == 1 and b"-j" in r.stderr
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("this libc has no tgkill()")
+    if libc.tgkill(pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+def _pending(pid: int) -> int:
+    """The signals pending for process `pid` (its ShdPnd mask)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("ShdPnd:"))
+
+
+def test_cli_jobs_ctrl_c_taken_by_a_pool_thread_interrupts_at_once(corpus: Path, tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGINT to any of its threads, e.g. the pool's manager thread; Python
+    runs the handler in the main thread only when that wakes: it must not sleep until a worker's file is done
+    (before: it waited for the result without a timeout). The workers are stopped, so their files are never
+    done: the parent must still take the interrupt and SIGTERM them."""
+    big = repeated(corpus / "zeek__echo-connections.pcap.gz", tmp_path / "big.pcapng", 6, 10.0)
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "lab", "analyze", "-j", "2", "--json", big, big, big, big],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, start_new_session=True,
+                         env={**os.environ, "TMPDIR": str(spools)})
+    deadline = time.monotonic() + 60
+    while not list(spools.glob("twl-spool-*-conns-*")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)                          # the event: a worker has started writing its document
+    workers = [int(w) for w in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+    threads = [int(t) for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid]
+    assert p.poll() is None and workers and threads, "the analysis ended before it could be interrupted"
+    for w in workers:
+        os.kill(w, signal.SIGSTOP)
+    try:
+        _tgkill(p.pid, threads[0], signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while not all(_pending(w) & (1 << (signal.SIGTERM - 1)) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)                      # the event: the parent has told every worker to stop
+        told = all(_pending(w) & (1 << (signal.SIGTERM - 1)) for w in workers)
+    finally:
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+    err = p.communicate(timeout=60)[1]
+    assert told, "the parent did not take the Ctrl-C while its workers' files were not done"
+    assert p.returncode == 130, err
+    assert list(spools.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
