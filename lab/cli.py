@@ -356,7 +356,7 @@ def _run_in_guests(exps: list[Any], specs: tuple[str, ...], out_root: Path, jobs
     one per host CPU); exits like `twlab run`."""
     import os
     import threading
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from lab import claims
     from lab.errors import UsageError
@@ -403,10 +403,13 @@ def _run_in_guests(exps: list[Any], specs: tuple[str, ...], out_root: Path, jobs
         futures = [pool.submit(guests.boot, k, exps, out_root / guests.folder_name(k), guests.GUEST_JOBS, say, stop)
                    for k in kernels]
         try:
-            for fut in as_completed(futures):
-                gr = fut.result()
-                codes.append(gr.exit_code)
-                results += report(gr)
+            pending = set(futures)
+            while pending:   # in slices: a Ctrl-C the kernel hands to a guest's thread wakes no one (shard._result)
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    gr = fut.result()
+                    codes.append(gr.exit_code)
+                    results += report(gr)
         except BaseException:
             stop.set()   # every guest still running is stopped and swept by its own thread before we unwind
             raise
