@@ -26,6 +26,8 @@ SIDES: Final[tuple[Side, ...]] = get_args(Side)
 CLOSE_KINDS: Final[tuple[CloseKind, ...]] = get_args(CloseKind)
 FINDING_KINDS: Final[tuple[FindingKind, ...]] = get_args(FindingKind)
 ENDED_BY: Final[tuple[EndedBy, ...]] = get_args(EndedBy)
+REUSE_VERDICTS: Final[tuple[ReuseVerdict, ...]] = get_args(ReuseVerdict)
+DUPLICATE_VERDICTS: Final[tuple[DuplicateVerdict, ...]] = get_args(DuplicateVerdict)
 _SIDES = SIDES
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 _K = TypeVar("_K", bound=str)
