@@ -61,6 +61,7 @@ from lab.core.report import (
     ReuseVerdict,
     Side,
     TimeWaitWindow,
+    record,
 )
 from lab.core.seqnum import HALF as _HALF
 from lab.core.seqnum import MASK as _M32
@@ -1395,10 +1396,10 @@ class Analyzer:
             steps = ()
             roles = ()
         open_at_end = at_end and (_open_state(c.state) or _open_state(sv.state))
-        rec = Connection(conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame,
-                         self._close_of(conn), self._windows_of(conn, at_end), steps, conn.first_ts, conn.last_ts,
-                         conn.packets, c.isn if c.isn >= 0 else None, sv.isn if sv.isn >= 0 else None, conn.mid,
-                         roles, open_at_end)
+        rec = record(Connection, (conn.id, c.ep, sv.ep, conn.incarnation, conn.first_frame, conn.last_frame,
+                                  self._close_of(conn), self._windows_of(conn, at_end), steps, conn.first_ts,
+                                  conn.last_ts, conn.packets, c.isn if c.isn >= 0 else None,
+                                  sv.isn if sv.isn >= 0 else None, conn.mid, roles, open_at_end))
         self._done.append(rec)
         self._conn_findings(conn)
         # keep only what reuse/duplicate checks of a later incarnation need
@@ -1426,8 +1427,8 @@ class Analyzer:
             if at_end and ended_by == "timeout" and w.end_ts > last:
                 ended_by = "capture-end"
                 left = w.end_ts - last
-            windows.append(TimeWaitWindow(_name(i), w.start_ts, w.end_ts, w.start_frame, w.restarts, ended_by,
-                                          w.end_frame if w.end_frame else None, self.tw_s, left))
+            windows.append(record(TimeWaitWindow, (_name(i), w.start_ts, w.end_ts, w.start_frame, w.restarts,
+                                                   ended_by, w.end_frame if w.end_frame else None, self.tw_s, left)))
         if len(windows) == 2 and windows[1].start_frame < windows[0].start_frame:
             windows.reverse()
         return tuple(windows)
@@ -1472,7 +1473,7 @@ class Analyzer:
                 kind = "four-way"
         else:
             kind, initiator = "incomplete", None
-        return Close(kind, initiator, tuple(sorted(set(frames))))
+        return record(Close, (kind, initiator, _ascending(frames)))
 
     def _conn_findings(self, conn: _Conn) -> None:
         out = self._findings
@@ -1497,44 +1498,50 @@ class Analyzer:
                 else:
                     reason = r.reason
                 holders = " and ".join(r.holders)
-                detail = (f"new SYN {r.elapsed_s:.3f} s into {holders}'s TIME_WAIT of connection {r.old_id}: "
+                # the formatted number apart: an f-string with a format spec is built field by field by
+                # str.format when compiled, one without it in a single step
+                elapsed = f"{r.elapsed_s:.3f}"
+                detail = (f"new SYN {elapsed} s into {holders}'s TIME_WAIT of connection {r.old_id}: "
                           f"{verdict} ({reason}); answer: {answer}"
                           + (f" (frame {r.answer_frame})" if r.answer_frame else ""))
-                out.append(Finding(r.kind, cid, (r.syn_frame,), detail, {
+                out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
                     "verdict": verdict, "elapsed_s": round(r.elapsed_s, 6), "time_wait_side": list(r.holders),
-                    "previous_connection": r.old_id, "answer": answer, "answer_frame": r.answer_frame or None}))
+                    "previous_connection": r.old_id, "answer": answer, "answer_frame": r.answer_frame or None})))
             else:
-                detail = (f"new SYN {r.elapsed_s:.3f} s after the {' and '.join(r.holders)}'s TIME_WAIT of "
-                          f"connection {r.old_id} ended")
-                out.append(Finding(r.kind, cid, (r.syn_frame,), detail, {
+                elapsed = f"{r.elapsed_s:.3f}"
+                holders = " and ".join(r.holders)
+                detail = f"new SYN {elapsed} s after the {holders}'s TIME_WAIT of connection {r.old_id} ended"
+                out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
                     "elapsed_s": round(r.elapsed_s, 6), "time_wait_side": list(r.holders),
-                    "previous_connection": r.old_id}))
+                    "previous_connection": r.old_id})))
         for i in (0, 1):
             sd = conn.sides[i]
             if sd.fin_retx:
                 name = "M" if conn.nfin and conn.fin_first == i else "N"
-                out.append(Finding("fin-retransmitted", cid, (sd.fin_frame, *sd.fin_retx),
-                                   f"{_name(i)}'s FIN {name} (frame {sd.fin_frame}) sent {len(sd.fin_retx) + 1} times",
-                                   {"side": _name(i), "first_frame": sd.fin_frame,
-                                    "retransmissions": len(sd.fin_retx)}))
-        seen_lost: set[int] = set()
-        for kind, frames, text, extra in conn.close_extra:
-            if kind == "final-ack-lost":
-                if frames[0] in seen_lost:
-                    continue
-                seen_lost.add(frames[0])
-            out.append(Finding(kind, cid, frames, text, extra))
+                out.append(record(Finding, (
+                    "fin-retransmitted", cid, (sd.fin_frame, *sd.fin_retx),
+                    f"{_name(i)}'s FIN {name} (frame {sd.fin_frame}) sent {len(sd.fin_retx) + 1} times",
+                    {"side": _name(i), "first_frame": sd.fin_frame, "retransmissions": len(sd.fin_retx)})))
+        if conn.close_extra:
+            seen_lost: set[int] = set()
+            for kind, frames, text, extra in conn.close_extra:
+                if kind == "final-ack-lost":
+                    if frames[0] in seen_lost:
+                        continue
+                    seen_lost.add(frames[0])
+                out.append(record(Finding, (kind, cid, frames, text, extra)))
         if conn.seen_twice:
             pairs = conn.seen_twice
             shown = ", ".join(f"{f} = {o}" for f, o in pairs[:8]) + (", ..." if len(pairs) > 8 else "")
-            out.append(Finding("capture-duplicate", cid, tuple(f for f, _o in pairs),
-                               f"{len(pairs)} segment(s) the capture holds twice (identical, within "
-                               f"{_SAME_PACKET_S * 1000:g} ms; e.g. two interfaces): frames {shown}; one packet each, "
-                               "not retransmissions", {"count": len(pairs), "repeats": [o for _f, o in pairs]}))
+            out.append(record(Finding, (
+                "capture-duplicate", cid, tuple(f for f, _o in pairs),
+                f"{len(pairs)} segment(s) the capture holds twice (identical, within "
+                f"{_SAME_PACKET_S * 1000:g} ms; e.g. two interfaces): frames {shown}; one packet each, "
+                "not retransmissions", {"count": len(pairs), "repeats": [o for _f, o in pairs]})))
         for frame, s, dv, why in conn.dups:
-            out.append(Finding("delayed-duplicate", cid, (frame,), f"{_name(s)}'s segment: {dv} — {why}",
-                               {"verdict": dv, "side": _name(s),
-                                "previous_connection": conn.prev.id if conn.prev is not None else None}))
+            out.append(record(Finding, ("delayed-duplicate", cid, (frame,), f"{_name(s)}'s segment: {dv} — {why}",
+                                        {"verdict": dv, "side": _name(s),
+                                         "previous_connection": conn.prev.id if conn.prev is not None else None})))
 
     def progress(self) -> tuple[int, int]:
         """(the highest frame number fed so far, connections open now): what a progress display shows."""
@@ -1586,6 +1593,23 @@ def _drop_last_record(trans: list[tuple[int, int, int, int, bool, int]], s: int,
             del trans[k]
             return t[0]
     return 0
+
+
+def _ascending(frames: list[int]) -> tuple[int, ...]:
+    """tuple(sorted(set(frames))), without the set and the sort when they come in ascending order already,
+    repeats aside (most do: a three-way close's FIN+ACK is both an ACK and a FIN)."""
+    if not frames:
+        return ()
+    out = [frames[0]]
+    last = frames[0]
+    for k in range(1, len(frames)):
+        f = frames[k]
+        if f > last:
+            out.append(f)
+            last = f
+        elif f < last:
+            return tuple(sorted(set(frames)))
+    return tuple(out)
 
 
 def _acks_syn_sent(side: _Side, ack: int) -> bool:
