@@ -40,7 +40,7 @@ TcpState/Input enums appear only in the records handed out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from lab.core.model import ACK as _ACK
 from lab.core.model import FIN as _FIN
@@ -68,13 +68,19 @@ from lab.core.seqnum import MASK as _M32
 from lab.core.seqnum import diff as _d  # signed a - b in 32-bit sequence (or TSval) space
 from lab.core.tcpstate import TRANSITIONS, UNDO, Input, TcpState, bridge, path_to
 
+if TYPE_CHECKING:   # a type only: mypyc compiles i64 to a C int64_t; interpreted it is never looked up
+    from mypy_extensions import i64
+
 _SWEEP_EVERY: Final = 4096
+_ADDR_COMPACT: Final = 1 << 14     # address numbers below this make a four-tuple key a native int (Analyzer._key)
+_KEY_WIDE: Final = 1 << 127
 _FINISH_BATCH: Final = 4096      # connections finished at the capture's end between two on_batch() calls
 # a segment identical to its sender's previous one (seq, ack, flags, window, length, TSval, IPv4 ID) this
 # soon after it is the capture seeing one packet twice (two interfaces, a mirror port), not a retransmission:
 # no retransmission timer or loss probe fires within half a millisecond, and a resent packet gets a new IPv4 ID
 _SAME_PACKET_S: Final = 0.0005
 NONE: Final = -1          # "not seen" for sequence numbers, ISNs, timestamps (all are >= 0)
+_NEG_INF: Final = float("-inf")   # a constant: float("-inf") in a function parses the string on every call
 
 # state and input codes: positions in the enums. Literal ints so that mypyc inlines them; every one is checked
 # against the enums at import (a reordered or added member fails the import, not a verdict).
@@ -271,7 +277,7 @@ class _Side:
         self.rst_frame = 0
         self.last_frame = 0
         # its previous segment through the full path, to recognise the capture seeing it twice
-        self.seen_ts = float("-inf")
+        self.seen_ts = _NEG_INF
         self.seen_frame = 0
         self.seen_seq = NONE
         self.seen_ack = NONE
@@ -478,7 +484,7 @@ class Analyzer:
         self._next_id = 0
         self._segments = 0
         self._max_frame = 0
-        self._last_ts = float("-inf")         # the capture's latest timestamp so far (its clock at the end)
+        self._last_ts = _NEG_INF         # the capture's latest timestamp so far (its clock at the end)
         self._finished: Report | None = None
         self._last_sweep = 0.0
         # detail=False: finished connections keep no state timeline or segment roles (no frame notes, no
@@ -563,13 +569,16 @@ class Analyzer:
         """The four-tuple's key (both directions share it) shifted left by one, with this segment's order in
         bit 0 (its flip): the endpoint with the lower port first (the lower address number on a tie), its
         address number, the other's, both ports."""
-        a = self._addr_no(si)
-        b = self._addr_no(di)
+        a: i64 = self._addr_no(si)
+        b: i64 = self._addr_no(di)
+        # below 2**61 (C arithmetic when compiled, no long ints) while both address numbers are below 2**14
         if sp < dp or (sp == dp and a <= b):
-            key = (((a << 32) | b) << 32) | (sp << 16) | dp
-            return key << 1
-        key = (((b << 32) | a) << 32) | (dp << 16) | sp
-        return (key << 1) | 1
+            if a < _ADDR_COMPACT and b < _ADDR_COMPACT:
+                return ((a << 46) | (b << 32) | (sp << 16) | dp) << 1
+            return _wide_key(a, b, sp, dp) << 1
+        if a < _ADDR_COMPACT and b < _ADDR_COMPACT:
+            return (((b << 46) | (a << 32) | (dp << 16) | sp) << 1) | 1
+        return (_wide_key(b, a, dp, sp) << 1) | 1
 
     def _new_tuple(self, kf: int, si: str, sp: int, di: str, dp: int) -> _Tuple:
         """A four-tuple seen for the first time, from this segment's sender (its direction 0)."""
@@ -598,12 +607,10 @@ class Analyzer:
         if flags & _SYN:
             if not flags & _ACK:
                 if conn is None or self._syn_starts_new(conn, d ^ conn.cdir, seq):
-                    return self._new_conn(tup, d, endpoint_text(si, sp), endpoint_text(di, dp), frame, ts, seq,
-                                          tsval, True, False)
+                    return self._new_conn(tup, d, si, sp, di, dp, frame, ts, seq, tsval, True, False)
                 return conn
             if conn is None or self._over(conn):
-                return self._new_conn(tup, d ^ 1, endpoint_text(di, dp), endpoint_text(si, sp), frame, ts, seq,
-                                      tsval, False, False)
+                return self._new_conn(tup, d ^ 1, di, dp, si, sp, frame, ts, seq, tsval, False, False)
             if conn.incarnation and conn.prev is not None and conn.sides[d ^ conn.cdir].snd_max < 0 \
                     and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
                 return None
@@ -611,10 +618,8 @@ class Analyzer:
         if conn is None:
             # no handshake seen: the lower port is taken as the server (80 vs 3363), else the first sender
             if sp < dp:
-                return self._new_conn(tup, d ^ 1, endpoint_text(di, dp), endpoint_text(si, sp), frame, ts, seq,
-                                      tsval, False, True)
-            return self._new_conn(tup, d, endpoint_text(si, sp), endpoint_text(di, dp), frame, ts, seq, tsval,
-                                  False, True)
+                return self._new_conn(tup, d ^ 1, di, dp, si, sp, frame, ts, seq, tsval, False, True)
+            return self._new_conn(tup, d, si, sp, di, dp, frame, ts, seq, tsval, False, True)
         if conn.incarnation and conn.prev is not None and not flags & _RST:
             s = d ^ conn.cdir
             if conn.sides[s].snd_max < 0 and self._old_answer(conn, d, frame, ts, seq, ack, flags, plen):
@@ -675,13 +680,21 @@ class Analyzer:
             r.answer_frame = frame
         return True
 
-    def _new_conn(self, tup: _Tuple, cdir: int, client: str, server: str, frame: int, ts: float, seq: int,
-                  tsval: int, syn: bool, mid: bool) -> _Conn:
-        """A new incarnation of the four-tuple, with `client` sending in direction cdir; the previous one (still
-        open, or recalled from the four-tuple's history) is its prev."""
+    def _new_conn(self, tup: _Tuple, cdir: int, cip: str, cport: int, sip: str, sport: int, frame: int, ts: float,
+                  seq: int, tsval: int, syn: bool, mid: bool) -> _Conn:
+        """A new incarnation of the four-tuple, with the client (cip, cport) sending in direction cdir; the
+        previous one (still open, or recalled from the four-tuple's history) is its prev."""
         old = tup.conn
-        if old is None and tup.h_id >= 0:
-            old = tup.recall()
+        if old is not None:
+            # the live previous incarnation names the same two endpoints: its texts, not two new ones
+            i = cdir ^ old.cdir
+            client = old.sides[i].ep
+            server = old.sides[i ^ 1].ep
+        else:
+            client = endpoint_text(cip, cport)
+            server = endpoint_text(sip, sport)
+            if tup.h_id >= 0:
+                old = tup.recall()
         conn = _Conn(self._next_id, tup, client, server, cdir, tup.count, frame, ts, mid, not syn and not mid)
         self._next_id += 1
         tup.count += 1
@@ -718,7 +731,7 @@ class Analyzer:
         osnd, orcv = old.sides[snd], old.sides[rcv]
         if not open_w:
             r.kind = "reuse-after-time-wait"
-            end = float("-inf")
+            end = _NEG_INF
             for i in ended:
                 w = old.sides[i].tw
                 if w is not None and w.end_ts > end:
@@ -1593,6 +1606,12 @@ def _drop_last_record(trans: list[tuple[int, int, int, int, bool, int]], s: int,
             del trans[k]
             return t[0]
     return 0
+
+
+def _wide_key(a: int, b: int, sp: int, dp: int) -> int:
+    """Analyzer._key's four-tuple key when an address number is 2**14 or more: above 2**127, never equal
+    to a compact key."""
+    return _KEY_WIDE | (a << 64) | (b << 32) | (sp << 16) | dp
 
 
 def _ascending(frames: list[int]) -> tuple[int, ...]:
