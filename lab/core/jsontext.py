@@ -15,6 +15,7 @@ import json
 from _json import make_encoder
 from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii as _q
+from math import copysign
 from typing import Any, Final, cast
 
 from lab.core.report import (
@@ -67,10 +68,14 @@ def _ints(t: tuple[int, ...]) -> str:
 
 
 def _float(x: float) -> str:
-    if _COMPILED and _TS_LOW <= x < _TS_HIGH:
-        text = _timestamp(x)
-        if text:
-            return text
+    if _COMPILED:
+        if _TS_LOW <= x < _TS_HIGH:
+            text = _timestamp(x)
+            if text:
+                return text
+        elif -_INTEGRAL < x < _INTEGRAL and x == int(x) and (x != 0.0 or copysign(1.0, x) > 0.0):
+            # integral (a window's length_s 60.0, left_s 0.0): repr writes "N.0" below 1e16; -0.0 takes repr
+            return f"{int(x)}.0"
     if x - x == 0.0:   # finite: json writes float.__repr__ (nan and inf differ)
         return repr(x)
     return _dumps(x)
@@ -88,6 +93,8 @@ _COMPILED: Final = not __file__.endswith(".py")
 _TS_LOW: Final = 16384.0
 _TS_HIGH: Final = 4294967296.0
 _USEC: Final = 1000000
+_ZEROS: Final[tuple[str, ...]] = ("", "0", "00", "000", "0000", "00000")   # variable length: one object
+_INTEGRAL: Final = 1e16                   # repr of an integral float below this has no exponent
 
 
 def _timestamp(x: float) -> str:
@@ -98,7 +105,12 @@ def _timestamp(x: float) -> str:
         return ""
     if usec == 0:
         return f"{sec}.0"
-    return f"{sec}.{str(usec + _USEC)[1:].rstrip('0')}"
+    n = 6                                  # decimals left once the trailing zeros go
+    while usec % 10 == 0:
+        usec //= 10
+        n -= 1
+    digits = str(usec)
+    return f"{sec}.{_ZEROS[n - len(digits)]}{digits}"
 
 
 def _no_default(o: object) -> Any:
