@@ -15,12 +15,16 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lab.core.tracker import Analyzer
 from lab.pcap import readers
 from lab.pcap.filters import FILTERED, SegmentFilter
 from lab.pcap.frag import Reassembler
 from lab.pcap.readers import ReaderStats, _Source
+
+if TYPE_CHECKING:   # a type only: mypyc compiles i64 to a C int64_t (no tagged-int checks per byte read)
+    from mypy_extensions import i64
 
 _CACHE_MAX = 65_536   # bound the address caches on scans with many addresses
 
@@ -50,12 +54,12 @@ class _Dec:
         self.v4: dict[int, str] = {}
         self.v6: dict[bytes, str] = {}
         self.tcp = 0
-        self.last_key = -1          # the last IPv4 address looked up: most packets repeat it (a dict
+        self.last_key: i64 = -1     # the last IPv4 address looked up: most packets repeat it (a dict
         self.last_str = ""          # lookup needs a boxed key)
         self.frags = Reassembler(skipped)   # fragments (never fast: the fallback reassembles them), one per walk
 
-    def v4str(self, buf: bytes, p: int) -> str:
-        key = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+    def v4str(self, buf: bytes, p: i64) -> str:
+        key: i64 = _be32(buf, p)
         if key == self.last_key:
             return self.last_str
         s = self.v4.get(key)
@@ -68,7 +72,7 @@ class _Dec:
         self.last_str = s
         return s
 
-    def v6str(self, buf: bytes, p: int) -> str:
+    def v6str(self, buf: bytes, p: i64) -> str:
         key = buf[p:p + 16]
         s = self.v6.get(key)
         if s is None:
@@ -109,32 +113,33 @@ class _Dec:
         if self.filtered:
             stats.skipped[FILTERED] = self.filtered
 
-    def fast(self, lt: int, buf: bytes, off: int, end: int, frame: int, ts: float) -> bool:
+    def fast(self, lt: i64, buf: bytes, off: i64, end: i64, frame: int, ts: float) -> bool:
         """Decode and feed the common case; False (nothing fed) for anything else."""
         # link layer -> off at the IP header
+        et: i64
         if lt == 1:
             if off + 14 > end:
                 return False
-            et = (buf[off + 12] << 8) | buf[off + 13]
+            et = _be16(buf, off + 12)
             off += 14
             while et == 0x8100 or et == 0x88A8 or et == 0x9100:
                 if off + 4 > end:
                     return False
-                et = (buf[off + 2] << 8) | buf[off + 3]
+                et = _be16(buf, off + 2)
                 off += 4
             if et != 0x0800 and et != 0x86DD:
                 return False
         elif lt == 113:
             if off + 16 > end:
                 return False
-            et = (buf[off + 14] << 8) | buf[off + 15]
+            et = _be16(buf, off + 14)
             if et != 0x0800 and et != 0x86DD:
                 return False
             off += 16
         elif lt == 276:
             if off + 20 > end:
                 return False
-            et = (buf[off] << 8) | buf[off + 1]
+            et = _be16(buf, off)
             if et != 0x0800 and et != 0x86DD:
                 return False
             off += 20
@@ -144,25 +149,28 @@ class _Dec:
             return False
         if off >= end:
             return False
-        v = buf[off] >> 4
+        v: i64 = _b(buf, off) >> 4
+        ip_end: i64
+        t: i64
+        ipid: i64
         if v == 4:
             if off + 20 > end:
                 return False
-            ihl = (buf[off] & 15) << 2
-            if ihl < 20 or buf[off + 9] != 6 or ((buf[off + 6] & 0x3F) << 8) | buf[off + 7]:  # any fragment
+            ihl: i64 = (_b(buf, off) & 15) << 2
+            if ihl < 20 or _b(buf, off + 9) != 6 or _be16(buf, off + 6) & 0x3FFF:  # any fragment
                 return False
-            tot = (buf[off + 2] << 8) | buf[off + 3]
+            tot: i64 = _be16(buf, off + 2)
             ip_end = off + tot if tot >= ihl else end  # tot 0: TSO capture; use what was captured
             t = off + ihl
             if t > end:
                 return False
             src = self.v4str(buf, off + 12)
             dst = self.v4str(buf, off + 16)
-            ipid = (buf[off + 4] << 8) | buf[off + 5]
+            ipid = _be16(buf, off + 4)
         elif v == 6:
-            if off + 40 > end or buf[off + 6] != 6:
+            if off + 40 > end or _b(buf, off + 6) != 6:
                 return False
-            plen6 = (buf[off + 4] << 8) | buf[off + 5]
+            plen6: i64 = _be16(buf, off + 4)
             ip_end = off + 40 + plen6 if plen6 else end  # 0: jumbogram
             t = off + 40
             src = self.v6str(buf, off + 8)
@@ -173,20 +181,20 @@ class _Dec:
         # TCP
         if t + 20 > end:
             return False
-        thl = (buf[t + 12] >> 4) << 2
+        thl: i64 = (_b(buf, t + 12) >> 4) << 2
         if thl < 20:
             return False
-        tsval = -1
-        wscale = -1
-        flags = buf[t + 13]
+        tsval: i64 = -1
+        wscale: i64 = -1
+        flags: i64 = _b(buf, t + 13)
         if thl > 20:
-            o = t + 20
-            oend = t + thl
+            o: i64 = t + 20
+            oend: i64 = t + thl
             if oend > end:
                 oend = end
             syn = (flags & 0x02) != 0   # only a SYN's window-scale option counts: walk all of a SYN's options
             while o < oend:
-                kind = buf[o]
+                kind: i64 = _b(buf, o)
                 if kind == 0:
                     break
                 if kind == 1:
@@ -194,43 +202,68 @@ class _Dec:
                     continue
                 if o + 1 >= oend:
                     break
-                olen = buf[o + 1]
+                olen: i64 = _b(buf, o + 1)
                 if olen < 2:
                     break
                 if kind == 8 and olen == 10 and o + 10 <= oend:
                     if tsval < 0:
-                        tsval = (buf[o + 2] << 24) | (buf[o + 3] << 16) | (buf[o + 4] << 8) | buf[o + 5]
+                        tsval = _be32(buf, o + 2)
                     if not syn:
                         break
                 elif kind == 3 and olen == 3 and syn and o + 3 <= oend and wscale < 0:
-                    wscale = buf[o + 2]
+                    wscale = _b(buf, o + 2)
                 o += olen
-        plen = ip_end - t - thl
+        plen: i64 = ip_end - t - thl
         if plen < 0:
             plen = 0
         self.tcp += 1
         filt = self.filt
-        if filt is not None and not filt.keep(src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
+        if filt is not None and not filt.keep(src, _be16(buf, t), dst, _be16(buf, t + 2),
                                               ts):
             self.filtered += 1
             return True
-        self.a.feed_fields(frame, ts, src, (buf[t] << 8) | buf[t + 1], dst, (buf[t + 2] << 8) | buf[t + 3],
-                           (buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7],
-                           (buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11],
-                           flags, (buf[t + 14] << 8) | buf[t + 15], plen, tsval, wscale, ipid)
+        self.a.feed_fields(frame, ts, src, _be16(buf, t), dst, _be16(buf, t + 2), _be32(buf, t + 4),
+                           _be32(buf, t + 8), flags, _be16(buf, t + 14), plen, tsval, wscale, ipid)
         return True
+
+
+# Byte reads as C int64_t arithmetic when compiled (an int expression on bytes items is tagged-int
+# arithmetic: an overflow check per shift, or, add). This module runs interpreted only when not compiled.
+def _b(buf: bytes, p: i64) -> i64:
+    x: i64 = buf[p]
+    return x
+
+
+def _be16(buf: bytes, p: i64) -> i64:
+    hi: i64 = buf[p]
+    lo: i64 = buf[p + 1]
+    return (hi << 8) | lo
+
+
+def _le16(buf: bytes, p: i64) -> i64:
+    lo: i64 = buf[p]
+    hi: i64 = buf[p + 1]
+    return (hi << 8) | lo
+
+
+def _be32(buf: bytes, p: i64) -> i64:
+    return (_be16(buf, p) << 16) | _be16(buf, p + 2)
+
+
+def _le32(buf: bytes, p: i64) -> i64:
+    return (_le16(buf, p + 2) << 16) | _le16(buf, p)
 
 
 def _u32(buf: bytes, p: int, big: bool) -> int:
     if big:
-        return (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
-    return buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16) | (buf[p + 3] << 24)
+        return _be32(buf, p)
+    return _le32(buf, p)
 
 
 def _u16(buf: bytes, p: int, big: bool) -> int:
     if big:
-        return (buf[p] << 8) | buf[p + 1]
-    return buf[p] | (buf[p + 1] << 8)
+        return _be16(buf, p)
+    return _le16(buf, p)
 
 
 def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch: Callable[[], None] | None,
@@ -257,13 +290,13 @@ def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch:
                 if blen < 16:
                     raise src.fail("record header cut short at end of file", frame + 1, readers._HINT_TRUNC)
             if big:
-                sec = (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
-                frac = (buf[pos + 4] << 24) | (buf[pos + 5] << 16) | (buf[pos + 6] << 8) | buf[pos + 7]
-                incl = (buf[pos + 8] << 24) | (buf[pos + 9] << 16) | (buf[pos + 10] << 8) | buf[pos + 11]
+                sec = _be32(buf, pos)
+                frac = _be32(buf, pos + 4)
+                incl = _be32(buf, pos + 8)
             else:
-                sec = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
-                frac = buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (buf[pos + 7] << 24)
-                incl = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (buf[pos + 11] << 24)
+                sec = _le32(buf, pos)
+                frac = _le32(buf, pos + 4)
+                incl = _le32(buf, pos + 8)
             frame += 1
             if incl > max_record:
                 raise src.fail(f"absurd captured length {incl}", frame)
@@ -282,7 +315,7 @@ def walk_pcap(src: _Source, big: bool, ns: bool, lt: int, a: Analyzer, on_batch:
                     raise src.fail(f"record body cut short: {incl} bytes announced, {blen - 16} left", frame,
                                    readers._HINT_TRUNC)
             pos = end
-            dec.packet(lt, buf, start, end, frame, sec + frac * scale)
+            dec.packet(lt, buf, start, end, frame, float(sec) + float(frac) * scale)
     finally:
         dec.done(stats, frame)
 
