@@ -475,6 +475,8 @@ class Analyzer:
         self._sweep_gap = max(1.0, self.tw_s / 4)   # capture seconds between sweeps for finished connections
         # one entry per four-tuple, under an int key made of its endpoints in one order (see feed_fields)
         self._tuples: dict[int, _Tuple] = {}
+        self._last_key = -1                   # the last four-tuple looked up (keys are >= 0), and its entry
+        self._last_tuple = _Tuple(0)
         self._addrs: dict[str, int] = {}      # address -> its number, in order of first sight
         self._last_addr = ""                  # most segments repeat one of the last addresses
         self._last_no = 0
@@ -511,12 +513,20 @@ class Analyzer:
         if ts > self._last_ts:
             self._last_ts = ts
         kf = self._key(si, sp, di, dp)
-        tup = self._tuples.get(kf >> 1)
-        if tup is None:
-            tup = self._new_tuple(kf, si, sp, di, dp)
-            d = 0
-        else:
+        k = kf >> 1
+        if k == self._last_key:               # the previous segment's four-tuple (2 of 3 on a churn)
+            tup = self._last_tuple
             d = (kf & 1) ^ tup.flip
+        else:
+            found = self._tuples.get(k)
+            if found is None:
+                tup = self._new_tuple(kf, si, sp, di, dp)
+                d = 0
+            else:
+                tup = found
+                d = (kf & 1) ^ tup.flip
+            self._last_key = k
+            self._last_tuple = tup
         conn = tup.conn
         if conn is None or flags & _SYN or (conn.incarnation and not flags & _RST
                                             and conn.sides[d ^ conn.cdir].snd_max < 0):
