@@ -165,6 +165,8 @@ _NEXT: Final = _next_table()
 _UNDO: Final = _undo_table()
 _BRIDGE: Final = _bridge_table()
 _LISTEN_TO_EST: Final = [INPUTS.index(i) for i in path_to(TcpState.LISTEN, TcpState.ESTABLISHED) or ()]
+# a list: mypyc iterates a list[int] natively (a tuple literal goes through the iterator protocol, boxed)
+_BOTH_SIDES: Final = [0, 1]
 
 
 
@@ -726,7 +728,7 @@ class Analyzer:
         rcv = snd ^ 1
         open_w: list[int] = []
         ended: list[int] = []
-        for i in (0, 1):
+        for i in _BOTH_SIDES:
             w = old.sides[i].tw
             if w is not None:
                 if w.ended_by == "timeout" and w.end_ts >= ts:
@@ -1441,7 +1443,7 @@ class Analyzer:
     def _windows_of(self, conn: _Conn, at_end: bool) -> tuple[TimeWaitWindow, ...]:
         windows: list[TimeWaitWindow] = []
         last = self._last_ts
-        for i in (0, 1):
+        for i in _BOTH_SIDES:
             w = conn.sides[i].tw
             if w is None:
                 continue
@@ -1537,7 +1539,7 @@ class Analyzer:
                 out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
                     "elapsed_s": round(r.elapsed_s, 6), "time_wait_side": list(r.holders),
                     "previous_connection": r.old_id})))
-        for i in (0, 1):
+        for i in _BOTH_SIDES:
             sd = conn.sides[i]
             if sd.fin_retx:
                 name = "M" if conn.nfin and conn.fin_first == i else "N"
