@@ -1429,8 +1429,9 @@ class Analyzer:
         self._conn_findings(conn)
         # keep only what reuse/duplicate checks of a later incarnation need
         conn.done = True
-        conn.trans = []
-        conn.roles = []
+        if self.detail:                       # (without detail they were never filled)
+            conn.trans = []
+            conn.roles = []
         conn.close_extra = ()
         conn.dups = ()
         conn.prev = None
