@@ -318,11 +318,11 @@ def choose(path: Path, conn_id: int | None = None, stream: int | None = None, *,
     from lab.core.tracker import Analyzer
     from lab.pcap.annotate import capture_t0
     from lab.pcap.feed import feed_file
-    from lab.pcap.readers import CaptureReader
 
     want = stream if stream is not None else conn_id
     picker = _Picker(want)
-    analyzer = Analyzer(profile, time_wait_s, detail=True, keep=False)
+    # asked by id/stream: only that connection keeps the transitions and roles the ladder draws
+    analyzer = Analyzer(profile, time_wait_s, detail=True, keep=False, detail_only=-1 if want is None else want)
     drain = analyzer.drain
 
     def on_batch() -> None:
@@ -345,16 +345,34 @@ def choose(path: Path, conn_id: int | None = None, stream: int | None = None, *,
     if conn is None:
         _no_such(path, picker, conn_id, stream, filt)
     assert conn is not None
+    segs = _segments_of(path, conn, lenient)
+    # in the report's order (first frame, kind); drained they come in the order they were found
+    findings = sorted(picker.findings.get(conn.id, []), key=lambda f: (f.frames[0] if f.frames else 0, f.kind))
+    return Chosen(conn, findings, segs, capture_t0(path), read_all, warnings)
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def _segments_of(path: Path, conn: Connection, lenient: bool) -> list[Segment]:
+    """The connection's segments in capture order: frames before its first one are not decoded, the read
+    stops after its last one; the ports are compared before the endpoint texts are built."""
+    from lab.pcap.readers import CaptureReader
+
     ends = {conn.client, conn.server}
+    ports = {_port(conn.client), _port(conn.server)}
     segs = []
+    last = conn.last_frame
+    reader = CaptureReader(path, lenient=lenient, skip_to=conn.first_frame)
     # lenient like the walk: a capture cut short after the connection's last frame ends the loop quietly
-    with contextlib.closing(iter(CaptureReader(path, lenient=lenient))) as all_segs:  # type: ignore[type-var]
+    with contextlib.closing(iter(reader)) as all_segs:  # type: ignore[type-var]
         for s in all_segs:
-            if s.frame > conn.last_frame:
+            if s.frame > last:
                 break
-            if s.frame >= conn.first_frame and {str(s.src), str(s.dst)} == ends:
+            if s.sport in ports and s.dport in ports and {str(s.src), str(s.dst)} == ends:
                 segs.append(s)
-    return Chosen(conn, picker.findings.get(conn.id, []), segs, capture_t0(path), read_all, warnings)
+    return segs
 
 
 def _no_such(path: Path, picker: _Picker, conn_id: int | None, stream: int | None,

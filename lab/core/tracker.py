@@ -421,9 +421,9 @@ def _tw_back(code: int, start_ts: float, end_ts: float) -> _TW:
 
 
 class _Conn:
-    __slots__ = ("cdir", "close_extra", "done", "dups", "fin_first", "first_frame", "first_ts", "half_close_frame",
-                 "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "owed_rst", "packets", "prev", "refused",
-                 "reuse", "roles", "rsts", "seen_twice", "sides", "trans", "tuple", "ws_known")
+    __slots__ = ("cdir", "close_extra", "detail", "done", "dups", "fin_first", "first_frame", "first_ts",
+                 "half_close_frame", "id", "incarnation", "last_frame", "last_ts", "mid", "nfin", "owed_rst", "packets",
+                 "prev", "refused", "reuse", "roles", "rsts", "seen_twice", "sides", "trans", "tuple", "ws_known")
 
     def __init__(self, cid: int, tup: _Tuple, client: str, server: str, cdir: int, incarnation: int, frame: int,
                  ts: float, mid: bool, synack: bool) -> None:
@@ -458,6 +458,7 @@ class _Conn:
         self.dups: tuple[tuple[int, int, DuplicateVerdict, str], ...] = ()     # (frame, side, verdict, why)
         self.close_extra: tuple[tuple[FindingKind, tuple[int, ...], str, dict[str, Any]], ...] = ()
         self.done = False                     # finalized into a Connection record: read-only from here
+        self.detail = False                   # keeps its transitions and segment roles (see Analyzer.detail_only)
         self.ws_known = False                 # both SYNs seen: whether windows are scaled is known
 
 
@@ -465,7 +466,7 @@ class Analyzer:
     """Feed segments in capture order, then finish() for the Report."""
 
     def __init__(self, profile: str | Profile = "linux", time_wait_s: float | None = None,
-                 detail: bool = True, keep: bool = True) -> None:
+                 detail: bool = True, keep: bool = True, detail_only: int = NONE) -> None:
         if isinstance(profile, Profile):
             prof = profile if time_wait_s is None else get_profile(profile.name, time_wait_s)
         else:
@@ -494,6 +495,9 @@ class Analyzer:
         # detail=False: finished connections keep no state timeline or segment roles (no frame notes, no
         # ladder), which roughly halves the memory of a report on a churn capture with 100k+ connections
         self.detail = detail
+        # detail_only >= 0 (with detail): only that connection keeps them (`show` draws one; its id is known
+        # when it is created, ids going in order of first segment)
+        self.detail_only = detail_only
         # keep=False (streaming): finished records are not kept for finish()'s Report; drain() hands them out
         self.keep = keep
 
@@ -681,7 +685,7 @@ class Analyzer:
         prev.last_ts = ts
         old.last_frame = frame
         tw = old.state == TIME_WAIT
-        if self.detail:
+        if prev.detail:
             what = ("ACK of the old connection: TIME_WAIT refuses the new SYN" if tw else
                     "answer from the old connection's state (SYN-ACK retransmission)" if flags & _SYN else
                     "ACK of the old connection (its half-open state answers the new SYN)")
@@ -708,6 +712,7 @@ class Analyzer:
             if tup.h_id >= 0:
                 old = tup.recall()
         conn = _Conn(self._next_id, tup, client, server, cdir, tup.count, frame, ts, mid, not syn and not mid)
+        conn.detail = self.detail and (self.detail_only < 0 or conn.id == self.detail_only)
         self._next_id += 1
         tup.count += 1
         if old is not None:
@@ -818,7 +823,7 @@ class Analyzer:
             st = side.state
             nxt = _NEXT[st * _NI + inp]
         side.state = nxt
-        if self.detail:
+        if conn.detail:
             conn.trans.append((frame, s, st, nxt, inferred, inp))
         if inp == RCV_ACK_OF_FIN:
             side.fin_ack_applied = True
@@ -840,7 +845,7 @@ class Analyzer:
             side.fin_ack_applied = False
         if st == TIME_WAIT:
             side.tw = None
-        return _drop_last_record(conn.trans, s, inp) if self.detail else 0
+        return _drop_last_record(conn.trans, s, inp) if conn.detail else 0
 
     def _tw_restart(self, side: _Side, frame: int, ts: float) -> None:
         tw = side.tw
@@ -904,7 +909,7 @@ class Analyzer:
         """The capture holds side s's previous segment again: one packet, recorded and otherwise ignored."""
         side = conn.sides[s]
         conn.seen_twice += ((frame, side.seen_frame),)
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, f"frame {side.seen_frame} again, {(ts - side.seen_ts) * 1e6:.0f} µs later: "
                                          "the capture saw one packet twice (not a retransmission)"))
 
@@ -949,7 +954,7 @@ class Analyzer:
             else:
                 self._go(conn, s, SEND_SYN, frame, ts, False)
                 what = "SYN (ISN {isn})"
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, what.replace("{isn}", str(seq)) + note))
 
     @staticmethod
@@ -1008,7 +1013,7 @@ class Analyzer:
         text = (f"{_name(s)}'s segment answers the {_name(p)}'s new SYN with ACK {ack}, which SYN_SENT cannot take "
                 f"(not above its ISN, or above what it sent){old}: the {_name(p)} answers RST and stays in SYN_SENT")
         conn.close_extra += (("stale-peer-ack", (frame,), text, extra),)
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, "stale segment: its ACK is not acceptable in SYN_SENT"))
 
     def _sent_without_syn(self, conn: _Conn, s: int, frame: int, ts: float, seq: int, flags: int) -> None:
@@ -1040,13 +1045,13 @@ class Analyzer:
                 and _d(ack, peer.isn) >= 1 and not flags & _SYN:
             self._go(conn, s, RCV_SYNACK, frame, ts, False)
             self._rtt(side, ts - peer.syn_ts)
-            if self.detail:
+            if conn.detail:
                 conn.roles.append((frame, s, "ACK — handshake complete"))
         if fin_acked and not side.got_fin_frame:
             self._acks_peer_fin(conn, s, frame, ts, seq)
         elif side.reack_pending and peer.fin_seq >= 0 and ack == (peer.fin_seq + 1) & _M32:
             side.reack_pending = False
-            if self.detail:
+            if conn.detail:
                 conn.roles.append((frame, s, "re-ACK of the retransmitted FIN from TIME_WAIT"))
             if not self._any_ack_restarts:
                 self._tw_restart(side, frame, ts)
@@ -1074,7 +1079,7 @@ class Analyzer:
         if not side.got_fin:
             side.got_fin = True
             self._go(conn, s, RCV_FIN, frame, ts, False)
-        if self.detail:
+        if conn.detail:
             name = "M" if conn.nfin and conn.fin_first == p else "N"
             conn.roles.append((frame, s, f"ACK {name}+1"))
 
@@ -1116,7 +1121,7 @@ class Analyzer:
             side.got_fin_frame = frame
             side.got_fin_seq = NONE
             self._go(conn, s, RCV_FIN, frame, ts, False)
-        if self.detail:
+        if conn.detail:
             base = side.base
             rel = f" (seq {(fseq - base) & _M32} rel. to {_name(s)} ISN)" if base >= 0 else ""
             when = f", sent before frame {late}: the FINs crossed" if late > 0 else ""
@@ -1161,7 +1166,7 @@ class Analyzer:
                          f"RTO floor): {_name(p)}'s ACK in frame {lost} was possibly in flight")
             else:
                 self._final_ack_lost(conn, s, frame, lost, name)
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, role))
         if peer.state == TIME_WAIT:
             peer.reack_pending = True
@@ -1250,13 +1255,13 @@ class Analyzer:
                 {"fin_frame": peer.last_fin_frame, "rst_frame": frame, "rst_side": _name(s)}),)
         why = self._rst_unacceptable(conn, s, seq, ack, flags)
         if why:
-            if self.detail:
+            if conn.detail:
                 conn.roles.append((frame, s, f"RST, ignored ({why})"))
             return
         pst = peer.state
         if pst == SYN_SENT and not conn.rsts:
             conn.refused = True
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, "RST"))
         conn.rsts += ((frame, s),)
         if not side.rst_frame:
@@ -1295,7 +1300,7 @@ class Analyzer:
         some stacks use another seq): its sender stays in SYN_SENT; a peer in SYN_RECEIVED takes it as any RST
         (back to LISTEN)."""
         p = s ^ 1
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, f"RST answering the unacceptable ACK: the {_name(s)} stays in SYN_SENT"))
         if conn.sides[p].state == SYN_RECEIVED and not self._rst_unacceptable(conn, s, seq, ack, flags):
             self._go(conn, p, RCV_RST, frame, ts, False)
@@ -1384,7 +1389,7 @@ class Analyzer:
         if by_seq and by_ts:
             basis = "sequence numbers and timestamp"
         conn.dups += ((frame, s, verdict, f"{basis} of incarnation {prev.incarnation} (connection {prev.id}); {why}"),)
-        if self.detail:
+        if conn.detail:
             conn.roles.append((frame, s, f"delayed duplicate from incarnation {prev.incarnation}"))
         return True
 
@@ -1414,7 +1419,7 @@ class Analyzer:
         "capture-end" with the time it had left."""
         c = conn.sides[0]
         sv = conn.sides[1]
-        if self.detail:
+        if conn.detail:
             steps = tuple([(f, sd, STATES[a0], STATES[b0], inf, INPUTS[i0]) for f, sd, a0, b0, inf, i0 in conn.trans])
             roles = tuple(conn.roles)
         else:
@@ -1429,7 +1434,7 @@ class Analyzer:
         self._conn_findings(conn)
         # keep only what reuse/duplicate checks of a later incarnation need
         conn.done = True
-        if self.detail:                       # (without detail they were never filled)
+        if conn.detail:                       # (without detail they were never filled)
             conn.trans = []
             conn.roles = []
         conn.close_extra = ()

@@ -643,8 +643,9 @@ def _pcap_records(src: _Source, hdr: _PcapHeader) -> Iterator[tuple[int, int, in
         pos = end
 
 
-def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterator[Segment]:
-    """The hot loop: the record walk of _pcap_records inlined with the decoder."""
+def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats, skip_to: int = 0) -> Iterator[Segment]:
+    """The hot loop: the record walk of _pcap_records inlined with the decoder (frames below skip_to: only
+    their record headers are read)."""
     unpack = struct.Struct(hdr.endian + "IIII").unpack_from
     scale = 1e-9 if hdr.ns else 1e-6
     lt = hdr.linktype
@@ -692,6 +693,8 @@ def _pcap_segments(src: _Source, hdr: _PcapHeader, stats: ReaderStats) -> Iterat
                     raise src.fail(f"record body cut short: {incl} bytes announced, {blen - 16} left", frame,
                                    _HINT_TRUNC)
             pos = end
+            if frame < skip_to:
+                continue
             if fast is not None and end - start >= l2 + 40:
                 # the common case in one unpack: link header, option-less IPv4, TCP (no or NOP NOP TS options)
                 et, vihl, tot, ipid, frag, proto, s, d, sport, dport, seq, ack, doff, flags, win = fast(buf, start)
@@ -777,9 +780,11 @@ def _iface(buf: bytes, p: int, end: int, endian: str) -> _Iface:
     return _Iface(lt, snaplen, mul, div, shift, offset_ns)
 
 
-def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderStats | None) -> Iterator[Any]:
+def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderStats | None,
+                 skip_to: int = 0) -> Iterator[Any]:
     """The block walk. Without stats: yields (frame, ts_ns, linktype, buf, off, end, orig_len, comments,
-    interface) per packet block. With stats: decodes in the loop (the hot path), yields Segments, counts skips."""
+    interface) per packet block. With stats: decodes in the loop (the hot path), yields Segments, counts skips.
+    Packet blocks of frames below skip_to are checked and counted, not decoded."""
     buf = head
     pos = 0
     frame = 0
@@ -863,6 +868,8 @@ def _pcapng_walk(src: _Source, head: bytes, linktypes: list[int], stats: ReaderS
                     ts_ns = ((hi << 32) | lo) * mul // div + offset_ns
                 if frame == 1 and stats is not None:
                     stats.first_ts = ts_ns / 1e9
+                if frame < skip_to:
+                    continue
                 opt_start = data + ((incl + 3) & ~3)
                 comments: tuple[str, ...] = ()
                 if btype != 3 and opt_start + 4 <= bend:
@@ -912,9 +919,12 @@ class CaptureReader:
     Each iteration re-reads the file from the start (and resets the stats).
     """
 
-    def __init__(self, path: str | Path, lenient: bool = False) -> None:
+    def __init__(self, path: str | Path, lenient: bool = False, skip_to: int = 0) -> None:
         self.path = Path(path)
         self.lenient = lenient     # a capture cut short ends the iteration with stats.cut set (no error)
+        # frames numbered below skip_to are walked by their record headers only: no segment, no skip count,
+        # and an IP fragment among them is not reassembled (`show` reads from a connection's first frame on)
+        self.skip_to = skip_to
         self.stats = ReaderStats()
         self.linktypes: list[int] = []
         self.source: _Source | None = None   # the byte source of the current iteration (bytes read so far)
@@ -929,7 +939,7 @@ class CaptureReader:
                 hdr = _pcap_header(src, head)
                 self.linktypes.append(hdr.linktype)
                 _check_linktype(src, hdr.linktype, 1)
-                segs = _pcap_segments(src, hdr, self.stats)
+                segs = _pcap_segments(src, hdr, self.stats, self.skip_to)
             else:
                 segs = self._pcapng(src, head)
         except BaseException:
@@ -945,7 +955,7 @@ class CaptureReader:
             self.stats.packets = exc.last_good
 
     def _pcapng(self, src: _Source, head: bytes) -> Iterator[Segment]:
-        return _pcapng_walk(src, head, self.linktypes, self.stats)
+        return _pcapng_walk(src, head, self.linktypes, self.stats, self.skip_to)
 
 
 def read_segments(path: str | Path) -> Iterator[Segment]:

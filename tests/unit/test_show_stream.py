@@ -11,9 +11,12 @@ from lab.analysis.ladder import choose
 from lab.core.tracker import analyze
 from lab.errors import BadCapture, UsageError
 from lab.pcap.filters import SegmentFilter
-from lab.pcap.readers import read_segments
+from lab.pcap.readers import CaptureReader, read_segments
 from tests.unit.synth import repeated
 
+ROOT = Path(__file__).resolve().parents[2]
+GALLERY = sorted((ROOT / "captures").glob("*.pcapng"))
+CHURN_PREFIX = ROOT / "benchmarks" / "out" / "churn-1000000-first100k.pcap"   # made by `python -m benchmarks`
 FILES = ["zeek__echo-connections.pcap.gz", "deepflow__l4-source-port-reuse.pcap", "zeek__mysql__auth.pcap",
          "chrissanders__tcp_teardown.pcapng", "deepflow__tcp-n-syn-ack.pcap"]
 
@@ -82,3 +85,50 @@ def test_capture_cut_short_after_the_connection(corpus: Path, tmp_path: Path) ->
     assert len(got.warnings) == 1 and "cut short" in got.warnings[0]
     with pytest.raises(BadCapture):
         choose(cut, last, lenient=False)
+
+
+def _sample(ids: list[int]) -> list[int]:
+    """A few ids from the start, the middle, ~90 % in and the end."""
+    n = len(ids)
+    return sorted({*ids[:2], *ids[n // 2: n // 2 + 2], *ids[n * 9 // 10: n * 9 // 10 + 2], *ids[-2:]})
+
+
+def _shown_as_in_full_detail(src: Path) -> None:
+    """The connection show draws (detail kept for it alone) has the record, steps, roles, findings and
+    segments of a full detail analysis."""
+    report = analyze(read_segments(src))              # detail for every connection
+    for cid in _sample([c.id for c in report.connections]):
+        want = report.connection(cid)
+        got = choose(src, cid)
+        assert got.conn == want and got.conn.steps == want.steps and got.conn.roles == want.roles
+        assert got.findings == [f for f in report.findings if f.connection == cid]
+        assert got.segments == _segments_of(src, want)
+        assert choose(src, stream=cid).conn == want
+
+
+@pytest.mark.parametrize("src", GALLERY, ids=lambda p: p.name)
+def test_gallery_connection_as_in_full_detail(src: Path) -> None:
+    _shown_as_in_full_detail(src)
+
+
+def test_corpus_connections_as_in_full_detail(corpus: Path) -> None:
+    files = sorted(p for p in corpus.iterdir() if ".pcap" in p.name)
+    assert files
+    for src in files:
+        if any(True for _ in read_segments(src)):
+            _shown_as_in_full_detail(src)
+
+
+def test_churn_prefix_connections_as_in_full_detail() -> None:
+    if not CHURN_PREFIX.is_file():
+        pytest.skip(f"{CHURN_PREFIX} not built (python -m benchmarks)")
+    _shown_as_in_full_detail(CHURN_PREFIX)
+
+
+@pytest.mark.parametrize("name", ["zeek__mysql__auth.pcap", "chrissanders__tcp_teardown.pcapng",
+                                  "zeek__echo-connections.pcap.gz"])
+def test_reader_skip_to_reads_the_same_frames_from_there_on(corpus: Path, name: str) -> None:
+    src = corpus / name
+    segs = list(read_segments(src))
+    for k in (0, 1, segs[len(segs) // 2].frame, segs[-1].frame, segs[-1].frame + 1):
+        assert list(CaptureReader(src, skip_to=k)) == [s for s in segs if s.frame >= k]
