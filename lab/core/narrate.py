@@ -46,7 +46,7 @@ point could not see directly), notes (findings on this frame, retransmissions, d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
 from lab.core.model import Flags, Segment
@@ -194,35 +194,39 @@ def _roles_by_frame(conn: Connection) -> dict[int, tuple[Side, list[str]]]:
 
 
 # The per-frame notes read Connection.steps (frame, side index, from, to, inferred, input) and .roles (frame,
-# side index, role) as plain tuples (Any): compiled with mypyc, a typed tuple would be unboxed into a struct
-# and boxed into a new tuple again at every use.
+# side index, role) as tuple[Any, ...]: compiled with mypyc, a field is then read by a native index (a typed
+# tuple would be unboxed into a struct and boxed again at every use; a tuple typed Any is indexed through the
+# generic protocol with a boxed index).
+Record = tuple[Any, ...]
 _NAME: Final[dict[TcpState, str]] = {s: s.value for s in TcpState}   # Enum.value is a property: slow per call
 _ARROW: Final[dict[TcpState, dict[TcpState, str]]] = {a: {b: f"{a.value} -> {b.value}" for b in TcpState}
                                                       for a in TcpState}
 
 
-def _frame_of(record: Any) -> int:
+def _frame_of(record: Record) -> int:
     return int(record[0])
 
 
-def _not_fin(name: str) -> bool:
-    return not name.startswith("FIN")
-
-
-def _chain(sts: Sequence[Any], conn: Connection, t0: float, capture_end: float | None) -> str:
-    """One side's state changes at one frame: "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)". The chain
-    itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows it:
-    "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
-    last: tuple[int, int, TcpState, TcpState, Any, Any] = sts[-1]   # compiled: unboxed once, then fields
-    to = last[3]
-    if len(sts) == 1:
+def _chain(sts: tuple[Record, ...], lo: int, hi: int, conn: Connection, t0: float, capture_end: float | None) -> str:
+    """One side's state changes at one frame (sts[lo:hi]): "FIN_WAIT_2 -> TIME_WAIT (60 s, until t=+60.352 s)".
+    The chain itself is only state names (a reader, or a regex, finds where it ends); what was inferred follows
+    it: "FIN_WAIT_1 -> CLOSING -> TIME_WAIT (CLOSING inferred; 60 s, ...)"."""
+    last = sts[hi - 1]
+    to: TcpState = last[3]
+    if hi - lo == 1:
         text = _ARROW[last[2]][to]
         if not last[4] and to is not TcpState.TIME_WAIT:   # the common case: nothing follows the chain
             return text
         extra = [_NAME[to] + " inferred"] if last[4] else []
     else:
-        text = " -> ".join([_NAME[sts[0][2]], *[_NAME[st[3]] for st in sts]])
-        inferred = [_NAME[st[3]] for st in sts if st[4]]
+        names = [_NAME[sts[lo][2]]]
+        inferred: list[str] = []
+        for k in range(lo, hi):
+            st = sts[k]
+            names.append(_NAME[st[3]])
+            if st[4]:
+                inferred.append(_NAME[st[3]])
+        text = " -> ".join(names)
         extra = [", ".join(inferred) + " inferred"] if inferred else []
     if to is TcpState.TIME_WAIT:
         side: str = SIDES[last[1]]
@@ -263,7 +267,7 @@ def _connection_notes(conn: Connection, t0: float, capture_end: float | None, ou
             tie += 1
 
 
-def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...], t0: float,
+def _frame_lines(conn: Connection, steps: tuple[Record, ...], roles: tuple[Record, ...], t0: float,
                  capture_end: float | None, out: list[NoteRecord]) -> bool:
     """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>".
     Walks the steps and the roles together in frame order (a frame's roles: the first one's sender, each role
@@ -283,7 +287,9 @@ def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...
             return False
         last = frame
         sender = -1
-        names: list[str] = []
+        head = "segment"
+        names: list[str] | None = None   # only for a frame with more than one role
+        fin = False                      # a role of this frame is a FIN
         while j < nr:
             role = roles[j]
             rf: int = role[0]
@@ -292,16 +298,19 @@ def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...
             name: str = role[2]
             if sender < 0:
                 sender = role[1]
+                head = name
+                fin = name.startswith("FIN")
+            elif name != head and (names is None or name not in names):
+                if names is None:
+                    names = [head]
                 names.append(name)
-            elif name not in names:
-                names.append(name)
+                fin = fin or name.startswith("FIN")
             j += 1
-        if len(names) > 1:
-            names.sort(key=_not_fin)
-        head = (names[0] if len(names) == 1 else " + ".join(names)) if names else "segment"
+        if names is not None:   # FINs first, each group in its order: "FIN N + ACK M+1"
+            head = " + ".join([n for n in names if n.startswith("FIN")] + [n for n in names if not n.startswith("FIN")])
         first = i
         split = False                # another side's step came: each side's steps in its own list
-        per_side: list[list[Any]] = []
+        per_side: list[list[Record]] = []
         order: list[int] = []        # the sides in the order their first change comes
         while i < ns:
             st = steps[i]
@@ -322,22 +331,33 @@ def _frame_lines(conn: Connection, steps: tuple[Any, ...], roles: tuple[Any, ...
                 order.append(side)
             per_side[side].append(st)
             i += 1
-        mine: Sequence[Any] = steps[first:i] if not split else per_side[sender] if sender >= 0 else ()
-        peers = [f"{SIDES[k]}: {_chain(per_side[k], conn, t0, capture_end)}" for k in order if k != sender] \
-            if split else []
-        if mine:
+        if split:
+            peers = "; ".join([f"{SIDES[k]}: {_side_chain(per_side[k], conn, t0, capture_end)}"
+                               for k in order if k != sender])
+            mine = tuple(per_side[sender]) if sender >= 0 else ()
+            lo, hi = 0, len(mine)
+        else:
+            peers = ""
+            mine = steps
+            lo, hi = first, i
+        if hi > lo:
             who: str = SIDES[sender]
-            if frame == first_close and any(n.startswith("FIN") for n in names):
+            if frame == first_close and fin:
                 who += active
-            chain = _chain(mine, conn, t0, capture_end)
-            text = f"{head} — {who}: {chain}; " + "; ".join(peers) if peers else f"{head} — {who}: {chain}"
+            chain = _chain(mine, lo, hi, conn, t0, capture_end)
+            text = f"{head} — {who}: {chain}; {peers}" if peers else f"{head} — {who}: {chain}"
         elif sender >= 0:   # "FIN N retransmission from the server"; a role that already says "from": "sent by"
             text = head + (f", sent by the {SIDES[sender]}" if " from " in head else f" from the {SIDES[sender]}")
-            text += "; " + "; ".join(peers) if peers else ""
+            if peers:
+                text += "; " + peers
         else:
-            text = head + (" — " + "; ".join(peers) if peers else "")
+            text = head + (" — " + peers if peers else "")
         out.append((frame, cid, 0, text))
     return True
+
+
+def _side_chain(sts: list[Record], conn: Connection, t0: float, capture_end: float | None) -> str:
+    return _chain(tuple(sts), 0, len(sts), conn, t0, capture_end)
 
 
 # -- whole-connection sentences (experiment panels, claims evidence) -----------------------------------------

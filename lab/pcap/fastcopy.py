@@ -107,7 +107,10 @@ def window_options(chunks: list[bytes]) -> dict[int, bytes]:
                 several.add(frame)
             pos += _HEAD + n
     if several:
-        notes: dict[int, list[tuple[int, int, bytes]]] = {}   # (order, tie, opt)
+        # (order, tie, n, opt), n: the record's place in the window; sorted as tuples (no key function called
+        # per note), n keeps notes of equal (order, tie) in the order written and is never passed
+        notes: dict[int, list[tuple[int, int, int, bytes]]] = {}
+        seq = 0
         for data in chunks:
             pos = 0
             size = len(data)
@@ -116,16 +119,13 @@ def window_options(chunks: list[bytes]) -> dict[int, bytes]:
                 frame = _u64(data, pos)
                 if frame in several:
                     notes.setdefault(frame, []).append(
-                        (_u64(data, pos + 8), _u64(data, pos + 16), data[pos + _HEAD:pos + _HEAD + n]))
+                        (_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
+                seq += 1
                 pos += _HEAD + n
         for frame, these in notes.items():
-            these.sort(key=_order)
-            out[frame] = b"".join([opt for _o, _t, opt in these])
+            these.sort()
+            out[frame] = b"".join([opt for _o, _t, _n, opt in these])
     return out
-
-
-def _order(note: tuple[int, int, bytes]) -> tuple[int, int]:
-    return note[0], note[1]
 
 
 def _u64(b: bytes, p: int) -> int:
