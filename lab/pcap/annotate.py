@@ -46,15 +46,18 @@ def write_annotated(src: Path, dst: Path, notes: Mapping[int, Sequence[str]]) ->
 
 
 OptionsOf = Callable[[int], dict[int, bytes]]   # window -> {frame: its notes as packed opt_comments}
+# (window, base, size) -> its frames' notes as packed opt_comments by frame - base (lab.pcap.fastcopy.window_table)
+TableOf = Callable[[int, int, int], list[bytes | None]]
 
 
-def _copy_with_notes(src: Path, dst: Path, options_of: OptionsOf) -> tuple[int, int]:
+def _copy_with_notes(src: Path, dst: Path, options_of: OptionsOf, table_of: TableOf | None = None) -> tuple[int, int]:
     """Copy `src` to `dst` with the notes of options_of(w) for the frames of window w (2**_WINDOW_BITS frames;
-    asked in increasing order, each once): (packets, frames annotated)."""
+    asked in increasing order, each once; table_of, when given, is asked instead for a classic pcap):
+    (packets, frames annotated)."""
     src, dst = Path(src), Path(dst)
     with atomic_write(dst) as out:   # lab.pcap.writer: complete or not at all; dst == src is allowed
         w = PcapngWriter(out)
-        copied = _copy_pcap(src, w, out, options_of)
+        copied = _copy_pcap(src, w, out, options_of, table_of)
         return copied if copied is not None else _copy_frames(src, w, options_of)
 
 
@@ -89,7 +92,8 @@ def _copy_frames(src: Path, w: PcapngWriter, options_of: OptionsOf) -> tuple[int
     return count, annotated
 
 
-def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf) -> tuple[int, int] | None:
+def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf,
+               table_of: TableOf | None = None) -> tuple[int, int] | None:
     """A classic pcap (no comments of its own): its records packed straight into EPBs with the notes of a window
     of frames at a time (lab.pcap.fastcopy.pcap_epbs, the hot loop of the copy); None for any other format."""
     from lab.pcap import readers
@@ -107,17 +111,19 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf
         options: list[bytes | None] = []
         base = stop = 0                 # the window whose notes are in `options`: frames base .. stop - 1
         last_total = 0                  # the last EPB's trailer, not written yet
+        epbs = bytearray()
         while True:
-            parts: list[bytes] = []
             why, pos, frame, got, last_total = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD,
-                                                                  options, base, stop, parts, last_total)
+                                                                  options, base, stop, epbs, last_total)
             annotated += got
-            if parts:
-                out.write(b"".join(parts))
+            if epbs:
+                out.write(epbs)
+                del epbs[:]
             if why == fastcopy.WINDOW_END:
                 window = (frame + 1) >> _WINDOW_BITS
                 base, stop = window << _WINDOW_BITS, (window + 1) << _WINDOW_BITS
-                options = fastcopy.by_offset(options_of(window), base, stop - base)
+                options = table_of(window, base, stop - base) if table_of is not None else \
+                    fastcopy.by_offset(options_of(window), base, stop - base)
             elif why == fastcopy.TOO_LONG:
                 incl = struct.unpack_from(hdr.endian + "I", buf, pos + 8)[0]
                 raise source.fail(f"absurd captured length {incl}", frame + 1)
@@ -174,7 +180,7 @@ class _NoteSpool:
 
     def __init__(self, spool: IO[bytes]) -> None:
         self.spool = spool
-        self.pending: dict[int, list[bytes]] = {}   # window -> its records' pieces, not in the file yet
+        self.pending: dict[int, bytearray] = {}   # window -> its records, not in the file yet
         self.pending_bytes = 0
         self.extents: dict[int, list[tuple[int, int]]] = {}   # window -> (offset, length) in the spool
         self.size = 0
@@ -186,8 +192,7 @@ class _NoteSpool:
             self.flush()
 
     def flush(self) -> None:
-        for w, pieces in self.pending.items():
-            buf = b"".join(pieces)
+        for w, buf in self.pending.items():
             self.spool.write(buf)
             self.extents.setdefault(w, []).append((self.size, len(buf)))
             self.size += len(buf)
@@ -204,7 +209,7 @@ class _NoteSpool:
             chunks += (_pread(fd, n, at) for at, n in extents)
         buffered = self.pending.get(w)
         if buffered:
-            chunks.append(b"".join(buffered))
+            chunks.append(bytes(buffered))
         return chunks
 
     def window(self, w: int) -> dict[int, list[bytes]]:
@@ -214,6 +219,10 @@ class _NoteSpool:
     def options(self, w: int) -> dict[int, bytes]:
         """Window w's frames' packed opt_comments (without the end of options, lab.pcap.fastcopy.pcap_epbs adds it)."""
         return fastcopy.window_options(self._chunks(w))
+
+    def table(self, w: int, base: int, size: int) -> list[bytes | None]:
+        """options(w) as a list by frame - base (lab.pcap.fastcopy.window_table)."""
+        return fastcopy.window_table(self._chunks(w), base, size)
 
 def _pread(fd: int, n: int, at: int) -> bytes:
     data = os.pread(fd, n, at)
@@ -237,7 +246,7 @@ class Narrated:
     def write(self, dst: Path) -> Annotated:
         """The second pass: copy every packet of the capture to `dst` with its notes (atomically)."""
         with _no_cyclic_gc():
-            packets, annotated = _copy_with_notes(self.src, dst, self.notes.options)
+            packets, annotated = _copy_with_notes(self.src, dst, self.notes.options, self.notes.table)
         return Annotated(packets, annotated, self.connections, self.findings)
 
 

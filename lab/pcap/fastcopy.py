@@ -25,6 +25,7 @@ _OPT_COMMENT: Final = 1
 END_OF_OPTIONS: Final = b"\0\0\0\0"
 _RECORD: Final = struct.Struct("<QQQI")   # a spool record's head: frame, order, tie, length of the opt_comment after it
 _HEAD: Final = 28
+_RECORD_SHORT: Final = struct.Struct("<QQQIHH")   # a record's head and the head of its opt_comment (< _SHORT bytes)
 _TRAILER_HEAD: Final = struct.Struct("<8I")   # an EPB's trailer, then the next EPB's head (lab.pcap.writer.EPB_HEAD)
 _SHORT: Final = 1024
 _HEADS: Final = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
@@ -52,23 +53,23 @@ def comment_option(raw: bytes) -> bytes:
     return head + raw + _PADS[-n % 4]
 
 
-def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, list[bytes]], bits: int) -> int:
-    """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record, in pieces appended
-    to the list of its frame's window (frame >> bits; joined when written); returns the bytes added."""
+def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, bytearray], bits: int) -> int:
+    """Each note (lab.core.narrate.note_records: frame, order, tie, text) as a spool record appended to the
+    buffer of its frame's window (frame >> bits); returns the bytes added."""
     added = 0
     pack = _RECORD.pack
-    heads = _HEADS
+    pack_short = _RECORD_SHORT.pack
     pads = _PADS
     last = -1
-    pieces: list[bytes] = []
+    buf = bytearray()
     for frame, order, tie, text in records:
         w = frame >> bits
         if w != last:   # a batch's notes come by connection: mostly the same window as the one before
             got = pending.get(w)
             if got is None:
-                got = []
+                got = bytearray()
                 pending[w] = got
-            pieces = got
+            buf = got
             last = w
         try:
             raw = text.encode()
@@ -77,16 +78,15 @@ def add_notes(records: list[tuple[int, int, int, str]], pending: dict[int, list[
         n = len(raw)
         if n >= _SHORT:
             opt = comment_option(raw)
-            pieces.append(pack(frame, order, tie, len(opt)))
-            pieces.append(opt)
+            buf += pack(frame, order, tie, len(opt))
+            buf += opt
             added += len(opt) + _HEAD
             continue
         pad = -n % 4
-        pieces.append(pack(frame, order, tie, 4 + n + pad))
-        pieces.append(heads[n])
-        pieces.append(raw)
+        buf += pack_short(frame, order, tie, 4 + n + pad, _OPT_COMMENT, n)   # the record's head and the option's
+        buf += raw
         if pad:
-            pieces.append(pads[pad])
+            buf += pads[pad]
         added += _HEAD + 4 + n + pad
     return added
 
@@ -107,24 +107,53 @@ def window_options(chunks: list[bytes]) -> dict[int, bytes]:
                 several.add(frame)
             pos += _HEAD + n
     if several:
-        # (order, tie, n, opt), n: the record's place in the window; sorted as tuples (no key function called
-        # per note), n keeps notes of equal (order, tie) in the order written and is never passed
-        notes: dict[int, list[tuple[int, int, int, bytes]]] = {}
-        seq = 0
-        for data in chunks:
-            pos = 0
-            size = len(data)
-            while pos < size:
-                n = _u32(data, pos + 24)
-                frame = _u64(data, pos)
-                if frame in several:
-                    notes.setdefault(frame, []).append(
-                        (_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
-                seq += 1
-                pos += _HEAD + n
-        for frame, these in notes.items():
-            these.sort()
-            out[frame] = b"".join([opt for _o, _t, _n, opt in these])
+        out.update(_in_order(chunks, several))
+    return out
+
+
+def window_table(chunks: list[bytes], base: int, size: int) -> list[bytes | None]:
+    """window_options as a list indexed by frame - base (by_offset's), built without the dict: the window's
+    frames are base .. base + size - 1."""
+    table: list[bytes | None] = [None] * size
+    several: set[int] = set()
+    for data in chunks:
+        pos = 0
+        end = len(data)
+        while pos < end:
+            n = _u32(data, pos + 24)
+            i = _u64(data, pos) - base
+            if table[i] is None:
+                table[i] = data[pos + _HEAD:pos + _HEAD + n]
+            else:
+                several.add(i + base)
+            pos += _HEAD + n
+    if several:
+        for frame, opts in _in_order(chunks, several).items():
+            table[frame - base] = opts
+    return table
+
+
+def _in_order(chunks: list[bytes], several: set[int]) -> dict[int, bytes]:
+    """The opt_comments of the frames in `several`, each frame's sorted by (order, tie)."""
+    # (order, tie, n, opt), n: the record's place in the window; sorted as tuples (no key function called
+    # per note), n keeps notes of equal (order, tie) in the order written and is never passed
+    notes: dict[int, list[tuple[int, int, int, bytes]]] = {}
+    seq = 0
+    for data in chunks:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            n = _u32(data, pos + 24)
+            frame = _u64(data, pos)
+            if frame in several:
+                notes.setdefault(frame, []).append(
+                    (_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
+            seq += 1
+            pos += _HEAD + n
+    out: dict[int, bytes] = {}
+    for frame, these in notes.items():
+        these.sort()
+        out[frame] = b"".join([opt for _o, _t, _n, opt in these])
     return out
 
 
@@ -159,14 +188,14 @@ def by_offset(options: dict[int, bytes], base: int, size: int) -> list[bytes | N
 
 
 def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, max_record: int,
-              options: list[bytes | None], base: int, stop: int, parts: list[bytes],
+              options: list[bytes | None], base: int, stop: int, out: bytearray,
               last_total: int) -> tuple[int, int, int, int, int]:
     """The complete classic-pcap records of `buf` from `pos` as EPBs (interface `idx`, `mul`: ns per unit of
-    the record's fraction) appended to `parts`, with options[frame] as their options; frames numbered on from
-    `frame` (the last one packed); options[frame - base] (by_offset) are frame's notes, None for none. Stops
-    before frame `stop` (the first one past the window of `options`), a
-    record not complete in buf, or a record longer than max_record: (why, pos, frame, frames annotated,
-    last_total). options[frame] are the frame's opt_comments (window_options): the end of options is added here.
+    the record's fraction) appended to `out`, with options[frame] as their options; frames numbered on from
+    `frame` (the last one packed); options[frame - base] (by_offset, window_table) are frame's notes, None for
+    none. Stops before frame `stop` (the first one past the window of `options`), a record not complete in buf,
+    or a record longer than max_record: (why, pos, frame, frames annotated, last_total). options[frame] are the
+    frame's opt_comments (window_options): the end of options is added here.
 
     An EPB's trailer (its total length) is packed with the next EPB's head, one struct call per packet: the
     last EPB's is left to the caller as last_total, to give to the next call (0: none pending) or to write
@@ -181,7 +210,10 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
             return WINDOW_END, pos, frame, annotated, last_total
         if pos + 16 > blen:
             return NEED_MORE, pos, frame, annotated, last_total
-        incl = _u32be(buf, pos + 8) if big else _u32(buf, pos + 8)
+        if big:
+            incl = _u32be(buf, pos + 8)
+        else:   # _u32, written out: the hot path of the copy
+            incl = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (buf[pos + 11] << 24)
         if incl > max_record:
             return TOO_LONG, pos, frame, annotated, last_total
         start = pos + 16
@@ -193,8 +225,9 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
             orig = _u32be(buf, pos + 12)
             ts_ns = _u32be(buf, pos) * 1_000_000_000 + _u32be(buf, pos + 4) * mul
         else:
-            orig = _u32(buf, pos + 12)
-            ts_ns = _u32(buf, pos) * 1_000_000_000 + _u32(buf, pos + 4) * mul
+            orig = buf[pos + 12] | (buf[pos + 13] << 8) | (buf[pos + 14] << 16) | (buf[pos + 15] << 24)
+            ts_ns = ((buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)) * 1_000_000_000
+                     + (buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (buf[pos + 7] << 24)) * mul)
         pad = -incl % 4
         opts = options[frame - base]
         total = 32 + incl + pad
@@ -202,16 +235,16 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
             total += len(opts) + 4
             annotated += 1
         if last_total:
-            parts.append(trailer_and_head(last_total, _EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF,
-                                          ts_ns & 0xFFFFFFFF, incl, orig if orig > incl else incl))
+            out += trailer_and_head(last_total, _EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF,
+                                    incl, orig if orig > incl else incl)
         else:
-            parts.append(head(_EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
-                              orig if orig > incl else incl))
-        parts.append(buf[start:end])
+            out += head(_EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
+                        orig if orig > incl else incl)
+        out += buf[start:end]
         if pad:
-            parts.append(pads[pad])
+            out += pads[pad]
         if opts is not None:
-            parts.append(opts)
-            parts.append(END_OF_OPTIONS)
+            out += opts
+            out += END_OF_OPTIONS
         last_total = total
         pos = end

@@ -91,10 +91,10 @@ def test_an_absurd_length_fails_as_the_reader_does(tmp_path: Path) -> None:
 
 
 def test_spool_records_read_back_as_their_options(tmp_path: Path) -> None:
-    pending: dict[int, list[bytes]] = {}
+    pending: dict[int, bytearray] = {}
     records = [(3, 5, 0, "b"), (3, 1, 0, "a"), (9, 0, 0, "c"), (3, 5, 1, "bb")]
     fastcopy.add_notes(records, pending, 3)
     assert sorted(pending) == [0, 1]
-    opts = fastcopy.window_options([b"".join(pending[0])])
+    opts = fastcopy.window_options([bytes(pending[0])])
     assert opts == {3: b"".join(fastcopy.comment_option(t.encode()) for t in ("a", "b", "bb"))}
-    assert fastcopy.window_notes([b"".join(pending[1])]) == {9: [b"c"]}
+    assert fastcopy.window_notes([bytes(pending[1])]) == {9: [b"c"]}
