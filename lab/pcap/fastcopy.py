@@ -115,7 +115,7 @@ def window_table(chunks: list[bytes], base: int, size: int) -> list[bytes | None
     """window_options as a list indexed by frame - base (by_offset's), built without the dict: the window's
     frames are base .. base + size - 1."""
     table: list[bytes | None] = [None] * size
-    several: set[int] = set()
+    several: list[bool] = []      # by frame - base: more than one note (made at the first such frame)
     for data in chunks:
         pos = 0
         end = len(data)
@@ -125,11 +125,31 @@ def window_table(chunks: list[bytes], base: int, size: int) -> list[bytes | None
             if table[i] is None:
                 table[i] = data[pos + _HEAD:pos + _HEAD + n]
             else:
-                several.add(i + base)
+                if not several:
+                    several = [False] * size
+                several[i] = True
             pos += _HEAD + n
     if several:
-        for frame, opts in _in_order(chunks, several).items():
-            table[frame - base] = opts
+        # as _in_order, the frames picked by a flag read by native index (no boxed frame looked up in a set)
+        notes: dict[int, list[tuple[int, int, int, bytes]]] = {}
+        seq = 0
+        for data in chunks:
+            pos = 0
+            end = len(data)
+            while pos < end:
+                n = _u32(data, pos + 24)
+                i = _u64(data, pos) - base
+                if several[i]:
+                    got = notes.get(i)
+                    if got is None:
+                        got = []
+                        notes[i] = got
+                    got.append((_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
+                seq += 1
+                pos += _HEAD + n
+        for i, these in notes.items():
+            these.sort()
+            table[i] = b"".join([opt for _o, _t, _n, opt in these])
     return table
 
 

@@ -98,3 +98,17 @@ def test_spool_records_read_back_as_their_options(tmp_path: Path) -> None:
     opts = fastcopy.window_options([bytes(pending[0])])
     assert opts == {3: b"".join(fastcopy.comment_option(t.encode()) for t in ("a", "b", "bb"))}
     assert fastcopy.window_notes([bytes(pending[1])]) == {9: [b"c"]}
+
+
+def test_window_table_is_the_window_options_by_frame_offset() -> None:
+    """The copy's table of a window (fastcopy.window_table) holds what window_options gives, by frame - base,
+    a frame's several notes in (order, tie) order and notes of equal (order, tie) in the order written."""
+    pending: dict[int, bytearray] = {}
+    records = [(10, 5, 0, "b"), (9, 0, 0, "c"), (10, 1, 0, "a"), (10, 5, 0, "b2"), (15, 2, 0, "x" * 2000),
+               (10, 1, 1, "a2")]
+    fastcopy.add_notes(records, pending, 3)
+    chunks = [bytes(pending[1])[:0], bytes(pending[1])]
+    table = fastcopy.window_table(chunks, 8, 8)
+    assert table == fastcopy.by_offset(fastcopy.window_options(chunks), 8, 8)
+    assert fastcopy.option_texts(table[2] or b"") == [b"a", b"a2", b"b", b"b2"]
+    assert table[0] is None and table[1] == fastcopy.comment_option(b"c") and table[7] is not None
