@@ -272,7 +272,7 @@ def _frame_lines(conn: Connection, steps: tuple[Record, ...], roles: tuple[Recor
     """One line per frame of interest: "<roles> — <sender>[ active close]: <its chain>; <peer>: <its chain>".
     Walks the steps and the roles together in frame order (a frame's roles: the first one's sender, each role
     once, FINs first); False (lines left half done) when they are not in frame order."""
-    cid = conn.id
+    cid: Any = conn.id   # Any: compiled, boxed once here, not again in every note's record
     close = conn.close
     first_close = close.frames[0] if close.frames and close.kind not in ("rst", "incomplete") else -1
     active = " active close" if close.initiator != "both" else " closes first (the FINs cross)"
