@@ -157,7 +157,7 @@ def _check_whole(source: _Source, buf: bytes, pos: int, frame: int, endian: str)
 
 _SPOOL_BYTES = 4 << 20    # note bytes in memory before they go to the spool file
 _WINDOW_BITS = 14         # the copy pass holds the notes of 2**14 frames at a time
-_READ = 1 << 20           # bytes of the capture read at a time by the copy
+_READ = 1 << 17           # bytes of the capture read at a time by the copy (its EPBs stay in the CPU cache)
 
 
 @dataclass(frozen=True)
