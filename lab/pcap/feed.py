@@ -14,9 +14,9 @@ from lab.pcap import fastdecode
 from lab.pcap.filters import FILTERED, SegmentFilter
 from lab.pcap.readers import CaptureReader, CutShort, ReaderStats, _check_linktype, _file_header, _pcap_header, _Source
 
-_BATCH = 8_192  # segments between on_batch() calls on the plain path (~1 MiB of a typical capture)
+_BATCH = 1_024  # segments between on_batch() calls on the plain path (~128 KiB of a typical capture, as the walk)
 
-Progress = Callable[[int, int, int], None]   # (bytes read, packets read, connections open), once per ~1 MiB
+Progress = Callable[[int, int, int], None]   # (bytes read, packets read, connections open), once per ~128 KiB
 
 
 def feed_file(path: str | Path, analyzer: Analyzer, on_batch: Callable[[], None] | None = None, *,
@@ -24,8 +24,8 @@ def feed_file(path: str | Path, analyzer: Analyzer, on_batch: Callable[[], None]
               progress: Progress | None = None) -> ReaderStats:
     """Feed every TCP segment of a capture (file, pipe, `-`) to `analyzer` in file order; returns the stats.
 
-    on_batch() is called after every ~1 MiB of the file (and once at the end) so a streaming caller can
-    drain finished records. Same formats, frames, segments, stats and BadCapture errors as CaptureReader.
+    on_batch() is called after every ~128 KiB of the file (readers._CHUNK; and once at the end) so a streaming
+    caller can drain finished records. Same formats, frames, segments, stats and BadCapture errors as CaptureReader.
     `filt` leaves segments out (counted in stats.skipped["filtered-out"]). lenient: a capture cut short
     (lab.pcap.readers.CutShort) is analyzed up to its last complete frame and stats.cut says so.
     With the compiled accelerator (python -m lab.build) the walk runs in lab.pcap.fastdecode as native code.
