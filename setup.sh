@@ -81,6 +81,9 @@ fi
 # the optional compiled accelerator (mypyc): rebuilt when a compiled source changed since the last build;
 # without a compiler it says so in one line and the pure-Python modules are used
 .venv/bin/python -m lab.build --if-needed || true
+# bytecode for every module (an editable install writes none, nor does Python under PYTHONDONTWRITEBYTECODE):
+# each twlab command then starts ~40 ms sooner; a source edited later is compiled in memory as usual
+.venv/bin/python -m compileall -q lab >/dev/null || true
 
 # --- user-mode Linux kernels (helper E2) -----------------------------------------------------------------
 # Each kernel is Debian's user-mode-linux package of one suite, fetched BY NAME into a private apt state
