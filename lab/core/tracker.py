@@ -34,7 +34,7 @@ delayed-duplicate and stale-answer checks of a next incarnation read; with its d
 
 Written for mypyc (lab/build.py compiles this module; the same source runs interpreted): hot fields are
 plain ints with -1 for "not seen" instead of Optional, states and inputs are small int codes, and the
-TcpState/Input enums appear only in the records handed out.
+TcpState/Input enums appear only in the records handed out (and in the steps a connection collects with detail).
 """
 
 from __future__ import annotations
@@ -443,8 +443,8 @@ class _Conn:
         else:
             st_c, st_s = (SYN_SENT if synack else CLOSED), LISTEN
         self.sides = [_Side(client, st_c), _Side(server, st_s)]
-        # (frame, side, from, to, inferred, input) as codes; kept only with detail
-        self.trans: list[tuple[int, int, int, int, bool, int]] = []
+        # (frame, side, from, to, inferred, input): the record's steps as they come; kept only with detail
+        self.trans: list[tuple[int, int, TcpState, TcpState, bool, Input]] = []
         self.roles: list[tuple[int, int, str]] = []
         self.nfin = 0                         # sides that have sent a FIN (0..2)
         self.fin_first = -1                   # the side whose FIN came first
@@ -824,7 +824,7 @@ class Analyzer:
             nxt = _NEXT[st * _NI + inp]
         side.state = nxt
         if conn.detail:
-            conn.trans.append((frame, s, st, nxt, inferred, inp))
+            conn.trans.append((frame, s, STATES[st], STATES[nxt], inferred, INPUTS[inp]))
         if inp == RCV_ACK_OF_FIN:
             side.fin_ack_applied = True
         if nxt == TIME_WAIT:
@@ -1420,7 +1420,7 @@ class Analyzer:
         c = conn.sides[0]
         sv = conn.sides[1]
         if conn.detail:
-            steps = tuple([(f, sd, STATES[a0], STATES[b0], inf, INPUTS[i0]) for f, sd, a0, b0, inf, i0 in conn.trans])
+            steps = tuple(conn.trans)
             roles = tuple(conn.roles)
         else:
             steps = ()
@@ -1616,11 +1616,12 @@ class Analyzer:
         return self._finished
 
 
-def _drop_last_record(trans: list[tuple[int, int, int, int, bool, int]], s: int, inp: int) -> int:
-    """Remove side s's latest transition driven by `inp`; its frame (0: none)."""
+def _drop_last_record(trans: list[tuple[int, int, TcpState, TcpState, bool, Input]], s: int, inp: int) -> int:
+    """Remove side s's latest transition driven by input code `inp`; its frame (0: none)."""
+    name = INPUTS[inp]
     for k in range(len(trans) - 1, -1, -1):
         t = trans[k]
-        if t[1] == s and t[5] == inp:
+        if t[1] == s and t[5] is name:
             del trans[k]
             return t[0]
     return 0
