@@ -10,10 +10,13 @@ lab.pcap.writer.PcapngWriter.write.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from lab.pcap import writer
 from lab.pcap.writer import fit_comment
+
+if TYPE_CHECKING:   # a type only: mypyc compiles i64 to a C int64_t; interpreted it is never looked up
+    from mypy_extensions import i64
 
 # lab.pcap.writer's, as constants of this module (compiled: a static, not a lookup of another module's name)
 _EPB: Final = writer.EPB
@@ -220,6 +223,7 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
     An EPB's trailer (its total length) is packed with the next EPB's head, one struct call per packet: the
     last EPB's is left to the caller as last_total, to give to the next call (0: none pending) or to write
     (lab.pcap.writer.U32) at the end."""
+    unit: i64 = mul
     head = _EPB_HEAD.pack
     trailer_and_head = _TRAILER_HEAD.pack
     pads = _PADS
@@ -241,13 +245,19 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
         if end > blen:
             return NEED_MORE, pos, frame, annotated, last_total
         frame += 1
+        # seconds and fraction as i64: a tagged int's product takes the boxed slow path once a factor is past 2**30
+        # (here always: 1e9 itself); < 2**32 s * 1e9 + 2**32 * 1000 fits an i64
+        sec: i64
+        frac: i64
         if big:
             orig = _u32be(buf, pos + 12)
-            ts_ns = _u32be(buf, pos) * 1_000_000_000 + _u32be(buf, pos + 4) * mul
+            sec = _u32be(buf, pos)
+            frac = _u32be(buf, pos + 4)
         else:
             orig = buf[pos + 12] | (buf[pos + 13] << 8) | (buf[pos + 14] << 16) | (buf[pos + 15] << 24)
-            ts_ns = ((buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)) * 1_000_000_000
-                     + (buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (buf[pos + 7] << 24)) * mul)
+            sec = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+            frac = buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (buf[pos + 7] << 24)
+        ts_ns: i64 = sec * 1_000_000_000 + frac * unit
         pad = -incl % 4
         opts = options[frame - base]
         total = 32 + incl + pad
