@@ -82,9 +82,16 @@ def left_at_capture_end(w: TimeWaitWindow, capture_end: float | None = None) -> 
     return None
 
 
+def _length(length_s: float) -> str:
+    """A TIME_WAIT length as "60 s" (format g), "2MSL" when unknown (0)."""
+    if 0.0 < length_s < 1e6 and length_s == int(length_s):   # whole seconds (most): g gives the int's digits
+        return f"{int(length_s)} s"                          # (compiled: no float formatting call)
+    return f"{length_s:g} s" if length_s else "2MSL"
+
+
 def window_text(w: TimeWaitWindow, t0: float, capture_end: float | None = None) -> str:
     """One TIME_WAIT window in a few words: its length, restarts, and how it ended (or that it had not)."""
-    length = f"{w.length_s:g} s" if w.length_s else "2MSL"
+    length = _length(w.length_s)
     if w.ended_by in ("rst", "syn"):
         how = "an RST" if w.ended_by == "rst" else "a new SYN"
         return f"{length}; ended early by {how} in frame {w.end_frame}, {at(w.end_ts, t0)}"
@@ -257,7 +264,7 @@ def _connection_notes(conn: Connection, t0: float, capture_end: float | None, ou
     for w in conn.time_wait:
         if not w.restarts and w.ended_by not in ("rst", "syn"):
             continue
-        length = f"{w.length_s:g} s" if w.length_s else "2MSL"
+        length = _length(w.length_s)
         for fr in w.restarts:
             out.append((fr, later, tie, f"{w.side}'s TIME_WAIT restarts: {length} from this frame"))
             tie += 1
