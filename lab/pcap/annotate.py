@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING
 
 from lab.pcap import fastcopy
 from lab.pcap.fastcopy import comment_option
-from lab.pcap.writer import U32, PcapngWriter, atomic_write, spool
+from lab.pcap.writer import PcapngWriter, atomic_write, spool
 
 if TYPE_CHECKING:
     from lab.core.narrate import NoteRecord
@@ -110,11 +110,11 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf
         buf, pos, frame, annotated = b"", 0, 0, 0
         options: list[bytes | None] = []
         base = stop = 0                 # the window whose notes are in `options`: frames base .. stop - 1
-        last_total = 0                  # the last EPB's trailer, not written yet
+        owed = 0                        # the last EPB's end, not written yet (lab.pcap.fastcopy.pcap_epbs)
         epbs = bytearray()
         while True:
-            why, pos, frame, got, last_total = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD,
-                                                                  options, base, stop, epbs, last_total)
+            why, pos, frame, got, owed = fastcopy.pcap_epbs(buf, pos, frame, big, mul, idx, readers.MAX_RECORD,
+                                                            options, base, stop, epbs, owed)
             annotated += got
             if epbs:
                 out.write(epbs)
@@ -131,8 +131,8 @@ def _copy_pcap(src: Path, w: PcapngWriter, out: IO[bytes], options_of: OptionsOf
                 more = source.read(_READ, frame + 1)
                 if not more:
                     _check_whole(source, buf, pos, frame, hdr.endian)
-                    if last_total:
-                        out.write(U32.pack(last_total))
+                    if owed:
+                        out.write(fastcopy.trailer(owed))
                     return frame, annotated   # frames are numbered from 1: the last one is the count
                 buf = buf[pos:] + more
                 pos = 0

@@ -29,7 +29,10 @@ END_OF_OPTIONS: Final = b"\0\0\0\0"
 _RECORD: Final = struct.Struct("<QQQI")   # a spool record's head: frame, order, tie, length of the opt_comment after it
 _HEAD: Final = 28
 _RECORD_SHORT: Final = struct.Struct("<QQQIHH")   # a record's head and the head of its opt_comment (< _SHORT bytes)
-_TRAILER_HEAD: Final = struct.Struct("<8I")   # an EPB's trailer, then the next EPB's head (lab.pcap.writer.EPB_HEAD)
+# by z: z zero bytes the last EPB still owes (its data's pad, or its end of options), its trailer, then the next
+# EPB's head (lab.pcap.writer.EPB_HEAD); _TRAILERS[z]: the zeros and the trailer of the last EPB of all
+_TRAILER_HEADS: Final = [struct.Struct(f"<{z}x8I").pack for z in range(5)]
+_TRAILERS: Final = [struct.Struct(f"<{z}xI").pack for z in range(5)]
 _SHORT: Final = 1024
 _HEADS: Final = [struct.pack("<HH", _OPT_COMMENT, n) for n in range(_SHORT)]   # opt_comment heads of short notes
 
@@ -210,40 +213,45 @@ def by_offset(options: dict[int, bytes], base: int, size: int) -> list[bytes | N
     return table
 
 
+def trailer(owed: int) -> bytes:
+    """What the last EPB pcap_epbs packed still owes (its `owed`, not 0): zeros and its trailer."""
+    return _TRAILERS[owed >> 32](owed & 0xFFFFFFFF)
+
+
 def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, max_record: int,
               options: list[bytes | None], base: int, stop: int, out: bytearray,
-              last_total: int) -> tuple[int, int, int, int, int]:
+              owed: int) -> tuple[int, int, int, int, int]:
     """The complete classic-pcap records of `buf` from `pos` as EPBs (interface `idx`, `mul`: ns per unit of
     the record's fraction) appended to `out`, with options[frame] as their options; frames numbered on from
     `frame` (the last one packed); options[frame - base] (by_offset, window_table) are frame's notes, None for
     none. Stops before frame `stop` (the first one past the window of `options`), a record not complete in buf,
-    or a record longer than max_record: (why, pos, frame, frames annotated, last_total). options[frame] are the
+    or a record longer than max_record: (why, pos, frame, frames annotated, owed). options[frame] are the
     frame's opt_comments (window_options): the end of options is added here.
 
-    An EPB's trailer (its total length) is packed with the next EPB's head, one struct call per packet: the
-    last EPB's is left to the caller as last_total, to give to the next call (0: none pending) or to write
-    (lab.pcap.writer.U32) at the end."""
+    An EPB's end (the zeros of its data's pad, or of its end of options, then its trailer: its total length) is
+    packed with the next EPB's head, one struct call per packet: the last EPB's is left to the caller as `owed`
+    (the total | the zeros << 32), to give to the next call (0: nothing owed) or to write at the end (trailer)."""
     unit: i64 = mul
     head = _EPB_HEAD.pack
-    trailer_and_head = _TRAILER_HEAD.pack
+    trailer_and_head = _TRAILER_HEADS
     pads = _PADS
     blen = len(buf)
     annotated = 0
     while True:
         if frame + 1 >= stop:
-            return WINDOW_END, pos, frame, annotated, last_total
+            return WINDOW_END, pos, frame, annotated, owed
         if pos + 16 > blen:
-            return NEED_MORE, pos, frame, annotated, last_total
+            return NEED_MORE, pos, frame, annotated, owed
         if big:
             incl = _u32be(buf, pos + 8)
         else:   # _u32, written out: the hot path of the copy
             incl = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (buf[pos + 11] << 24)
         if incl > max_record:
-            return TOO_LONG, pos, frame, annotated, last_total
+            return TOO_LONG, pos, frame, annotated, owed
         start = pos + 16
         end = start + incl
         if end > blen:
-            return NEED_MORE, pos, frame, annotated, last_total
+            return NEED_MORE, pos, frame, annotated, owed
         frame += 1
         # seconds and fraction as i64: a tagged int's product takes the boxed slow path once a factor is past 2**30
         # (here always: 1e9 itself); < 2**32 s * 1e9 + 2**32 * 1000 fits an i64
@@ -264,17 +272,18 @@ def pcap_epbs(buf: bytes, pos: int, frame: int, big: bool, mul: int, idx: int, m
         if opts is not None:
             total += len(opts) + 4
             annotated += 1
-        if last_total:
-            out += trailer_and_head(last_total, _EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF,
-                                    incl, orig if orig > incl else incl)
+        if owed:
+            out += trailer_and_head[owed >> 32](owed & 0xFFFFFFFF, _EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF,
+                                                ts_ns & 0xFFFFFFFF, incl, orig if orig > incl else incl)
         else:
             out += head(_EPB, total, idx, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, incl,
                         orig if orig > incl else incl)
         out += buf[start:end]
-        if pad:
-            out += pads[pad]
         if opts is not None:
+            if pad:
+                out += pads[pad]
             out += opts
-            out += END_OF_OPTIONS
-        last_total = total
+            owed = total | (len(END_OF_OPTIONS) << 32)   # the end of options: zeros, packed with the trailer
+        else:
+            owed = total | (pad << 32)
         pos = end
