@@ -317,31 +317,18 @@ def _frame_lines(conn: Connection, steps: tuple[Record, ...], roles: tuple[Recor
             head = " + ".join([n for n in names if n.startswith("FIN")] + [n for n in names if not n.startswith("FIN")])
         first = i
         split = False                # another side's step came: each side's steps in its own list
-        per_side: list[list[Record]] = []
-        order: list[int] = []        # the sides in the order their first change comes
-        while i < ns:
+        while i < ns:                # the common case: only the sender's state changes here
             st = steps[i]
             sf: int = st[0]
             if sf != frame:
                 break
             side: int = st[1]
-            if not split:
-                if side == sender:   # the common case: only the sender's state changes here
-                    i += 1
-                    continue
+            if side != sender:
                 split = True
-                per_side = [[], []]
-                if i > first:
-                    per_side[sender] = list(steps[first:i])
-                    order.append(sender)
-            if not per_side[side]:
-                order.append(side)
-            per_side[side].append(st)
+                break
             i += 1
         if split:
-            peers = "; ".join([f"{SIDES[k]}: {_side_chain(per_side[k], conn, t0, capture_end)}"
-                               for k in order if k != sender])
-            mine = tuple(per_side[sender]) if sender >= 0 else ()
+            peers, mine, i = _split_sides(steps, first, i, frame, sender, conn, t0, capture_end)
             lo, hi = 0, len(mine)
         else:
             peers = ""
@@ -361,6 +348,30 @@ def _frame_lines(conn: Connection, steps: tuple[Record, ...], roles: tuple[Recor
             text = head + (" — " + peers if peers else "")
         out.append((frame, cid, 0, text))
     return True
+
+
+def _split_sides(steps: tuple[Record, ...], first: int, i: int, frame: int, sender: int, conn: Connection, t0: float,
+                 capture_end: float | None) -> tuple[str, tuple[Record, ...], int]:
+    """A frame whose steps (steps[first:] of `frame`) change both sides, the sender's (steps[first:i]) first:
+    (the peer's chains, "server: ..."; the sender's steps; the index past the frame's steps)."""
+    per_side: list[list[Record]] = [[], []]
+    order: list[int] = []        # the sides in the order their first change comes
+    if i > first:
+        per_side[sender] = list(steps[first:i])
+        order.append(sender)
+    ns = len(steps)
+    while i < ns:
+        st = steps[i]
+        sf: int = st[0]
+        if sf != frame:
+            break
+        side: int = st[1]
+        if not per_side[side]:
+            order.append(side)
+        per_side[side].append(st)
+        i += 1
+    peers = "; ".join([f"{SIDES[k]}: {_side_chain(per_side[k], conn, t0, capture_end)}" for k in order if k != sender])
+    return peers, tuple(per_side[sender]) if sender >= 0 else (), i
 
 
 def _side_chain(sts: list[Record], conn: Connection, t0: float, capture_end: float | None) -> str:
