@@ -289,9 +289,10 @@ def narrated(src: Path, profile: str = "linux", time_wait_s: float | None = None
                 result.findings += len(findings)
                 result.notes.add(note_records(Report(tuple(conns), tuple(findings), name, tw), t0))
 
-        feed_file(src, analyzer, on_batch, filt=filt)
-        analyzer.finish()
-        on_batch()
+        with _no_cyclic_gc():   # feed_file's walk runs without it; so do the last batches, after the walk
+            feed_file(src, analyzer, on_batch, filt=filt)
+            analyzer.finish()
+            on_batch()
         yield result
 
 
