@@ -328,8 +328,7 @@ def _frame_lines(conn: Connection, steps: tuple[Record, ...], roles: tuple[Recor
                 break
             i += 1
         if split:
-            peers, mine, i = _split_sides(steps, first, i, frame, sender, conn, t0, capture_end)
-            lo, hi = 0, len(mine)
+            peers, mine, lo, hi, i = _split_sides(steps, first, i, frame, sender, conn, t0, capture_end)
         else:
             peers = ""
             mine = steps
@@ -351,27 +350,38 @@ def _frame_lines(conn: Connection, steps: tuple[Record, ...], roles: tuple[Recor
 
 
 def _split_sides(steps: tuple[Record, ...], first: int, i: int, frame: int, sender: int, conn: Connection, t0: float,
-                 capture_end: float | None) -> tuple[str, tuple[Record, ...], int]:
+                 capture_end: float | None) -> tuple[str, tuple[Record, ...], int, int, int]:
     """A frame whose steps (steps[first:] of `frame`) change both sides, the sender's (steps[first:i]) first:
-    (the peer's chains, "server: ..."; the sender's steps; the index past the frame's steps)."""
+    (the peer's chains, "server: ..."; the sender's steps as mine[lo:hi]; the index past the frame's steps)."""
+    ns = len(steps)
+    j = i
+    mixed = sender < 0           # no sender, or the sender's steps again after the peer's
+    while j < ns:
+        st = steps[j]
+        sf: int = st[0]
+        if sf != frame:
+            break
+        side: int = st[1]
+        if side == sender:
+            mixed = True
+        j += 1
+    if not mixed:                # the common case: the sender's steps, then the peer's: no lists made
+        return f"{SIDES[1 - sender]}: {_chain(steps, i, j, conn, t0, capture_end)}", steps, first, i, j
     per_side: list[list[Record]] = [[], []]
     order: list[int] = []        # the sides in the order their first change comes
     if i > first:
         per_side[sender] = list(steps[first:i])
         order.append(sender)
-    ns = len(steps)
-    while i < ns:
+    while i < j:
         st = steps[i]
-        sf: int = st[0]
-        if sf != frame:
-            break
-        side: int = st[1]
+        side = st[1]
         if not per_side[side]:
             order.append(side)
         per_side[side].append(st)
         i += 1
     peers = "; ".join([f"{SIDES[k]}: {_side_chain(per_side[k], conn, t0, capture_end)}" for k in order if k != sender])
-    return peers, tuple(per_side[sender]) if sender >= 0 else (), i
+    mine = tuple(per_side[sender]) if sender >= 0 else ()
+    return peers, mine, 0, len(mine), j
 
 
 def _side_chain(sts: list[Record], conn: Connection, t0: float, capture_end: float | None) -> str:
