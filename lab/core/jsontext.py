@@ -79,7 +79,7 @@ def _ints(t: tuple[int, ...]) -> str:
 
 def _float(x: float) -> str:
     if _COMPILED:
-        if _TS_LOW <= x < _TS_HIGH:
+        if _TS_LOW <= x < _TS_HIGH or _FRAC_LOW <= x < 1.0:
             text = _timestamp(x)
             if text:
                 return text
@@ -98,29 +98,33 @@ def _float(x: float) -> str:
 # a decimal with 6 places is never within 2**-54 (the error of usec / 1e6) of a midpoint between two floats
 # of 2**13 or more (the midpoints' denominators are powers of two >= 2**7, the decimal's 2**6 * 5**6), so it
 # rounds as float("sec.usec") does. Anything else (nanosecond captures) fails the check and takes repr().
-# Only compiled: interpreted, these few operations cost more than float.__repr__ itself.
+# In [1e-4, 1) (an elapsed_s rounded to 6 places) sec is 0: usec / 1e6 rounds once, as float("0.usec") does, and
+# floats there are closer than 1e-6, so again at most one 6-decimal text reads back as x (repr writes no
+# exponent from 1e-4 up). Only compiled: interpreted, these few operations cost more than float.__repr__ itself.
 _COMPILED: Final = not __file__.endswith(".py")
 _TS_LOW: Final = 16384.0
 _TS_HIGH: Final = 4294967296.0
 _USEC: Final = 1000000
-_ZEROS: Final[tuple[str, ...]] = ("", "0", "00", "000", "0000", "00000")   # variable length: one object
+_FRAC_LOW: Final = 1e-4
+# the microseconds' text as two 3-digit groups, the last without its trailing zeros: a tuple index, not a loop
+_PADDED: Final[tuple[str, ...]] = tuple([f"{i:03d}" for i in range(1000)])
+_TRIMMED: Final[tuple[str, ...]] = tuple([f"{i:03d}".rstrip("0") for i in range(1000)])
 _INTEGRAL: Final = 1e16                   # repr of an integral float below this has no exponent
 
 
 def _timestamp(x: float) -> str:
-    """repr(x) for x in [_TS_LOW, _TS_HIGH) with at most 6 decimals, else ""."""
+    """repr(x) for x in [_TS_LOW, _TS_HIGH) or [_FRAC_LOW, 1) with at most 6 decimals, else ""."""
     sec = int(x)
     usec = int((x - sec) * 1e6 + 0.5)
     if usec >= _USEC or sec + usec / 1e6 != x:
         return ""
     if usec == 0:
         return f"{sec}.0"
-    n = 6                                  # decimals left once the trailing zeros go
-    while usec % 10 == 0:
-        usec //= 10
-        n -= 1
-    digits = str(usec)
-    return f"{sec}.{_ZEROS[n - len(digits)]}{digits}"
+    milli = usec // 1000
+    rest = usec - milli * 1000
+    if rest == 0:
+        return f"{sec}.{_TRIMMED[milli]}"
+    return f"{sec}.{_PADDED[milli]}{_TRIMMED[rest]}"
 
 
 def _no_default(o: object) -> Any:
