@@ -79,7 +79,7 @@ def _ints(t: tuple[int, ...]) -> str:
 
 def _float(x: float) -> str:
     if _COMPILED:
-        if _TS_LOW <= x < _TS_HIGH or _FRAC_LOW <= x < 1.0:
+        if _TS_LOW <= x < _TS_HIGH:
             text = _timestamp(x)
             if text:
                 return text
@@ -91,21 +91,18 @@ def _float(x: float) -> str:
     return _dumps(x)
 
 
-# float.__repr__ (the shortest text that reads back as the same float) of a capture timestamp, 2-3x faster:
-# a pcap timestamp is seconds + microseconds. In [2**14, 2**32) two 6-decimal numbers are further apart
-# than a float's spacing (2**-21 at most), so a 6-decimal text that reads back as x is the only one, hence
-# the shortest: it is repr(x) once its trailing zeros go. "Reads back": sec + usec / 1e6 rounds twice, but
-# a decimal with 6 places is never within 2**-54 (the error of usec / 1e6) of a midpoint between two floats
-# of 2**13 or more (the midpoints' denominators are powers of two >= 2**7, the decimal's 2**6 * 5**6), so it
-# rounds as float("sec.usec") does. Anything else (nanosecond captures) fails the check and takes repr().
-# In [1e-4, 1) (an elapsed_s rounded to 6 places) sec is 0: usec / 1e6 rounds once, as float("0.usec") does, and
-# floats there are closer than 1e-6, so again at most one 6-decimal text reads back as x (repr writes no
-# exponent from 1e-4 up). Only compiled: interpreted, these few operations cost more than float.__repr__ itself.
+# float.__repr__ (the shortest text that reads back as the same float) of a capture timestamp or an elapsed
+# time rounded to 6 places, 2-3x faster. In [1e-4, 2**32) two 6-decimal numbers are further apart than a
+# float's spacing (2**-21 at most), so a 6-decimal text that reads back as x is the only one, hence the
+# shortest (a shorter text would be another one with at most 6 decimals): it is repr(x) once its trailing
+# zeros go (repr writes no exponent from 1e-4 up). "Reads back" is checked exactly: (sec * 1e6 + usec) / 1e6
+# is one correctly rounded division of two exact integers, as float("sec.usec") is. Anything else
+# (nanosecond captures, a duration with more decimals) fails the check and takes repr().
+# Only compiled: interpreted, these few operations cost more than float.__repr__ itself.
 _COMPILED: Final = not __file__.endswith(".py")
-_TS_LOW: Final = 16384.0
+_TS_LOW: Final = 1e-4
 _TS_HIGH: Final = 4294967296.0
 _USEC: Final = 1000000
-_FRAC_LOW: Final = 1e-4
 # the microseconds' text as two 3-digit groups, the last without its trailing zeros: a tuple index, not a loop
 _PADDED: Final[tuple[str, ...]] = tuple([f"{i:03d}" for i in range(1000)])
 _TRIMMED: Final[tuple[str, ...]] = tuple([f"{i:03d}".rstrip("0") for i in range(1000)])
@@ -113,10 +110,11 @@ _INTEGRAL: Final = 1e16                   # repr of an integral float below this
 
 
 def _timestamp(x: float) -> str:
-    """repr(x) for x in [_TS_LOW, _TS_HIGH) or [_FRAC_LOW, 1) with at most 6 decimals, else ""."""
+    """repr(x) for x in [_TS_LOW, _TS_HIGH) with at most 6 decimals, else ""."""
     sec = int(x)
     usec = int((x - sec) * 1e6 + 0.5)
-    if usec >= _USEC or sec + usec / 1e6 != x:
+    # in floats, exactly (integers below 2**53): a tagged-int product above 2**31 takes the big-int path
+    if usec >= _USEC or (float(sec) * 1e6 + usec) / 1e6 != x:
         return ""
     if usec == 0:
         return f"{sec}.0"
