@@ -25,6 +25,7 @@ from lab.core.report import (
     FINDING_KINDS,
     REUSE_VERDICTS,
     SIDES,
+    THREE_DIGITS,
     Close,
     Connection,
     Finding,
@@ -104,7 +105,6 @@ _TS_LOW: Final = 1e-4
 _TS_HIGH: Final = 4294967296.0
 _USEC: Final = 1000000
 # the microseconds' text as two 3-digit groups, the last without its trailing zeros: a tuple index, not a loop
-_PADDED: Final[tuple[str, ...]] = tuple([f"{i:03d}" for i in range(1000)])
 _TRIMMED: Final[tuple[str, ...]] = tuple([f"{i:03d}".rstrip("0") for i in range(1000)])
 _INTEGRAL: Final = 1e16                   # repr of an integral float below this has no exponent
 
@@ -122,7 +122,7 @@ def _timestamp(x: float) -> str:
     rest = usec - milli * 1000
     if rest == 0:
         return f"{sec}.{_TRIMMED[milli]}"
-    return f"{sec}.{_PADDED[milli]}{_TRIMMED[rest]}"
+    return f"{sec}.{THREE_DIGITS[milli]}{_TRIMMED[rest]}"
 
 
 def _no_default(o: object) -> Any:

@@ -28,6 +28,8 @@ FINDING_KINDS: Final[tuple[FindingKind, ...]] = get_args(FindingKind)
 ENDED_BY: Final[tuple[EndedBy, ...]] = get_args(EndedBy)
 REUSE_VERDICTS: Final[tuple[ReuseVerdict, ...]] = get_args(ReuseVerdict)
 DUPLICATE_VERDICTS: Final[tuple[DuplicateVerdict, ...]] = get_args(DuplicateVerdict)
+# "000" .. "999": the text of three decimals by a tuple index (jsontext's float texts, the tracker's "{x:.3f}")
+THREE_DIGITS: Final[tuple[str, ...]] = tuple([f"{i:03d}" for i in range(1000)])
 _SIDES = SIDES
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 _K = TypeVar("_K", bound=str)

@@ -49,6 +49,7 @@ from lab.core.model import SYN as _SYN
 from lab.core.model import Segment, endpoint_text
 from lab.core.profiles import Profile, get_profile
 from lab.core.report import (
+    THREE_DIGITS,
     Close,
     CloseKind,
     Connection,
@@ -81,6 +82,44 @@ _FINISH_BATCH: Final = 4096      # connections finished at the capture's end bet
 _SAME_PACKET_S: Final = 0.0005
 NONE: Final = -1          # "not seen" for sequence numbers, ISNs, timestamps (all are >= 0)
 _NEG_INF: Final = float("-inf")   # a constant: float("-inf") in a function parses the string on every call
+# round(x, 6) and f"{x:.3f}" of an elapsed time cost ~2.5k instructions each (dtoa) and there is one of each per
+# reuse finding: compiled, x * 10**k is rounded to an integer in floats instead when that cannot differ. x * 1e6
+# below 2**40 is within 2**-12 of the exact product, so when its fraction is further than 0.001 from a half the
+# exact product rounds the same way; the result n / 1e6 is one correctly rounded division, as round()'s is.
+_COMPILED: Final = not __file__.endswith(".py")
+_ROUNDABLE: Final = 1048576.0     # 2**20 s
+_NEAR_HALF: Final = 0.001
+
+
+def _scaled_round(x: float, scale: float) -> int:
+    """x * scale rounded to the nearest integer as exact decimal rounding would, or -1 when the float product
+    is too close to a half to tell (or x is not in (0, _ROUNDABLE))."""
+    if not (0.0 < x < _ROUNDABLE):
+        return -1
+    p = x * scale
+    n = int(p)
+    f = p - n
+    if -_NEAR_HALF < f - 0.5 < _NEAR_HALF:
+        return -1
+    return n + 1 if f > 0.5 else n
+
+
+def _round6(x: float) -> float:
+    """round(x, 6)."""
+    if _COMPILED:
+        n = _scaled_round(x, 1e6)
+        if n >= 0:
+            return n / 1e6
+    return round(x, 6)
+
+
+def _fixed3(x: float) -> str:
+    """f"{x:.3f}"."""
+    if _COMPILED:
+        n = _scaled_round(x, 1e3)
+        if n >= 0:
+            return f"{n // 1000}.{THREE_DIGITS[n % 1000]}"
+    return f"{x:.3f}"
 
 # state and input codes: positions in the enums. Literal ints so that mypyc inlines them; every one is checked
 # against the enums at import (a reordered or added member fails the import, not a verdict).
@@ -1009,7 +1048,7 @@ class Analyzer:
             old_peer = prev.sides[(conn.cdir ^ s) ^ prev.cdir ^ 1]   # the SYN sender in the previous incarnation
             mine = old_peer.snd_max == ack
             old = f"; its ACK is {'the' if mine else 'not the'} {_name(p)}'s next seq in connection {prev.id}"
-            extra.update({"previous_connection": prev.id, "elapsed_s": round(ts - prev.last_ts, 6)})
+            extra.update({"previous_connection": prev.id, "elapsed_s": _round6(ts - prev.last_ts)})
         text = (f"{_name(s)}'s segment answers the {_name(p)}'s new SYN with ACK {ack}, which SYN_SENT cannot take "
                 f"(not above its ISN, or above what it sent){old}: the {_name(p)} answers RST and stays in SYN_SENT")
         conn.close_extra += (("stale-peer-ack", (frame,), text, extra),)
@@ -1273,11 +1312,11 @@ class Analyzer:
             if w is not None and w.ended_by == "timeout":
                 conn.close_extra += ((
                     "time-wait-assassinated", (frame,),
-                    f"RST with seq = {_name(p)}'s rcv_nxt reached {_name(p)} in TIME_WAIT {ts - w.start_ts:.3f} s "
+                    f"RST with seq = {_name(p)}'s rcv_nxt reached {_name(p)} in TIME_WAIT {_fixed3(ts - w.start_ts)} s "
                     f"after it began (frame {w.start_frame}): the window ends early on Linux with tcp_rfc1337=0 "
                     "(the default); tcp_rfc1337=1 ignores it (RFC 1337)",
                     {"side": _name(p), "time_wait_start_frame": w.start_frame,
-                     "elapsed_s": round(ts - w.start_ts, 6)}),)
+                     "elapsed_s": _round6(ts - w.start_ts)}),)
                 self._tw_end(peer, "rst", frame, ts)
         self._go(conn, p, RCV_RST, frame, ts, False)
 
@@ -1529,21 +1568,21 @@ class Analyzer:
                 else:
                     reason = r.reason
                 holders = " and ".join(r.holders)
-                # the formatted number apart: an f-string with a format spec is built field by field by
-                # str.format when compiled, one without it in a single step
-                elapsed = f"{r.elapsed_s:.3f}"
+                # the number apart: an f-string with a format spec is built field by field by str.format when
+                # compiled, one without it in a single step
+                elapsed = _fixed3(r.elapsed_s)
                 detail = (f"new SYN {elapsed} s into {holders}'s TIME_WAIT of connection {r.old_id}: "
                           f"{verdict} ({reason}); answer: {answer}"
                           + (f" (frame {r.answer_frame})" if r.answer_frame else ""))
                 out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
-                    "verdict": verdict, "elapsed_s": round(r.elapsed_s, 6), "time_wait_side": list(r.holders),
+                    "verdict": verdict, "elapsed_s": _round6(r.elapsed_s), "time_wait_side": list(r.holders),
                     "previous_connection": r.old_id, "answer": answer, "answer_frame": r.answer_frame or None})))
             else:
-                elapsed = f"{r.elapsed_s:.3f}"
+                elapsed = _fixed3(r.elapsed_s)
                 holders = " and ".join(r.holders)
                 detail = f"new SYN {elapsed} s after the {holders}'s TIME_WAIT of connection {r.old_id} ended"
                 out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
-                    "elapsed_s": round(r.elapsed_s, 6), "time_wait_side": list(r.holders),
+                    "elapsed_s": _round6(r.elapsed_s), "time_wait_side": list(r.holders),
                     "previous_connection": r.old_id})))
         for i in _BOTH_SIDES:
             sd = conn.sides[i]
