@@ -54,10 +54,15 @@ def _text(s: str) -> str:
     return _q(s) if t is None else t
 
 
+# the ASCII bytes that JSON writes as they are: printable, not a quote or a backslash
+_UNESCAPED: Final = bytes([b for b in range(0x20, 0x7F) if b not in b'"\\'])
+
+
 def _q_text(s: str) -> str:
     """_q(s) of a sentence (a finding's detail): compiled, one that needs no escape (printable ASCII without
-    quotes or backslashes, most) is checked by C string methods, ~3x cheaper than _q on ~150 characters."""
-    if _COMPILED and s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+    quotes or backslashes, most) is found by one C pass over its bytes (what is left once those are deleted),
+    ~3x cheaper than _q on ~150 characters and than str.isprintable."""
+    if _COMPILED and s.isascii() and not s.encode().translate(None, _UNESCAPED):
         return f'"{s}"'
     return _q(s)
 
