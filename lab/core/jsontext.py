@@ -47,6 +47,8 @@ _WORDS: Final[dict[str, str]] = {w: _q(w) for w in (
     "fin_frame", "rst_frame", "rst_side", "time_wait_start_frame",
     "SYN-ACK (accepted)", "RST", "none seen", "old connection's ACK (refused)", "old connection's state")}
 
+_KEY_TEXT: Final[dict[str, str]] = {w: f"{t}: " for w, t in _WORDS.items()}   # a word as a member's key
+
 
 def _text(s: str) -> str:
     """_q(s), looked up when s is one of the fixed words."""
@@ -148,15 +150,19 @@ def _plain_members(d: dict[str, Any]) -> str:
     the tracker's findings carry), written here: json's encoder costs ~20k instructions per finding (a call,
     its accumulator, a quoting call per string). "" for anything else (json's encoder writes that), for a
     key a Finding's own fields shadow, and for an empty dict. Compiled only, as _timestamp."""
-    parts: list[str] = []
+    parts: list[str] = []     # key texts, values and separators: one join, no string per member
     for k, v in d.items():
         if type(k) is not str or k in _FINDING_BASE:
             return ""
         t = _plain(v, True)
         if not t:
             return ""
-        parts.append(f"{_text(k)}: {t}")
-    return ", ".join(parts)
+        if parts:
+            parts.append(", ")
+        key = _KEY_TEXT.get(k)
+        parts.append(f"{_q(k)}: " if key is None else key)
+        parts.append(t)
+    return "".join(parts)
 
 
 def _plain(v: object, top: bool) -> str:
