@@ -255,8 +255,12 @@ def _be32(buf: bytes, p: i64) -> i64:   # four reads here, not two _be16 calls (
     return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
 
 
-def _le32(buf: bytes, p: i64) -> i64:
-    return (_le16(buf, p + 2) << 16) | _le16(buf, p)
+def _le32(buf: bytes, p: i64) -> i64:   # as _be32: three per pcap record header
+    b0: i64 = buf[p]
+    b1: i64 = buf[p + 1]
+    b2: i64 = buf[p + 2]
+    b3: i64 = buf[p + 3]
+    return (b3 << 24) | (b2 << 16) | (b1 << 8) | b0
 
 
 def _u32(buf: bytes, p: int, big: bool) -> int:
