@@ -112,7 +112,12 @@ def window_options(chunks: list[bytes]) -> dict[int, bytes]:
                 several.add(frame)
             pos += _HEAD + n
     if several:
-        out.update(_in_order(chunks, several))
+        first = min(several)
+        flags = [False] * (max(several) - first + 1)
+        for frame in several:
+            flags[frame - first] = True
+        for i, opts in _in_order(chunks, first, flags).items():
+            out[first + i] = opts
     return out
 
 
@@ -135,50 +140,37 @@ def window_table(chunks: list[bytes], base: int, size: int) -> list[bytes | None
                 several[i] = True
             pos += _HEAD + n
     if several:
-        # as _in_order, the frames picked by a flag read by native index (no boxed frame looked up in a set)
-        notes: dict[int, list[tuple[int, int, int, bytes]]] = {}
-        seq = 0
-        for data in chunks:
-            pos = 0
-            end = len(data)
-            while pos < end:
-                n = _u32(data, pos + 24)
-                i = _u64(data, pos) - base
-                if several[i]:
-                    got = notes.get(i)
-                    if got is None:
-                        got = []
-                        notes[i] = got
-                    got.append((_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
-                seq += 1
-                pos += _HEAD + n
-        for i, these in notes.items():
-            these.sort()
-            table[i] = b"".join([opt for _o, _t, _n, opt in these])
+        for i, opts in _in_order(chunks, base, several).items():
+            table[i] = opts
     return table
 
 
-def _in_order(chunks: list[bytes], several: set[int]) -> dict[int, bytes]:
-    """The opt_comments of the frames in `several`, each frame's sorted by (order, tie)."""
+def _in_order(chunks: list[bytes], base: int, several: list[bool]) -> dict[int, bytes]:
+    """The opt_comments of the frames flagged in `several` (by frame - base), each frame's sorted by (order,
+    tie), by frame - base. A flag read by native index: no boxed frame looked up in a set per record."""
     # (order, tie, n, opt), n: the record's place in the window; sorted as tuples (no key function called
     # per note), n keeps notes of equal (order, tie) in the order written and is never passed
     notes: dict[int, list[tuple[int, int, int, bytes]]] = {}
     seq = 0
+    size = len(several)
     for data in chunks:
         pos = 0
-        size = len(data)
-        while pos < size:
+        end = len(data)
+        while pos < end:
             n = _u32(data, pos + 24)
-            frame = _u64(data, pos)
-            if frame in several:
-                notes.setdefault(frame, []).append(
-                    (_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
+            i = _u64(data, pos) - base
+            if 0 <= i < size and several[i]:
+                got = notes.get(i)
+                if got is None:
+                    got = []
+                    notes[i] = got
+                got.append((_u64(data, pos + 8), _u64(data, pos + 16), seq, data[pos + _HEAD:pos + _HEAD + n]))
             seq += 1
             pos += _HEAD + n
     out: dict[int, bytes] = {}
-    for frame, these in notes.items():
+    for i, these in notes.items():
         these.sort()
-        out[frame] = b"".join([opt for _o, _t, _n, opt in these])
+        out[i] = b"".join([opt for _o, _t, _n, opt in these])
     return out
 
 
