@@ -191,8 +191,8 @@ def _plain(v: object, top: bool) -> str:
 
 def window_json(w: TimeWaitWindow) -> str:
     """TimeWaitWindow.to_dict() as JSON text."""
-    side = _WORDS.get(w.side) or _q(w.side)
-    ended_by = _WORDS.get(w.ended_by) or _q(w.ended_by)
+    side = _text(w.side)
+    ended_by = _text(w.ended_by)
     return (f'{{"side": {side}, "start_ts": {_float(w.start_ts)}, "end_ts": {_float(w.end_ts)}, '
             f'"start_frame": {w.start_frame}, "restarts": {_ints(w.restarts)}, '
             f'"ended_by": {ended_by}, "end_frame": {"null" if w.end_frame is None else str(w.end_frame)}, '
@@ -201,8 +201,8 @@ def window_json(w: TimeWaitWindow) -> str:
 
 def close_json(cl: Close) -> str:
     who = cl.initiator
-    initiator = "null" if who is None else (_WORDS.get(who) or _q(who))
-    return (f'{{"kind": {_WORDS.get(cl.kind) or _q(cl.kind)}, "initiator": {initiator}, '
+    initiator = "null" if who is None else _text(who)
+    return (f'{{"kind": {_text(cl.kind)}, "initiator": {initiator}, '
             f'"frames": {_ints(cl.frames)}}}')
 
 
@@ -252,7 +252,7 @@ def finding_json(f: Finding) -> str:
             return _dumps(f.to_dict())  # an extra key shadowed by a base key: to_dict() decides
         members = _members(extra)
     cid = f.connection
-    head = (f'{{"kind": {(_WORDS.get(f.kind) or _q(f.kind))}, '
+    head = (f'{{"kind": {_text(f.kind)}, '
             f'"connection": {"null" if cid is None else str(cid)}, '
             f'"frames": {_ints(f.frames)}, "detail": {_q_text(f.detail)}')
     if not extra:

@@ -1550,6 +1550,11 @@ class Analyzer:
         cid = conn.id
         r = conn.reuse
         if r is not None:
+            # the number apart: an f-string with a format spec is built field by field by str.format when
+            # compiled, one without it in a single step
+            elapsed = _fixed3(r.elapsed_s)
+            elapsed_s = _round6(r.elapsed_s)
+            holders = " and ".join(r.holders)
             if r.kind == "reuse-in-time-wait":
                 answer = r.answer
                 if not answer:
@@ -1567,22 +1572,16 @@ class Analyzer:
                               "four-tuple (e.g. tcp_max_tw_buckets=0, or another stack)")
                 else:
                     reason = r.reason
-                holders = " and ".join(r.holders)
-                # the number apart: an f-string with a format spec is built field by field by str.format when
-                # compiled, one without it in a single step
-                elapsed = _fixed3(r.elapsed_s)
                 detail = (f"new SYN {elapsed} s into {holders}'s TIME_WAIT of connection {r.old_id}: "
                           f"{verdict} ({reason}); answer: {answer}"
                           + (f" (frame {r.answer_frame})" if r.answer_frame else ""))
                 out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
-                    "verdict": verdict, "elapsed_s": _round6(r.elapsed_s), "time_wait_side": list(r.holders),
+                    "verdict": verdict, "elapsed_s": elapsed_s, "time_wait_side": list(r.holders),
                     "previous_connection": r.old_id, "answer": answer, "answer_frame": r.answer_frame or None})))
             else:
-                elapsed = _fixed3(r.elapsed_s)
-                holders = " and ".join(r.holders)
                 detail = f"new SYN {elapsed} s after the {holders}'s TIME_WAIT of connection {r.old_id} ended"
                 out.append(record(Finding, (r.kind, cid, (r.syn_frame,), detail, {
-                    "elapsed_s": _round6(r.elapsed_s), "time_wait_side": list(r.holders),
+                    "elapsed_s": elapsed_s, "time_wait_side": list(r.holders),
                     "previous_connection": r.old_id})))
         for i in _BOTH_SIDES:
             sd = conn.sides[i]
