@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -154,10 +154,8 @@ class HeldDump:
 
     def side(self, side: str) -> dict[str, Any]:
         """One side's reading with the span it came in (for observations)."""
-        s = self.sockets.get(side)
-        return {"state": self.states.get(side), "timer": s.timer if s else None,
-                "expires_ms": s.expires_ms if s else None, "retransmits": s.retransmits if s else None,
-                "dump_wall_s": self.began_s, "dump_wall_end_s": self.done_s, "matched": self.matched}
+        reading = sockdiag.Reading(self.states.get(side), self.began_s, self.done_s, self.sockets.get(side))
+        return {**reading.to_dict(), "matched": self.matched}
 
 
 def held_dump(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int) -> HeldDump:
@@ -170,20 +168,29 @@ def held_dump(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: 
     return HeldDump({k: v.state if v else None for k, v in socks.items()}, began, time.time(), False, socks)
 
 
+def dump_until(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int,
+               done: Callable[[HeldDump], bool], timeout_s: float = SETTLE_S) -> tuple[HeldDump, bool]:
+    """Dump both hosts (held_dump) every 5 ms until done(dump) or the scaled deadline: the last dump, and
+    whether done() held for it."""
+    last: list[HeldDump] = []
+
+    def check() -> bool:
+        last[:] = [held_dump(samplers, client_port)]
+        return done(last[0])
+
+    held = wait_until(check, timeout_s, 0.005)
+    return last[0], held
+
+
 def await_states(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], client_port: int, want: Mapping[str, str],
                  timeout_s: float = SETTLE_S) -> HeldDump:
     """Dump both hosts until the connection shows every side in the state `want` names: the event a script's gate
     waits on, so a state that lasts as long as the script is held is seen whatever the machine's load (a periodic
     sampler can miss a short window). The matching dump, or the last one (matched False) when the scaled deadline
     passed first."""
-    last: list[HeldDump] = []
-
-    def seen() -> bool:
-        last[:] = [held_dump(samplers, client_port)]
-        return all(last[0].states.get(side) == state for side, state in want.items())
-
-    matched = wait_until(seen, timeout_s, 0.005)
-    return dataclasses.replace(last[0], matched=matched)
+    dump, matched = dump_until(samplers, client_port,
+                               lambda d: all(d.states.get(side) == state for side, state in want.items()), timeout_s)
+    return dataclasses.replace(dump, matched=matched)
 
 
 def states_between(cs: sockdiag.Sampler, ss: sockdiag.Sampler, client_port: int, t_a: float, t_b: float,

@@ -61,14 +61,8 @@ def _last_ack_after_drop(samplers: tuple[sockdiag.Sampler, sockdiag.Sampler], cl
     before it; None: the counter never moved within the deadline)."""
     if not cc.wait_until(lambda: rule.packets() >= 1, cc.SETTLE_S, 0.005):
         return None, False
-    last: list[cc.HeldDump] = []
-
-    def settled() -> bool:
-        last[:] = [cc.held_dump(samplers, client_port)]
-        return last[0].states["server"] in (LAST_ACK, None)
-
-    cc.wait_until(settled, cc.SETTLE_S, 0.005)
-    return dataclasses.replace(last[0], matched=last[0].states["server"] == LAST_ACK), True
+    dump, _ = cc.dump_until(samplers, client_port, lambda d: d.states["server"] in (LAST_ACK, None))
+    return dataclasses.replace(dump, matched=dump.states["server"] == LAST_ACK), True
 
 
 def _last_ack_evidence(held: cc.HeldDump | None, counted: bool, dropped_ack: Any) -> dict[str, Any]:

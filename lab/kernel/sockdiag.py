@@ -164,9 +164,9 @@ class Reading:
 
     def to_dict(self) -> dict[str, Any]:
         s = self.sample
-        return {"state": self.state, "dump_wall_s": self.began_s, "dump_wall_end_s": self.done_s,
-                "timer": s.timer if s else None, "expires_ms": s.expires_ms if s else None,
-                "retransmits": s.retransmits if s else None}
+        return {"state": self.state, "timer": s.timer if s else None, "expires_ms": s.expires_ms if s else None,
+                "retransmits": s.retransmits if s else None, "dump_wall_s": self.began_s,
+                "dump_wall_end_s": self.done_s}
 
 
 class _Diag:
