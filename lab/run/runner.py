@@ -87,11 +87,10 @@ class SignalGate:
         raise Interrupted(self.received)
 
     def __exit__(self, *exc: object) -> None:
-        if self._old:
+        if self._old:   # installed (main thread): the retry timer, the handlers and the hook go back
             signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        if self._old:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
             sys.unraisablehook = self._old_hook
         self._old.clear()
 
